@@ -1,0 +1,105 @@
+"""Pure planning of the incremental pull: which page to ask for next, and how far the watermark
+may move once a page is stored.
+
+Kantata pages are LIMIT/OFFSET over a live query (api-notes §3): an entry edited while we page
+moves to the end of an `updated_at:asc` listing and shifts every later row one place earlier, so
+page-number paging can skip rows. We therefore page by key: each request is page 1 of
+`updated_after = T` where T is one second before the newest `updated_at` of the previous page.
+Within one response the order is consistent, so every entry older than that page's newest second
+has been seen. When a whole page shares one second (more than `per_page` entries were written in
+the same second, api-notes §11) we page by number inside that single second
+(`updated_after = M-1s`, `updated_before = M+1s`) and restart that second if its `count` changes.
+
+`updated_after`/`updated_before` are strict and second-precise (api-notes §14 Q1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+__all__ = ["PullRequest", "first_request", "initial_watermark", "next_step", "Step"]
+
+SECOND = timedelta(seconds=1)
+MAX_SECOND_RESTARTS = 3
+
+
+def floor_second(dt: datetime) -> datetime:
+    """`dt` without its fraction of a second (Kantata's precision)."""
+    return dt.replace(microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    """One incremental request: `updated_after` (exclusive), optional `updated_before`
+    (exclusive; set only while paging inside one crowded second), `page` (1-based), and the
+    `count` that second had when we started it (to detect rows moving out mid-scan)."""
+
+    updated_after: datetime
+    updated_before: datetime | None = None
+    page: int = 1
+    second_count: int | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What to do after a page: the next request (None = done) and the new `complete_through`
+    (every entry with `updated_at` <= it is stored once this page commits), or None if the page
+    does not move it."""
+
+    next: PullRequest | None
+    complete_through: datetime | None
+
+
+def initial_watermark(run_started: datetime, overlap: timedelta) -> datetime:
+    """Watermark to record when a first backfill starts: anything changed from here on is picked
+    up by the incremental pull even if the backfill had already passed its window."""
+    return floor_second(run_started) - overlap
+
+
+def first_request(watermark: datetime, overlap: timedelta) -> PullRequest:
+    """The first incremental request: `updated_after = watermark - overlap` (second precision)."""
+    return PullRequest(updated_after=floor_second(watermark - overlap))
+
+
+def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
+              count: int) -> Step:
+    """Decide the request after `req` returned entries with `updated_ats` (in `results` order,
+    ascending) out of `count` matching. `page_size` is the effective size (`meta.page_size`).
+
+    Raises ValueError if the page is not in ascending `updated_at` order (the loop guard: a
+    server ignoring `order` would otherwise page forever).
+    """
+    seconds = [floor_second(t) for t in updated_ats]
+    if any(b < a for a, b in zip(seconds, seconds[1:], strict=False)):
+        raise ValueError("page is not ordered by updated_at ascending; refusing to page")
+    if req.updated_before is not None:
+        return _next_in_second(req, seconds, page_size, count)
+    if not seconds:
+        return Step(None, None)
+    newest, oldest = seconds[-1], seconds[0]
+    if len(seconds) < page_size:
+        return Step(None, newest)
+    if oldest < newest:
+        nxt = PullRequest(updated_after=newest - SECOND)
+        if nxt.updated_after <= req.updated_after:  # cannot happen with ascending pages
+            raise ValueError("incremental cursor did not advance")
+        return Step(nxt, newest - SECOND)
+    # A full page inside one second: page by number within that second.
+    # Page 1 of that second is fetched again so its `count` is known from the start.
+    return Step(PullRequest(updated_after=newest - SECOND, updated_before=newest + SECOND),
+                newest - SECOND)
+
+
+def _next_in_second(req: PullRequest, seconds: Sequence[datetime], page_size: int,
+                    count: int) -> Step:
+    second = req.updated_after + SECOND
+    if req.second_count is not None and count != req.second_count:
+        if req.restarts >= MAX_SECOND_RESTARTS:
+            raise ValueError(f"entries keep moving inside {second.isoformat()}; giving up")
+        return Step(replace(req, page=1, second_count=count, restarts=req.restarts + 1), None)
+    if len(seconds) < page_size:
+        return Step(PullRequest(updated_after=second), second)
+    return Step(replace(req, page=req.page + 1, second_count=count), None)

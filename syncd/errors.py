@@ -1,0 +1,76 @@
+"""syncd's exceptions, grouped by what the caller should do about them.
+
+`RetriableError`: wait and try again (429, 5xx, timeouts, resets, database unavailable).
+`FatalError`: stop this run and tell an operator (bad token, bad configuration, migrations).
+`SkippableError`: one record is bad; record it, keep going with the rest.
+Messages never contain the Kantata token or a database password.
+"""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base of every error syncd raises on purpose."""
+
+
+class RetriableError(SyncdError):
+    """A transient failure: the same call may succeed later."""
+
+
+class RetriableAPIError(RetriableError):
+    """Kantata answered 429/5xx, timed out, or the connection broke (`status` 0 = no answer)."""
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+
+class MalformedResponseError(RetriableError):
+    """A 200 answer that is not the documented envelope (truncated JSON, HTML, missing ids)."""
+
+
+class DatabaseUnavailable(RetriableError):
+    """PostgreSQL cannot be reached right now."""
+
+
+class FatalError(SyncdError):
+    """Needs an operator: retrying without a change will not help."""
+
+
+class FatalAPIError(FatalError):
+    """Kantata refused the request in a way retrying will not fix (4xx other than 429)."""
+
+    def __init__(self, status: int, message: str, *, errors: list[dict[str, object]] | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.errors = errors or []
+        self.request_id = request_id
+
+
+class AuthError(FatalAPIError):
+    """401/403: the token is missing, revoked, or lacks permission."""
+
+
+class ConfigError(FatalError):
+    """Invalid configuration; the message names the setting."""
+
+
+class MigrationError(FatalError):
+    """Migrations are missing, pending, or an applied file was changed."""
+
+
+class SkippableError(SyncdError):
+    """One record is unusable; the rest of the work goes on."""
+
+
+class InvalidRecord(SkippableError):
+    """A time entry from Kantata that cannot be stored as-is; `reason` says which field and why."""
+
+    def __init__(self, entry_id: str | None, reason: str) -> None:
+        super().__init__(f"time entry {entry_id or '?'}: {reason}")
+        self.entry_id = entry_id
+        self.reason = reason

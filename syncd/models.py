@@ -1,0 +1,85 @@
+"""Domain values shared by the pure core and the IO modules: frozen dataclasses and id types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Literal, NewType
+
+EntryId = NewType("EntryId", int)
+OutboxId = NewType("OutboxId", int)
+OutboxOp = Literal["create", "update", "delete"]
+OutboxStatus = Literal["pending", "in_flight", "done", "failed", "conflict"]
+Priority = Literal["push", "reconcile", "pull"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeEntry:
+    """One Kantata time entry as stored in `kantata.time_entries`.
+
+    Money is in cents of `currency` per hour; `time_in_minutes` in minutes; `date_performed` is a
+    calendar date (never a point in time); `created_at`/`updated_at` are aware instants.
+    `raw` is the entry exactly as received, as JSON text (api-notes §5).
+    """
+
+    id: int
+    workspace_id: int | None
+    user_id: int | None
+    story_id: int | None
+    role_id: int | None
+    date_performed: date
+    time_in_minutes: int
+    billable: bool | None
+    notes: str | None
+    rate_in_cents: int | None
+    cost_rate_in_cents: int | None
+    currency: str | None
+    currency_symbol: str | None
+    currency_base_unit: int | None
+    approved: bool | None
+    is_invoiced: bool | None
+    taxable: bool | None
+    location: str | None
+    created_at: datetime | None
+    updated_at: datetime
+    raw: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SideObject:
+    """A side-loaded workspace, user, story or role (api-notes §2 Includes), kept as raw JSON text
+    with the few columns BI needs (`title`/`full_name`/`name`)."""
+
+    kind: Literal["workspaces", "users", "stories", "roles"]
+    id: int
+    label: str | None
+    parent_id: int | None
+    updated_at: datetime | None
+    raw: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """A record that could not be stored: which id (if known), why, and the raw text."""
+
+    entry_id: str | None
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """One decoded `GET /time_entries` page: entries in `results` order plus envelope figures.
+
+    `count`, `page_count`, `page_number`, `page_size` come from `count`/`meta` (api-notes §2);
+    they are advisory (recomputed per request).
+    """
+
+    count: int
+    page_count: int
+    page_number: int
+    page_size: int
+    result_ids: tuple[str, ...]
+    entries: tuple[TimeEntry, ...]
+    side: tuple[SideObject, ...]
+    rejected: tuple[Rejected, ...]

@@ -1,0 +1,267 @@
+"""Pure decoding of Kantata list pages: envelope → entries in `results` order, with validation.
+
+Facts used (api-notes §2, §5, §11): the canonical order is the `results` array, objects are keyed
+by string id in `time_entries`; ids are strings; timestamps are ISO 8601 with an offset at
+second precision; `date_performed` is a plain date. A record that breaks these rules becomes a
+`Rejected` with a specific reason and the rest of the page goes on. A page that is not the
+documented envelope at all raises `MalformedResponseError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from syncd.errors import InvalidRecord, MalformedResponseError
+from syncd.models import Page, Rejected, SideObject, TimeEntry
+
+__all__ = ["decode_json", "decode_page", "parse_side_object", "parse_time_entry"]
+
+MAX_BIGINT = 2**63 - 1
+MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
+MIN_YEAR, MAX_YEAR = 1900, 2200
+SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a response body. orjson first; the stdlib (which tolerates lone surrogates, so one
+    bad string rejects one record instead of the page) second. Raises MalformedResponseError."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body.decode("utf-8", errors="surrogateescape"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        snippet = body[:60].decode("utf-8", errors="replace").replace("\n", " ")
+        kind = "HTML" if body.lstrip()[:1] == b"<" else "invalid or truncated JSON"
+        raise MalformedResponseError(
+            f"response body is {kind} ({len(body)} bytes, starts {snippet!r})") from exc
+
+
+def _int(v: object, field: str, *, nullable: bool, lo: int = 0, hi: int = MAX_BIGINT) -> int | None:
+    if v is None:
+        if nullable:
+            return None
+        raise ValueError(f"{field} is missing")
+    if isinstance(v, bool):
+        raise ValueError(f"{field} must be an integer, got a boolean")
+    if isinstance(v, str):
+        if not v.isascii() or not v.lstrip("-").isdigit():
+            raise ValueError(f"{field} must be an integer, got {v[:40]!r}")
+        v = int(v)
+    if not isinstance(v, int):
+        raise ValueError(f"{field} must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{field} {v} is outside {lo}..{hi}")
+    return v
+
+
+def _bool(v: object, field: str) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    raise ValueError(f"{field} must be true, false or null, got {type(v).__name__}")
+
+
+def _text(v: object, field: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{field} must be a string, got {type(v).__name__}")
+    if len(v) > MAX_TEXT:
+        raise ValueError(f"{field} is {len(v)} characters, over the {MAX_TEXT} limit")
+    return v
+
+
+def _check_storable(v: object, path: str = "entry") -> None:
+    """PostgreSQL text/jsonb cannot hold NUL or unpaired surrogates; find them anywhere."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            raise ValueError(f"{path} contains a NUL character, which PostgreSQL cannot store")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path} contains invalid Unicode (unpaired surrogate)") from None
+    elif isinstance(v, dict):
+        for k, item in v.items():
+            _check_storable(k, path)
+            _check_storable(item, f"{path}.{k}")
+    elif isinstance(v, list):
+        for item in v:
+            _check_storable(item, path)
+
+
+def _instant(v: object, field: str, *, nullable: bool) -> datetime | None:
+    if v is None and nullable:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{field} must be an ISO 8601 string, got {type(v).__name__}")
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{field} {v[:40]!r} is not ISO 8601") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"{field} {v!r} has no UTC offset")
+    if not MIN_YEAR <= dt.year <= MAX_YEAR:
+        raise ValueError(f"{field} {v!r} is outside years {MIN_YEAR}..{MAX_YEAR}")
+    return dt
+
+
+def _date(v: object, field: str) -> date:
+    if not isinstance(v, str) or len(v) != 10:
+        raise ValueError(f"{field} must be YYYY-MM-DD, got {str(v)[:40]!r}")
+    try:
+        d = date.fromisoformat(v)
+    except ValueError:
+        raise ValueError(f"{field} {v!r} is not a valid date") from None
+    if not MIN_YEAR <= d.year <= MAX_YEAR:
+        raise ValueError(f"{field} {v} is outside years {MIN_YEAR}..{MAX_YEAR}")
+    return d
+
+
+def parse_time_entry(raw: Mapping[str, Any]) -> TimeEntry:
+    """Validate one TimeEntry object (api-notes §5) and type it. Raises InvalidRecord(id, reason).
+
+    Unknown fields are kept in `raw` and otherwise ignored.
+    """
+    rid = raw.get("id")
+    entry_id = rid if isinstance(rid, str) else None
+    try:
+        if not isinstance(raw, Mapping):
+            raise ValueError("entry is not a JSON object")
+        _check_storable(dict(raw))
+        ident = _int(rid, "id", nullable=False, lo=1)
+        assert ident is not None
+        minutes = _int(raw.get("time_in_minutes"), "time_in_minutes", nullable=False,
+                       hi=1_000_000)
+        assert minutes is not None
+        updated = _instant(raw.get("updated_at"), "updated_at", nullable=False)
+        assert updated is not None
+        return TimeEntry(
+            id=ident,
+            workspace_id=_int(raw.get("workspace_id"), "workspace_id", nullable=True),
+            user_id=_int(raw.get("user_id"), "user_id", nullable=True),
+            story_id=_int(raw.get("story_id"), "story_id", nullable=True),
+            role_id=_int(raw.get("role_id"), "role_id", nullable=True),
+            date_performed=_date(raw.get("date_performed"), "date_performed"),
+            time_in_minutes=minutes,
+            billable=_bool(raw.get("billable"), "billable"),
+            notes=_text(raw.get("notes"), "notes"),
+            rate_in_cents=_int(raw.get("rate_in_cents"), "rate_in_cents", nullable=True,
+                               lo=-MAX_BIGINT),
+            cost_rate_in_cents=_int(raw.get("cost_rate_in_cents"), "cost_rate_in_cents",
+                                    nullable=True, lo=-MAX_BIGINT),
+            currency=_text(raw.get("currency"), "currency"),
+            currency_symbol=_text(raw.get("currency_symbol"), "currency_symbol"),
+            currency_base_unit=_int(raw.get("currency_base_unit"), "currency_base_unit",
+                                    nullable=True),
+            approved=_bool(raw.get("approved"), "approved"),
+            is_invoiced=_bool(raw.get("is_invoiced"), "is_invoiced"),
+            taxable=_bool(raw.get("taxable"), "taxable"),
+            location=_text(raw.get("location"), "location"),
+            created_at=_instant(raw.get("created_at"), "created_at", nullable=True),
+            updated_at=updated,
+            raw=orjson.dumps(raw).decode(),
+        )
+    except ValueError as exc:
+        raise InvalidRecord(entry_id, str(exc)) from None
+
+
+def parse_side_object(kind: str, raw: Mapping[str, Any]) -> SideObject:
+    """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord."""
+    rid = raw.get("id") if isinstance(raw, Mapping) else None
+    try:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{kind} object is not a JSON object")
+        _check_storable(dict(raw))
+        ident = _int(rid, "id", nullable=False, lo=1)
+        assert ident is not None
+        label = raw.get(SIDE_KINDS[kind])
+        parent = raw.get("workspace_id") if kind == "stories" else None
+        return SideObject(
+            kind=kind,  # type: ignore[arg-type]
+            id=ident,
+            label=label if isinstance(label, str) else None,
+            parent_id=_int(parent, "workspace_id", nullable=True),
+            updated_at=_instant(raw.get("updated_at"), "updated_at", nullable=True),
+            raw=orjson.dumps(raw).decode(),
+        )
+    except ValueError as exc:
+        raise InvalidRecord(rid if isinstance(rid, str) else None, f"{kind}: {exc}") from None
+
+
+def _raw_text(obj: object) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:
+        return repr(obj)[:10_000]
+
+
+def _envelope_int(body: Mapping[str, Any], meta: Mapping[str, Any], key: str, default: int) -> int:
+    v = meta.get(key, body.get(key) if key == "count" else None)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise MalformedResponseError(f"meta.{key} is not an integer")
+    return v
+
+
+def decode_page(body: bytes | Mapping[str, Any]) -> Page:
+    """Decode one list/create response into a Page. Raises MalformedResponseError when the body
+    is not the envelope (not JSON, not an object, `results` or `time_entries` of the wrong type).
+    A `results` id absent from `time_entries` and invalid entries become `Page.rejected`."""
+    doc = decode_json(body) if isinstance(body, bytes | bytearray) else body
+    if not isinstance(doc, Mapping):
+        raise MalformedResponseError("response body is not a JSON object")
+    results = doc.get("results")
+    keyed = doc.get("time_entries", {})
+    if not isinstance(results, list):
+        raise MalformedResponseError("response has no `results` array")
+    if not isinstance(keyed, Mapping):
+        raise MalformedResponseError("`time_entries` is not an object keyed by id")
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        raise MalformedResponseError("`meta` is not an object")
+    entries: list[TimeEntry] = []
+    rejected: list[Rejected] = []
+    ids: list[str] = []
+    for ref in results:
+        if not isinstance(ref, Mapping) or ref.get("key", "time_entries") != "time_entries":
+            continue
+        rid = str(ref.get("id"))
+        ids.append(rid)
+        raw = keyed.get(rid)
+        if raw is None:
+            rejected.append(Rejected(entry_id=rid, raw="null", reason=(
+                "listed in `results` but absent from the `time_entries` object")))
+            continue
+        try:
+            entries.append(parse_time_entry(raw))
+        except InvalidRecord as exc:
+            rejected.append(Rejected(entry_id=exc.entry_id or rid, reason=exc.reason,
+                                     raw=_raw_text(raw)))
+    side: list[SideObject] = []
+    for kind in SIDE_KINDS:
+        objs = doc.get(kind)
+        if not isinstance(objs, Mapping):
+            continue
+        for raw in objs.values():
+            try:
+                side.append(parse_side_object(kind, raw))
+            except InvalidRecord as exc:
+                rejected.append(Rejected(entry_id=None, reason=exc.reason, raw=_raw_text(raw)))
+    count = _envelope_int(doc, meta, "count", len(ids))
+    return Page(
+        count=count,
+        page_count=_envelope_int(doc, meta, "page_count", 1 if ids else 0),
+        page_number=_envelope_int(doc, meta, "page_number", 1),
+        page_size=_envelope_int(doc, meta, "page_size", len(ids)),
+        result_ids=tuple(ids),
+        entries=tuple(entries),
+        side=tuple(side),
+        rejected=tuple(rejected),
+    )

@@ -1,0 +1,89 @@
+"""The incremental paging plan, with plain data."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from syncd import cursor
+from syncd.cursor import PullRequest
+
+PDT = timezone(timedelta(hours=-7))
+T0 = datetime(2026, 7, 1, 12, 0, 0, tzinfo=PDT)
+S = timedelta(seconds=1)
+
+
+def ts(*offsets: int) -> list[datetime]:
+    return [T0 + timedelta(seconds=o) for o in offsets]
+
+
+def test_first_request_subtracts_overlap_at_second_precision() -> None:
+    req = cursor.first_request(T0 + timedelta(microseconds=900_000), timedelta(seconds=120))
+    assert req == PullRequest(updated_after=T0 - timedelta(seconds=120))
+
+
+def test_short_page_ends_and_completes_through_newest() -> None:
+    step = cursor.next_step(PullRequest(T0), ts(1, 2, 5), page_size=200, count=3)
+    assert step.next is None
+    assert step.complete_through == T0 + 5 * S
+
+
+def test_empty_page_ends_without_moving_watermark() -> None:
+    step = cursor.next_step(PullRequest(T0), [], page_size=200, count=0)
+    assert step == cursor.Step(None, None)
+
+
+def test_full_page_continues_from_one_second_before_newest() -> None:
+    step = cursor.next_step(PullRequest(T0), ts(1, 1, 2, 3), page_size=4, count=10)
+    assert step.next == PullRequest(updated_after=T0 + 2 * S)
+    # entries at the newest second may be cut off by the page end: not complete yet
+    assert step.complete_through == T0 + 2 * S
+
+
+def test_full_page_in_one_second_pages_by_number_inside_that_second() -> None:
+    step = cursor.next_step(PullRequest(T0), ts(7, 7, 7), page_size=3, count=50)
+    assert step.next == PullRequest(updated_after=T0 + 6 * S, updated_before=T0 + 8 * S, page=1)
+    inside = step.next
+    assert inside is not None
+    s2 = cursor.next_step(inside, ts(7, 7, 7), page_size=3, count=5)
+    assert s2.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=2, second_count=5)
+    assert s2.complete_through is None
+    s3 = cursor.next_step(s2.next, ts(7, 7), page_size=3, count=5)  # type: ignore[arg-type]
+    assert s3.next == PullRequest(updated_after=T0 + 7 * S)
+    assert s3.complete_through == T0 + 7 * S
+
+
+def test_rows_leaving_a_crowded_second_restart_it() -> None:
+    req = PullRequest(T0 + 6 * S, T0 + 8 * S, page=2, second_count=5)
+    step = cursor.next_step(req, ts(7, 7), page_size=3, count=4)
+    assert step.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=1, second_count=4, restarts=1)
+    assert step.complete_through is None
+
+
+def test_restarts_are_bounded() -> None:
+    req = PullRequest(T0, T0 + 2 * S, page=2, second_count=5, restarts=3)
+    with pytest.raises(ValueError, match="keep moving"):
+        cursor.next_step(req, ts(1), page_size=3, count=4)
+
+
+def test_unordered_page_is_refused() -> None:
+    with pytest.raises(ValueError, match="not ordered"):
+        cursor.next_step(PullRequest(T0), ts(3, 1), page_size=2, count=2)
+
+
+def test_offsets_compare_as_instants() -> None:
+    utc = datetime(2026, 7, 1, 19, 0, 1, tzinfo=timezone.utc)  # == T0 + 1s
+    step = cursor.next_step(PullRequest(T0 - 5 * S), [T0, utc], page_size=2, count=9)
+    assert step.next is not None
+    assert step.next.updated_after == T0  # newest (19:00:01Z) minus one second
+
+
+def test_server_ignoring_updated_after_is_refused() -> None:
+    with pytest.raises(ValueError, match="did not advance"):
+        cursor.next_step(PullRequest(T0 + 5 * S), ts(1, 2), page_size=2, count=9)
+
+
+def test_initial_watermark() -> None:
+    wm = cursor.initial_watermark(T0 + timedelta(microseconds=5), timedelta(seconds=60))
+    assert wm == T0 - 60 * S

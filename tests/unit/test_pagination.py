@@ -1,0 +1,123 @@
+"""Decoding Kantata pages: envelope, order, validation, and bad input with specific reasons."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+
+from syncd.errors import MalformedResponseError
+from syncd.pagination import decode_page, parse_time_entry
+
+
+def entry(i: int, **over: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "id": str(i), "created_at": "2026-03-08T01:59:59-08:00",
+        "updated_at": "2026-03-08T03:00:00-07:00", "date_performed": "2026-03-07",
+        "time_in_minutes": 60, "billable": True, "notes": "ok\nline 2 ✓ 🎉",
+        "rate_in_cents": 15000, "cost_rate_in_cents": 9000, "currency": "USD",
+        "currency_symbol": "$", "currency_base_unit": 100, "approved": False,
+        "is_invoiced": False, "taxable": False, "location": None, "workspace_id": "10",
+        "user_id": "20", "story_id": None, "role_id": "5",
+    }
+    e.update(over)
+    return e
+
+
+def page(*entries: dict[str, Any], order: list[str] | None = None, **extra: Any) -> bytes:
+    ids = order or [e["id"] for e in entries]
+    doc = {"count": len(ids), "meta": {"count": len(ids), "page_count": 1, "page_number": 1,
+                                       "page_size": 200},
+           "results": [{"key": "time_entries", "id": i} for i in ids],
+           "time_entries": {e["id"]: e for e in entries}, **extra}
+    return orjson.dumps(doc)
+
+
+def test_results_order_wins_over_keyed_object_order() -> None:
+    p = decode_page(page(entry(3), entry(1), entry(2), order=["2", "3", "1"]))
+    assert [e.id for e in p.entries] == [2, 3, 1]
+    assert p.result_ids == ("2", "3", "1")
+    assert (p.count, p.page_count, p.page_size) == (3, 1, 200)
+
+
+def test_entry_is_typed_and_keeps_raw() -> None:
+    e = parse_time_entry(entry(7, unknown_field={"x": 1}))
+    assert e.id == 7 and e.workspace_id == 10 and e.story_id is None and e.role_id == 5
+    assert e.date_performed == date(2026, 3, 7)
+    assert e.updated_at == datetime(2026, 3, 8, 10, 0, tzinfo=timezone.utc)
+    assert e.updated_at.utcoffset() == timedelta(hours=-7)
+    assert orjson.loads(e.raw)["unknown_field"] == {"x": 1}
+
+
+def test_side_loads_are_decoded() -> None:
+    body = page(entry(1), workspaces={"10": {"id": "10", "title": "Apollo"}},
+                users={"20": {"id": "20", "full_name": "Ada"}}, stories={}, roles={})
+    p = decode_page(body)
+    assert {(s.kind, s.id, s.label) for s in p.side} == {("workspaces", 10, "Apollo"),
+                                                         ("users", 20, "Ada")}
+
+
+@pytest.mark.parametrize(("over", "reason"), [
+    ({"time_in_minutes": -5}, "time_in_minutes -5 is outside"),
+    ({"time_in_minutes": "sixty"}, "time_in_minutes must be an integer"),
+    ({"time_in_minutes": True}, "got a boolean"),
+    ({"time_in_minutes": None}, "time_in_minutes is missing"),
+    ({"date_performed": "9999-12-31"}, "outside years"),
+    ({"date_performed": "2026-02-30"}, "not a valid date"),
+    ({"date_performed": 20260101}, "must be YYYY-MM-DD"),
+    ({"updated_at": "2026-03-08T03:00:00"}, "has no UTC offset"),
+    ({"updated_at": "yesterday"}, "is not ISO 8601"),
+    ({"updated_at": None}, "updated_at must be an ISO 8601 string"),
+    ({"notes": "bad\x00nul"}, "NUL character"),
+    ({"notes": "x" * 1_000_001}, "over the 1000000 limit"),
+    ({"notes": 42}, "notes must be a string"),
+    ({"billable": "yes"}, "billable must be true, false or null"),
+    ({"workspace_id": "ten"}, "workspace_id must be an integer"),
+    ({"id": "-3"}, "id -3 is outside"),
+    ({"extra": {"k": "v\x00"}}, "NUL character"),
+])
+def test_bad_entries_are_rejected_with_a_specific_reason(over: dict[str, Any],
+                                                         reason: str) -> None:
+    p = decode_page(page(entry(1), entry(2, **over), entry(3)))
+    assert [e.id for e in p.entries] == [1, 3]
+    assert len(p.rejected) == 1
+    assert p.rejected[0].entry_id == over.get("id", "2")
+    assert reason in p.rejected[0].reason
+
+
+def test_results_id_missing_from_keyed_object_is_rejected_not_fatal() -> None:
+    p = decode_page(page(entry(1), order=["1", "99"]))
+    assert [e.id for e in p.entries] == [1]
+    assert p.rejected[0].entry_id == "99"
+    assert "absent from the `time_entries` object" in p.rejected[0].reason
+
+
+def test_lone_surrogate_rejects_one_record_not_the_page() -> None:
+    body = page(entry(1), entry(2, notes="PLACEHOLDER")).replace(b"PLACEHOLDER", b"\\ud800")
+    p = decode_page(body)
+    assert [e.id for e in p.entries] == [1]
+    assert "unpaired surrogate" in p.rejected[0].reason
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"count": 1, "results": [{"key": "time_entries", "id"', "invalid or truncated JSON"),
+    (b"<html><body>Maintenance</body></html>", "HTML"),
+    (b"[]", "not a JSON object"),
+    (b'{"count": 0}', "no `results` array"),
+    (b'{"results": [], "time_entries": []}', "not an object keyed by id"),
+    (b'{"results": [], "meta": {"page_count": "2"}}', "meta.page_count is not an integer"),
+    (b"", "invalid or truncated JSON"),
+])
+def test_malformed_pages_raise_a_specific_error(body: bytes, message: str) -> None:
+    with pytest.raises(MalformedResponseError, match=message):
+        decode_page(body)
+
+
+def test_empty_page_past_the_end() -> None:
+    body = orjson.dumps({"count": 5, "meta": {"count": 5, "page_count": 1, "page_number": 9,
+                                              "page_size": 20},
+                         "results": [], "time_entries": {}})
+    p = decode_page(body)
+    assert p.entries == () and p.count == 5 and p.page_number == 9
