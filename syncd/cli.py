@@ -1,0 +1,52 @@
+"""The `syncd` command. Each subcommand lives in a module of `syncd.commands` that exposes
+`register(subparsers)`; this module only parses, configures logging, loads settings and
+dispatches. Exit codes: 0 ok, 1 failure (or drift for `verify`), 2 usage/configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from syncd import __version__, commands, logs
+from syncd.settings import Settings, format_validation_error
+
+__all__ = ["main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of `syncd.commands`."""
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Mirror Kantata OX time entries into PostgreSQL and push "
+                                  "local changes back.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"syncd.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `syncd` console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    settings: Settings | None = None
+    if getattr(args, "needs_settings", True):
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            print(f"syncd: {format_validation_error(exc)}", file=sys.stderr)
+            return 2
+        logs.configure(settings.log_level, settings.log_format)
+    else:
+        logs.configure("INFO", "auto")
+    try:
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,68 @@
+"""`syncd status [--json]`: watermark, rows, windows, last runs and their errors, outbox."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd import store
+from syncd.commands._util import run_async
+from syncd.settings import Settings
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    return "-" if v is None else str(v)
+
+
+def render_text(snap: dict[str, Any]) -> str:
+    """Human-readable status, one fact per line."""
+    e = snap.get("entries", {})
+    lines = [
+        f"watermark:        {_fmt(snap.get('watermark'))}",
+        f"entries:          {e.get('live', 0)} live, {e.get('deleted', 0)} marked deleted "
+        f"(last write {_fmt(e.get('last_write'))})",
+        f"windows:          " + (", ".join(f"{k}={v}" for k, v in snap["windows"].items())
+                                 or "none yet"),
+        f"rejected records: {snap.get('rejected_records', 0)}",
+    ]
+    if "outbox" in snap:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(snap["outbox"].items())) or "empty"
+        lines.append(f"outbox:           {counts} (oldest pending "
+                     f"{_fmt(snap.get('outbox_oldest_pending'))})")
+    for job, at in sorted(snap.get("last_success", {}).items()):
+        lines.append(f"last ok {job + ':':<10} {_fmt(at)}")
+    lines.append("recent runs:")
+    for r in snap.get("runs", []):
+        lines.append(f"  {_fmt(r['started_at'])} {r['job']:<10} {r['status']:<11} "
+                     f"pages={r['pages']} requests={r['requests']} rows={r['rows_upserted']}"
+                     + (f" error={r['error']}" if r["error"] else ""))
+    return "\n".join(lines)
+
+
+async def _status(settings: Settings, as_json: bool) -> int:
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        snap = await store.status_snapshot(conn)
+    finally:
+        await conn.close()
+    if as_json:
+        print(orjson.dumps(snap, default=str, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_text(snap))
+    return 0
+
+
+def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    return run_async(_status(settings, args.json))
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("status", help="show watermark, rows, last runs and errors")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd)

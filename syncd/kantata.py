@@ -1,0 +1,260 @@
+"""The aiohttp boundary to Kantata OX's time-entries API (the only module that imports aiohttp
+for client use).
+
+Contract: `time-entries.openapi.yml` (`GET/POST/DELETE /time_entries`, `GET/PUT/DELETE
+/time_entries/{id}`) and api-notes §1-§10. Every request waits for a connection slot and for the
+shared `RequestBudget`, then runs under its own timeout (so time queued does not count). Reads are
+retried with full-jitter exponential back-off on 429, 5xx, timeouts, resets and malformed
+bodies; `Retry-After` is honoured when present but capped. Writes are never retried here: their
+outcome may be ambiguous, which the outbox reconciles (a blind re-POST would duplicate).
+The token appears only in the Authorization header and never in an error or log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+
+from syncd import pagination
+from syncd.budget import RequestBudget
+from syncd.errors import (
+    AuthError,
+    FatalAPIError,
+    MalformedResponseError,
+    RetriableAPIError,
+    RetriableError,
+)
+from syncd.metrics import Metrics
+from syncd.models import Page, Priority
+
+__all__ = ["ApiResponse", "KantataClient", "RetryPolicy", "classify", "error_messages"]
+
+log = structlog.get_logger(__name__)
+
+#: The filters that undo Kantata's visibility defaults (api-notes §4): without them archived and
+#: other-account entries are invisible and would later look like deletions.
+VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    """A Kantata answer: HTTP `status`, decoded JSON `body` (None when empty), `request_id`."""
+
+    status: int
+    body: Any
+    request_id: str | None
+    raw: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Back-off for reads: up to `max_retries` retries, full jitter in
+    [0, min(`cap`, `base`·2^attempt)] seconds, `Retry-After` capped at `retry_after_cap`."""
+
+    max_retries: int = 6
+    base: float = 1.0
+    cap: float = 60.0
+    retry_after_cap: float = 120.0
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(min(max(retry_after, 0.0), self.retry_after_cap))
+        return random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+def error_messages(body: Any) -> str:
+    """Kantata's own messages from an `{"errors":[{type,message,...}]}` body (api-notes §9)."""
+    if isinstance(body, Mapping) and isinstance(body.get("errors"), list):
+        msgs = [str(e.get("message", "")) for e in body["errors"] if isinstance(e, Mapping)]
+        if any(msgs):
+            return "; ".join(m for m in msgs if m)
+    return "no error message"
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None  # HTTP-date form: ignore, back off normally
+
+
+def classify(status: int, body: Any, *, request_id: str | None = None,
+             retry_after: float | None = None) -> None:
+    """Raise the error class for a non-2xx answer; return for 2xx.
+
+    429, 5xx → RetriableAPIError; 401/403 → AuthError; other 4xx → FatalAPIError (with the
+    `errors` list for item mapping). Source: api-notes §9-§10.
+    """
+    if 200 <= status < 300:
+        return
+    msg = error_messages(body)
+    if status == 429 or status >= 500:
+        raise RetriableAPIError(status, msg, retry_after=retry_after, request_id=request_id)
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    errs = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    if status in (401, 403):
+        raise AuthError(status, msg, errors=errs, request_id=request_id)
+    raise FatalAPIError(status, msg, errors=errs, request_id=request_id)
+
+
+def _endpoint(path: str) -> str:
+    return "/time_entries/{id}" if path.count("/") > 1 else path
+
+
+class KantataClient:
+    """Async client for one Kantata account. Shapes are Kantata's JSON (api-notes §2).
+
+    `session` is the process's single aiohttp ClientSession; `base_url` like
+    `https://api.mavenlink.com/api/v1`; `budget` is shared by every job; `max_connections`
+    bounds requests in flight.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: SecretStr, *,
+                 budget: RequestBudget, retry: RetryPolicy | None = None,
+                 request_timeout: float = 90.0, connect_timeout: float = 10.0,
+                 max_connections: int = 8, metrics: Metrics | None = None) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._auth = {"Authorization": f"Bearer {token.get_secret_value()}",
+                      "Accept": "application/json"}
+        self.budget = budget
+        self.retry = retry or RetryPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
+        self._slots = asyncio.Semaphore(max_connections)
+        self.metrics = metrics or Metrics()
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:  # never show the header dict
+        return f"KantataClient({self._base!r})"
+
+    # ------------------------------------------------------------------ transport
+    async def send(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+                   json: Any = None, priority: Priority = "pull") -> ApiResponse:
+        """Send one request (no retry). Returns any answer with a status; raises
+        RetriableAPIError(status 0) when no answer came (timeout, reset, refused)."""
+        data = orjson.dumps(json) if json is not None else None
+        headers = dict(self._auth)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        endpoint = _endpoint(path)
+        async with self._slots:
+            await self.budget.acquire(priority)
+            self.requests_sent += 1
+            try:
+                async with self._session.request(
+                        method, self._base + path, params=params, data=data, headers=headers,
+                        timeout=self._timeout, allow_redirects=False) as resp:
+                    raw = await resp.read()
+                    status, rid = resp.status, resp.headers.get("x-request-id")
+                    retry_after = _retry_after(resp.headers)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self.metrics.requests.labels(endpoint, method, "0").inc()
+                kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
+                raise RetriableAPIError(0, f"{method} {endpoint} {kind}: "
+                                           f"{type(exc).__name__}") from None
+        self.metrics.requests.labels(endpoint, method, str(status)).inc()
+        if status == 429:
+            self.budget.throttled()
+            self.metrics.throttled.inc()
+        elif status < 500:
+            self.budget.succeeded()
+        self.metrics.rate_limit.set(self.budget.rate_per_minute)
+        body: Any = None
+        if raw and status != 204:
+            try:
+                body = pagination.decode_json(raw)
+            except MalformedResponseError:
+                if 200 <= status < 300:
+                    raise
+                body = None
+        if status == 429 or status >= 500:
+            raise RetriableAPIError(status, error_messages(body), retry_after=retry_after,
+                                    request_id=rid)
+        return ApiResponse(status, body, rid, raw)
+
+    async def _read(self, path: str, params: Mapping[str, str], priority: Priority,
+                    decode: bool) -> tuple[ApiResponse, Page | None]:
+        endpoint = _endpoint(path)
+        async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.retry.max_retries + 1), wait=self.retry.wait,
+                retry=retry_if_exception_type(RetriableError), reraise=True):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.metrics.retries.labels(endpoint).inc()
+                    log.info("request_retry", endpoint=endpoint,
+                             attempt=attempt.retry_state.attempt_number)
+                resp = await self.send("GET", path, params=params, priority=priority)
+                classify(resp.status, resp.body, request_id=resp.request_id)
+                page = pagination.decode_page(resp.body) if decode else None
+                return resp, page
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ reads
+    async def list_page(self, params: Mapping[str, str], *,
+                        priority: Priority = "pull") -> Page:
+        """`GET /time_entries` with `params` (visibility overrides added), decoded. Retries
+        transient failures; raises RetriableError when they persist, FatalAPIError on 4xx."""
+        _, page = await self._read("/time_entries", {**VISIBILITY, **params}, priority, True)
+        assert page is not None
+        return page
+
+    async def get_by_ids(self, ids: Sequence[int], *, priority: Priority = "push",
+                         extra: Mapping[str, str] | None = None) -> Page:
+        """`GET /time_entries?only=<ids>` (≤ 200 ids, unpaginated, no 404 on misses;
+        api-notes §4, §14 Q18)."""
+        if len(ids) > 200:
+            raise ValueError("at most 200 ids per only= request")
+        params = {"only": ",".join(str(i) for i in ids), **(extra or {})}
+        return await self.list_page(params, priority=priority)
+
+    async def find_by_external_refs(self, service_name: str, refs: Sequence[str], *,
+                                    priority: Priority = "push") -> Page:
+        """Entries carrying an external reference of `service_name` with one of `refs`
+        (≤ 200; `external_reference_service_model_refs`, TE spec GET /time_entries)."""
+        if len(refs) > 200:
+            raise ValueError("at most 200 refs per lookup")
+        params = {"external_reference_service_name": service_name,
+                  "external_reference_service_model_refs": ",".join(refs),
+                  "include": "external_references", "per_page": "200"}
+        return await self.list_page(params, priority=priority)
+
+    # ------------------------------------------------------------------ writes (no retry)
+    async def create_entries(self, items: Sequence[Mapping[str, Any]]) -> ApiResponse:
+        """Bulk `POST /time_entries` with `{"time_entries": [...]}` (≤ 100; all-or-nothing,
+        api-notes §6, §14 Q5). Returns the answer for any status < 500 other than 429; raises
+        RetriableAPIError when the outcome is unknown (no answer, 429, 5xx)."""
+        if not 1 <= len(items) <= 100:
+            raise ValueError("bulk create takes 1..100 items")
+        return await self.send("POST", "/time_entries", json={"time_entries": list(items)},
+                               params={"include": "external_references"}, priority="push")
+
+    async def update_entry(self, entry_id: int, fields: Mapping[str, Any]) -> ApiResponse:
+        """`PUT /time_entries/{id}` with `{"time_entry": fields}` (partial; api-notes §7)."""
+        return await self.send("PUT", f"/time_entries/{entry_id}",
+                               json={"time_entry": dict(fields)}, priority="push")
+
+    async def delete_entries(self, ids: Sequence[int]) -> ApiResponse:
+        """Bulk `DELETE /time_entries?ids=...` (≤ 100, all-or-nothing, 204; api-notes §8)."""
+        if not 1 <= len(ids) <= 100:
+            raise ValueError("bulk delete takes 1..100 ids")
+        return await self.send("DELETE", "/time_entries",
+                               params={"ids": ",".join(str(i) for i in ids)}, priority="push")

@@ -1,0 +1,233 @@
+"""The pull use cases: backfill by `date_performed_between` windows, then incremental pulls by
+`updated_after`, each page stored in one transaction together with its checkpoint.
+
+Backfill windows are fetched concurrently (bounded by `window_concurrency`) and resume from
+their last stored page after a restart. A window whose pages returned fewer distinct entries than
+Kantata's final `count` (rows moved while we paged) is read again. The incremental pull follows
+`syncd.cursor`; its watermark moves in the same transaction as the rows it covers, only forward,
+and never past the run's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import structlog
+
+from syncd import cursor, store
+from syncd.errors import FatalError, RetriableError
+from syncd.models import Page
+from syncd.runs import Deps, RunStats, job_run
+from syncd.windows import Window, month_windows
+
+__all__ = ["WindowResult", "backfill", "incremental", "sync_once"]
+
+log = structlog.get_logger(__name__)
+
+INCLUDE = "workspace,user,story,role"
+MAX_WINDOW_READS = 3
+
+
+@dataclass
+class WindowResult:
+    """Outcome of reading one window: ids seen, rows written, Kantata's count, error if any."""
+
+    window: Window
+    ids: set[int] = field(default_factory=set)
+    upserted: int = 0
+    rejected: int = 0
+    pages: int = 0
+    remote_count: int | None = None
+    error: str | None = None
+
+
+def _base_params(deps: Deps) -> dict[str, str]:
+    params = {"per_page": str(deps.settings.per_page)}
+    if deps.settings.sideload:
+        params["include"] = INCLUDE
+    return params
+
+
+async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,
+                     window: Window | None = None, page_no: int = 0,
+                     watermark: datetime | None = None) -> int:
+    """Write one page in one transaction: entries, side-loads, dead letters, and the checkpoint
+    (window page counter or watermark). Returns rows changed."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        changed = await store.upsert_entries(conn, page.entries)
+        if page.side:
+            await store.upsert_side(conn, page.side)
+        if page.rejected:
+            await store.record_rejects(conn, page.rejected, stats.run_id)
+        if purpose is not None and window is not None:
+            await store.checkpoint_window(conn, purpose, window, page_no, len(page.entries))
+        if watermark is not None:
+            await store.set_watermark(conn, watermark)
+    stats.pages += 1
+    stats.rows_upserted += changed
+    stats.rows_rejected += len(page.rejected)
+    deps.metrics.rows_upserted.labels(stats.job).inc(changed)
+    deps.metrics.rows_rejected.labels(stats.job).inc(len(page.rejected))
+    for r in page.rejected:
+        log.warning("record_rejected", entry_id=r.entry_id, reason=r.reason)
+    deps.made_progress()
+    return changed
+
+
+async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",
+                      first_page: int = 1, priority: str = "pull") -> WindowResult:
+    """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
+    final count shows entries were skipped. Errors are returned in the result, not raised."""
+    res = WindowResult(w)
+    for attempt in range(MAX_WINDOW_READS):
+        res = WindowResult(w)
+        page_no = first_page if attempt == 0 else 1
+        assumed = (page_no - 1) * deps.settings.per_page  # entries of pages done before a resume
+        try:
+            while True:
+                params = {**_base_params(deps), "date_performed_between": w.param,
+                          "order": "date_performed:asc", "page": str(page_no)}
+                page = await deps.client.list_page(params, priority=priority)  # type: ignore[arg-type]
+                if not page.result_ids:
+                    res.remote_count = page.count
+                    break
+                res.upserted += await store_page(deps, page, stats, purpose=purpose, window=w,
+                                                 page_no=page_no)
+                res.ids.update(e.id for e in page.entries)
+                res.rejected += len(page.rejected)
+                res.pages += 1
+                res.remote_count = page.count
+                if page_no >= page.page_count or len(page.result_ids) < page.page_size:
+                    break
+                page_no += 1
+                if deps.should_stop():
+                    res.error = "stopped before the window finished"
+                    return res
+        except (RetriableError, FatalError) as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+            return res
+        seen = len(res.ids) + res.rejected + assumed
+        if res.remote_count is None or seen >= res.remote_count:
+            return res
+        log.warning("window_moved_while_reading", window=w.param, seen=seen,
+                    remote_count=res.remote_count, attempt=attempt + 1)
+        first_page = 1
+    res.error = (f"window {w.param} kept changing while read ({len(res.ids)} of "
+                 f"{res.remote_count} entries); will retry next run")
+    return res
+
+
+class _Progress:
+    """Percentage in the logs; a progress bar on stderr when it is a TTY."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, w: Window, rows: int) -> None:
+        self.done += 1
+        pct = 100.0 * self.done / max(self.total, 1)
+        log.info("backfill_progress", window=w.param, rows=rows, windows_done=self.done,
+                 windows_total=self.total, percent=round(pct, 1))
+        if self.tty:
+            bar = "#" * int(pct // 4)
+            sys.stderr.write(f"\rbackfill [{bar:<25}] {pct:5.1f}% {self.done}/{self.total}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
+                   stats: RunStats) -> list[WindowResult]:
+    """Read all windows between `since` and `until` (inclusive). Windows already `done` are
+    skipped unless `force`; a `running` window resumes at its next page."""
+    windows = month_windows(since, until, deps.settings.backfill_window_months)
+    async with deps.pool.acquire() as conn:
+        states = await store.window_states(conn, "backfill")
+    todo = [w for w in windows if force or states.get(w, {}).get("status") != "done"]
+    progress = _Progress(len(todo))
+    sem = asyncio.Semaphore(deps.settings.window_concurrency)
+    results: list[WindowResult] = []
+
+    async def one(w: Window) -> None:
+        async with sem:
+            if deps.should_stop():
+                return
+            resume = not force and states.get(w, {}).get("status") == "running"
+            async with deps.pool.acquire() as conn:
+                pages_done = await store.start_window(conn, "backfill", w, restart=not resume)
+            res = await read_window(deps, w, stats, first_page=pages_done + 1)
+            status = "failed" if res.error else "done"
+            async with deps.pool.acquire() as conn:
+                await store.finish_window(conn, "backfill", w, status=status,
+                                          remote_count=res.remote_count, error=res.error)
+            if res.error:
+                stats.errors.append(f"{w.param}: {res.error}")
+                log.warning("window_failed", window=w.param, error=res.error)
+            results.append(res)
+            progress.step(w, len(res.ids))
+
+    await asyncio.gather(*(one(w) for w in todo))
+    stats.details["windows"] = len(todo)
+    return results
+
+
+async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
+    """One incremental pass from the watermark; returns pages read. Raises RetriableError /
+    FatalError when a page cannot be read (the watermark then stays where it was)."""
+    async with deps.pool.acquire() as conn:
+        wm = await store.get_watermark(conn)
+    if wm is None:
+        raise FatalError("no watermark yet: run a backfill first (syncd sync)")
+    overlap = timedelta(seconds=deps.settings.overlap)
+    req: cursor.PullRequest | None = cursor.first_request(wm, overlap)
+    pages = 0
+    while req is not None:
+        params = {**_base_params(deps), "order": "updated_at:asc", "page": str(req.page),
+                  "updated_after": req.updated_after.isoformat()}
+        if req.updated_before is not None:
+            params["updated_before"] = req.updated_before.isoformat()
+        page = await deps.client.list_page(params)
+        pages += 1
+        step = cursor.next_step(req, [e.updated_at for e in page.entries], page.page_size,
+                                page.count)
+        mark = min(step.complete_through, started) if step.complete_through else None
+        await store_page(deps, page, stats, watermark=mark)
+        if mark is not None:
+            deps.metrics.watermark_lag.set(max(0.0, (started - mark).total_seconds()))
+        req = step.next
+        if deps.should_stop():
+            break
+    return pages
+
+
+async def sync_once(deps: Deps, *, since: date | None = None, until: date | None = None,
+                    now: datetime | None = None) -> RunStats:
+    """One pull cycle: backfill what is not done (or exactly `since`..`until` when given), then
+    an incremental pass. Returns the run's figures; raises on a fatal error."""
+    now = now or datetime.now(UTC)
+    job = "backfill" if since or until else "pull"
+    async with job_run(deps, job) as stats:
+        async with deps.pool.acquire() as conn:
+            wm = await store.get_watermark(conn)
+            if wm is None:  # first run: anything changed from now on is caught incrementally
+                await store.set_watermark(conn, cursor.initial_watermark(
+                    now, timedelta(seconds=deps.settings.overlap)))
+        today = now.date()
+        lo = since or deps.settings.backfill_from(today)
+        hi = until or (today + timedelta(days=deps.settings.lookahead_days))
+        await backfill(deps, lo, hi, force=since is not None or until is not None, stats=stats)
+        if not deps.should_stop():
+            stats.details["incremental_pages"] = await incremental(deps, now, stats)
+    return stats
+
+
+def windows_for(deps: Deps, today: date) -> Sequence[Window]:
+    """The backfill windows configured for `today`."""
+    return month_windows(deps.settings.backfill_from(today),
+                         today + timedelta(days=deps.settings.lookahead_days),
+                         deps.settings.backfill_window_months)

@@ -1,0 +1,104 @@
+"""Shared plumbing of every job run: dependencies, run history rows, log context, metrics.
+
+`Deps` is passed explicitly to every job (no globals). `job_run` opens a `syncd.sync_runs` row,
+binds `run_id` and `job` to every log line of the run, and closes the row with the run's figures
+and error, whatever happens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from syncd import store
+from syncd.errors import SyncdError
+from syncd.kantata import KantataClient
+from syncd.metrics import Metrics
+from syncd.settings import Settings
+
+__all__ = ["Deps", "RunStats", "job_run"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Deps:
+    """What a job needs: the process's single pool and client, settings, metrics, and a
+    `progress` callback (fed to the systemd watchdog) called whenever work moves forward."""
+
+    pool: asyncpg.Pool
+    client: KantataClient
+    settings: Settings
+    metrics: Metrics
+    progress: Any = None
+    stopping: Any = None  # asyncio.Event set on shutdown: stop starting new work
+
+    def made_progress(self) -> None:
+        if self.progress is not None:
+            self.progress()
+
+    def should_stop(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
+
+
+@dataclass
+class RunStats:
+    """Figures of one run, written to `syncd.sync_runs`."""
+
+    run_id: uuid.UUID
+    job: str
+    pages: int = 0
+    rows_upserted: int = 0
+    rows_rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    requests_at_start: int = 0
+
+
+@asynccontextmanager
+async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
+    """Record one run of `job`. The body's exception is recorded and re-raised; errors appended
+    to `stats.errors` make the run `partial` (some work failed, the rest was stored)."""
+    stats = RunStats(run_id=uuid.uuid4(), job=job, requests_at_start=deps.client.requests_sent)
+    started = time.monotonic()
+    status, error = "ok", None
+    with structlog.contextvars.bound_contextvars(run_id=str(stats.run_id), job=job):
+        async with deps.pool.acquire() as conn:
+            await store.start_run(conn, stats.run_id, job)
+        log.info("job_started")
+        try:
+            yield stats
+            if stats.errors:
+                status, error = "partial", "; ".join(stats.errors)[:4000]
+        except (SyncdError, OSError, asyncpg.PostgresError) as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"[:4000]
+            raise
+        except BaseException as exc:  # cancellation, deadline, shutdown
+            status, error = "interrupted", type(exc).__name__
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            deps.metrics.job_duration.labels(job).observe(elapsed)
+            if status in ("ok", "partial"):
+                deps.metrics.job_last_success.labels(job).set(time.time())
+            else:
+                deps.metrics.job_failures.labels(job).inc()
+            requests = deps.client.requests_sent - stats.requests_at_start
+            try:
+                async with deps.pool.acquire() as conn:
+                    await store.finish_run(
+                        conn, stats.run_id, status=status, pages=stats.pages, requests=requests,
+                        rows_upserted=stats.rows_upserted, rows_rejected=stats.rows_rejected,
+                        error=error, details=stats.details)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("run_history_write_failed", error=type(exc).__name__)
+            log.info("job_finished", status=status, seconds=round(elapsed, 3),
+                     pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
+                     rows_rejected=stats.rows_rejected, error=error)

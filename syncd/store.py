@@ -1,0 +1,235 @@
+"""The asyncpg boundary for the mirror (`kantata.*`) and syncd's pull state (`syncd.*`).
+
+Every write is batch-shaped: one statement per page via `unnest` arrays. The upsert never lets an
+older version overwrite a newer one (`updated_at` compared as instants) and revives a row marked
+deleted when Kantata shows it again. `date_performed` travels as a `date`, so no time zone (the
+process's, the session's or Kantata's) can shift it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd.models import Rejected, SideObject, TimeEntry
+from syncd.windows import Window
+
+__all__ = [
+    "finish_run", "finish_window", "get_watermark", "newest_per_id", "record_rejects",
+    "set_watermark", "start_run", "start_window", "upsert_entries", "upsert_side",
+    "window_states",
+]
+
+ENTRY_COLUMNS = (
+    "id", "workspace_id", "user_id", "story_id", "role_id", "date_performed", "time_in_minutes",
+    "billable", "notes", "rate_in_cents", "cost_rate_in_cents", "currency", "currency_symbol",
+    "currency_base_unit", "approved", "is_invoiced", "taxable", "location", "created_at",
+    "updated_at", "raw",
+)
+ENTRY_TYPES = (
+    "bigint", "bigint", "bigint", "bigint", "bigint", "date", "integer", "boolean", "text",
+    "bigint", "bigint", "text", "text", "integer", "boolean", "boolean", "boolean", "text",
+    "timestamptz", "timestamptz", "jsonb",
+)
+
+# One statement per page. The WHERE keeps a newer stored version (a re-sent older page never
+# wins) and lets a row marked deleted come back when Kantata lists it again.
+UPSERT_ENTRIES = f"""
+INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at)
+SELECT u.*, NULL::timestamptz, now()
+FROM unnest({", ".join(f"${i}::{ty}[]" for i, ty in enumerate(ENTRY_TYPES, start=1))}) AS u
+ON CONFLICT (id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in ENTRY_COLUMNS[1:])},
+    deleted_at = NULL,
+    synced_at = excluded.synced_at
+WHERE t.updated_at < excluded.updated_at
+   OR (t.deleted_at IS NOT NULL AND t.updated_at <= excluded.updated_at)
+"""
+
+SIDE_SQL = {
+    "workspaces": ("kantata.workspaces", "title"),
+    "users": ("kantata.users", "full_name"),
+    "stories": ("kantata.stories", "title"),
+    "roles": ("kantata.roles", "name"),
+}
+
+
+def newest_per_id(entries: Iterable[TimeEntry]) -> list[TimeEntry]:
+    """Keep one version per id, the newest by `updated_at` (a batch may list an id twice and
+    Postgres refuses to upsert the same key twice in one statement). Order: first appearance."""
+    best: dict[int, TimeEntry] = {}
+    for e in entries:
+        cur = best.get(e.id)
+        if cur is None or e.updated_at > cur.updated_at:
+            best[e.id] = e
+    return list(best.values())
+
+
+async def upsert_entries(conn: asyncpg.Connection, entries: Sequence[TimeEntry]) -> int:
+    """Upsert a batch of entries in one statement; return how many rows changed."""
+    rows = newest_per_id(entries)
+    if not rows:
+        return 0
+    columns: list[list[Any]] = [[getattr(e, c) for e in rows] for c in ENTRY_COLUMNS]
+    status = await conn.execute(UPSERT_ENTRIES, *columns)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def upsert_side(conn: asyncpg.Connection, objs: Sequence[SideObject]) -> None:
+    """Upsert side-loaded workspaces/users/stories/roles, one statement per kind present."""
+    by_kind: dict[str, dict[int, SideObject]] = {}
+    for o in objs:
+        by_kind.setdefault(o.kind, {})[o.id] = o
+    for kind, items in by_kind.items():
+        table, label = SIDE_SQL[kind]
+        extra_col = ", workspace_id" if kind == "stories" else ""
+        extra_val = ", u.p" if kind == "stories" else ""
+        extra_set = ", workspace_id = excluded.workspace_id" if kind == "stories" else ""
+        vals = list(items.values())
+        await conn.execute(
+            f"""INSERT INTO {table} AS t (id, {label}, updated_at, raw{extra_col})
+                SELECT u.i, u.l, u.ts, u.r{extra_val}
+                FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::jsonb[],
+                            $5::bigint[]) AS u(i, l, ts, r, p)
+                ON CONFLICT (id) DO UPDATE SET {label} = excluded.{label},
+                    updated_at = excluded.updated_at, raw = excluded.raw,
+                    synced_at = now(){extra_set}
+                WHERE t.raw IS DISTINCT FROM excluded.raw""",
+            [o.id for o in vals], [o.label for o in vals], [o.updated_at for o in vals],
+            [o.raw for o in vals], [o.parent_id for o in vals])
+
+
+async def record_rejects(conn: asyncpg.Connection, rejects: Sequence[Rejected],
+                         run_id: uuid.UUID | None) -> None:
+    """Store records that could not be mirrored (the pull's dead letters), counting repeats."""
+    if not rejects:
+        return
+    await conn.execute(
+        """INSERT INTO syncd.rejected_records (entry_id, reason, raw, run_id)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+           ON CONFLICT (coalesce(entry_id, ''), md5(reason)) DO UPDATE
+           SET last_seen = now(), raw = excluded.raw, run_id = excluded.run_id,
+               occurrences = syncd.rejected_records.occurrences + 1""",
+        [r.entry_id for r in rejects], [r.reason for r in rejects],
+        [r.raw.replace("\x00", "\\u0000") for r in rejects], [run_id] * len(rejects))
+
+
+# ---------------------------------------------------------------- watermark
+async def get_watermark(conn: asyncpg.Connection, stream: str = "time_entries"
+                        ) -> datetime | None:
+    """The incremental watermark, or None before the first backfill started."""
+    return await conn.fetchval("SELECT watermark FROM syncd.watermarks WHERE stream = $1",
+                               stream)  # type: ignore[no-any-return]
+
+
+async def set_watermark(conn: asyncpg.Connection, value: datetime,
+                        stream: str = "time_entries") -> None:
+    """Move the watermark forward to `value` (never backwards). Call inside the transaction
+    that stored the rows it covers."""
+    await conn.execute(
+        """INSERT INTO syncd.watermarks (stream, watermark) VALUES ($1, $2)
+           ON CONFLICT (stream) DO UPDATE
+           SET watermark = GREATEST(syncd.watermarks.watermark, excluded.watermark),
+               updated_at = now()""", stream, value)
+
+
+# ---------------------------------------------------------------- windows
+async def window_states(conn: asyncpg.Connection, purpose: str) -> dict[Window, asyncpg.Record]:
+    """Checkpoint rows for `purpose` ('backfill' | 'reconcile'), keyed by window."""
+    rows = await conn.fetch("SELECT * FROM syncd.windows WHERE purpose = $1", purpose)
+    return {Window(r["window_start"], r["window_end"]): r for r in rows}
+
+
+async def start_window(conn: asyncpg.Connection, purpose: str, w: Window,
+                       *, restart: bool) -> int:
+    """Mark a window running; return the number of pages already done (0 when `restart`)."""
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        """INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at)
+           VALUES ($1, $2, $3, 'running', now())
+           ON CONFLICT (purpose, window_start, window_end) DO UPDATE
+           SET status = 'running', started_at = now(), last_error = NULL,
+               pages_done = CASE WHEN $4 THEN 0 ELSE syncd.windows.pages_done END,
+               rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END
+           RETURNING pages_done""", purpose, w.start, w.end, restart)
+
+
+async def checkpoint_window(conn: asyncpg.Connection, purpose: str, w: Window, pages_done: int,
+                            rows: int) -> None:
+    """Record that `pages_done` pages of `w` are stored (in the same transaction as the rows)."""
+    await conn.execute(
+        """UPDATE syncd.windows SET pages_done = $4, rows_seen = rows_seen + $5
+           WHERE purpose = $1 AND window_start = $2 AND window_end = $3""",
+        purpose, w.start, w.end, pages_done, rows)
+
+
+async def finish_window(conn: asyncpg.Connection, purpose: str, w: Window, *, status: str,
+                        remote_count: int | None, error: str | None = None) -> None:
+    """Mark a window done or failed, with Kantata's count for it."""
+    await conn.execute(
+        """UPDATE syncd.windows SET status = $4, remote_count = $5, last_error = $6,
+               finished_at = now()
+           WHERE purpose = $1 AND window_start = $2 AND window_end = $3""",
+        purpose, w.start, w.end, status, remote_count, error)
+
+
+# ---------------------------------------------------------------- run history
+async def start_run(conn: asyncpg.Connection, run_id: uuid.UUID, job: str) -> None:
+    """Open a row in `syncd.sync_runs`."""
+    await conn.execute("INSERT INTO syncd.sync_runs (run_id, job) VALUES ($1, $2)", run_id, job)
+
+
+async def finish_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, status: str, pages: int,
+                     requests: int, rows_upserted: int, rows_rejected: int,
+                     error: str | None, details: dict[str, Any] | None = None) -> None:
+    """Close a run row with its figures and error (if any)."""
+    await conn.execute(
+        """UPDATE syncd.sync_runs SET finished_at = now(), status = $2, pages = $3,
+               requests = $4, rows_upserted = $5, rows_rejected = $6, error = $7,
+               details = $8::jsonb
+           WHERE run_id = $1""",
+        run_id, status, pages, requests, rows_upserted, rows_rejected, error,
+        orjson.dumps(details or {}).decode())
+
+
+async def prune_runs(conn: asyncpg.Connection, older_than_days: int) -> int:
+    """Delete run history older than `older_than_days`; return rows removed."""
+    status = await conn.execute(
+        "DELETE FROM syncd.sync_runs WHERE started_at < now() - make_interval(days => $1)",
+        older_than_days)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+
+
+async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[str, Any]:
+    """Figures for `syncd status`, /status and /readyz: watermark, row counts, window progress,
+    recent runs, last success per job, dead letters, and outbox counts when the outbox exists."""
+    snap: dict[str, Any] = {}
+    snap["watermark"] = await get_watermark(conn)
+    row = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
+                  count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,
+                  max(synced_at) AS last_write
+           FROM kantata.time_entries""")
+    snap["entries"] = dict(row) if row else {}
+    snap["windows"] = {f"{r['purpose']}:{r['status']}": r["n"] for r in await conn.fetch(
+        "SELECT purpose, status, count(*) AS n FROM syncd.windows GROUP BY 1, 2 ORDER BY 1, 2")}
+    snap["last_success"] = {r["job"]: r["at"] for r in await conn.fetch(
+        """SELECT job, max(finished_at) AS at FROM syncd.sync_runs
+           WHERE status IN ('ok', 'partial') GROUP BY job""")}
+    snap["runs"] = [dict(r) for r in await conn.fetch(
+        """SELECT run_id::text, job, started_at, finished_at, status, pages, requests,
+                  rows_upserted, rows_rejected, error
+           FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1""", runs)]
+    snap["rejected_records"] = await conn.fetchval("SELECT count(*) FROM syncd.rejected_records")
+    if await conn.fetchval("SELECT to_regclass('syncd.outbox') IS NOT NULL"):
+        snap["outbox"] = {r["status"]: r["n"] for r in await conn.fetch(
+            "SELECT status, count(*) AS n FROM syncd.outbox GROUP BY status")}
+        snap["outbox_oldest_pending"] = await conn.fetchval(
+            "SELECT min(created_at) FROM syncd.outbox WHERE status = 'pending'")
+    return snap

@@ -1,0 +1,82 @@
+"""The mirror's upsert against real PostgreSQL: newer wins, duplicates in a batch, dates and
+instants under any session time zone, revival of rows marked deleted."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd import store
+from syncd.pagination import parse_time_entry
+from syncd.models import TimeEntry
+
+pytestmark = pytest.mark.integration
+
+PST = timezone(timedelta(hours=-8))
+
+
+def te(i: int, updated: str, **over: Any) -> TimeEntry:
+    raw = {"id": str(i), "updated_at": updated, "created_at": "2026-01-01T00:00:00-08:00",
+           "date_performed": "2026-01-01", "time_in_minutes": 30, "notes": f"v{updated}",
+           "workspace_id": "1", "user_id": "2", "story_id": None, "role_id": None, **over}
+    return parse_time_entry(raw)
+
+
+async def test_upsert_inserts_then_only_newer_versions_win(conn: asyncpg.Connection) -> None:
+    assert await store.upsert_entries(conn, [te(1, "2026-01-02T10:00:00-08:00")]) == 1
+    # an older version re-sent later never overwrites the newer one
+    newer = te(1, "2026-01-02T10:00:05-08:00", time_in_minutes=45)
+    assert await store.upsert_entries(conn, [newer]) == 1
+    older = te(1, "2026-01-02T10:00:01-08:00", time_in_minutes=99)
+    assert await store.upsert_entries(conn, [older]) == 0
+    row = await conn.fetchrow("SELECT time_in_minutes, updated_at FROM kantata.time_entries")
+    assert row["time_in_minutes"] == 45
+    assert row["updated_at"] == datetime(2026, 1, 2, 18, 0, 5, tzinfo=timezone.utc)
+
+
+async def test_same_id_twice_in_one_batch_keeps_newest(conn: asyncpg.Connection) -> None:
+    batch = [te(5, "2026-01-02T10:00:09-08:00", time_in_minutes=9),
+             te(5, "2026-01-02T10:00:01-08:00", time_in_minutes=1)]
+    assert await store.upsert_entries(conn, batch) == 1
+    assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries") == 9
+
+
+@pytest.mark.parametrize("session_tz", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles",
+                                        "Pacific/Pago_Pago"])
+async def test_dates_never_shift_under_any_session_time_zone(conn: asyncpg.Connection,
+                                                             session_tz: str) -> None:
+    await conn.execute(f"SET TimeZone = '{session_tz}'")
+    await store.upsert_entries(conn, [te(3, "2026-03-08T01:59:59-08:00",
+                                         date_performed="2026-03-08")])
+    row = await conn.fetchrow("SELECT date_performed, updated_at, "
+                              "date_performed::text AS d FROM kantata.time_entries")
+    assert row["date_performed"] == date(2026, 3, 8)
+    assert row["d"] == "2026-03-08"
+    assert row["updated_at"] == datetime(2026, 3, 8, 9, 59, 59, tzinfo=timezone.utc)
+
+
+async def test_row_marked_deleted_is_revived_when_seen_again(conn: asyncpg.Connection) -> None:
+    await store.upsert_entries(conn, [te(8, "2026-01-02T10:00:00-08:00")])
+    await conn.execute("UPDATE kantata.time_entries SET deleted_at = now()")
+    assert await store.upsert_entries(conn, [te(8, "2026-01-02T10:00:00-08:00")]) == 1
+    assert await conn.fetchval("SELECT deleted_at FROM kantata.time_entries") is None
+
+
+async def test_raw_keeps_the_entry_as_received(conn: asyncpg.Connection) -> None:
+    await store.upsert_entries(conn, [te(9, "2026-01-02T10:00:00-08:00",
+                                         notes="multi\nline ✓", custom={"a": [1, 2]})])
+    raw = await conn.fetchval("SELECT raw->'custom' FROM kantata.time_entries")
+    assert raw == '{"a": [1, 2]}'
+
+
+async def test_watermark_only_moves_forward(conn: asyncpg.Connection) -> None:
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert await store.get_watermark(conn) is None
+    await store.set_watermark(conn, t)
+    await store.set_watermark(conn, t - timedelta(hours=1))
+    assert await store.get_watermark(conn) == t
+    await store.set_watermark(conn, t + timedelta(seconds=1))
+    assert await store.get_watermark(conn) == t + timedelta(seconds=1)
