@@ -1,0 +1,431 @@
+"""aiohttp routes of the simulator: the public Kantata API (``/api/v1``) and the control API (``/_sim``).
+
+Public request pipeline (api-notes §1, §9, §10): log -> bearer auth (401 ``oauth``) -> per-token
+rate limit (429 ``system``, ``Retry-After`` only when configured) -> fault draws (latency, reset,
+timeout, error, lost response, bad page) -> route (``.json`` suffix and a trailing slash accepted;
+unknown route or method -> 404 ``system``). Every response carries ``x-request-id``; JSON bodies
+are ``application/json; charset=utf-8``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from .errors import MISSING_PARAMS, ApiError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from .core import Simulator
+
+log = logging.getLogger("syncd.simulator")
+
+SIM_KEY: web.AppKey[Simulator] = web.AppKey("sim", object)  # type: ignore[arg-type]
+STOP_KEY: web.AppKey[asyncio.Event] = web.AppKey("stop", asyncio.Event)
+
+_COLLECTION = re.compile(r"^time_entries(?:\.json)?/?$")
+_ITEM = re.compile(r"^time_entries/(\d+)(?:\.json)?/?$")
+_FORM_KEY = re.compile(r"^(\w+)\[(\w+)\]$")
+JSON_CT = "application/json"
+UNAUTHORIZED = b'{"errors":[{"type":"oauth","message":"Invalid OAuth 2 Request"}]}'
+
+
+def _json(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type=JSON_CT, charset="utf-8")
+
+
+def _error(e: ApiError) -> web.Response:
+    return _json(e.status, orjson.dumps({"errors": e.errors}))
+
+
+class _BadBody(Exception):
+    pass
+
+
+def _decode_body(request: web.Request, raw: bytes) -> Any:
+    """JSON body, Rails-structured form body (``time_entry[notes]=x``) or ``None`` when empty."""
+    if not raw.strip():
+        return None
+    if request.content_type == "application/x-www-form-urlencoded":
+        out: dict[str, Any] = {}
+        for k, v in parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True):
+            m = _FORM_KEY.match(k)
+            if m:
+                sub = out.setdefault(m.group(1), {})
+                if isinstance(sub, dict):
+                    sub[m.group(2)] = v
+            else:
+                out[k] = v
+        return out
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise _BadBody(f"Invalid JSON body: {e}") from None
+
+
+def _query_dict(request: web.Request) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in request.query:
+        vals = request.query.getall(k)
+        out[k] = vals[0] if len(vals) == 1 else list(vals)
+    return out
+
+
+def _body_for_log(request: web.Request, raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return _decode_body(request, raw)
+    except _BadBody:
+        return raw.decode("utf-8", "replace")
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    return scheme.lower() == "bearer" and value.strip() == token
+
+
+def _route(sim: Simulator, request: web.Request, body_raw: bytes) -> tuple[web.Response, bool]:
+    """Run the public operation; returns (response, is_list_get)."""
+    tail = request.match_info.get("tail", "")
+    method = request.method
+    q = request.query
+    try:
+        m = _ITEM.match(tail)
+        if m:
+            eid = int(m.group(1))
+            if method == "GET":
+                return _json(200, sim.api_show(eid, q)), False
+            if method == "PUT":
+                return _json(200, sim.api_update(eid, _decode_body(request, body_raw), q)), False
+            if method == "DELETE":
+                sim.api_delete(eid)
+                return web.Response(status=204), False
+            raise ApiError.system(404, "Page not found")
+        if _COLLECTION.match(tail):
+            if method == "GET":
+                return _json(200, sim.api_list(q)), True
+            if method == "POST":
+                return _json(200, sim.api_create(_decode_body(request, body_raw), q)), False
+            if method == "DELETE":
+                ids: Any = q.get("ids")
+                if ids is None or not ids.strip():
+                    body = _decode_body(request, body_raw)
+                    if isinstance(body, dict):
+                        ids = body.get("ids")
+                    elif isinstance(body, list):
+                        ids = body
+                    else:
+                        ids = None
+                sim.api_bulk_delete(ids)
+                return web.Response(status=204), False
+        raise ApiError.system(404, "Page not found")
+    except _BadBody as e:
+        return _error(ApiError.syntax(str(e))), False
+    except ApiError as e:
+        return _error(e), False
+
+
+def _corrupt(body: bytes, kind: str) -> web.Response:
+    """Build a bad page of ``kind`` from a good list body (fault ``bad_page``)."""
+    if kind == "truncated":
+        return _json(200, body[: max(1, len(body) // 2)])
+    if kind == "html":
+        return web.Response(status=200, content_type="text/html", charset="utf-8",
+                            text="<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+                                 "<body><h1>Bad Gateway</h1><p>upstream hiccup</p></body></html>")
+    doc = orjson.loads(body)
+    entries = doc.get("time_entries", {})
+    if doc.get("results"):
+        missing = doc["results"][-1]["id"]
+        entries.pop(missing, None)
+    else:
+        doc.setdefault("results", []).append({"key": "time_entries", "id": "999999999"})
+    return _json(200, orjson.dumps(doc))
+
+
+async def public_handler(request: web.Request) -> web.StreamResponse:
+    """Every ``/api/v1/*`` request (auth, rate limit, faults, routing, request log)."""
+    sim = request.app[SIM_KEY]
+    raw = await request.read()
+    record: dict[str, Any] = {
+        "method": request.method, "path": request.path, "query": _query_dict(request),
+        "body": _body_for_log(request, raw), "status": None,
+        "time": datetime.fromtimestamp(sim.now(), sim.tz).isoformat(), "fault": None,
+        "request_id": request["request_id"],
+    }
+    sim.requests.append(record)
+
+    if not _authorized(request, sim.config.token):
+        record["status"] = 401
+        return _json(401, UNAUTHORIZED)
+
+    faults = sim.faults
+    limit = faults.rate_limit_per_minute or sim.config.rate_limit_per_minute
+    if limit:
+        window = sim.rate_windows.setdefault(sim.config.token, deque())
+        mono = time.monotonic()
+        while window and window[0] <= mono - 60.0:
+            window.popleft()
+        if len(window) >= limit:
+            record["status"], record["fault"] = 429, "rate_limit"
+            resp = _json(429, orjson.dumps({"errors": [{
+                "type": "system",
+                "message": f"Too many requests: limit is {limit} per minute. "
+                           "Retry after a small delay."}]}))
+            retry_after = faults.retry_after if faults.retry_after is not None \
+                else sim.config.retry_after
+            if retry_after is not None:
+                resp.headers["Retry-After"] = str(max(0, round(retry_after)))
+            return resp
+        window.append(mono)
+
+    rng = sim.fault_rng
+    r_main, r_status, r_bad, r_kind = rng.random(), rng.random(), rng.random(), rng.random()
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000.0)
+    edge = faults.reset_rate
+    if r_main < edge:
+        record["fault"] = "reset"
+        _drop(request)
+        return web.Response(status=500)
+    edge += faults.timeout_rate
+    if r_main < edge:
+        record["fault"] = "timeout"
+        stop = request.app[STOP_KEY]
+        try:
+            await asyncio.wait_for(stop.wait(), sim.config.hang_seconds)
+        except TimeoutError:
+            pass
+        _drop(request)
+        return web.Response(status=504)
+    edge += faults.error_rate
+    if r_main < edge:
+        status = faults.statuses[int(r_status * len(faults.statuses)) % len(faults.statuses)]
+        record["status"], record["fault"] = status, "error"
+        message = {503: "Service is unavailable", 502: "Bad Gateway"}.get(
+            status, "A server error has occurred.")
+        return _json(status, orjson.dumps({"errors": [{"type": "system", "message": message}]}))
+    lost = r_main < edge + faults.lost_response_rate
+
+    try:
+        resp, is_list = _route(sim, request, raw)
+    except Exception:  # pragma: no cover - a bug in the simulator, still answer like Kantata
+        log.exception("simulator error on %s %s", request.method, request.path_qs)
+        resp, is_list = _json(500, b'{"errors":[{"type":"system","message":'
+                                   b'"A server error has occurred."}]}'), False
+    record["status"] = resp.status
+    if lost:
+        record["fault"] = "lost_response"
+        _drop(request)
+        return resp
+    if is_list and resp.status == 200 and r_bad < faults.bad_page_rate:
+        kinds = faults.bad_page_kinds
+        kind = kinds[int(r_kind * len(kinds)) % len(kinds)]
+        record["fault"] = f"bad_page:{kind}"
+        assert isinstance(resp.body, bytes)
+        return _corrupt(resp.body, kind)
+    return resp
+
+
+def _drop(request: web.Request) -> None:
+    """Close the connection abruptly without writing a response."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+# ------------------------------------------------------------------ control API
+def _ctl_error(status: int, message: str) -> web.Response:
+    return _json(status, orjson.dumps({"error": message}))
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"invalid JSON body: {e}") from None
+
+
+def _entry_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise NotFound(f"no such id {request.match_info['id']!r}") from None
+
+
+@web.middleware
+async def _control_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Map in-process exceptions to control-API JSON errors; public 405 -> 404 (§7)."""
+    try:
+        return await handler(request)
+    except NotFound as e:
+        return _ctl_error(404, str(e))
+    except InvalidInput as e:
+        return _ctl_error(400, str(e))
+    except web.HTTPException as e:
+        if request.path.startswith("/_sim"):
+            return _ctl_error(e.status, e.reason)
+        raise
+
+
+async def ctl_list_entries(request: web.Request) -> web.Response:
+    """``GET /_sim/entries`` -> ``{"time_entries":[...]}`` every live entry, by id."""
+    return _json(200, request.app[SIM_KEY].list_entries_bytes())
+
+
+async def ctl_get_entry(request: web.Request) -> web.Response:
+    """``GET /_sim/entries/{id}`` -> the entry or 404."""
+    e = request.app[SIM_KEY].get_entry(_entry_id(request))
+    if e is None:
+        raise NotFound("time entry not found")
+    return _json(200, orjson.dumps(e))
+
+
+async def ctl_create_entry(request: web.Request) -> web.Response:
+    """``POST /_sim/entries`` one entry object (any field) -> the created entry (201)."""
+    body = await _json_body(request)
+    return _json(201, orjson.dumps(request.app[SIM_KEY].create_entry(body or {})))
+
+
+async def ctl_edit_entry(request: web.Request) -> web.Response:
+    """``PATCH /_sim/entries/{id}`` -> the edited entry."""
+    body = await _json_body(request)
+    return _json(200, orjson.dumps(request.app[SIM_KEY].edit_entry(_entry_id(request),
+                                                                    body or {})))
+
+
+async def ctl_delete_entry(request: web.Request) -> web.Response:
+    """``DELETE /_sim/entries/{id}`` -> ``{"deleted": "<id>"}``."""
+    eid = _entry_id(request)
+    request.app[SIM_KEY].delete_entry(eid)
+    return _json(200, orjson.dumps({"deleted": str(eid)}))
+
+
+async def ctl_invoice(request: web.Request) -> web.Response:
+    """``POST /_sim/entries/{id}/invoice`` -> the invoiced entry."""
+    return _json(200, orjson.dumps(request.app[SIM_KEY].invoice_entry(_entry_id(request))))
+
+
+async def ctl_archive(request: web.Request) -> web.Response:
+    """``POST /_sim/workspaces/{id}/archive`` -> the workspace."""
+    return _json(200, orjson.dumps(request.app[SIM_KEY].archive_workspace(_entry_id(request))))
+
+
+async def ctl_unarchive(request: web.Request) -> web.Response:
+    """``POST /_sim/workspaces/{id}/unarchive`` -> the workspace."""
+    return _json(200, orjson.dumps(request.app[SIM_KEY].unarchive_workspace(_entry_id(request))))
+
+
+async def ctl_lock_date(request: web.Request) -> web.Response:
+    """``PUT /_sim/lock_date {"lock_date": "YYYY-MM-DD"|null}``; ``GET`` reads it."""
+    sim = request.app[SIM_KEY]
+    if request.method == "PUT":
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "lock_date" not in body:
+            raise InvalidInput('body must be {"lock_date": "YYYY-MM-DD" | null}')
+        sim.set_lock_date(body["lock_date"])
+    ld = sim.lock_date.isoformat() if sim.lock_date else None
+    return _json(200, orjson.dumps({"lock_date": ld}))
+
+
+async def ctl_requests(request: web.Request) -> web.Response:
+    """``GET /_sim/requests`` -> the public request log; ``DELETE`` clears it."""
+    sim = request.app[SIM_KEY]
+    if request.method == "DELETE":
+        sim.clear_requests()
+        return web.Response(status=204)
+    return _json(200, orjson.dumps({"requests": sim.requests}))
+
+
+async def ctl_faults(request: web.Request) -> web.Response:
+    """``PUT /_sim/faults`` sets, ``DELETE`` clears, ``GET`` reads the fault configuration."""
+    sim = request.app[SIM_KEY]
+    if request.method == "PUT":
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        try:
+            sim.set_faults(body)
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(str(e)) from None
+    elif request.method == "DELETE":
+        sim.clear_faults()
+    return _json(200, orjson.dumps(sim.faults.to_dict()))
+
+
+async def ctl_state(request: web.Request) -> web.Response:
+    """``GET /_sim/state`` -> counts, lock date, version, faults."""
+    return _json(200, orjson.dumps(request.app[SIM_KEY].state()))
+
+
+def _ref_handler(kind: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return _json(200, orjson.dumps({kind: request.app[SIM_KEY].reference_list(kind)}))
+
+    handler.__doc__ = f"``GET /_sim/{kind}`` -> ``{{\"{kind}\": [...]}}`` sorted by id."
+    return handler
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get("request_id")
+    if rid is None:
+        rid = request["request_id"] = uuid.uuid4().hex
+    response.headers["x-request-id"] = rid
+
+
+@web.middleware
+async def _request_id(request: web.Request, handler: Any) -> web.StreamResponse:
+    request["request_id"] = uuid.uuid4().hex
+    return await handler(request)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STOP_KEY].set()
+
+
+def build_app(sim: Simulator) -> web.Application:
+    """Create the aiohttp application for ``sim`` (see module docstring for routes)."""
+    app = web.Application(middlewares=[_request_id, _control_errors],
+                          client_max_size=32 * 1024 * 1024)
+    app[SIM_KEY] = sim
+    app[STOP_KEY] = asyncio.Event()
+    app.on_response_prepare.append(_on_prepare)
+    app.on_shutdown.append(_on_shutdown)
+    r = app.router
+    r.add_route("*", "/api/v1", public_handler)
+    r.add_route("*", "/api/v1/{tail:.*}", public_handler)
+    r.add_get("/_sim/entries", ctl_list_entries)
+    r.add_post("/_sim/entries", ctl_create_entry)
+    r.add_get(r"/_sim/entries/{id}", ctl_get_entry)
+    r.add_patch(r"/_sim/entries/{id}", ctl_edit_entry)
+    r.add_delete(r"/_sim/entries/{id}", ctl_delete_entry)
+    r.add_post(r"/_sim/entries/{id}/invoice", ctl_invoice)
+    r.add_post(r"/_sim/workspaces/{id}/archive", ctl_archive)
+    r.add_post(r"/_sim/workspaces/{id}/unarchive", ctl_unarchive)
+    r.add_route("GET", "/_sim/lock_date", ctl_lock_date)
+    r.add_route("PUT", "/_sim/lock_date", ctl_lock_date)
+    r.add_route("GET", "/_sim/requests", ctl_requests)
+    r.add_route("DELETE", "/_sim/requests", ctl_requests)
+    for m in ("GET", "PUT", "DELETE"):
+        r.add_route(m, "/_sim/faults", ctl_faults)
+    r.add_get("/_sim/state", ctl_state)
+    for kind in ("workspaces", "users", "stories", "roles"):
+        r.add_get(f"/_sim/{kind}", _ref_handler(kind))
+    return app
+
+
+__all__ = ["build_app", "SIM_KEY", "MISSING_PARAMS"]

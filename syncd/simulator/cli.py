@@ -1,0 +1,112 @@
+"""``syncd simulator``: serve a seeded Kantata OX simulator until SIGINT/SIGTERM.
+
+The main ``syncd`` CLI mounts this with ``configure_parser(subparser)`` and calls ``run(args)``.
+Stand-alone: ``python -m syncd.simulator.cli --port 8089 --token T --entries 10000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from datetime import date
+
+from aiohttp import web
+
+from .config import SimConfig
+from .core import Simulator
+
+log = logging.getLogger("syncd.simulator")
+
+
+def _lock_date(value: str) -> date | str | None:
+    if value in ("auto", "none", ""):
+        return None if value in ("none", "") else "auto"
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, 'auto' or 'none', got {value!r}")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the simulator options to ``p`` (every option has help text)."""
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; the simulator has no TLS)")
+    p.add_argument("--port", type=int, default=8089, help="TCP port (default 8089)")
+    p.add_argument("--token", default="sim-token",
+                   help="the bearer token accepted on /api/v1 (default sim-token)")
+    p.add_argument("--entries", type=int, default=10_000,
+                   help="number of time entries to seed (default 10000; 1000000 works)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the deterministic data (default 1)")
+    p.add_argument("--timezone", default="America/Los_Angeles",
+                   help="IANA zone of the account; timestamps carry its UTC offset "
+                        "(default America/Los_Angeles)")
+    p.add_argument("--max-per-page", type=int, default=200,
+                   help="silent clamp for per_page/limit (default 200, Kantata's documented max)")
+    p.add_argument("--lock-date", type=_lock_date, default="auto",
+                   help="account lock date YYYY-MM-DD, 'auto' (a Saturday ~60 days ago, default) "
+                        "or 'none'")
+    p.add_argument("--rate-limit-per-minute", type=int, default=None,
+                   help="per-token request budget per minute answered with 429 (default off)")
+    p.add_argument("--retry-after", type=float, default=None,
+                   help="seconds to send in Retry-After on 429 (default: no header, like Kantata)")
+    p.add_argument("--hang-seconds", type=float, default=30.0,
+                   help="how long a 'timeout' fault hangs before closing (default 30)")
+
+
+def build_simulator(args: argparse.Namespace) -> Simulator:
+    """Create the Simulator described by parsed ``args``."""
+    return Simulator(SimConfig(
+        token=args.token, entries=args.entries, seed=args.seed, timezone=args.timezone,
+        max_per_page=args.max_per_page, lock_date=args.lock_date,
+        rate_limit_per_minute=args.rate_limit_per_minute, retry_after=args.retry_after,
+        hang_seconds=args.hang_seconds))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    sim = build_simulator(args)
+    seeded = time.perf_counter() - started
+    runner = web.AppRunner(sim.make_app(), handle_signals=False, access_log=None,
+                           shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("Kantata simulator serving http://%s:%d/api/v1 (control /_sim, %d entries seeded "
+             "in %.1fs, lock date %s)", host, args.port, sim.store.live_count, seeded,
+             sim.lock_date or "none")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as e:
+        log.error("cannot serve on %s:%s: %s", args.host, args.port, e)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m syncd.simulator.cli``)."""
+    p = argparse.ArgumentParser(prog="syncd simulator", description=__doc__)
+    configure_parser(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Configuration objects of the Kantata OX simulator.
+
+`SimConfig` describes the simulated account (token, seed data, time zone, paging limit, lock date,
+rate limit); `FaultConfig` describes injected transport/server faults and can be replaced at run time
+through ``PUT /_sim/faults`` or :meth:`Simulator.set_faults`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from typing import Any
+
+#: Fault kinds accepted in ``FaultConfig.bad_page_kinds``.
+BAD_PAGE_KINDS: tuple[str, ...] = ("truncated", "html", "missing_ids")
+
+
+@dataclass
+class SimConfig:
+    """Static configuration of one simulated Kantata account.
+
+    Attributes:
+        token: the only bearer token accepted on ``/api/v1`` (``Authorization: Bearer <token>``).
+        entries: number of time entries generated at start-up (deterministic given ``seed``).
+        seed: seed of the deterministic data generator.
+        timezone: IANA zone used to render ``created_at``/``updated_at`` offsets and to interpret
+            offset-less filter input (api-notes §11, §14 Q3). Default US Pacific.
+        max_per_page: silent clamp for ``per_page``/``limit`` (api-notes §3, §14 Q4).
+        lock_date: account line-item lock date; entries performed on or before it cannot be
+            created, edited or deleted through the public API (api-notes §7). ``"auto"`` picks a
+            Saturday about two months before today; ``None`` means no lock.
+        rate_limit_per_minute: per-token request budget per sliding 60 s window; ``None`` = off.
+        retry_after: seconds sent in ``Retry-After`` on 429; ``None`` = header omitted
+            (real Kantata sends none, api-notes §10).
+        hang_seconds: how long a ``timeout`` fault hangs before closing the connection.
+        clock: callable returning the current aware datetime; default real time.
+    """
+
+    token: str = "sim-token"
+    entries: int = 1000
+    seed: int = 1
+    timezone: str = "America/Los_Angeles"
+    max_per_page: int = 200
+    lock_date: date | str | None = None
+    rate_limit_per_minute: int | None = None
+    retry_after: float | None = None
+    hang_seconds: float = 30.0
+    clock: Callable[[], datetime] | None = None
+
+
+@dataclass
+class FaultConfig:
+    """Injected faults for public routes (``/api/v1``); never applied to ``/_sim``.
+
+    All rates are probabilities in [0, 1] drawn per public request from ``random.Random(seed)``
+    so that the same request sequence yields the same faults. ``reset_rate``, ``timeout_rate``,
+    ``error_rate`` and ``lost_response_rate`` share one draw (at most one of them per request;
+    their sum must be <= 1). ``bad_page_rate`` has its own draw and only affects successful
+    ``GET /time_entries`` lists.
+
+    Attributes:
+        error_rate: answer a status from ``statuses`` without doing anything.
+        statuses: HTTP statuses used by ``error_rate`` (default 500, 502, 503).
+        latency_ms: fixed delay added before every public request is handled.
+        timeout_rate: hang ``SimConfig.hang_seconds`` then close the connection, nothing done.
+        reset_rate: close the connection abruptly without a response, nothing done.
+        lost_response_rate: apply the request, then drop the connection without answering.
+        rate_limit_per_minute: overrides ``SimConfig.rate_limit_per_minute`` when not ``None``.
+        retry_after: overrides ``SimConfig.retry_after`` when not ``None``.
+        seed: RNG seed for the fault draws.
+        bad_page_rate: probability that a successful list page is corrupted.
+        bad_page_kinds: corruption kinds to pick from: ``truncated`` (JSON cut in half),
+            ``html`` (200 ``text/html`` body), ``missing_ids`` (``results`` names an id that is
+            absent from ``time_entries``).
+    """
+
+    error_rate: float = 0.0
+    statuses: list[int] = field(default_factory=lambda: [500, 502, 503])
+    latency_ms: float = 0.0
+    timeout_rate: float = 0.0
+    reset_rate: float = 0.0
+    lost_response_rate: float = 0.0
+    rate_limit_per_minute: int | None = None
+    retry_after: float | None = None
+    seed: int = 0
+    bad_page_rate: float = 0.0
+    bad_page_kinds: list[str] = field(default_factory=lambda: list(BAD_PAGE_KINDS))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultConfig:
+        """Build and validate a FaultConfig from a JSON object; raises ValueError on bad input.
+
+        Unknown keys are rejected so typos in tests do not silently disable a fault. ``null``
+        for a key means its default.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fault option(s): {', '.join(unknown)}")
+        kwargs = {k: v for k, v in data.items() if v is not None}
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError when a value is out of range or of the wrong type."""
+        for name in ("error_rate", "timeout_rate", "reset_rate", "lost_response_rate",
+                     "bad_page_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 \
+                    or math.isnan(v):
+                raise ValueError(f"{name} must be a number between 0 and 1")
+        total = self.error_rate + self.timeout_rate + self.reset_rate + self.lost_response_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError("error_rate + timeout_rate + reset_rate + lost_response_rate must be <= 1")
+        if isinstance(self.latency_ms, bool) or not isinstance(self.latency_ms, (int, float)) \
+                or self.latency_ms < 0:
+            raise ValueError("latency_ms must be a non-negative number")
+        if not isinstance(self.statuses, list) or not self.statuses or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
+                for s in self.statuses):
+            raise ValueError("statuses must be a non-empty list of HTTP status codes")
+        if self.rate_limit_per_minute is not None and (
+                isinstance(self.rate_limit_per_minute, bool)
+                or not isinstance(self.rate_limit_per_minute, int)
+                or self.rate_limit_per_minute < 1):
+            raise ValueError("rate_limit_per_minute must be a positive integer or null")
+        if self.retry_after is not None and (
+                isinstance(self.retry_after, bool) or not isinstance(self.retry_after, (int, float))
+                or self.retry_after < 0):
+            raise ValueError("retry_after must be a non-negative number or null")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError("seed must be an integer")
+        if not isinstance(self.bad_page_kinds, list) or not self.bad_page_kinds or any(
+                k not in BAD_PAGE_KINDS for k in self.bad_page_kinds):
+            raise ValueError(f"bad_page_kinds must be a non-empty list drawn from {BAD_PAGE_KINDS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready representation (the shape ``GET /_sim/faults`` answers)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
