@@ -1,0 +1,137 @@
+"""The Kantata client against aioresponses: retries, back-off, classification, no blind POST
+retries, and the token kept out of errors."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from pydantic import SecretStr
+
+from syncd.budget import RequestBudget
+from syncd.errors import AuthError, FatalAPIError, MalformedResponseError, RetriableAPIError
+from syncd.kantata import KantataClient, RetryPolicy
+
+BASE = "http://127.0.0.1:9/api/v1"
+TOKEN = "tok-SECRET-123456"
+LIST = re.compile(r"^http://127\.0\.0\.1:9/api/v1/time_entries(\?.*)?$")
+
+
+def envelope(*ids: int) -> dict[str, Any]:
+    return {"count": len(ids), "meta": {"count": len(ids), "page_count": 1, "page_number": 1,
+                                       "page_size": 200},
+            "results": [{"key": "time_entries", "id": str(i)} for i in ids],
+            "time_entries": {str(i): {"id": str(i), "updated_at": "2026-01-01T00:00:00-08:00",
+                                      "date_performed": "2026-01-01", "time_in_minutes": 5}
+                             for i in ids}}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[KantataClient]:
+    async with aiohttp.ClientSession() as session:
+        budget = RequestBudget(60_000)
+        yield KantataClient(session, BASE, SecretStr(TOKEN), budget=budget,
+                            retry=RetryPolicy(max_retries=3, base=0.001, cap=0.01,
+                                              retry_after_cap=0.05))
+        await budget.close()
+
+
+async def test_list_page_sends_visibility_filters_and_auth(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, payload=envelope(1, 2))
+        page = await client.list_page({"page": "1"})
+        assert [e.id for e in page.entries] == [1, 2]
+        (key, calls), = m.requests.items()
+        assert key[0] == "GET"
+        url = str(key[1])
+        assert "from_archived_workspaces=true" in url and "on_my_account=false" in url
+        assert calls[0].kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_retries_5xx_then_succeeds(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, status=500)
+        m.get(LIST, status=503, payload={"errors": [{"type": "system", "message": "down"}]})
+        m.get(LIST, payload=envelope(1))
+        page = await client.list_page({})
+        assert [e.id for e in page.entries] == [1]
+        assert sum(len(v) for v in m.requests.values()) == 3
+
+
+async def test_gives_up_after_max_retries(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, status=502, repeat=True)
+        with pytest.raises(RetriableAPIError) as err:
+            await client.list_page({})
+        assert err.value.status == 502
+        assert sum(len(v) for v in m.requests.values()) == 4  # 1 + 3 retries
+
+
+async def test_429_lowers_the_budget_and_honours_capped_retry_after(
+        client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, status=429, headers={"Retry-After": "3600"})
+        m.get(LIST, payload=envelope(1))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await client.list_page({})
+        assert loop.time() - t0 < 1.0  # capped at retry_after_cap=0.05 s, not an hour
+        assert client.budget.throttles == 1
+        assert client.budget.rate_per_minute == 30_000
+
+
+async def test_timeouts_and_resets_are_retried(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, exception=asyncio.TimeoutError())
+        m.get(LIST, exception=aiohttp.ServerDisconnectedError())
+        m.get(LIST, payload=envelope(4))
+        page = await client.list_page({})
+        assert [e.id for e in page.entries] == [4]
+
+
+async def test_malformed_200_is_retried_then_reported(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.get(LIST, body="<html>oops</html>", repeat=True)
+        with pytest.raises(MalformedResponseError, match="HTML"):
+            await client.list_page({})
+
+
+@pytest.mark.parametrize(("status", "exc"), [(401, AuthError), (403, AuthError),
+                                             (400, FatalAPIError), (404, FatalAPIError)])
+async def test_4xx_is_not_retried_and_carries_kantata_message(
+        client: KantataClient, status: int, exc: type[Exception]) -> None:
+    with aioresponses() as m:
+        m.get(LIST, status=status, payload={"errors": [{"type": "oauth",
+                                                        "message": "Invalid OAuth 2 Request"}]})
+        with pytest.raises(exc, match="Invalid OAuth 2 Request") as err:
+            await client.list_page({})
+        assert TOKEN not in str(err.value)
+        assert sum(len(v) for v in m.requests.values()) == 1
+
+
+async def test_bulk_create_is_never_retried_blindly(client: KantataClient) -> None:
+    with aioresponses() as m:
+        m.post(LIST, exception=aiohttp.ServerDisconnectedError())
+        with pytest.raises(RetriableAPIError) as err:
+            await client.create_entries([{"workspace_id": 1}])
+        assert err.value.status == 0
+        assert TOKEN not in str(err.value)
+        assert sum(len(v) for v in m.requests.values()) == 1
+
+
+async def test_bulk_create_returns_422_body_for_item_mapping(client: KantataClient) -> None:
+    body = {"errors": [{"type": "validation", "field": "time_in_minutes", "index": 1,
+                        "message": "Time in minutes can't be blank"}]}
+    with aioresponses() as m:
+        m.post(LIST, status=422, payload=body)
+        resp = await client.create_entries([{"a": 1}, {"b": 2}])
+        assert resp.status == 422 and resp.body == body
+
+
+def test_repr_hides_token(client: KantataClient) -> None:
+    assert TOKEN not in repr(client)
