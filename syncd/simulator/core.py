@@ -227,7 +227,9 @@ class Simulator:
         """Cached ``orjson`` rendering of :meth:`entry_dict` (invalidated on write)."""
         b = self.store.cache[slot]
         if b is None:
-            b = orjson.dumps(self.entry_dict(slot))
+            # orjson returns an over-allocated buffer (~8 KB resident per object);
+            # an exact-size copy keeps a million cached entries at ~0.5 GB.
+            b = memoryview(orjson.dumps(self.entry_dict(slot))).tobytes()
             self.store.cache[slot] = b
         return b
 
@@ -282,6 +284,7 @@ class Simulator:
                 b = orjson.dumps(self._story_dict(self.stories[rid]))
             else:
                 b = orjson.dumps(self._role_dict(self.roles[rid]))
+            b = memoryview(b).tobytes()
             self._ref_cache[key] = b
         return b
 
@@ -885,7 +888,14 @@ class Simulator:
         """``{"time_entries":[...]}`` bytes for ``GET /_sim/entries`` (sorted by id)."""
         s = self.store
         slots = sorted((sl for sl in s.slot_of.values()), key=s.ids.__getitem__)
-        return b'{"time_entries":[' + b",".join(self.entry_bytes(sl) for sl in slots) + b"]}"
+        parts = [b'{"time_entries":[']
+        for sl in slots:
+            parts.append(self.entry_bytes(sl))
+            parts.append(b",")
+        if len(parts) > 1:
+            parts.pop()
+        parts.append(b"]}")
+        return b"".join(parts)
 
     def get_entry(self, id: int) -> dict[str, Any] | None:  # noqa: A002 - brief's name
         """One entry as the public API renders it, or ``None``; ignores default filters."""
