@@ -38,7 +38,9 @@ ENTRY_TYPES = (
 )
 
 # One statement per page. The WHERE keeps a newer stored version (a re-sent older page never
-# wins) and lets a row marked deleted come back when Kantata lists it again.
+# wins) and lets a row marked deleted come back when Kantata lists it again. Kantata's updated_at
+# has whole seconds, so two edits in one second share it: at equal updated_at the content read
+# later wins when it differs (the overlap re-read is what delivers it).
 UPSERT_ENTRIES = f"""
 INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at)
 SELECT u.*, NULL::timestamptz, now()
@@ -48,7 +50,8 @@ ON CONFLICT (id) DO UPDATE SET
     deleted_at = NULL,
     synced_at = excluded.synced_at
 WHERE t.updated_at < excluded.updated_at
-   OR (t.deleted_at IS NOT NULL AND t.updated_at <= excluded.updated_at)
+   OR (t.updated_at = excluded.updated_at
+       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM excluded.raw))
 """
 
 SIDE_SQL = {
