@@ -236,3 +236,15 @@ async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[s
         snap["outbox_oldest_pending"] = await conn.fetchval(
             "SELECT min(created_at) FROM syncd.outbox WHERE status = 'pending'")
     return snap
+
+
+async def mark_deleted(conn: asyncpg.Connection, ids: Sequence[int],
+                       at: datetime | None = None) -> int:
+    """Set `deleted_at` on live mirror rows with these ids (never a physical delete); return
+    how many rows changed."""
+    if not ids:
+        return 0
+    status = await conn.execute(
+        """UPDATE kantata.time_entries SET deleted_at = coalesce($2, now()), synced_at = now()
+           WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL""", list(ids), at)
+    return int(status.rsplit(" ", 1)[-1])
