@@ -31,6 +31,7 @@ log = logging.getLogger("syncd.simulator")
 
 SIM_KEY: web.AppKey[Simulator] = web.AppKey("sim", object)  # type: ignore[arg-type]
 STOP_KEY: web.AppKey[asyncio.Event] = web.AppKey("stop", asyncio.Event)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 _COLLECTION = re.compile(r"^time_entries(?:\.json)?/?$")
 _ITEM = re.compile(r"^time_entries/(\d+)(?:\.json)?/?$")
@@ -162,7 +163,7 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
         "method": request.method, "path": request.path, "query": _query_dict(request),
         "body": _body_for_log(request, raw), "status": None,
         "time": datetime.fromtimestamp(sim.now(), sim.tz).isoformat(), "fault": None,
-        "request_id": request["request_id"],
+        "request_id": request[REQUEST_ID],
     }
     sim.requests.append(record)
 
@@ -381,15 +382,15 @@ def _ref_handler(kind: str) -> Any:
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid is None:
-        rid = request["request_id"] = uuid.uuid4().hex
+        rid = request[REQUEST_ID] = uuid.uuid4().hex
     response.headers["x-request-id"] = rid
 
 
 @web.middleware
 async def _request_id(request: web.Request, handler: Any) -> web.StreamResponse:
-    request["request_id"] = uuid.uuid4().hex
+    request[REQUEST_ID] = uuid.uuid4().hex
     return await handler(request)
 
 

@@ -562,7 +562,7 @@ class Simulator:
                     out["currency"] = CURRENCY_INDEX[v]
             elif fld in ("created_at", "updated_at"):
                 try:
-                    out[fld[:-3] + "d"] = self._parse_ts(v, fld)  # created / updated
+                    out["created" if fld == "created_at" else "updated"] = self._parse_ts(v, fld)
                 except InvalidInput as e:
                     err(fld, str(e))
         return out

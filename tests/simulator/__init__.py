@@ -1,0 +1,1 @@
+"""Tests of the Kantata OX simulator (syncd.simulator)."""
