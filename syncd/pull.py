@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import asyncpg
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from syncd import cursor, store
 from syncd.errors import FatalError, RetriableError
@@ -29,6 +31,7 @@ __all__ = ["WindowResult", "backfill", "incremental", "sync_once"]
 log = structlog.get_logger(__name__)
 
 INCLUDE = "workspace,user,story,role"
+TRANSIENT_DB_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 MAX_WINDOW_READS = 3
 
 
@@ -56,17 +59,23 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
                      window: Window | None = None, page_no: int = 0,
                      watermark: datetime | None = None) -> int:
     """Write one page in one transaction: entries, side-loads, dead letters, and the checkpoint
-    (window page counter or watermark). Returns rows changed."""
-    async with deps.pool.acquire() as conn, conn.transaction():
-        changed = await store.upsert_entries(conn, page.entries)
-        if page.side:
-            await store.upsert_side(conn, page.side)
-        if page.rejected:
-            await store.record_rejects(conn, page.rejected, stats.run_id)
-        if purpose is not None and window is not None:
-            await store.checkpoint_window(conn, purpose, window, page_no, len(page.entries))
-        if watermark is not None:
-            await store.set_watermark(conn, watermark)
+    (window page counter or watermark). Returns rows changed. A deadlock or serialization
+    failure (concurrent windows touching the same side-loaded rows) retries the transaction."""
+    async for attempt in AsyncRetrying(stop=stop_after_attempt(4), reraise=True,
+                                       wait=wait_random(0.01, 0.2),
+                                       retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
+        with attempt:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                changed = await store.upsert_entries(conn, page.entries)
+                if page.side:
+                    await store.upsert_side(conn, page.side)
+                if page.rejected:
+                    await store.record_rejects(conn, page.rejected, stats.run_id)
+                if purpose is not None and window is not None:
+                    await store.checkpoint_window(conn, purpose, window, page_no,
+                                                  len(page.entries))
+                if watermark is not None:
+                    await store.set_watermark(conn, watermark)
     stats.pages += 1
     stats.rows_upserted += changed
     stats.rows_rejected += len(page.rejected)

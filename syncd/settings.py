@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     pull_interval: float = Field(300.0, gt=0, description="seconds between incremental pulls")
     overlap: float = Field(120.0, ge=0, description="seconds re-read behind the watermark")
     backfill_start: date | None = Field(
-        None, description="first date_performed to backfill; default: 2 years before today")
+        None, description="first date_performed to backfill; default: 10 years before today")
     backfill_window_months: int = Field(1, ge=1, le=12)
     lookahead_days: int = Field(31, ge=0, le=3660)
     per_page: int = Field(200, ge=1, le=200)
@@ -162,8 +162,8 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value() if self.database_url else None
 
     def backfill_from(self, today: date) -> date:
-        """First date of the backfill: `backfill_start`, or two years before `today`."""
-        return self.backfill_start or (today - timedelta(days=730))
+        """First date of the backfill: `backfill_start`, or ten years before `today`."""
+        return self.backfill_start or date(today.year - 10, today.month, 1)
 
 
 def format_validation_error(exc: ValidationError) -> str:

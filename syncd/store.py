@@ -75,7 +75,8 @@ def newest_per_id(entries: Iterable[TimeEntry]) -> list[TimeEntry]:
 
 async def upsert_entries(conn: asyncpg.Connection, entries: Sequence[TimeEntry]) -> int:
     """Upsert a batch of entries in one statement; return how many rows changed."""
-    rows = newest_per_id(entries)
+    # Sorted so concurrent writers lock rows in the same order (no deadlocks).
+    rows = sorted(newest_per_id(entries), key=lambda e: e.id)
     if not rows:
         return 0
     columns: list[list[Any]] = [[getattr(e, c) for e in rows] for c in ENTRY_COLUMNS]
@@ -93,7 +94,7 @@ async def upsert_side(conn: asyncpg.Connection, objs: Sequence[SideObject]) -> N
         extra_col = ", workspace_id" if kind == "stories" else ""
         extra_val = ", u.p" if kind == "stories" else ""
         extra_set = ", workspace_id = excluded.workspace_id" if kind == "stories" else ""
-        vals = list(items.values())
+        vals = [items[k] for k in sorted(items)]  # one lock order for concurrent pages
         await conn.execute(
             f"""INSERT INTO {table} AS t (id, {label}, updated_at, raw{extra_col})
                 SELECT u.i, u.l, u.ts, u.r{extra_val}

@@ -1,0 +1,181 @@
+"""`syncd demo`: the main job end to end on an embedded default.
+
+Starts a throwaway PostgreSQL from the local server binaries (unless SYNCD_DATABASE_URL is set),
+starts the simulator with seeded, real-shaped data on a loopback port, migrates, backfills,
+shows a few incremental cycles with remote edits, checks the mirror against the simulator and
+prints how to connect with psql. `syncd demo --stop` stops the demo's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from syncd import logs, migrate, pull
+from syncd.app import open_deps
+from syncd.pgserver import PgServerError, TempPostgres, find_bin_dir
+from syncd.settings import Settings
+
+DEMO_DB = "syncd_demo"
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _default_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"syncd-demo-{os.getuid()}"
+
+
+async def _fresh_database(server_dsn: str) -> str:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {DEMO_DB}")
+    finally:
+        await admin.close()
+    return server_dsn.rsplit("/", 1)[0] + f"/{DEMO_DB}"
+
+
+def _start_postgres(directory: Path) -> TempPostgres:
+    port_file = directory / "pg" / "port"
+    port = int(port_file.read_text()) if port_file.exists() else 0
+    pg = TempPostgres(directory / "pg", port=port)
+    if (pg.data_dir / "postmaster.pid").exists():
+        pg.stop()  # a previous demo left it running: restart cleanly on the same port
+    return pg.start(durable=True)
+
+
+async def _remote_activity(sim: Any, cycle: int) -> str:
+    entries = sim.list_entries()
+    edited = entries[cycle * 7: cycle * 7 + 5]
+    for e in edited:
+        sim.edit_entry(int(e["id"]), {"notes": f"edited in demo cycle {cycle} ✓",
+                                      "time_in_minutes": int(e["time_in_minutes"]) + 15})
+    ws = next(e["workspace_id"] for e in entries)
+    today = datetime.now(UTC).date()
+    for n in range(2):
+        sim.create_entry({"workspace_id": ws, "date_performed": today.isoformat(),
+                          "time_in_minutes": 30 + n, "notes": f"new in cycle {cycle}"})
+    return f"{len(edited)} entries edited, 2 created remotely"
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from syncd.simulator import SimConfig, Simulator
+    from syncd.simulator.testing import running_simulator
+
+    started = time.monotonic()
+    logs.configure("WARNING", "auto")  # the demo prints its own summary lines
+    url = os.environ.get("SYNCD_DATABASE_URL")
+    pg: TempPostgres | None = None
+    if url:
+        _say(f"1/5 using the database in SYNCD_DATABASE_URL")
+        db_dsn = url
+    else:
+        if find_bin_dir() is None:
+            _say("syncd demo needs PostgreSQL. Either install the server binaries "
+                 "(Debian/Ubuntu: sudo apt-get install postgresql) and run `syncd demo` again, "
+                 "or point it at a database you own: "
+                 "SYNCD_DATABASE_URL=postgresql://user:password@host:5432/dbname syncd demo")
+            return 2
+        _say(f"1/5 starting a throwaway PostgreSQL in {args.dir} ...")
+        pg = _start_postgres(args.dir)
+        db_dsn = await _fresh_database(pg.dsn)
+        _say(f"    PostgreSQL listening on 127.0.0.1:{pg.port}, database {DEMO_DB}")
+
+    token = "demo-" + secrets.token_hex(8)
+    _say(f"2/5 seeding the Kantata simulator with {args.entries} time entries ...")
+    sim = Simulator(SimConfig(token=token, entries=args.entries, seed=args.seed))
+    async with running_simulator(sim) as sim_url:
+        _say(f"    simulator serving {sim_url}")
+        settings = Settings(database_url=db_dsn, kantata_base_url=sim_url, kantata_token=token,
+                            kantata_allow_insecure_loopback=True, overlap=5,
+                            log_level="WARNING", backfill_start=None)
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            applied = await migrate.apply(conn)
+        finally:
+            await conn.close()
+        _say(f"3/5 migrated the database ({len(applied)} migration(s) applied)")
+        async with open_deps(settings) as deps:
+            t0 = time.monotonic()
+            stats = await pull.sync_once(deps)
+            secs = time.monotonic() - t0
+            _say(f"4/5 backfill: {stats.rows_upserted} entries in {stats.pages} pages, "
+                 f"{deps.client.requests_sent} requests, {secs:.1f} s "
+                 f"({stats.rows_upserted / max(secs, 1e-9):,.0f} rows/s)")
+            for cycle in range(1, args.cycles + 1):
+                what = await _remote_activity(sim, cycle)
+                before = deps.client.requests_sent
+                now = datetime.now(UTC) + timedelta(seconds=1)
+                s = await pull.sync_once(deps, now=now)
+                _say(f"    cycle {cycle}: {what}; incremental pull wrote {s.rows_upserted} rows "
+                     f"with {deps.client.requests_sent - before} request(s)")
+            check = await _check(deps, sim)
+        _say(f"5/5 check: {check}")
+    elapsed = time.monotonic() - started
+    _say()
+    _say(f"Done in {elapsed:.1f} s. The mirror is in PostgreSQL; try:")
+    _say(f"  psql '{db_dsn}'")
+    _say("  SELECT w.title, sum(t.time_in_minutes) / 60.0 AS hours")
+    _say("    FROM kantata.time_entries t JOIN kantata.workspaces w ON w.id = t.workspace_id")
+    _say("    WHERE t.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 5;")
+    _say("  SELECT job, status, pages, requests, rows_upserted FROM syncd.sync_runs;")
+    if pg is not None:
+        _say(f"Stop the demo database with: syncd demo --stop   (data in {args.dir})")
+    return 0 if check.startswith("exact mirror") else 1
+
+
+async def _check(deps: Any, sim: Any) -> str:
+    remote = {int(e["id"]): e for e in sim.list_entries()}
+    async with deps.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, updated_at, time_in_minutes, notes "
+                                "FROM kantata.time_entries WHERE deleted_at IS NULL")
+    local = {r["id"]: r for r in rows}
+    missing = set(remote) - set(local)
+    extra = set(local) - set(remote)
+    stale = [i for i in set(remote) & set(local)
+             if datetime.fromisoformat(remote[i]["updated_at"]) != local[i]["updated_at"]
+             or remote[i]["time_in_minutes"] != local[i]["time_in_minutes"]
+             or remote[i]["notes"] != local[i]["notes"]]
+    if not (missing or extra or stale):
+        return (f"exact mirror: {len(local)} live entries in PostgreSQL equal the "
+                f"{len(remote)} in Kantata (updated_at, minutes, notes compared)")
+    return (f"DIFFERENCES: {len(missing)} missing, {len(extra)} extra, {len(stale)} stale "
+            f"(e.g. {sorted(missing | extra | set(stale))[:5]})")
+
+
+def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
+    if args.stop:
+        TempPostgres(args.dir / "pg").stop(remove=True)
+        _say(f"stopped the demo PostgreSQL and removed {args.dir}")
+        return 0
+    try:
+        return asyncio.run(_demo(args))
+    except PgServerError as exc:
+        print(f"syncd demo: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the whole mirror on a throwaway PostgreSQL and the "
+                                    "simulator, then show how to query it",
+                       description=__doc__)
+    p.add_argument("--entries", type=int, default=20_000,
+                   help="time entries to seed in the simulator (default 20000)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated data")
+    p.add_argument("--cycles", type=int, default=3, help="incremental cycles to show")
+    p.add_argument("--dir", type=Path, default=_default_dir(),
+                   help="where the throwaway PostgreSQL lives (default: %(default)s)")
+    p.add_argument("--stop", action="store_true", help="stop the demo PostgreSQL and exit")
+    p.set_defaults(func=_cmd, needs_settings=False)
