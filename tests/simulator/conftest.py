@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import yaml
@@ -172,14 +173,18 @@ class Api:
 
     async def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                       data: Any = None, headers: Mapping[str, str] | None = None,
-                      token: str | None = TOKEN, validate: bool = True) -> Resp:
+                      token: str | None = TOKEN, validate: bool = True,
+                      timeout: float | None = None) -> Resp:
         public = not path.startswith("/_sim")
         url = "/api/v1" + path if public else path
         hdrs = dict(headers or {})
         if public and token is not None:
             hdrs.setdefault("Authorization", f"Bearer {token}")
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = aiohttp.ClientTimeout(total=timeout)
         async with self.client.request(method, url, params=params, json=json, data=data,
-                                       headers=hdrs) as r:
+                                       headers=hdrs, **extra) as r:
             body = await r.read()
             resp = Resp(r.status, r.headers, body)
             query = dict(r.url.query)
