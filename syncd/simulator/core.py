@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -407,14 +408,7 @@ class Simulator:
 
     def _sort(self, slots: list[int], order_field: str, desc: bool) -> None:
         """Sort in place by ``order_field`` then id ASC always (brainstem tiebreak, §3)."""
-        s = self.store
-        col = {"created_at": s.created, "updated_at": s.updated, "date_performed": s.date}[
-            order_field]
-        ids = s.ids
-        if desc:
-            slots.sort(key=lambda x: ((-col[x]) << 64) + ids[x])
-        else:
-            slots.sort(key=lambda x: (col[x] << 64) + ids[x])
+        slots.sort(key=self._sort_key(order_field, desc))
 
     def select(self, filters: Filters, order_field: str, order_desc: bool) -> array:
         """Filtered + sorted slots for a query, cached per (query, state ``version``)."""
@@ -668,11 +662,57 @@ class Simulator:
         vals["id"] = eid
         vals.setdefault("created", now)
         vals.setdefault("updated", max(now, vals["created"]))
-        slot = self.store.append(vals)
+        exts = list(ext)
+
+        def mutate() -> int:
+            slot = self.store.append(vals)
+            for e in exts:
+                self._attach_ext(slot, e, vals["updated"])
+            return slot
+
+        slot = self._write(None, mutate)
         self._next_id = max(self._next_id, eid + 1)
-        for e in ext:
-            self._attach_ext(slot, e, vals["updated"])
-        self._bump()
+        return slot
+
+    def _sort_key(self, order_field: str, desc: bool) -> Callable[[int], int]:
+        """Composite integer sort key: field value, then id ASC (see :meth:`_sort`)."""
+        s = self.store
+        col = {"created_at": s.created, "updated_at": s.updated, "date_performed": s.date}[
+            order_field]
+        ids = s.ids
+        if desc:
+            return lambda x: ((-col[x]) << 64) + ids[x]
+        return lambda x: (col[x] << 64) + ids[x]
+
+    def _write(self, slot: int | None, mutate: Callable[[], int | None]) -> int:
+        """Run an entry write and keep the query cache exact instead of dropping it.
+
+        Cached filtered+sorted lists that are current (``version`` matches) get the entry
+        removed (located by binary search on its pre-write sort key) and, when it still
+        matches the query after the write, re-inserted at its new position; they are then
+        re-stamped with the new version. Paging a million entries while writes happen thus
+        costs O(log n + memmove) per write and cached query, not a re-sort. ``slot=None`` means
+        an insert; ``mutate`` returns the new slot.
+        """
+        live = [(k, arr) for k, (ver, arr) in self._qcache.items() if ver == self.version]
+        if slot is not None:
+            for key, arr in live:
+                kf = self._sort_key(key[1], key[2])
+                pos = bisect_left(arr, kf(slot), key=kf)
+                if pos < len(arr) and arr[pos] == slot:
+                    del arr[pos]
+        result = mutate()
+        if slot is None:
+            assert result is not None
+            slot = result
+        self.version += 1
+        eid = self.store.ids[slot]
+        for key, arr in live:
+            f: Filters = key[0]
+            if (f.only is None or eid in f.only) and self._filter([slot], f):
+                kf = self._sort_key(key[1], key[2])
+                arr.insert(bisect_left(arr, kf(slot), key=kf), slot)
+            self._qcache[key] = (self.version, arr)
         return slot
 
     def _attach_ext(self, slot: int, e: dict[str, Any], ts: int) -> None:
@@ -769,12 +809,16 @@ class Simulator:
             ext = self._check_ext_ref(raw["external_reference"], errors)
         if errors:
             raise ApiError(422, errors)
-        self._apply(slot, vals, ext)
+        self._apply(slot, vals, [ext] if ext else [])
         return self._present([slot], query)
 
-    def _apply(self, slot: int, vals: dict[str, Any], ext: dict[str, Any] | None,
+    def _apply(self, slot: int, vals: dict[str, Any], exts: Iterable[dict[str, Any]] = (),
                updated: int | None = None) -> None:
         """Write normalised values into ``slot``; ``updated_at`` = given or max(now, previous)."""
+        self._write(slot, lambda: self._mutate(slot, vals, list(exts), updated))
+
+    def _mutate(self, slot: int, vals: dict[str, Any], exts: list[dict[str, Any]],
+                updated: int | None) -> None:
         s = self.store
         if "workspace" in vals:
             s.workspace[slot] = vals["workspace"]
@@ -809,10 +853,9 @@ class Simulator:
         if updated is None:
             updated = max(self.now(), s.updated[slot])
         s.updated[slot] = updated
-        if ext is not None:
-            self._attach_ext(slot, ext, updated)
+        for e in exts:
+            self._attach_ext(slot, e, updated)
         s.cache[slot] = None
-        self._bump()
 
     def api_delete(self, eid: int) -> None:
         """``DELETE /time_entries/{id}``: 204, 404 unknown, 422 invoiced/locked (api-notes §8)."""
@@ -821,8 +864,7 @@ class Simulator:
         if reason:
             raise ApiError(422, [{"type": "validation", "field": "base", "message": reason,
                                   "id": str(eid)}])
-        self.store.kill(slot)
-        self._bump()
+        self._write(slot, lambda: self.store.kill(slot))
 
     def api_bulk_delete(self, ids_value: Any) -> None:
         """``DELETE /time_entries`` with ``ids`` (comma string or array, <= 100), all-or-nothing.
@@ -866,8 +908,7 @@ class Simulator:
         if errors:
             raise ApiError(422, errors)
         for slot in slots:
-            self.store.kill(slot)
-        self._bump()
+            self._write(slot, lambda: self.store.kill(slot))  # noqa: B023 - called at once
 
     # ------------------------------------------------------ in-process API
     def _slot(self, eid: int) -> int:
@@ -952,21 +993,19 @@ class Simulator:
         (never moved backwards implicitly). Raises NotFound / InvalidInput."""
         slot = self._slot(id)
         vals, exts = self._control_fields(fields, create=False)
-        self._apply(slot, vals, None)
-        for e in exts:
-            self._attach_ext(slot, e, self.store.updated[slot])
+        self._apply(slot, vals, exts)
         return orjson.loads(self.entry_bytes(slot))
 
     def delete_entry(self, id: int) -> None:  # noqa: A002
         """Hard-delete an entry (bypasses rules). Raises NotFound."""
-        self.store.kill(self._slot(id))
-        self._bump()
+        slot = self._slot(id)
+        self._write(slot, lambda: self.store.kill(slot))
 
     def invoice_entry(self, id: int) -> dict[str, Any]:  # noqa: A002
         """Mark an entry invoiced (and approved: Kantata invoices approved time only); this is a
         write, so ``updated_at`` moves to now. Raises NotFound."""
         slot = self._slot(id)
-        self._apply(slot, {"invoiced": True, "approved": True}, None)
+        self._apply(slot, {"invoiced": True, "approved": True})
         return orjson.loads(self.entry_bytes(slot))
 
     def _workspace(self, id: int) -> Workspace:  # noqa: A002
