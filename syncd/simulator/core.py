@@ -398,12 +398,15 @@ class Simulator:
                              or r.external_status == f.ext_external_status)
                         and (f.ext_external_message is None
                              or r.external_message == f.ext_external_message))
-            matching = {sl for sl, lst in refs.items() if any(ok(r) for r in lst)}
-            out = [x for x in out if x in matching]
+            if len(out) < len(refs):  # e.g. re-checking one written entry
+                out = [x for x in out if any(ok(r) for r in refs.get(x, ()))]
+            else:
+                matching = {sl for sl, lst in refs.items() if any(ok(r) for r in lst)}
+                out = [x for x in out if x in matching]
         if f.without_ext_service_name is not None:
             name = f.without_ext_service_name
-            excluded = {sl for sl, lst in refs.items() if any(r.service_name == name for r in lst)}
-            out = [x for x in out if x not in excluded]
+            out = [x for x in out
+                   if not any(r.service_name == name for r in refs.get(x, ()))]
         return out
 
     def _sort(self, slots: list[int], order_field: str, desc: bool) -> None:
