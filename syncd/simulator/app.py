@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -166,6 +167,9 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
         "request_id": request[REQUEST_ID],
     }
     sim.requests.append(record)
+    cap = sim.config.max_logged_requests
+    if len(sim.requests) > cap + cap // 10:
+        del sim.requests[: len(sim.requests) - cap]
 
     if not _authorized(request, sim.config.token):
         record["status"] = 401
@@ -187,7 +191,7 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
             retry_after = faults.retry_after if faults.retry_after is not None \
                 else sim.config.retry_after
             if retry_after is not None:
-                resp.headers["Retry-After"] = str(max(0, round(retry_after)))
+                resp.headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
             return resp
         window.append(mono)
 

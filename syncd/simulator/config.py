@@ -36,6 +36,8 @@ class SimConfig:
             (real Kantata sends none, api-notes §10).
         hang_seconds: how long a ``timeout`` fault hangs before closing the connection.
         clock: callable returning the current aware datetime; default real time.
+        max_logged_requests: the public request log keeps at most this many newest records
+            (long-running rehearsals would otherwise grow without bound).
     """
 
     token: str = "sim-token"
@@ -48,6 +50,7 @@ class SimConfig:
     retry_after: float | None = None
     hang_seconds: float = 30.0
     clock: Callable[[], datetime] | None = None
+    max_logged_requests: int = 100_000
 
 
 @dataclass

@@ -235,3 +235,20 @@ async def test_request_log(api: Api, sim: Simulator, ref: Ref) -> None:
     await api.get("/time_entries")
     sim.clear_requests()
     assert (await api.get("/_sim/requests")).json == {"requests": []}
+
+
+async def test_request_log_is_capped(clock: FakeClock, contract: Contract) -> None:
+    s = make_sim(clock, max_logged_requests=10)
+    async with TestClient(TestServer(s.make_app())) as client:
+        a = Api(client, contract, s)
+        for i in range(25):
+            await a.get("/time_entries", params={"n": str(i)})
+        assert 10 <= len(s.requests) <= 11
+        assert s.requests[-1]["query"] == {"n": "24"}
+
+
+async def test_retry_after_rounds_up(api: Api, sim: Simulator) -> None:
+    sim.set_faults({"rate_limit_per_minute": 1, "retry_after": 0.2})
+    await api.get("/time_entries")
+    r = await api.get("/time_entries")
+    assert r.status == 429 and r.headers["Retry-After"] == "1"
