@@ -414,18 +414,22 @@ class Simulator:
         slots.sort(key=self._sort_key(order_field, desc))
 
     def select(self, filters: Filters, order_field: str, order_desc: bool) -> array:
-        """Filtered + sorted slots for a query, cached per (query, state ``version``)."""
+        """Filtered + sorted slots for a query, cached per (query, state ``version``).
+
+        ``only`` queries (at most a few hundred candidates) are computed directly and not
+        cached, so id probes never evict the big cached lists of a paging client.
+        """
+        if filters.only is not None:
+            so = self.store.slot_of
+            small = self._filter([so[i] for i in filters.only if i in so], filters)
+            self._sort(small, order_field, order_desc)
+            return array("q", small)
         key = (filters, order_field, order_desc)
         hit = self._qcache.get(key)
         if hit is not None and hit[0] == self.version:
             self._qcache.move_to_end(key)
             return hit[1]
-        if filters.only is not None:
-            so = self.store.slot_of
-            cands: Iterable[int] = [so[i] for i in filters.only if i in so]
-        else:
-            cands = range(len(self.store.ids))
-        out = self._filter(cands, filters)
+        out = self._filter(range(len(self.store.ids)), filters)
         self._sort(out, order_field, order_desc)
         arr = array("q", out)
         self._qcache[key] = (self.version, arr)

@@ -199,6 +199,9 @@ def test_seed_is_realistic(clock: FakeClock) -> None:
     import orjson
     assert orjson.loads(visible)["count"] < orjson.loads(everything)["count"] == 3000
     assert {e["currency"] for e in entries} >= {"USD", "EUR"}
+    # two years of Pacific time: both PST and PDT offsets appear, never Z
+    assert {e["created_at"][-6:] for e in entries} == {"-08:00", "-07:00"}
+    assert {e["updated_at"][-6:] for e in entries} == {"-08:00", "-07:00"}
 
 
 # -------------------------------------------------------------------- running_simulator
