@@ -1,0 +1,129 @@
+"""`syncd sync`, `syncd status` and `syncd migrate` as a user runs them: real processes against
+the simulator and PostgreSQL, including a kill mid-backfill and foreign time zones."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from syncd.simulator import Simulator
+from tests.integration.conftest import TOKEN
+from tests.oracle import mirror_diff
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_for(db_dsn: str, sim_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update(SYNCD_DATABASE_URL=db_dsn, SYNCD_KANTATA_BASE_URL=sim_url,
+               SYNCD_KANTATA_TOKEN=TOKEN, SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK="true",
+               SYNCD_BACKFILL_START="2020-01-01", SYNCD_LOG_FORMAT="json", **extra)
+    return env
+
+
+async def syncd(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_sync_then_status(db_dsn: str, sim_url: str, sim: Simulator,
+                                conn: asyncpg.Connection) -> None:
+    env = env_for(db_dsn, sim_url)
+    code, out, err = await syncd(env, "sync")
+    assert code == 0, err[-2000:]
+    assert "600 rows upserted" in out
+    assert TOKEN not in out + err
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    code, out, _ = await syncd(env, "status")
+    assert code == 0
+    assert "600 live" in out and "pull" in out
+    code, out, _ = await syncd(env, "status", "--json")
+    assert '"live": 600' in out
+
+
+async def test_dates_are_exact_under_foreign_time_zones(db_dsn: str, sim_url: str,
+                                                        sim: Simulator,
+                                                        conn: asyncpg.Connection) -> None:
+    dbname = db_dsn.rsplit("/", 1)[1]
+    await conn.execute(f"ALTER DATABASE \"{dbname}\" SET timezone TO 'Pacific/Kiritimati'")
+    env = env_for(db_dsn, sim_url, TZ="Pacific/Pago_Pago", PGTZ="Asia/Kathmandu")
+    code, _, err = await syncd(env, "sync")
+    assert code == 0, err[-2000:]
+    fresh = await asyncpg.connect(db_dsn)  # a session in the database's default zone (+14)
+    try:
+        assert await fresh.fetchval("SHOW timezone") == "Pacific/Kiritimati"
+        assert await mirror_diff(fresh, sim.list_entries()) == []
+        rows = await fresh.fetch("SELECT id, date_performed::text AS d FROM kantata.time_entries")
+        remote = {int(e["id"]): e["date_performed"] for e in sim.list_entries()}
+        assert {r["id"]: r["d"] for r in rows} == remote
+    finally:
+        await fresh.close()
+
+
+async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: str,
+                                                         sim: Simulator,
+                                                         conn: asyncpg.Connection) -> None:
+    sim.set_faults({"latency_ms": 40})
+    env = env_for(db_dsn, sim_url, SYNCD_PER_PAGE="20", SYNCD_WINDOW_CONCURRENCY="2")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", "sync", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(200):  # wait until some windows are done, then kill -9
+        await asyncio.sleep(0.05)
+        done = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'")
+        if done >= 20:
+            break
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    done_before = {(r["window_start"], r["window_end"]) for r in await conn.fetch(
+        "SELECT window_start, window_end FROM syncd.windows WHERE status = 'done'")}
+    assert 20 <= len(done_before) < 84
+    sim.clear_faults()
+    sim.clear_requests()
+    code, _, err = await syncd(env, "sync")
+    assert code == 0, err[-2000:]
+    asked = {r["query"].get("date_performed_between") for r in sim.requests}
+    redone = {f"{a}:{b}" for a, b in done_before} & asked
+    assert redone == set(), f"finished windows were fetched again: {sorted(redone)[:5]}"
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_migrate_cli_is_idempotent_and_run_refuses_pending(empty_db_dsn: str) -> None:
+    env = env_for(empty_db_dsn, "http://127.0.0.1:9/api/v1")
+    code, out, err = await syncd(env, "sync")
+    assert code == 1 and "run `syncd migrate`" in err
+    code, out, _ = await syncd(env, "migrate", "--dry-run")
+    assert code == 0 and "CREATE TABLE kantata.time_entries" in out
+    code, out, _ = await syncd(env, "migrate")
+    assert code == 0 and "applied" in out and "0001_mirror.sql" in out
+    code, out, _ = await syncd(env, "migrate")
+    assert code == 0 and "up to date" in out
+
+
+async def test_invalid_configuration_is_one_clear_line(db_dsn: str) -> None:
+    env = env_for(db_dsn, "http://127.0.0.1:9/api/v1", SYNCD_PULL_INTERVAL="soon")
+    code, out, err = await syncd(env, "sync")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "syncd: invalid setting SYNCD_PULL_INTERVAL: Input should be a valid number, "
+        "unable to parse string as a number"]
+
+
+async def test_plain_http_to_a_remote_host_is_refused(db_dsn: str) -> None:
+    # never contacted: the configuration is refused before any connection
+    env = env_for(db_dsn, "http://kantata.example.com/api/v1")
+    code, out, err = await syncd(env, "sync")
+    assert code == 2
+    assert "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK" in err and "loopback" in err
+    assert TOKEN not in err
