@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from datetime import date
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
@@ -31,6 +32,31 @@ def _lock_date(value: str) -> date | str | None:
         raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, 'auto' or 'none', got {value!r}")
 
 
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected >= 0, got {n}")
+    return n
+
+
+def _positive(value: str) -> int:
+    n = _non_negative(value)
+    if n == 0:
+        raise argparse.ArgumentTypeError("expected >= 1")
+    return n
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the simulator options to ``p`` (every option has help text)."""
     p.add_argument("--host", default="127.0.0.1",
@@ -38,18 +64,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8089, help="TCP port (default 8089)")
     p.add_argument("--token", default="sim-token",
                    help="the bearer token accepted on /api/v1 (default sim-token)")
-    p.add_argument("--entries", type=int, default=10_000,
+    p.add_argument("--entries", type=_non_negative, default=10_000,
                    help="number of time entries to seed (default 10000; 1000000 works)")
     p.add_argument("--seed", type=int, default=1, help="seed of the deterministic data (default 1)")
-    p.add_argument("--timezone", default="America/Los_Angeles",
+    p.add_argument("--timezone", type=_zone, default="America/Los_Angeles",
                    help="IANA zone of the account; timestamps carry its UTC offset "
                         "(default America/Los_Angeles)")
-    p.add_argument("--max-per-page", type=int, default=200,
+    p.add_argument("--max-per-page", type=_positive, default=200,
                    help="silent clamp for per_page/limit (default 200, Kantata's documented max)")
     p.add_argument("--lock-date", type=_lock_date, default="auto",
                    help="account lock date YYYY-MM-DD, 'auto' (a Saturday ~60 days ago, default) "
                         "or 'none'")
-    p.add_argument("--rate-limit-per-minute", type=int, default=None,
+    p.add_argument("--rate-limit-per-minute", type=_positive, default=None,
                    help="per-token request budget per minute answered with 429 (default off)")
     p.add_argument("--retry-after", type=float, default=None,
                    help="seconds to send in Retry-After on 429 (default: no header, like Kantata)")

@@ -119,6 +119,8 @@ class Simulator:
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
+        if self.config.max_per_page < 1 or self.config.entries < 0:
+            raise ValueError("SimConfig: max_per_page must be >= 1 and entries >= 0")
         self.tz = ZoneInfo(self.config.timezone)
         self._clock: Callable[[], datetime] = self.config.clock or (
             lambda: datetime.now(timezone.utc))

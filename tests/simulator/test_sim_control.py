@@ -250,8 +250,10 @@ def test_cli_parser_has_help_everywhere() -> None:
                          "--entries", "10", "--timezone", "UTC"])
     assert args.lock_date == date(2025, 5, 31) and args.rate_limit_per_minute == 5
     assert p.parse_args(["--lock-date", "none"]).lock_date is None
-    with pytest.raises(SystemExit):
-        p.parse_args(["--lock-date", "soon"])
+    for bad in (["--lock-date", "soon"], ["--timezone", "Mars/Olympus"], ["--entries", "-1"],
+                ["--max-per-page", "0"], ["--rate-limit-per-minute", "x"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
 
 
 def test_cli_serves_until_sigterm(unused_tcp_port: int) -> None:
