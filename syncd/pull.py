@@ -21,7 +21,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from syncd import cursor, store
-from syncd.errors import FatalError, RetriableError
+from syncd.errors import FatalError, MalformedResponseError, RetriableError
 from syncd.models import Page
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
@@ -170,6 +170,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             async with deps.pool.acquire() as conn:
                 pages_done = await store.start_window(conn, "backfill", w, restart=not resume)
             res = await read_window(deps, w, stats, first_page=pages_done + 1)
+            if res.error and deps.should_stop():
+                return  # left 'running': the next run resumes at its next page
             status = "failed" if res.error else "done"
             async with deps.pool.acquire() as conn:
                 await store.finish_window(conn, "backfill", w, status=status,
@@ -202,8 +204,11 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
             params["updated_before"] = req.updated_before.isoformat()
         page = await deps.client.list_page(params)
         pages += 1
-        step = cursor.next_step(req, [e.updated_at for e in page.entries], page.page_size,
-                                page.count)
+        try:
+            step = cursor.next_step(req, [e.updated_at for e in page.entries],
+                                    page.page_size, page.count)
+        except ValueError as exc:  # the server broke the paging contract: retry next run
+            raise MalformedResponseError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None
         await store_page(deps, page, stats, watermark=mark)
         if mark is not None:
