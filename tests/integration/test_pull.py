@@ -120,3 +120,20 @@ async def test_same_second_edit_after_read_is_caught_by_the_overlap(
     assert await mirror_diff(conn, sim.list_entries()) == []
     assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
                                eid) == "second, same second"
+
+
+async def test_timeouts_and_lost_answers_are_survived(db_dsn: str, sim_url: str, sim: Simulator,
+                                                      conn: asyncpg.Connection) -> None:
+    from syncd.app import open_deps
+
+    sim.config.hang_seconds = 5.0  # longer than the client's request timeout below
+    sim.set_faults({"timeout_rate": 0.08, "lost_response_rate": 0.08, "latency_ms": 5,
+                    "seed": 11})
+    async with open_deps(make_settings(db_dsn, sim_url, request_timeout=0.5,
+                                       max_retries=12)) as deps:
+        stats = await pull.sync_once(deps)
+    sim.clear_faults()
+    assert stats.errors == []
+    kinds = {r.get("fault") for r in sim.requests}
+    assert {"timeout", "lost_response"} <= kinds, kinds
+    assert await mirror_diff(conn, sim.list_entries()) == []
