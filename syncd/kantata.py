@@ -29,7 +29,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from syncd import pagination
+from syncd import batching, pagination
 from syncd.budget import RequestBudget
 from syncd.errors import (
     AuthError,
@@ -236,6 +236,19 @@ class KantataClient:
                   "external_reference_service_model_refs": ",".join(refs),
                   "include": "external_references", "per_page": "200"}
         return await self.list_page(params, priority=priority)
+
+    async def find_refs(self, service_name: str, refs: Sequence[str], *,
+                        priority: Priority = "push") -> tuple[Page, dict[str, list[int]]]:
+        """`find_by_external_refs` plus which entry ids carry each ref (read from the
+        side-loaded `external_references` map, which `Page` does not keep)."""
+        if len(refs) > 200:
+            raise ValueError("at most 200 refs per lookup")
+        params = {**VISIBILITY, "external_reference_service_name": service_name,
+                  "external_reference_service_model_refs": ",".join(refs),
+                  "include": "external_references", "per_page": "200"}
+        resp, page = await self._read("/time_entries", params, priority, True)
+        assert page is not None
+        return page, batching.entry_ids_by_ref(resp.body, service_name)
 
     # ------------------------------------------------------------------ writes (no retry)
     async def create_entries(self, items: Sequence[Mapping[str, Any]]) -> ApiResponse:

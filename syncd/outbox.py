@@ -1,0 +1,343 @@
+"""The asyncpg boundary for `syncd.outbox` (migrations/0002_outbox.sql): claims with leases,
+sent markers, outcomes, operator actions, status figures and the NOTIFY channel.
+
+Time: every function takes `now` (an aware instant) for tests; None means the database clock
+(`now()`), which is also what writers' `created_at`/`next_attempt_at` defaults use, so a clock
+difference between hosts never delays a row. Every write after the claim is fenced by the
+claim's `batch_id` and `status = 'in_flight'`: a process whose lease was taken over (it stalled
+past `lease_expires_at`) cannot overwrite the new owner's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd.batching import Decision, OutboxRow
+
+__all__ = [
+    "CHANNEL", "Claim", "claim_batch", "discard_rows", "finish_rows", "list_rows",
+    "mark_sent", "rebase_pending", "reclaim_expired", "release_leases", "retry_rows",
+    "status_counts", "stop_listening", "wait_for_notify",
+]
+
+#: The channel the `outbox_notify` trigger signals after every insert (0002_outbox.sql).
+CHANNEL = "syncd_outbox"
+STATUSES = ("pending", "in_flight", "done", "failed", "conflict")
+
+# Expired leases (their owner crashed or stalled) go back to pending; sent_at stays, so the
+# next claim looks the outcome up before re-sending. A row that has used up its attempts this
+# way is dead-lettered instead, so a row that crashes syncd cannot loop forever.
+RECLAIM = """
+UPDATE syncd.outbox SET
+    status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'pending' END,
+    last_error = CASE WHEN attempts >= $2 THEN
+        format('dead letter: the lease of %s expired on attempt %s (process crashed or stalled)%s',
+               lease_owner, attempts,
+               CASE WHEN sent_at IS NOT NULL
+                    THEN '; a request was sent, so Kantata may have applied it: '
+                         'syncd outbox retry looks it up before sending again'
+                    ELSE '' END)
+        ELSE last_error END,
+    done_at = CASE WHEN attempts >= $2 THEN coalesce($1, now()) END,
+    next_attempt_at = coalesce($1, now()),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE status = 'in_flight' AND lease_expires_at <= coalesce($1, now())
+RETURNING id, status
+"""
+
+# The claim. SKIP LOCKED lets concurrent claimers take disjoint rows. An update or delete waits
+# while an earlier row of the same entry is still open, so one entry's changes reach Kantata in
+# the order they were queued (and at most one row per entry is in any batch).
+CLAIM = """
+WITH picked AS (
+    SELECT o.id FROM syncd.outbox o
+    WHERE o.status = 'pending' AND o.next_attempt_at <= coalesce($1, now())
+      AND (o.entry_id IS NULL OR NOT EXISTS (
+            SELECT 1 FROM syncd.outbox p
+            WHERE p.entry_id = o.entry_id AND p.id < o.id
+              AND p.status IN ('pending', 'in_flight')))
+    ORDER BY o.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE syncd.outbox t SET
+    status = 'in_flight', lease_owner = $3, batch_id = $4,
+    lease_expires_at = coalesce($1, now()) + make_interval(secs => $5),
+    claimed_at = coalesce($1, now()), attempts = t.attempts + 1
+FROM picked WHERE t.id = picked.id
+RETURNING t.id, t.op, t.entry_id, t.payload, t.correlation_key::text AS correlation_key,
+          t.base_updated_at, t.attempts, t.sent_at
+"""
+
+# Committed before the request goes out: a set sent_at is what tells a later claim that the
+# outcome is unknown. The lease is renewed at the same time.
+MARK_SENT = """
+UPDATE syncd.outbox SET sent_at = coalesce($3, now()),
+    lease_expires_at = coalesce($3, now()) + make_interval(secs => $4)
+WHERE id = ANY($1::bigint[]) AND batch_id = $2 AND status = 'in_flight'
+RETURNING id
+"""
+
+FINISH = """
+UPDATE syncd.outbox t SET
+    status = u.status,
+    result = u.result,
+    last_error = CASE WHEN u.keep_error THEN t.last_error ELSE u.last_error END,
+    entry_id = coalesce(u.entry_id, t.entry_id),
+    remote_updated_at = CASE WHEN u.keep_error THEN t.remote_updated_at
+                             ELSE u.remote_updated_at END,
+    remote_entry = CASE WHEN u.keep_error THEN t.remote_entry ELSE u.remote_entry END,
+    attempts = CASE WHEN u.refund THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
+    next_attempt_at = CASE WHEN u.status = 'pending'
+        THEN coalesce($2, now()) + make_interval(secs => u.retry_in) ELSE t.next_attempt_at END,
+    done_at = CASE WHEN u.status IN ('done', 'failed', 'conflict') THEN coalesce($2, now()) END,
+    lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::boolean[], $8::float8[],
+            $9::boolean[], $10::bigint[], $11::timestamptz[], $12::jsonb[])
+     AS u(id, status, result, last_error, keep_error, retry_in, refund, entry_id,
+          remote_updated_at, remote_entry)
+WHERE t.id = u.id AND t.batch_id = $1 AND t.status = 'in_flight'
+RETURNING t.id
+"""
+
+# After syncd itself moved an entry to a new version, later queued edits of that entry that
+# were based on the same version are based on ours: they must not conflict with our own write.
+REBASE = """
+UPDATE syncd.outbox p SET base_updated_at = u.new_base
+FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+     AS u(row_id, entry_id, old_base, new_base)
+WHERE p.entry_id = u.entry_id AND p.id > u.row_id AND p.status = 'pending'
+  AND p.op IN ('update', 'delete') AND p.base_updated_at IS NOT DISTINCT FROM u.old_base
+"""
+
+# Shutdown: the owner's claimed rows go back to pending. An attempt that sent nothing during
+# this lease is given back; a row that was sent keeps sent_at and waits `settle` seconds, so
+# a request Kantata may still be working on can land before the outcome is looked up.
+RELEASE = """
+UPDATE syncd.outbox SET
+    status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    attempts = CASE WHEN sent_at IS NULL OR sent_at < claimed_at
+                    THEN greatest(attempts - 1, 0) ELSE attempts END,
+    next_attempt_at = CASE WHEN sent_at >= claimed_at
+                           THEN coalesce($2, now()) + make_interval(secs => $3)
+                           ELSE coalesce($2, now()) END
+WHERE status = 'in_flight' AND lease_owner = $1
+"""
+
+STATUS_COUNTS = """
+SELECT status, count(*) AS n,
+       extract(epoch FROM coalesce($1, now()) - min(created_at)) AS oldest
+FROM syncd.outbox GROUP BY status
+"""
+
+LIST_COLUMNS = """id, op, entry_id, status, attempts, last_error, result, payload,
+    correlation_key::text AS correlation_key, base_updated_at, remote_updated_at, remote_entry,
+    lease_owner, lease_expires_at, next_attempt_at, sent_at, done_at, created_at, updated_at"""
+
+# Operator retry: failed and conflict rows start again with fresh attempts. A conflict is
+# retried on top of the remote version it was parked with (the operator has looked: the local
+# change wins over that version; a newer remote change conflicts again). sent_at is kept, so a
+# create whose outcome is unknown is looked up before it is sent.
+RETRY = """
+UPDATE syncd.outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
+    base_updated_at = CASE WHEN status = 'conflict'
+                           THEN coalesce(remote_updated_at, base_updated_at)
+                           ELSE base_updated_at END,
+    last_error = NULL, done_at = NULL, result = NULL
+WHERE status IN ('failed', 'conflict') AND (id = ANY($1::bigint[]) OR ($2 AND status = 'failed'))
+RETURNING id
+"""
+
+DISCARD = """
+DELETE FROM syncd.outbox WHERE id = ANY($1::bigint[]) AND status <> 'in_flight' RETURNING id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One claimed batch: the lease token `batch_id` and the rows in id order."""
+
+    batch_id: uuid.UUID
+    rows: list[OutboxRow]
+
+
+def _row(r: Mapping[str, Any]) -> OutboxRow:
+    payload = r["payload"]
+    return OutboxRow(id=r["id"], op=r["op"], entry_id=r["entry_id"],
+                     payload=orjson.loads(payload) if payload is not None else None,
+                     correlation_key=r["correlation_key"], base_updated_at=r["base_updated_at"],
+                     attempts=r["attempts"], sent_at=r["sent_at"])
+
+
+async def reclaim_expired(conn: asyncpg.Connection, *, max_attempts: int,
+                          now: datetime | None = None) -> dict[str, int]:
+    """Return expired leases to pending (or dead-letter rows at `max_attempts`); returns
+    {"pending": n, "failed": m}."""
+    rows = await conn.fetch(RECLAIM, now, max_attempts)
+    out = {"pending": 0, "failed": 0}
+    for r in rows:
+        out[r["status"]] += 1
+    return out
+
+
+async def claim_batch(conn: asyncpg.Connection, *, owner: str, limit: int,
+                      lease_seconds: float, now: datetime | None = None) -> Claim:
+    """Claim up to `limit` claimable rows for `owner` (FOR UPDATE SKIP LOCKED, in one
+    transaction): status in_flight, a lease of `lease_seconds`, a new batch_id, attempts + 1."""
+    batch_id = uuid.uuid4()
+    async with conn.transaction():
+        rows = await conn.fetch(CLAIM, now, limit, owner, batch_id, float(lease_seconds))
+    return Claim(batch_id, sorted((_row(r) for r in rows), key=lambda r: r.id))
+
+
+async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int], batch_id: uuid.UUID, *,
+                    lease_seconds: float, now: datetime | None = None) -> set[int]:
+    """Record (and commit, when called outside a transaction) that a request carrying `ids` is
+    about to go out, renewing their lease. Returns the ids still held by this claim: send only
+    those."""
+    if not ids:
+        return set()
+    rows = await conn.fetch(MARK_SENT, list(ids), batch_id, now, float(lease_seconds))
+    return {r["id"] for r in rows}
+
+
+def _json(v: Mapping[str, Any] | None) -> str | None:
+    return orjson.dumps(v).decode() if v is not None else None
+
+
+async def finish_rows(conn: asyncpg.Connection, batch_id: uuid.UUID,
+                      decisions: Sequence[Decision], *, now: datetime | None = None) -> set[int]:
+    """Apply decisions (done / failed / conflict / pending with back-off) to rows of this
+    claim in one statement and end their lease. Returns the ids updated (rows whose lease was
+    lost are left alone)."""
+    if not decisions:
+        return set()
+    d = decisions
+    rows = await conn.fetch(
+        FINISH, batch_id, now, [x.row_id for x in d], [x.status for x in d],
+        [x.result for x in d], [x.last_error for x in d], [x.keep_error for x in d],
+        [float(x.retry_in) for x in d], [x.refund for x in d], [x.entry_id for x in d],
+        [x.remote_updated_at for x in d], [_json(x.remote) for x in d])
+    return {r["id"] for r in rows}
+
+
+async def rebase_pending(conn: asyncpg.Connection,
+                         moves: Sequence[tuple[int, int, datetime | None, datetime]]) -> int:
+    """For each (row_id, entry_id, old_base, new_base) of an update syncd completed: later
+    pending update/delete rows of that entry based on `old_base` are based on `new_base`."""
+    if not moves:
+        return 0
+    status = await conn.execute(REBASE, [m[0] for m in moves], [m[1] for m in moves],
+                                [m[2] for m in moves], [m[3] for m in moves])
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def release_leases(conn: asyncpg.Connection, owner: str, *, now: datetime | None = None,
+                         settle_seconds: float = 0.0) -> int:
+    """Give every in_flight row of `owner` back (shutdown). Rows sent under this lease keep
+    sent_at and become claimable after `settle_seconds`; the others get their attempt back.
+    Returns the number of rows released."""
+    status = await conn.execute(RELEASE, owner, now, float(settle_seconds))
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def status_counts(conn: asyncpg.Connection, *,
+                        now: datetime | None = None) -> dict[str, Any]:
+    """{"counts": {status: n for every status}, "oldest_pending_seconds": float | None}
+    (for metrics and `syncd status`)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    oldest: float | None = None
+    for r in await conn.fetch(STATUS_COUNTS, now):
+        counts[r["status"]] = r["n"]
+        if r["status"] == "pending":
+            oldest = max(float(r["oldest"]), 0.0)
+    return {"counts": counts, "oldest_pending_seconds": oldest}
+
+
+async def list_rows(conn: asyncpg.Connection, *, statuses: Sequence[str] | None = None,
+                    ids: Sequence[int] | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Rows for operators, newest first: optionally only `statuses` and/or `ids`; jsonb columns
+    decoded."""
+    rows = await conn.fetch(
+        f"""SELECT {LIST_COLUMNS} FROM syncd.outbox
+            WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
+              AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
+            ORDER BY id DESC LIMIT $3""",
+        list(statuses) if statuses else None, list(ids) if ids else None, limit)
+    out = []
+    for r in rows:
+        d = dict(r)
+        for k in ("payload", "remote_entry"):
+            if d[k] is not None:
+                d[k] = orjson.loads(d[k])
+        out.append(d)
+    return out
+
+
+async def retry_rows(conn: asyncpg.Connection, ids: Sequence[int] = (), *,
+                     all_failed: bool = False) -> list[int]:
+    """Put failed/conflict rows (by id, or every failed row) back to pending with fresh
+    attempts; a conflict is retried on top of the remote version it was parked with.
+    Returns the ids changed (rows in other statuses are left alone)."""
+    rows = await conn.fetch(RETRY, list(ids), all_failed)
+    return sorted(r["id"] for r in rows)
+
+
+async def discard_rows(conn: asyncpg.Connection, ids: Sequence[int]) -> list[int]:
+    """Delete rows that are not in flight; returns the ids deleted."""
+    rows = await conn.fetch(DISCARD, list(ids))
+    return sorted(r["id"] for r in rows)
+
+
+# ------------------------------------------------------------------------ LISTEN / NOTIFY
+@dataclass
+class _Listener:
+    event: asyncio.Event
+    callback: Any = None
+
+
+_listeners: weakref.WeakKeyDictionary[asyncpg.Connection, _Listener] = \
+    weakref.WeakKeyDictionary()
+
+
+async def wait_for_notify(conn: asyncpg.Connection, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for a NOTIFY on `CHANNEL`; True if one arrived (since the
+    previous call on this connection, or during the wait), False on timeout.
+
+    The first call LISTENs on `conn`, which must be a dedicated connection (not a pooled one
+    that goes back to the pool). Notifications between calls are not lost. Polling stays the
+    fallback: a False return just means "check the outbox anyway".
+    """
+    listener = _listeners.get(conn)
+    if listener is None:
+        listener = _Listener(asyncio.Event())
+        event = listener.event
+
+        def _on_notify(*_: object) -> None:
+            event.set()
+
+        listener.callback = _on_notify
+        await conn.add_listener(CHANNEL, _on_notify)
+        _listeners[conn] = listener
+    try:
+        await asyncio.wait_for(listener.event.wait(), timeout)
+    except TimeoutError:
+        return False
+    listener.event.clear()
+    return True
+
+
+async def stop_listening(conn: asyncpg.Connection) -> None:
+    """UNLISTEN what `wait_for_notify` set up on `conn` (no-op if nothing)."""
+    listener = _listeners.pop(conn, None)
+    if listener is not None and not conn.is_closed():
+        await conn.remove_listener(CHANNEL, listener.callback)

@@ -1,0 +1,470 @@
+"""The push use case: drain `syncd.outbox` to Kantata once, reconciling every row.
+
+One drain claims batches (≤ `push_batch_size` rows, leased) until nothing is claimable or the
+process is stopping. Per batch: creates go out as bulk POSTs of ≤ 100 items, each stamped with
+an external reference (its correlation key); rows whose earlier send had an unknown outcome are
+looked up first and only the missing ones are sent again. Updates are checked against
+Kantata's current version (one `only=` read per ≤ 200 ids) and PUT one by one with bounded
+concurrency. Deletes go out as bulk DELETEs of ≤ 100 ids; an already-absent target is done.
+Bulk refusals are mapped to items (or bisected) by `batching.Bisection`. Every success updates
+the mirror at once from Kantata's answer. Decisions live in `batching`; this module only
+carries them out (Kantata: `kantata.py`; database: `outbox.py`, `store.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+
+from syncd import batching, outbox, pagination, runs, store
+from syncd.batching import MAX_BULK, MAX_IDS_PER_READ, Bisection, Outcome, OutboxRow, Tally
+from syncd.errors import InvalidRecord, RetriableAPIError, RetriableError
+from syncd.kantata import ApiResponse, classify, error_messages
+from syncd.models import TimeEntry
+from syncd.runs import Deps
+
+__all__ = ["SETTLE_SECONDS", "PushReport", "default_owner", "push_once"]
+
+log = structlog.get_logger(__name__)
+
+#: Kantata ends every request after 3 minutes (api-notes §10). A create sent without a clear
+#: answer (no answer, or a 5xx that a gateway may have produced while Kantata kept working) is
+#: looked up no sooner than this, so a request still running there cannot be missed by the
+#: lookup and duplicated by a re-send.
+SETTLE_SECONDS = 180.0
+#: Statuses that mean the request or configuration is wrong for every row, not one item.
+_FATAL_STATUSES = (401, 404, 405)
+
+
+def default_owner() -> str:
+    """A lease owner name unique to this process: host:pid:random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class PushReport:
+    """Figures of one drain: batches and rows claimed, outcomes by (op, outcome) where outcome
+    is done | failed | conflict | retry, Kantata requests, mirror rows written, and the outbox
+    counts by status after the drain."""
+
+    owner: str
+    run_id: uuid.UUID | None = None
+    batches: int = 0
+    claimed: int = 0
+    reclaimed: int = 0
+    requests: int = 0
+    mirror_rows: int = 0
+    tally: Tally = field(default_factory=Tally)
+    counts_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.tally.total("done")
+
+    @property
+    def failed(self) -> int:
+        return self.tally.total("failed")
+
+    @property
+    def conflict(self) -> int:
+        return self.tally.total("conflict")
+
+    @property
+    def retry(self) -> int:
+        return self.tally.total("retry")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "batches": self.batches, "claimed": self.claimed,
+                "reclaimed": self.reclaimed, "requests": self.requests,
+                "mirror_rows": self.mirror_rows,
+                "outcomes": {f"{op}:{o}": n for (op, o), n in sorted(self.tally.counts.items())},
+                "outbox_after": self.counts_after}
+
+    def summary(self) -> str:
+        after = ", ".join(f"{k}={v}" for k, v in self.counts_after.items() if v) or "empty"
+        return (f"push {self.run_id}: {self.batches} batches, {self.claimed} rows: "
+                f"{self.done} done, {self.failed} failed, {self.conflict} conflict, "
+                f"{self.retry} to retry later; {self.requests} Kantata requests; "
+                f"outbox now: {after}")
+
+
+@dataclass
+class _Batch:
+    """One claimed batch being pushed: where to write and what to count."""
+
+    deps: Deps
+    batch_id: uuid.UUID
+    now: datetime | None
+    report: PushReport
+
+    @property
+    def service(self) -> str:
+        return self.deps.settings.external_reference_service_name
+
+    async def mark_sent(self, rows: Sequence[OutboxRow]) -> bool:
+        """Commit sent_at for `rows`; False when this claim no longer holds all of them."""
+        async with self.deps.pool.acquire() as conn:
+            held = await outbox.mark_sent(conn, [r.id for r in rows], self.batch_id,
+                                          lease_seconds=self.deps.settings.outbox_lease,
+                                          now=self.now)
+        if len(held) < len(rows):
+            log.warning("outbox_lease_lost", batch=str(self.batch_id),
+                        rows=sorted({r.id for r in rows} - held))
+            return False
+        return True
+
+    async def finish(self, pairs: Sequence[tuple[OutboxRow, Outcome]], *,
+                     entries: Sequence[TimeEntry] = (), deleted: Sequence[int] = (),
+                     rebase: Sequence[tuple[int, int, datetime | None, datetime]] = ()) -> None:
+        """Apply the outcomes and the mirror changes in one transaction."""
+        if not pairs:
+            return
+        s = self.deps.settings
+        decisions = [batching.decide(r, o, max_attempts=s.outbox_max_attempts,
+                                     backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
+                     for r, o in pairs]
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            held = await outbox.finish_rows(conn, self.batch_id, decisions, now=self.now)
+            if entries:
+                self.report.mirror_rows += await store.upsert_entries(conn, entries)
+            if deleted:
+                await store.mark_deleted(conn, deleted, self.now)
+            await outbox.rebase_pending(conn, [m for m in rebase if m[0] in held])
+        for (row, _), d in zip(pairs, decisions, strict=True):
+            if d.row_id not in held:
+                continue
+            self.report.tally.add(row.op, d.status)
+            outcome = "retry" if d.status == "pending" else d.status
+            self.deps.metrics.outbox_pushed.labels(row.op, outcome).inc()
+            if d.status in ("failed", "conflict"):
+                log.warning("outbox_row_" + d.status, row=row.id, op=row.op,
+                            entry_id=d.entry_id or row.entry_id, error=d.last_error)
+        self.deps.made_progress()
+
+
+def _entry(raw: dict[str, Any] | None) -> TimeEntry | None:
+    if raw is None:
+        return None
+    try:
+        return pagination.parse_time_entry(raw)
+    except InvalidRecord as exc:
+        log.warning("push_answer_entry_invalid", entry_id=exc.entry_id, reason=exc.reason)
+        return None
+
+
+def _transient(exc: RetriableError, *, sent: bool) -> Outcome:
+    """A temporary failure; `sent`: a create went out and its outcome is unknown, so the
+    retry (which looks it up first) waits until Kantata cannot still be working on it."""
+    settle = SETTLE_SECONDS if sent and getattr(exc, "status", None) != 429 else 0.0
+    return Outcome(kind="transient", message=str(exc),
+                   retry_after=getattr(exc, "retry_after", None), min_delay=settle)
+
+
+def _raise_if_fatal(resp: ApiResponse) -> None:
+    if resp.status in _FATAL_STATUSES:
+        classify(resp.status, resp.body, request_id=resp.request_id)
+
+
+# ------------------------------------------------------------------------ creates
+async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
+    """Rows whose earlier send had an unknown outcome: find them in Kantata by correlation key;
+    finish the found ones; return the rows that must (still) be sent."""
+    unsure = [r for r in rows if r.sent_at is not None]
+    if not unsure:
+        return rows
+    try:
+        page, by_ref = await b.deps.client.find_refs(b.service,
+                                                     [r.correlation_key for r in unsure])
+    except RetriableError as exc:
+        await b.finish([(r, _transient(exc, sent=False)) for r in unsure])
+        return [r for r in rows if r.sent_at is None]
+    live = {e.id: e for e in page.entries}
+    found: list[tuple[OutboxRow, Outcome]] = []
+    entries: list[TimeEntry] = []
+    for r in unsure:
+        ids = [i for i in by_ref.get(r.correlation_key, []) if i in live]
+        if not ids:
+            continue
+        if len(ids) > 1:
+            log.error("outbox_duplicate_create", row=r.id, entry_ids=ids)
+        raw = batching.strip_include_only(orjson.loads(live[ids[0]].raw))
+        entry = _entry(raw)
+        entries += [entry] if entry else []
+        found.append((r, Outcome(kind="ok", result="found_existing", entry_id=ids[0],
+                                 remote=raw, remote_updated_at=live[ids[0]].updated_at)))
+    await b.finish(found, entries=entries)
+    done = {r.id for r, _ in found}
+    log.info("outbox_outcomes_looked_up", rows=len(unsure), found=len(done))
+    return [r for r in rows if r.id not in done]
+
+
+async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
+    if rows:
+        rows = await _lookup_sent(b, rows)
+    by_id = {r.id: r for r in rows}
+    bis: Bisection[int] = Bisection(list(by_id), MAX_BULK)
+    reported: set[int] = set()
+    while (req := bis.next_request()) is not None:
+        req_rows = [by_id[i] for i in req]
+        if b.deps.should_stop() or not await b.mark_sent(req_rows):
+            await b.finish([(by_id[i], Outcome(kind="not_sent")) for i in bis.abandon()])
+            return
+        try:
+            resp = await b.deps.client.create_entries(batching.create_items(req_rows, b.service))
+        except RetriableAPIError as exc:
+            await b.finish([(by_id[i], _transient(exc, sent=True)) for i in bis.abandon()])
+            return
+        if 200 <= resp.status < 300:
+            created = batching.created_entries(resp.body, req_rows, b.service)
+            if created is None:
+                err = RetriableAPIError(resp.status, "Kantata's answer to a bulk create did not "
+                                                     "list every created entry")
+                await b.finish([(by_id[i], _transient(err, sent=True)) for i in bis.abandon()])
+                return
+            bis.accepted()
+            pairs, entries = [], []
+            for r in req_rows:
+                raw = created[r.id]
+                entry = _entry(raw)
+                entries += [entry] if entry else []
+                pairs.append((r, Outcome(kind="ok", result="created", entry_id=int(raw["id"]),
+                                         remote=raw,
+                                         remote_updated_at=entry.updated_at if entry else None)))
+            await b.finish(pairs, entries=entries)
+            continue
+        _raise_if_fatal(resp)
+        errs = batching.map_create_errors(resp.body, len(req))
+        bis.rejected({req[i]: f"HTTP {resp.status}: {m}" for i, m in errs.mapped.items()},
+                     _unmapped(resp, errs.unmapped))
+        await _finish_rejected(b, bis, by_id, reported)
+    await _finish_rejected(b, bis, by_id, reported)
+
+
+def _unmapped(resp: ApiResponse, msgs: Sequence[str]) -> list[str]:
+    return [f"HTTP {resp.status}: {m}" for m in (msgs or (error_messages(resp.body),))]
+
+
+async def _finish_rejected(b: _Batch, bis: Bisection[int], by_key: dict[int, OutboxRow],
+                           reported: set[int]) -> None:
+    """Finish the items the bisection has rejected since the last call."""
+    new = {k: m for k, m in bis.rejected_items.items() if k not in reported}
+    reported.update(new)
+    await b.finish([(by_key[k], Outcome(kind="rejected", message=m)) for k, m in new.items()])
+
+
+# ------------------------------------------------------------------------ updates
+def _concurrency(deps: Deps) -> int:
+    """PUTs in flight: push_concurrency, never more than HTTP connections or pool slots."""
+    return max(1, min(deps.settings.push_concurrency, deps.settings.max_connections,
+                      deps.pool.get_max_size()))
+
+
+async def _push_updates(b: _Batch, rows: list[OutboxRow]) -> None:
+    if not rows:
+        return
+    remote: dict[int, TimeEntry] = {}
+    unreadable: dict[int, str] = {}
+    try:
+        for part in batching.chunk([r.entry_id or 0 for r in rows], MAX_IDS_PER_READ):
+            page = await b.deps.client.get_by_ids(part)
+            remote.update({e.id: e for e in page.entries})
+            unreadable.update({int(x.entry_id): x.reason for x in page.rejected
+                               if x.entry_id and x.entry_id.isdigit()})
+    except RetriableError as exc:
+        await b.finish([(r, _transient(exc, sent=False)) for r in rows])
+        return
+    settled: list[tuple[OutboxRow, Outcome]] = []
+    entries: list[TimeEntry] = []
+    rebase: list[tuple[int, int, datetime | None, datetime]] = []
+    to_push: list[tuple[OutboxRow, batching.UpdateCheck]] = []
+    policy = b.deps.settings.conflict_policy
+    for r in rows:
+        eid = r.entry_id or 0
+        if eid in unreadable:
+            settled.append((r, Outcome(kind="transient", message=(
+                f"Kantata's entry {eid} could not be read: {unreadable[eid]}"))))
+            continue
+        e = remote.get(eid)
+        raw = orjson.loads(e.raw) if e else None
+        chk = batching.check_update(r, raw, e.updated_at if e else None, policy)
+        if chk.action == "push":
+            to_push.append((r, chk))
+        elif chk.action == "done" and e is not None:
+            entries.append(e)
+            rebase.append((r.id, eid, r.base_updated_at, e.updated_at))
+            settled.append((r, Outcome(kind="ok", result="already_applied", remote=raw,
+                                       remote_updated_at=e.updated_at)))
+        elif chk.action == "conflict" and e is not None:
+            settled.append((r, Outcome(kind="conflict", message=chk.reason, remote=raw,
+                                       remote_updated_at=e.updated_at)))
+        else:
+            settled.append((r, Outcome(kind="rejected", message=chk.reason)))
+    await b.finish(settled, entries=entries, rebase=rebase)
+    slots = asyncio.Semaphore(_concurrency(b.deps))
+
+    async def one(r: OutboxRow, chk: batching.UpdateCheck) -> None:
+        async with slots:
+            await _put(b, r, chk)
+
+    results = await asyncio.gather(*(one(r, c) for r, c in to_push), return_exceptions=True)
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+
+
+async def _put(b: _Batch, r: OutboxRow, chk: batching.UpdateCheck) -> None:
+    if b.deps.should_stop() or not await b.mark_sent([r]):
+        await b.finish([(r, Outcome(kind="not_sent"))])
+        return
+    eid = r.entry_id or 0
+    try:
+        resp = await b.deps.client.update_entry(eid, r.payload or {})
+    except RetriableAPIError as exc:
+        # no settle needed: the next attempt reads the entry and sees whether it was applied
+        await b.finish([(r, _transient(exc, sent=False))])
+        return
+    if 200 <= resp.status < 300:
+        raw = batching.entries_by_id(resp.body).get(eid)
+        entry = _entry(raw)
+        if raw is None or entry is None:
+            await b.finish([(r, Outcome(kind="transient", message=(
+                "Kantata's answer to the update did not contain the entry")))])
+            return
+        result = "local_wins" if chk.local_wins else "updated"
+        await b.finish([(r, Outcome(kind="ok", result=result, remote=raw,
+                                    remote_updated_at=entry.updated_at))],
+                       entries=[entry], rebase=[(r.id, eid, r.base_updated_at, entry.updated_at)])
+        return
+    if resp.status == 404:
+        msg = (f"time entry {eid} not found in Kantata (deleted there, or never existed): "
+               f"{error_messages(resp.body)}")
+    else:
+        if resp.status in (401, 405):
+            classify(resp.status, resp.body, request_id=resp.request_id)
+        msg = error_messages(resp.body)
+    if chk.local_wins:
+        msg += f" (pushed over a remote change: {chk.reason})"
+    await b.finish([(r, Outcome(kind="rejected", message=f"HTTP {resp.status}: {msg}"))])
+
+
+# ------------------------------------------------------------------------ deletes
+async def _push_deletes(b: _Batch, rows: list[OutboxRow]) -> None:
+    by_entry = {r.entry_id or 0: r for r in rows}
+    bis: Bisection[int] = Bisection(list(by_entry), MAX_BULK)
+    reported: set[int] = set()
+    while (req := bis.next_request()) is not None:
+        req_rows = [by_entry[i] for i in req]
+        if b.deps.should_stop() or not await b.mark_sent(req_rows):
+            await b.finish([(by_entry[i], Outcome(kind="not_sent")) for i in bis.abandon()])
+            return
+        try:
+            resp = await b.deps.client.delete_entries(req)
+        except RetriableAPIError as exc:
+            # a delete is safe to repeat: a target already gone ends done
+            await b.finish([(by_entry[i], _transient(exc, sent=False)) for i in bis.abandon()])
+            return
+        if 200 <= resp.status < 300:
+            bis.accepted()
+            await b.finish([(r, Outcome(kind="ok", result="deleted")) for r in req_rows],
+                           deleted=req)
+            continue
+        if resp.status in (401, 405):
+            classify(resp.status, resp.body, request_id=resp.request_id)
+        errs = batching.map_delete_errors(resp.body, req)
+        try:  # which targets are still there? (Kantata refuses unknown ids as errors too)
+            page = await b.deps.client.get_by_ids(req)
+        except RetriableError as exc:
+            await b.finish([(by_entry[i], _transient(exc, sent=False)) for i in bis.abandon()])
+            return
+        present = {e.id for e in page.entries} | {
+            int(x.entry_id) for x in page.rejected if x.entry_id and x.entry_id.isdigit()}
+        absent = [i for i in req if i not in present]
+        await b.finish([(by_entry[i], Outcome(kind="ok", result="already_absent"))
+                        for i in absent], deleted=absent)
+        bis.rejected({i: f"HTTP {resp.status}: {m}" for i, m in errs.mapped.items()
+                      if i in present}, _unmapped(resp, errs.unmapped), settled=absent)
+        await _finish_rejected(b, bis, by_entry, reported)
+    await _finish_rejected(b, bis, by_entry, reported)
+
+
+# ------------------------------------------------------------------------ the drain
+async def _publish_counts(deps: Deps, report: PushReport, now: datetime | None) -> None:
+    try:
+        async with deps.pool.acquire() as conn:
+            snap = await outbox.status_counts(conn, now=now)
+    except Exception as exc:  # noqa: BLE001 - metrics must never fail the run
+        log.warning("outbox_counts_failed", error=type(exc).__name__)
+        return
+    report.counts_after = snap["counts"]
+    for status, n in snap["counts"].items():
+        deps.metrics.outbox_rows.labels(status).set(n)
+    deps.metrics.outbox_oldest_pending.set(snap["oldest_pending_seconds"] or 0.0)
+
+
+async def _release(deps: Deps, owner: str, now: datetime | None) -> None:
+    try:
+        async with deps.pool.acquire() as conn:
+            n = await outbox.release_leases(conn, owner, now=now, settle_seconds=SETTLE_SECONDS)
+        log.info("outbox_leases_released", owner=owner, rows=n)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        log.warning("outbox_release_failed", owner=owner, error=type(exc).__name__)
+
+
+async def push_once(deps: Deps, *, owner: str | None = None,
+                    now: datetime | None = None) -> PushReport:
+    """Drain the outbox once: reclaim expired leases, then claim and push batches until
+    nothing is claimable or `deps.should_stop()`. Runs inside `runs.job_run(deps, "push")`.
+
+    `owner` names this process's leases (default `default_owner()`; the daemon passes its own
+    and calls `outbox.release_leases(conn, owner)` on shutdown); `now` (aware) replaces the
+    database clock for claims and back-off (tests). Rows end done / failed / conflict, or
+    pending with a back-off (429, 5xx, timeouts). Raises AuthError / FatalAPIError when Kantata
+    refuses every request (bad token, wrong base URL) after giving this drain's leases back;
+    database errors propagate likewise.
+    """
+    owner = owner or default_owner()
+    report = PushReport(owner=owner)
+    s = deps.settings
+    start_requests = deps.client.requests_sent
+    async with runs.job_run(deps, "push") as stats:
+        report.run_id = stats.run_id
+        try:
+            async with deps.pool.acquire() as conn:
+                rec = await outbox.reclaim_expired(conn, max_attempts=s.outbox_max_attempts,
+                                                   now=now)
+            report.reclaimed = rec["pending"]
+            if rec["pending"] or rec["failed"]:
+                log.warning("outbox_leases_reclaimed", **rec)
+            while not deps.should_stop():
+                async with deps.pool.acquire() as conn:
+                    claim = await outbox.claim_batch(conn, owner=owner, limit=s.push_batch_size,
+                                                     lease_seconds=s.outbox_lease, now=now)
+                if not claim.rows:
+                    break
+                report.batches += 1
+                report.claimed += len(claim.rows)
+                groups = batching.by_op(claim.rows)
+                log.info("outbox_batch_claimed", batch=str(claim.batch_id),
+                         **{op: len(rs) for op, rs in groups.items()})
+                b = _Batch(deps, claim.batch_id, now, report)
+                await _push_creates(b, groups["create"])
+                await _push_updates(b, groups["update"])
+                await _push_deletes(b, groups["delete"])
+        except Exception:
+            await _release(deps, owner, now)
+            raise
+        finally:
+            report.requests = deps.client.requests_sent - start_requests
+            stats.rows_upserted = report.mirror_rows
+            await _publish_counts(deps, report, now)
+            stats.details = report.as_dict()
+    return report
