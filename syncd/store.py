@@ -17,12 +17,13 @@ import asyncpg
 import orjson
 
 from syncd.models import Rejected, SideObject, TimeEntry
+from syncd.reconcile import RowVersion
 from syncd.windows import Window
 
 __all__ = [
-    "finish_run", "finish_window", "get_watermark", "newest_per_id", "record_rejects",
-    "set_watermark", "start_run", "start_window", "upsert_entries", "upsert_side",
-    "window_states",
+    "daily_summary", "finish_run", "finish_window", "get_watermark", "newest_per_id",
+    "prune_windows", "record_rejects", "set_watermark", "start_run", "start_window",
+    "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
 
 ENTRY_COLUMNS = (
@@ -248,4 +249,56 @@ async def mark_deleted(conn: asyncpg.Connection, ids: Sequence[int],
     status = await conn.execute(
         """UPDATE kantata.time_entries SET deleted_at = coalesce($2, now()), synced_at = now()
            WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL""", list(ids), at)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# ---------------------------------------------------------------- reconciliation and verify
+# Every mirror row whose date falls in the window, live or marked deleted (a deleted row that
+# Kantata lists again is revived). Served by time_entries_date_performed_idx.
+WINDOW_ROWS = """
+SELECT id, updated_at, time_in_minutes, deleted_at
+FROM kantata.time_entries
+WHERE date_performed BETWEEN $1 AND $2 AND ($3 OR deleted_at IS NULL)
+"""
+
+# Live rows aggregated per day; verify folds the days into its windows.
+DAILY_SUMMARY = """
+SELECT date_performed, count(*) AS n, coalesce(sum(time_in_minutes), 0) AS minutes,
+       max(updated_at) AS newest
+FROM kantata.time_entries
+WHERE deleted_at IS NULL AND date_performed BETWEEN $1 AND $2
+GROUP BY date_performed
+"""
+
+# Checkpoints of windows that are no longer scheduled (the range moved on, or an operator
+# reconciled an odd range) would otherwise look stale forever to the freshness views.
+PRUNE_WINDOWS = """
+DELETE FROM syncd.windows
+WHERE purpose = $1 AND status <> 'running'
+  AND (window_start, window_end) NOT IN (SELECT * FROM unnest($2::date[], $3::date[]))
+"""
+
+
+async def window_rows(conn: asyncpg.Connection, w: Window, *, include_deleted: bool = True
+                      ) -> dict[int, RowVersion]:
+    """Mirror rows with `date_performed` in `w` (inclusive): id → version."""
+    rows = await conn.fetch(WINDOW_ROWS, w.start, w.end, include_deleted)
+    return {r["id"]: RowVersion(updated_at=r["updated_at"],
+                                time_in_minutes=r["time_in_minutes"],
+                                deleted_at=r["deleted_at"]) for r in rows}
+
+
+async def daily_summary(conn: asyncpg.Connection, since: date, until: date
+                        ) -> list[tuple[date, int, int, datetime | None]]:
+    """Live rows per `date_performed` in `since`..`until`: (date, count, minutes, max
+    updated_at)."""
+    rows = await conn.fetch(DAILY_SUMMARY, since, until)
+    return [(r["date_performed"], r["n"], r["minutes"], r["newest"]) for r in rows]
+
+
+async def prune_windows(conn: asyncpg.Connection, purpose: str, keep: Sequence[Window]) -> int:
+    """Forget checkpoints of `purpose` for windows not in `keep` (running ones stay); return
+    rows removed."""
+    status = await conn.execute(PRUNE_WINDOWS, purpose, [w.start for w in keep],
+                                [w.end for w in keep])
     return int(status.rsplit(" ", 1)[-1])

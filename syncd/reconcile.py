@@ -1,0 +1,223 @@
+"""Pure decisions of reconciliation and verification (no IO): what a window's complete read
+means for the mirror, when a read may be trusted, which windows are due, and how a window of the
+mirror differs from Kantata.
+
+Kantata has no tombstones (api-notes §12): an entry deleted remotely simply stops being listed.
+Reconciliation re-reads `date_performed_between` windows and compares ids and `updated_at` with
+the mirror rows of the same dates. Listing is plain LIMIT/OFFSET over a live query (api-notes
+§3), so a row deleted or moved mid-scan shifts later pages and another row is skipped; a read is
+therefore trusted only when Kantata's `count` did not change between the first and the last page
+and exactly that many distinct ids were listed. Even a trusted read only yields deletion
+*candidates*: the job confirms them with an `only=` probe (one GET per 200 candidates) before
+marking anything deleted, because a delete plus an insert between two pages keeps the count
+unchanged while still skipping a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from syncd.windows import Window
+
+__all__ = [
+    "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan", "bucket_summaries",
+    "confirm_deletions", "diff_window", "due_windows", "is_recent", "plan_window",
+    "read_trusted", "summarize",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowVersion:
+    """What reconciliation compares of one entry: `updated_at` (aware instant), duration in
+    minutes, and `deleted_at` (mirror rows only; None = live)."""
+
+    updated_at: datetime
+    time_in_minutes: int = 0
+    deleted_at: datetime | None = None
+
+
+# ---------------------------------------------------------------- one window's plan
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowPlan:
+    """What to do with one window. Ids are sorted and pairwise disjoint.
+
+    `missing`: listed remotely, no mirror row in the window. `stale`: the mirror row is older.
+    `revive`: the mirror row is marked deleted but Kantata lists it. These three are upserted
+    from the read. `delete_candidates`: live in the mirror, not listed remotely (empty unless the
+    read was trusted); confirm with `confirm_deletions` before marking them deleted.
+    `checked`: distinct ids compared (remote ∪ mirror).
+    """
+
+    missing: tuple[int, ...] = ()
+    stale: tuple[int, ...] = ()
+    revive: tuple[int, ...] = ()
+    delete_candidates: tuple[int, ...] = ()
+    checked: int = 0
+
+    @property
+    def upsert(self) -> tuple[int, ...]:
+        """Every id whose entry from the read must be written."""
+        return tuple(sorted((*self.missing, *self.stale, *self.revive)))
+
+
+def plan_window(remote: Mapping[int, datetime], listed: Set[int],
+                local: Mapping[int, RowVersion], *, trusted: bool) -> WindowPlan:
+    """Plan one window from a read of Kantata and the mirror rows of the same dates.
+
+    `remote`: id → `updated_at` of every entry decoded from the read; `listed`: every id in the
+    pages' `results` (a superset of `remote`: rejected records are listed but not decoded, and
+    they are not deleted); `local`: mirror rows whose `date_performed` is in the window, live or
+    marked deleted. Deletion candidates come only from a `trusted` read.
+    """
+    missing, stale, revive = [], [], []
+    for eid, updated in remote.items():
+        row = local.get(eid)
+        if row is None:
+            missing.append(eid)
+        elif row.deleted_at is not None:
+            revive.append(eid)
+        elif row.updated_at < updated:
+            stale.append(eid)
+    gone: list[int] = []
+    if trusted:
+        gone = [eid for eid, row in local.items() if row.deleted_at is None and eid not in listed]
+    return WindowPlan(missing=tuple(sorted(missing)), stale=tuple(sorted(stale)),
+                      revive=tuple(sorted(revive)), delete_candidates=tuple(sorted(gone)),
+                      checked=len(set(listed) | set(local)))
+
+
+def confirm_deletions(candidates: Sequence[int], found: Set[int]) -> tuple[int, ...]:
+    """The candidates a by-id probe (`only=`, archived and other-account included) did not find:
+    those are gone from Kantata. Found ones moved to other dates or were skipped by paging."""
+    return tuple(sorted(i for i in candidates if i not in found))
+
+
+def read_trusted(first_count: int | None, last_count: int | None, distinct_ids: int) -> bool:
+    """A window read may be used to delete only if Kantata's `count` on the first page equals
+    the count on the final page and the read listed exactly that many distinct ids."""
+    return first_count is not None and first_count == last_count == distinct_ids
+
+
+# ---------------------------------------------------------------- schedule by age
+def is_recent(w: Window, today: date, recent_days: int) -> bool:
+    """A window is recent when it ends within the last `recent_days` days (or in the future)."""
+    return w.end >= today - timedelta(days=recent_days)
+
+
+def due_windows(windows: Sequence[Window], last_done: Mapping[Window, datetime | None], *,
+                now: datetime, today: date, recent_days: int, recent_interval: float,
+                old_interval: float) -> list[Window]:
+    """The windows to reconcile at `now`, in the order to do them.
+
+    A window is due when it was never reconciled successfully (absent or None in `last_done`)
+    or its last success is at least `recent_interval` seconds old (recent windows, see
+    `is_recent`) or `old_interval` seconds old (older windows). Order: recent windows newest
+    first, then older windows least recently reconciled first.
+    """
+    recent: list[Window] = []
+    old: list[tuple[datetime, Window]] = []
+    for w in windows:
+        fresh = is_recent(w, today, recent_days)
+        interval = timedelta(seconds=recent_interval if fresh else old_interval)
+        last = last_done.get(w)
+        if last is not None and now - last < interval:
+            continue
+        if fresh:
+            recent.append(w)
+        else:
+            old.append((last or datetime.min.replace(tzinfo=now.tzinfo), w))
+    recent.sort(reverse=True)
+    old.sort()
+    return recent + [w for _, w in old]
+
+
+# ---------------------------------------------------------------- verify
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Aggregate of one window's live entries: count, sum of `time_in_minutes`, max
+    `updated_at` (None when empty)."""
+
+    count: int = 0
+    minutes: int = 0
+    max_updated_at: datetime | None = None
+
+
+def summarize(rows: Iterable[RowVersion], count: int | None = None) -> Summary:
+    """Summary of `rows`; `count` overrides the row count (Kantata's listed ids may include
+    records that could not be decoded)."""
+    n, minutes, newest = 0, 0, None
+    for r in rows:
+        n += 1
+        minutes += r.time_in_minutes
+        newest = r.updated_at if newest is None or r.updated_at > newest else newest
+    return Summary(n if count is None else count, minutes, newest)
+
+
+def bucket_summaries(windows: Sequence[Window],
+                     per_date: Iterable[tuple[date, int, int, datetime | None]]
+                     ) -> dict[Window, Summary]:
+    """Fold per-date aggregates `(date_performed, count, minutes, max_updated_at)` into
+    per-window summaries. Dates outside every window are ignored; windows may not overlap."""
+    out = {w: Summary() for w in windows}
+    ordered = sorted(windows)
+    for d, n, minutes, newest in per_date:
+        w = next((w for w in ordered if w.start <= d <= w.end), None)
+        if w is None:
+            continue
+        s = out[w]
+        top = s.max_updated_at
+        if newest is not None and (top is None or newest > top):
+            top = newest
+        out[w] = Summary(s.count + n, s.minutes + minutes, top)
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleRow:
+    """An entry present on both sides whose version or duration differs."""
+
+    id: int
+    mirror_updated_at: datetime
+    kantata_updated_at: datetime
+    mirror_minutes: int
+    kantata_minutes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowDiff:
+    """How one window of the mirror differs from Kantata. Id tuples are sorted."""
+
+    window: Window
+    mirror: Summary
+    kantata: Summary
+    missing_locally: tuple[int, ...] = ()
+    extra_locally: tuple[int, ...] = ()
+    stale: tuple[StaleRow, ...] = ()
+
+
+def diff_window(w: Window, local: Mapping[int, RowVersion], remote: Mapping[int, RowVersion],
+                listed: Set[int] | None = None) -> WindowDiff | None:
+    """Compare the live mirror rows of `w` with a complete read of Kantata; None when equal.
+
+    `local`: live mirror rows (rows marked deleted must be left out); `remote`: decoded entries;
+    `listed`: every id Kantata listed (default: `remote`'s keys). The summaries are compared
+    first; ids only when they differ.
+    """
+    listed = set(remote) if listed is None else set(listed)
+    mine = summarize(local.values())
+    theirs = summarize(remote.values(), count=len(listed))
+    if mine == theirs:
+        return None
+    stale = tuple(
+        StaleRow(id=i, mirror_updated_at=local[i].updated_at,
+                 kantata_updated_at=remote[i].updated_at,
+                 mirror_minutes=local[i].time_in_minutes,
+                 kantata_minutes=remote[i].time_in_minutes)
+        for i in sorted(set(local) & set(remote))
+        if (local[i].updated_at, local[i].time_in_minutes)
+        != (remote[i].updated_at, remote[i].time_in_minutes))
+    return WindowDiff(window=w, mirror=mine, kantata=theirs,
+                      missing_locally=tuple(sorted(listed - set(local))),
+                      extra_locally=tuple(sorted(set(local) - listed)), stale=stale)

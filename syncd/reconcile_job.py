@@ -1,0 +1,338 @@
+"""Reconciliation and verification use cases: re-read `date_performed_between` windows, carry out
+the pure plan of `syncd.reconcile` (upsert missing or older rows, mark vanished ones deleted),
+and compare the mirror with Kantata without writing anything (`verify`).
+
+A window is read completely into memory first (same parameters as the pull: archived and
+other-account projects included, `order=date_performed:asc`), re-read while Kantata's count
+shows it changed mid-scan, and only then applied in one transaction together with its
+checkpoint in `syncd.windows` (purpose 'reconcile'). Deletion candidates are confirmed by an
+`only=` probe before anything is marked deleted. Reads use the "reconcile" priority of the one
+request budget shared with pull and push; windows run `window_concurrency` at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+import structlog
+
+from syncd import pull, reconcile, store
+from syncd.errors import AuthError, FatalError, RetriableError
+from syncd.models import Rejected, SideObject, TimeEntry
+from syncd.reconcile import RowVersion, Summary, WindowDiff
+from syncd.runs import Deps, RunStats, job_run
+from syncd.windows import Window, month_windows
+
+__all__ = [
+    "VerifyResult", "WindowRead", "WindowReport", "read_window", "reconcile_due",
+    "reconcile_range", "verify_range",
+]
+
+log = structlog.get_logger(__name__)
+
+PURPOSE = "reconcile"
+MAX_READS = 3  # reads of one window before giving up on it for this run
+MAX_PAGES = 100_000  # loop guard: a window can never legitimately need more
+PROBE_SIZE = 200  # ids per `only=` probe (api-notes §14 Q18)
+T = TypeVar("T")
+
+
+@dataclass
+class WindowRead:
+    """One complete read of a window: decoded entries (newest per id), every listed id
+    (including records that could not be decoded), side-loads, and Kantata's `count` on the
+    first and the final page."""
+
+    window: Window
+    entries: dict[int, TimeEntry] = field(default_factory=dict)
+    listed: set[int] = field(default_factory=set)
+    side: dict[tuple[str, int], SideObject] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    first_count: int | None = None
+    last_count: int | None = None
+    pages: int = 0
+    reads: int = 0
+
+    @property
+    def trusted(self) -> bool:
+        return reconcile.read_trusted(self.first_count, self.last_count, len(self.listed))
+
+
+@dataclass
+class WindowReport:
+    """Figures of one reconciled window. `checked`: distinct ids compared; `upserted`: rows
+    written; `revived`: rows marked deleted that Kantata lists again; `marked_deleted`: rows
+    newly marked deleted; `kept`: deletion candidates a by-id probe found (moved to another date
+    or skipped by paging); `requests`: GETs spent (pages of every read plus probes)."""
+
+    window: Window
+    checked: int = 0
+    upserted: int = 0
+    revived: int = 0
+    marked_deleted: int = 0
+    kept: int = 0
+    requests: int = 0
+    reads: int = 0
+    remote_count: int | None = None
+    trusted: bool = False
+    error: str | None = None
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run `coros` concurrently; on the first failure cancel the rest and raise that error
+    itself (not an ExceptionGroup), so no window keeps writing after its run has ended."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+def _params(deps: Deps, w: Window, page: int) -> dict[str, str]:
+    params = {"per_page": str(deps.settings.per_page), "date_performed_between": w.param,
+              "order": "date_performed:asc", "page": str(page)}
+    if deps.settings.sideload:
+        params["include"] = pull.INCLUDE
+    return params
+
+
+def _ids(raw: Sequence[str]) -> set[int]:
+    return {int(i) for i in raw if i.isdigit()}
+
+
+async def read_window(deps: Deps, w: Window) -> WindowRead:
+    """Read every page of `w` once, storing nothing. Raises RetriableError / FatalError when a
+    page cannot be read (after the client's own retries)."""
+    read = WindowRead(w, reads=1)
+    page_no = 1
+    while page_no <= MAX_PAGES:
+        page = await deps.client.list_page(_params(deps, w, page_no), priority="reconcile")
+        read.pages += 1
+        read.first_count = page.count if read.first_count is None else read.first_count
+        read.last_count = page.count
+        deps.made_progress()
+        if not page.result_ids:
+            break
+        read.listed |= _ids(page.result_ids)
+        for e in store.newest_per_id(page.entries):
+            cur = read.entries.get(e.id)
+            if cur is None or e.updated_at > cur.updated_at:
+                read.entries[e.id] = e
+        read.side.update({(o.kind, o.id): o for o in page.side})
+        read.rejected.extend(page.rejected)
+        if page_no >= page.page_count or len(page.result_ids) < page.page_size:
+            break
+        page_no += 1
+    return read
+
+
+async def _read_until_trusted(deps: Deps, w: Window) -> WindowRead:
+    pages = 0
+    for attempt in range(1, MAX_READS + 1):
+        read = await read_window(deps, w)
+        pages += read.pages
+        read.pages, read.reads = pages, attempt
+        if read.trusted:
+            return read
+        log.warning("window_changed_while_reading", window=w.param, attempt=attempt,
+                    first_count=read.first_count, last_count=read.last_count,
+                    listed=len(read.listed))
+    return read
+
+
+async def _probe(deps: Deps, ids: Sequence[int]) -> tuple[set[int], list[TimeEntry], int]:
+    """By-id lookup of deletion candidates: (ids Kantata still has, their entries, GETs)."""
+    found: set[int] = set()
+    entries: list[TimeEntry] = []
+    requests = 0
+    for i in range(0, len(ids), PROBE_SIZE):
+        page = await deps.client.get_by_ids(ids[i:i + PROBE_SIZE], priority="reconcile")
+        requests += 1
+        found |= _ids(page.result_ids)
+        entries.extend(page.entries)
+    return found, entries, requests
+
+
+async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowReport) -> None:
+    async with deps.pool.acquire() as conn:
+        local = await store.window_rows(conn, read.window)
+    remote = {i: e.updated_at for i, e in read.entries.items()}
+    plan = reconcile.plan_window(remote, read.listed, local, trusted=read.trusted)
+    upserts = [read.entries[i] for i in plan.upsert]
+    gone: tuple[int, ...] = ()
+    if plan.delete_candidates:
+        found, moved, probes = await _probe(deps, plan.delete_candidates)
+        rep.requests += probes
+        gone = reconcile.confirm_deletions(plan.delete_candidates, found)
+        rep.kept = len(plan.delete_candidates) - len(gone)
+        upserts.extend(moved)
+    status = "done" if read.trusted else "failed"
+    if not read.trusted:
+        rep.error = (f"window {read.window.param} kept changing while read ({len(read.listed)} "
+                     f"ids listed, count {read.first_count} then {read.last_count}); nothing "
+                     "marked deleted, will retry")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        rep.upserted = await store.upsert_entries(conn, upserts)
+        if read.side:
+            await store.upsert_side(conn, list(read.side.values()))
+        if read.rejected:
+            await store.record_rejects(conn, read.rejected, stats.run_id)
+        rep.marked_deleted = await store.mark_deleted(conn, gone)
+        await store.finish_window(conn, PURPOSE, read.window, status=status,
+                                  remote_count=read.last_count, error=rep.error)
+    rep.checked, rep.revived = plan.checked, len(plan.revive)
+    if gone:
+        log.info("entries_marked_deleted", window=read.window.param, ids=list(gone)[:50],
+                 count=rep.marked_deleted)
+
+
+async def _reconcile_window(deps: Deps, stats: RunStats, w: Window) -> WindowReport:
+    rep = WindowReport(w)
+    async with deps.pool.acquire() as conn:
+        await store.start_window(conn, PURPOSE, w, restart=True)
+    try:
+        read = await _read_until_trusted(deps, w)
+        rep.requests, rep.reads = read.pages, read.reads
+        rep.remote_count, rep.trusted = read.last_count, read.trusted
+        await _apply(deps, stats, read, rep)
+    except AuthError:
+        raise
+    except (RetriableError, FatalError) as exc:
+        rep.error = f"{type(exc).__name__}: {exc}"
+        async with deps.pool.acquire() as conn:
+            await store.finish_window(conn, PURPOSE, w, status="failed",
+                                      remote_count=None, error=rep.error)
+    stats.pages += rep.requests
+    stats.rows_upserted += rep.upserted
+    deps.metrics.rows_upserted.labels("reconcile").inc(rep.upserted)
+    deps.metrics.rows_marked_deleted.inc(rep.marked_deleted)
+    if rep.error:
+        stats.errors.append(f"{w.param}: {rep.error}")
+        log.warning("window_failed", window=w.param, error=rep.error)
+    log.info("window_reconciled", window=w.param, checked=rep.checked, upserted=rep.upserted,
+             revived=rep.revived, marked_deleted=rep.marked_deleted, kept=rep.kept,
+             requests=rep.requests, reads=rep.reads)
+    return rep
+
+
+async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats) -> list[WindowReport]:
+    sem = asyncio.Semaphore(deps.settings.window_concurrency)
+
+    async def one(w: Window) -> WindowReport | None:
+        async with sem:
+            if deps.should_stop():
+                return None
+            return await _reconcile_window(deps, stats, w)
+
+    done = await _all(one(w) for w in windows)
+    reports = sorted((r for r in done if r is not None), key=lambda r: r.window)
+    stats.details.update(
+        windows=len(reports), checked=sum(r.checked for r in reports),
+        marked_deleted=sum(r.marked_deleted for r in reports),
+        revived=sum(r.revived for r in reports), kept=sum(r.kept for r in reports),
+        requests=sum(r.requests for r in reports))
+    return reports
+
+
+def default_windows(deps: Deps, today: date) -> list[Window]:
+    """The backfill range as windows (`settings.backfill_from(today)` .. today +
+    `lookahead_days`), the same windows the pull's backfill uses."""
+    return list(pull.windows_for(deps, today))
+
+
+async def reconcile_range(deps: Deps, since: date, until: date, *,
+                          now: datetime | None = None) -> list[WindowReport]:
+    """Reconcile every window of `since`..`until` (inclusive) now, whatever their age; one run
+    of job 'reconcile'. Raises ValueError when `until < since`, AuthError when Kantata refuses
+    the token; other request errors fail only their window (reported, run 'partial').
+    Deletions are stamped with the database clock, so `now` only matters to `reconcile_due`."""
+    windows = month_windows(since, until, deps.settings.backfill_window_months)
+    async with job_run(deps, "reconcile") as stats:
+        return await _run(deps, windows, stats)
+
+
+async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[WindowReport]:
+    """Reconcile the windows of the backfill range that are due at `now` (aware; default: the
+    clock): never reconciled, last reconciled `reconcile_recent_interval` seconds ago for windows
+    ending within `reconcile_recent_days`, `reconcile_old_interval` seconds ago for older ones.
+    Checkpoints of windows no longer in the range are forgotten. Returns [] without recording a
+    run when nothing is due. Errors as `reconcile_range`."""
+    now = now or datetime.now(UTC)
+    s = deps.settings
+    windows = default_windows(deps, now.date())
+    async with deps.pool.acquire() as conn:
+        await store.prune_windows(conn, PURPOSE, windows)
+        states = await store.window_states(conn, PURPOSE)
+    last_done = {w: r["finished_at"] if r["status"] == "done" else None
+                 for w, r in states.items()}
+    due = reconcile.due_windows(
+        windows, last_done, now=now, today=now.date(), recent_days=s.reconcile_recent_days,
+        recent_interval=s.reconcile_recent_interval, old_interval=s.reconcile_old_interval)
+    if not due:
+        return []
+    async with job_run(deps, "reconcile") as stats:
+        return await _run(deps, due, stats)
+
+
+# ---------------------------------------------------------------- verify (read-only)
+@dataclass
+class VerifyResult:
+    """Outcome of `verify_range`: windows compared, their differences, windows that could not
+    be compared (window, error), and GETs spent."""
+
+    windows: list[Window] = field(default_factory=list)
+    diffs: list[WindowDiff] = field(default_factory=list)
+    errors: list[tuple[Window, str]] = field(default_factory=list)
+    requests: int = 0
+
+    @property
+    def identical(self) -> bool:
+        return not self.diffs and not self.errors
+
+
+async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult) -> None:
+    try:
+        read = await _read_until_trusted(deps, w)
+    except AuthError:
+        raise
+    except (RetriableError, FatalError) as exc:
+        res.errors.append((w, f"{type(exc).__name__}: {exc}"))
+        return
+    res.requests += read.pages
+    if not read.trusted:
+        res.errors.append((w, f"kept changing while read ({read.reads} reads)"))
+        return
+    remote = {i: RowVersion(updated_at=e.updated_at, time_in_minutes=e.time_in_minutes)
+              for i, e in read.entries.items()}
+    if reconcile.summarize(remote.values(), count=len(read.listed)) == mine:
+        return
+    async with deps.pool.acquire() as conn:
+        local = await store.window_rows(conn, w, include_deleted=False)
+    diff = reconcile.diff_window(w, local, remote, read.listed)
+    if diff is not None:
+        res.diffs.append(diff)
+
+
+async def verify_range(deps: Deps, since: date, until: date) -> VerifyResult:
+    """Compare the live mirror with Kantata window by window over `since`..`until`: count, sum
+    of `time_in_minutes` and max `updated_at`, then ids for windows that differ. Writes nothing
+    (no run history either). Raises AuthError; other request errors are per window."""
+    windows = month_windows(since, until, deps.settings.backfill_window_months)
+    async with deps.pool.acquire() as conn:
+        mine = reconcile.bucket_summaries(windows, await store.daily_summary(conn, since, until))
+    res = VerifyResult(windows=windows)
+    sem = asyncio.Semaphore(deps.settings.window_concurrency)
+
+    async def one(w: Window) -> None:
+        async with sem:
+            await _verify_window(deps, w, mine[w], res)
+
+    await _all(one(w) for w in windows)
+    res.diffs.sort(key=lambda d: d.window)
+    res.errors.sort(key=lambda e: e[0])
+    return res

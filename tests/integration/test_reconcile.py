@@ -1,0 +1,328 @@
+"""Reconciliation end to end: simulator → syncd reconcile → PostgreSQL. Deletions are detected,
+nothing is wrongly deleted (archiving, moves, rows shifting between pages), re-created entries
+come back, and the request cost of a full pass is what the design promises."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd import cli, pull, reconcile_job
+from syncd.app import open_deps
+from syncd.runs import Deps
+from syncd.simulator import Simulator
+from tests.integration.conftest import TOKEN, make_settings
+from tests.oracle import mirror_diff
+
+pytestmark = pytest.mark.integration
+
+
+def _month(e: dict[str, Any]) -> str:
+    return str(e["date_performed"])[:7]
+
+
+def _full_range(deps: Deps) -> tuple[date, date]:
+    ws = reconcile_job.default_windows(deps, datetime.now(UTC).date())
+    return ws[0].start, ws[-1].end
+
+
+async def _deleted_ids(conn: asyncpg.Connection) -> set[int]:
+    return {r["id"] for r in await conn.fetch(
+        "SELECT id FROM kantata.time_entries WHERE deleted_at IS NOT NULL")}
+
+
+def _by_window_order(sim: Simulator, month: str) -> list[dict[str, Any]]:
+    """Entries of one month in Kantata's listing order (date_performed asc, then id asc)."""
+    es = [e for e in sim.list_entries() if _month(e) == month]
+    return sorted(es, key=lambda e: (e["date_performed"], int(e["id"])))
+
+
+def _busiest_months(sim: Simulator, n: int) -> list[str]:
+    return [m for m, _ in Counter(_month(e) for e in sim.list_entries()).most_common(n)]
+
+
+def settings(db_dsn: str, sim_url: str, **over: Any) -> Any:
+    """Test settings with the request budget out of the way (the simulator is local)."""
+    return make_settings(db_dsn, sim_url, **{"rate_limit_per_minute": 600_000.0, **over})
+
+
+@pytest.fixture
+async def deps(db_dsn: str, sim_url: str) -> AsyncIterator[Deps]:
+    async with open_deps(settings(db_dsn, sim_url)) as d:
+        yield d
+
+
+@pytest.fixture
+async def small_pages(db_dsn: str, sim_url: str) -> AsyncIterator[Deps]:
+    """Deps reading 10 entries per page, so every busy month spans three pages."""
+    async with open_deps(settings(db_dsn, sim_url, per_page=10)) as d:
+        yield d
+
+
+async def test_entries_deleted_remotely_are_marked_deleted_and_only_those(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    entries = sim.list_entries()
+    gone = {int(e["id"]) for e in entries[::97]}  # 7 entries spread over many months
+    for i in gone:
+        sim.delete_entry(i)
+    reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert [r.error for r in reports if r.error] == []
+    assert sum(r.marked_deleted for r in reports) == len(gone)
+    assert await _deleted_ids(conn) == gone
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == 600  # kept
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    run = await conn.fetchrow("SELECT status, details FROM syncd.sync_runs "
+                              "WHERE job = 'reconcile'")
+    assert run["status"] == "ok"
+    windows = await conn.fetch("SELECT status, remote_count FROM syncd.windows "
+                               "WHERE purpose = 'reconcile'")
+    assert len(windows) == len(reports) and {w["status"] for w in windows} == {"done"}
+    assert sum(w["remote_count"] for w in windows) == 600 - len(gone)
+    # a second pass changes nothing
+    again = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert sum(r.marked_deleted + r.upserted for r in again) == 0
+
+
+async def test_archiving_a_workspace_or_moving_an_entry_marks_nothing_deleted(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    entries = sim.list_entries()
+    ws = Counter(e["workspace_id"] for e in entries).most_common(1)[0][0]
+    sim.archive_workspace(int(ws))
+    # moves in both directions, so whichever window is read first the move is seen as such
+    early, late = entries[10], entries[20]
+    sim.edit_entry(int(early["id"]), {"date_performed": "2026-11-20"})
+    sim.edit_entry(int(late["id"]), {"date_performed": "2024-12-02"})
+    reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert sum(r.marked_deleted for r in reports) == 0
+    assert await _deleted_ids(conn) == set()
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    moved = {r["id"]: r["date_performed"] for r in await conn.fetch(
+        "SELECT id, date_performed FROM kantata.time_entries WHERE id = ANY($1::bigint[])",
+        [int(early["id"]), int(late["id"])])}
+    assert moved == {int(early["id"]): date(2026, 11, 20), int(late["id"]): date(2024, 12, 2)}
+
+
+async def test_moved_entry_outside_the_reconciled_range_is_kept_by_the_probe(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    month = _busiest_months(sim, 1)[0]
+    e = _by_window_order(sim, month)[0]
+    sim.edit_entry(int(e["id"]), {"date_performed": "2021-06-01"})  # far outside the range
+    start = date.fromisoformat(f"{month}-01")
+    end = (start.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    reports = await reconcile_job.reconcile_range(deps, start, end)
+    assert [(r.marked_deleted, r.kept) for r in reports] == [(0, 1)]
+    # one page plus one `only=` probe
+    assert reports[0].requests == 2
+    assert await conn.fetchval("SELECT date_performed FROM kantata.time_entries "
+                               "WHERE id = $1 AND deleted_at IS NULL", int(e["id"])) == \
+        date(2021, 6, 1)
+
+
+async def test_an_entry_deleted_and_recreated_with_the_same_id_comes_back(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    e = sim.list_entries()[42]
+    eid = int(e["id"])
+    sim.delete_entry(eid)
+    await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert await _deleted_ids(conn) == {eid}
+    sim.create_entry({"id": eid, "workspace_id": e["workspace_id"],
+                      "date_performed": e["date_performed"], "time_in_minutes": 15,
+                      "notes": "re-created"})
+    reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert sum(r.revived for r in reports) == 1
+    assert await _deleted_ids(conn) == set()
+    row = await conn.fetchrow("SELECT notes, time_in_minutes, deleted_at "
+                              "FROM kantata.time_entries WHERE id = $1", eid)
+    assert (row["notes"], row["time_in_minutes"], row["deleted_at"]) == ("re-created", 15, None)
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_rows_deleted_or_moved_during_a_window_scan_never_cause_a_wrong_deletion(
+        small_pages: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Deleting or moving away a row of page 1 while page 2 is requested shifts every later
+    row back by one: the row at the top of page 2 is never listed. The count changed, so the
+    read is not trusted and the window is read again."""
+    deps = small_pages
+    await pull.sync_once(deps)
+    m_del, m_move = _busiest_months(sim, 2)
+    victim = int(_by_window_order(sim, m_del)[0]["id"])
+    mover = int(_by_window_order(sim, m_move)[0]["id"])
+    skipped = {int(_by_window_order(sim, m)[10]["id"]) for m in (m_del, m_move)}
+    orig = deps.client.list_page
+    injected: list[str] = []
+
+    async def mutating_list_page(params: dict[str, str], **kw: Any) -> Any:
+        span = params.get("date_performed_between", "")
+        if params.get("page") == "2" and span[:7] not in injected:
+            if span.startswith(m_del):
+                sim.delete_entry(victim)
+                injected.append(m_del)
+            elif span.startswith(m_move):
+                sim.edit_entry(mover, {"date_performed": "2021-06-15"})  # an empty month
+                injected.append(m_move)
+        return await orig(params, **kw)
+
+    deps.client.list_page = mutating_list_page  # type: ignore[method-assign]
+    reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert sorted(injected) == sorted([m_del, m_move])
+    assert await _deleted_ids(conn) == {victim}
+    assert not skipped & await _deleted_ids(conn)
+    by_month = {r.window.start.isoformat()[:7]: r for r in reports}
+    assert by_month[m_del].reads == 2 and by_month[m_del].marked_deleted == 1
+    assert by_month[m_move].reads == 2 and by_month[m_move].marked_deleted == 0
+    assert all(r.error is None for r in reports)
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_a_delete_and_an_insert_between_pages_keep_the_count_but_the_probe_saves_the_row(
+        small_pages: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """The count rule alone is fooled when a row of page 1 is deleted and another row is
+    created later in the same window: the count is unchanged and as many distinct ids are
+    listed, yet the row at the top of page 2 was skipped. The `only=` probe finds it."""
+    deps = small_pages
+    await pull.sync_once(deps)
+    month = _busiest_months(sim, 1)[0]
+    order = _by_window_order(sim, month)
+    victim, skipped = int(order[0]["id"]), int(order[10]["id"])
+    orig = deps.client.list_page
+    done = False
+
+    async def mutating_list_page(params: dict[str, str], **kw: Any) -> Any:
+        nonlocal done
+        span = params.get("date_performed_between", "")
+        if params.get("page") == "2" and span.startswith(month) and not done:
+            done = True
+            sim.delete_entry(victim)
+            sim.create_entry({"workspace_id": order[-1]["workspace_id"],
+                              "date_performed": order[-1]["date_performed"],
+                              "time_in_minutes": 5, "notes": "late arrival"})
+        return await orig(params, **kw)
+
+    deps.client.list_page = mutating_list_page  # type: ignore[method-assign]
+    reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    rep = next(r for r in reports if r.window.start.isoformat().startswith(month))
+    assert done and rep.trusted and rep.reads == 1
+    assert rep.kept == 1 and rep.marked_deleted == 0
+    assert skipped not in await _deleted_ids(conn)
+    # the victim was listed on page 1, so this pass keeps it; the next pass catches it
+    again = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert sum(r.marked_deleted for r in again) == 1
+    assert await _deleted_ids(conn) == {victim}
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_a_window_that_cannot_be_read_marks_nothing_and_is_reported(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    async with open_deps(settings(db_dsn, sim_url, max_retries=0)) as deps:
+        await pull.sync_once(deps)
+        sim.delete_entry(int(sim.list_entries()[0]["id"]))
+        sim.set_faults({"error_rate": 1.0, "statuses": [503]})
+        reports = await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert reports and all(r.error and "503" in r.error for r in reports)
+    assert await _deleted_ids(conn) == set()
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
+        == "partial"
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = 'reconcile' "
+                               "AND status = 'failed'") == len(reports)
+
+
+async def test_corrupted_pages_never_cause_a_wrong_deletion(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    async with open_deps(settings(db_dsn, sim_url, max_retries=8)) as deps:
+        await pull.sync_once(deps)
+        sim.set_faults({"bad_page_rate": 0.3, "seed": 5,
+                        "bad_page_kinds": ["truncated", "html", "missing_ids"]})
+        await reconcile_job.reconcile_range(deps, *_full_range(deps))
+    assert await _deleted_ids(conn) == set()
+
+
+async def test_reconcile_due_schedules_recent_windows_often_and_old_ones_rarely(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    await conn.execute("INSERT INTO syncd.windows (purpose, window_start, window_end, status) "
+                       "VALUES ('reconcile', '2019-01-03', '2019-01-31', 'done')")
+    now = datetime.now(UTC)
+    first = await reconcile_job.reconcile_due(deps, now=now)
+    windows = reconcile_job.default_windows(deps, now.date())
+    assert sorted(r.window for r in first) == windows
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = 'reconcile' "
+                               "AND window_start = '2019-01-03'") == 0  # no longer scheduled
+    assert await reconcile_job.reconcile_due(deps, now=now + timedelta(minutes=5)) == []
+    runs = await conn.fetchval("SELECT count(*) FROM syncd.sync_runs WHERE job = 'reconcile'")
+    assert runs == 1  # nothing due: no run recorded
+    later = await reconcile_job.reconcile_due(deps, now=now + timedelta(hours=2))
+    cutoff = now.date() - timedelta(days=deps.settings.reconcile_recent_days)
+    assert later and all(r.window.end >= cutoff for r in later)
+    assert len(later) == sum(1 for w in windows if w.end >= cutoff)
+    # the checkpoints are real wall-clock times, so look "8 days later" from now
+    week = await reconcile_job.reconcile_due(deps, now=now + timedelta(days=8))
+    assert len(week) == len(reconcile_job.default_windows(deps, (now + timedelta(days=8)).date()))
+
+
+async def test_request_cost_of_a_full_reconciliation(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A full pass costs one GET per 200 entries of each window and one per empty window,
+    i.e. close to ceil(n/200) + empty windows; nothing else (no probes when nothing is gone)."""
+    per_month = Counter(_month(e) for e in sim.list_entries())
+    n = sum(per_month.values())
+    for months in (1, 12):
+        async with open_deps(settings(db_dsn, sim_url, backfill_window_months=months)
+                             ) as deps:
+            if months == 1:
+                await pull.sync_once(deps)
+            windows = reconcile_job.default_windows(deps, datetime.now(UTC).date())
+            sim.clear_requests()
+            reports = await reconcile_job.reconcile_range(deps, windows[0].start,
+                                                          windows[-1].end)
+        gets = [r for r in sim.requests if r["method"] == "GET"]
+        sizes = [sum(c for m, c in per_month.items() if w.start.isoformat()[:7] <= m
+                     <= w.end.isoformat()[:7]) for w in windows]
+        expected = sum(max(1, math.ceil(s / 200)) for s in sizes)
+        empty = sum(1 for s in sizes if s == 0)
+        nonempty = len(windows) - empty
+        assert len(gets) == expected == sum(r.requests for r in reports)
+        assert math.ceil(n / 200) + empty <= len(gets) <= math.ceil(n / 200) + empty + nonempty
+        print(f"\nfull reconciliation, {months}-month windows: n={n}, {len(windows)} windows "
+              f"({empty} empty): {len(gets)} GETs; ceil(n/200)+empty = "
+              f"{math.ceil(n / 200) + empty}")
+
+
+def cli_env(monkeypatch: pytest.MonkeyPatch, db_dsn: str, sim_url: str) -> None:
+    """Point the `syncd` command at the test database and simulator."""
+    for key, value in {"DATABASE_URL": db_dsn, "KANTATA_BASE_URL": sim_url,
+                       "KANTATA_TOKEN": TOKEN, "KANTATA_ALLOW_INSECURE_LOOPBACK": "true",
+                       "BACKFILL_START": "2020-01-01", "RATE_LIMIT_PER_MINUTE": "600000",
+                       "MAX_RETRIES": "0", "LOG_LEVEL": "WARNING"}.items():
+        monkeypatch.setenv(f"SYNCD_{key}", value)
+
+
+async def test_the_reconcile_command_prints_per_window_figures(
+        deps: Deps, sim: Simulator, db_dsn: str, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    await pull.sync_once(deps)
+    e = next(e for e in sim.list_entries() if e["date_performed"].startswith("2025-03"))
+    sim.delete_entry(int(e["id"]))
+    cli_env(monkeypatch, db_dsn, sim_url)
+    capsys.readouterr()
+    # the command runs its own event loop; the simulator keeps serving on this one
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--since", "2025-02-01",
+                                              "--until", "2025-04-30"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["window", "checked", "upserted", "revived", "deleted", "kept"]
+    march = next(line for line in lines if line.startswith("2025-03-01:2025-03-31"))
+    assert march.split()[4] == "1"  # marked deleted
+    assert lines[-1].startswith("3 windows:") and "1 marked deleted" in lines[-1]
+    assert await _deleted_ids(conn) == {int(e["id"])}
