@@ -311,7 +311,7 @@ async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult
               for i, e in read.entries.items()}
     if reconcile.summarize(remote.values(), count=len(read.listed)) == mine:
         return
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction(readonly=True):
         local = await store.window_rows(conn, w, include_deleted=False)
     diff = reconcile.diff_window(w, local, remote, read.listed)
     if diff is not None:
@@ -321,9 +321,10 @@ async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult
 async def verify_range(deps: Deps, since: date, until: date) -> VerifyResult:
     """Compare the live mirror with Kantata window by window over `since`..`until`: count, sum
     of `time_in_minutes` and max `updated_at`, then ids for windows that differ. Writes nothing
-    (no run history either). Raises AuthError; other request errors are per window."""
+    (no run history either; database reads run in read-only transactions). Raises AuthError;
+    other request errors are per window."""
     windows = month_windows(since, until, deps.settings.backfill_window_months)
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction(readonly=True):
         mine = reconcile.bucket_summaries(windows, await store.daily_summary(conn, since, until))
     res = VerifyResult(windows=windows)
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
