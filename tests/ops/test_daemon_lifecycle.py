@@ -1,0 +1,148 @@
+"""`syncd run` as a process: start, pull, /healthz, graceful SIGTERM (draining in-flight work,
+releasing leases), a second signal, and refusing to start with pending migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd.simulator import Simulator
+from tests.ops.conftest import TOKEN, DaemonProc, assert_clean_output, daemon_env
+
+pytestmark = pytest.mark.integration
+
+
+async def _entry_count(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "SELECT count(*) FROM kantata.time_entries WHERE deleted_at IS NULL")
+
+
+async def test_run_pulls_serves_healthz_and_exits_0_on_sigterm(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection, port: int,
+        daemons: Any) -> None:
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port))
+    await d.wait_event("daemon_ready")
+    status, body = await d.get("/healthz")
+    assert (status, body) == (200, "ok\n")
+    await d.wait_http("/readyz", 200)
+    assert await _entry_count(conn) == len(sim.list_entries()) == 300
+
+    started = time.monotonic()
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(timeout=12) == 0
+    assert time.monotonic() - started < 10  # well within the grace period
+    names = [e["event"] for e in d.events]
+    assert names.index("shutdown_requested") < names.index("daemon_stopped")
+    assert_clean_output(d)
+    # Every line of a job run carries run_id and job.
+    run_lines = [e for e in d.events if e["event"] in ("job_started", "job_finished",
+                                                        "backfill_progress")]
+    assert run_lines and all(e.get("run_id") and e.get("job") for e in run_lines)
+    # The runs are in the history table with the same ids.
+    ids = {e["run_id"] for e in d.find("job_finished", job="pull")}
+    rows = await conn.fetch("SELECT run_id::text, status FROM syncd.sync_runs WHERE job='pull'")
+    assert ids <= {r["run_id"] for r in rows}
+    assert {r["status"] for r in rows} <= {"ok", "interrupted"}
+
+
+async def test_refuses_to_start_with_pending_migrations(empty_db_dsn: str, sim_url: str,
+                                                        port: int, daemons: Any) -> None:
+    d: DaemonProc = await daemons(daemon_env(empty_db_dsn, sim_url, port))
+    code = await d.wait_exit(timeout=15)
+    assert code == 1
+    assert "refusing to start" in d.output and "syncd migrate" in d.output
+    assert "0001_mirror.sql" in d.output
+    assert_clean_output(d)
+
+
+async def test_missing_token_is_a_configuration_error(db_dsn: str, sim_url: str, port: int,
+                                                      daemons: Any) -> None:
+    env = daemon_env(db_dsn, sim_url, port)
+    del env["SYNCD_KANTATA_TOKEN"]
+    d: DaemonProc = await daemons(env)
+    assert await d.wait_exit(timeout=15) == 2
+    assert "SYNCD_KANTATA_TOKEN" in d.output
+
+
+async def _enqueue_update(conn: asyncpg.Connection, sim: Simulator) -> tuple[int, int]:
+    entry = next(e for e in sim.list_entries() if not e.get("is_invoiced"))
+    entry_id = int(entry["id"])
+    row = await conn.fetchval(
+        """INSERT INTO syncd.outbox (op, entry_id, payload)
+           VALUES ('update', $1, '{"notes": "edited during shutdown"}') RETURNING id""",
+        entry_id)
+    return row, entry_id
+
+
+async def _ready_and_pulled(d: DaemonProc) -> None:
+    await d.wait_event("daemon_ready")
+    await d.wait_http("/readyz", 200)
+
+
+async def test_sigterm_lets_an_in_flight_push_finish(db_dsn: str, sim_url: str, sim: Simulator,
+                                                     conn: asyncpg.Connection, port: int,
+                                                     daemons: Any) -> None:
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port, SYNCD_PULL_INTERVAL="30"))
+    await _ready_and_pulled(d)
+    sim.set_faults({"latency_ms": 1500})
+    row, entry_id = await _enqueue_update(conn, sim)
+    # Push reads the entry (1.5 s), marks the row sent, then PUTs it (1.5 s): stop during the PUT.
+    deadline = time.monotonic() + 10
+    while not await conn.fetchval("SELECT sent_at IS NOT NULL FROM syncd.outbox WHERE id = $1",
+                                  row):
+        assert time.monotonic() < deadline, d.output[-3000:]
+        await asyncio.sleep(0.05)
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(timeout=12) == 0
+    r = await conn.fetchrow("SELECT status, lease_owner FROM syncd.outbox WHERE id = $1", row)
+    assert r["status"] == "done", d.output[-3000:]
+    assert sim.get_entry(entry_id)["notes"] == "edited during shutdown"
+    assert_clean_output(d)
+
+
+async def test_grace_exceeded_cancels_and_releases_the_leases(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection, port: int,
+        daemons: Any) -> None:
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port, SYNCD_SHUTDOWN_GRACE="1",
+                                             SYNCD_PULL_INTERVAL="30"))
+    await _ready_and_pulled(d)
+    owner = d.find("daemon_starting")[0]["owner"]
+    sim.set_faults({"latency_ms": 8000})
+    row, _ = await _enqueue_update(conn, sim)
+    await d.wait_event("outbox_batch_claimed", timeout=10)
+    r = await conn.fetchrow("SELECT status, lease_owner FROM syncd.outbox WHERE id = $1", row)
+    assert (r["status"], r["lease_owner"]) == ("in_flight", owner)
+    started = time.monotonic()
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(timeout=12) == 0
+    assert time.monotonic() - started < 1 + 5 + 2  # grace + cancellation + closing
+    assert d.find("shutdown_grace_exceeded")
+    r = await conn.fetchrow("SELECT status, lease_owner FROM syncd.outbox WHERE id = $1", row)
+    assert r["status"] == "pending" and r["lease_owner"] is None
+    assert_clean_output(d)
+
+
+async def test_second_signal_exits_at_once(db_dsn: str, sim_url: str, sim: Simulator,
+                                           conn: asyncpg.Connection, port: int,
+                                           daemons: Any) -> None:
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port, SYNCD_SHUTDOWN_GRACE="30",
+                                             SYNCD_PULL_INTERVAL="30"))
+    await _ready_and_pulled(d)
+    sim.set_faults({"latency_ms": 8000})
+    await _enqueue_update(conn, sim)
+    await d.wait_event("outbox_batch_claimed", timeout=10)
+    d.send(signal.SIGTERM)
+    await d.wait_event("shutdown_draining")
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    d.send(signal.SIGINT)
+    code = await d.wait_exit(timeout=5)
+    assert code == 128 + signal.SIGINT
+    assert time.monotonic() - started < 2
+    assert d.find("shutdown_forced")
+    assert TOKEN not in d.output
