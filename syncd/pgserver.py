@@ -58,6 +58,7 @@ class TempPostgres:
     directory: Path
     port: int = 0
     bin_dir: Path | None = None
+    extra_options: str = ""  # more `-c name=value` server options (benchmarks)
 
     @property
     def data_dir(self) -> Path:
@@ -101,6 +102,8 @@ class TempPostgres:
                 "-c shared_buffers=128MB")
         if not durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.extra_options:
+            opts += " " + self.extra_options
         log = self.directory / "postgres.log"
         res = self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
                          "-o", opts, "-w", "-t", "60", "start"])

@@ -1,0 +1,637 @@
+"""The benchmark: syncd's backfill against the bare pipeline limit and against dlt, plus syncd's
+memory, idle-cycle, push and reconciliation costs, all in one run on one machine.
+
+    .venv/bin/python -m tests.benchmarks.run [--entries 200000] [--full] [--repeat 3]
+                                             [--smoke] [--no-dlt] [--out results.json]
+
+One throwaway PostgreSQL (fsync off, `pg_stat_statements` preloaded) and one simulator process
+seeded with `--entries` entries serve every measured run; each run gets a fresh migrated
+database. Contenders run as child processes, so their CPU seconds and peak RSS (`os.wait4`) are
+their own; the simulator's and PostgreSQL's CPU seconds over the same interval are read from
+/proc. Repetitions are interleaved (bare, syncd, dlt, bare, syncd, dlt, ...) after one unmeasured
+warm-up pass that renders every entry in the simulator. The median of each figure is reported
+with min and max. Prints a markdown table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import math
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd import migrate
+from syncd.pgserver import TempPostgres
+from tests.benchmarks.procs import ChildResult, SimProcess, postgres_cpu_seconds, run_child
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+SEED = 1
+LOOKAHEAD_DAYS = 31  # syncd's default `lookahead_days`: the backfill reads up to today + 31
+PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES = 10_000, 2_000, 2_000
+SMOKE_PUSH = (100, 20, 20)
+UNTHROTTLED = "1000000"
+#: What asyncpg's pool sends in one round trip when a connection is released
+#: (`Connection.reset()`); pg_stat_statements counts it as four statements.
+POOL_RESET = {"SELECT pg_advisory_unlock_all()", "CLOSE ALL", "UNLISTEN *", "RESET ALL"}  # requests/minute for the labelled non-default syncd row
+
+
+# ------------------------------------------------------------------ machine and databases
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+class Databases:
+    """Fresh databases on the one throwaway server."""
+
+    def __init__(self, pg: TempPostgres) -> None:
+        self.pg = pg
+        self.server_dsn = pg.dsn
+
+    def dsn(self, name: str) -> str:
+        return self.server_dsn.rsplit("/", 1)[0] + "/" + name
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(self.server_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def create(self, name: str) -> str:
+        """CREATE DATABASE `name` and apply every migration; return its DSN."""
+        async def go() -> None:
+            await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await self._admin(f'CREATE DATABASE "{name}"')
+            conn = await asyncpg.connect(self.dsn(name))
+            try:
+                await migrate.apply(conn)
+            finally:
+                await conn.close()
+        asyncio.run(go())
+        return self.dsn(name)
+
+    def drop(self, name: str) -> None:
+        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def count(self, name: str, table: str) -> int:
+        async def go() -> int:
+            conn = await asyncpg.connect(self.dsn(name))
+            try:
+                return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+            except asyncpg.UndefinedTableError:
+                return 0
+            finally:
+                await conn.close()
+        return asyncio.run(go())
+
+    def postmaster_pid(self) -> int:
+        return int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+# ------------------------------------------------------------------ contenders
+def syncd_env(dsn: str, sim: SimProcess, since: date, **extra: str) -> dict[str, str]:
+    """syncd's environment: defaults except where to connect and the backfill start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update({"SYNCD_DATABASE_URL": dsn, "SYNCD_KANTATA_BASE_URL": sim.base_url,
+                "SYNCD_KANTATA_TOKEN": sim.token, "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true",
+                "SYNCD_BACKFILL_START": since.isoformat(), **extra})
+    return env
+
+
+class Contender:
+    """One backfill contender: how to run it and where its rows land."""
+
+    def __init__(self, name: str, label: str, table: str,
+                 argv: Callable[[str, Path], tuple[list[str], dict[str, str] | None]]) -> None:
+        self.name, self.label, self.table, self.argv = name, label, table, argv
+
+
+def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
+               unthrottled: bool) -> list[Contender]:
+    out = [
+        Contender("bare", "bare limit (reference client)", "kantata.time_entries",
+                  lambda dsn, work: ([PY, "-m", "tests.benchmarks.bare", "--base-url",
+                                      sim.base_url, "--token", sim.token, "--dsn", dsn,
+                                      "--since", since.isoformat(),
+                                      "--until", until.isoformat()], None)),
+        Contender("syncd", "syncd sync (default settings)", "kantata.time_entries",
+                  lambda dsn, work: ([PY, "-m", "syncd", "sync"], syncd_env(dsn, sim, since))),
+    ]
+    if unthrottled:
+        out.append(Contender(
+            "syncd_unthrottled",
+            f"syncd sync, SYNCD_RATE_LIMIT_PER_MINUTE={UNTHROTTLED} (not default)",
+            "kantata.time_entries",
+            lambda dsn, work: ([PY, "-m", "syncd", "sync"],
+                               syncd_env(dsn, sim, since,
+                                         SYNCD_RATE_LIMIT_PER_MINUTE=UNTHROTTLED))))
+    if dlt:
+        def dlt_argv(dsn: str, work: Path) -> tuple[list[str], dict[str, str] | None]:
+            env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false"}
+            # dlt's postgres credentials insist on a password; trust auth ignores it
+            return ([PY, "-m", "tests.benchmarks.dlt_run", "--base-url", sim.base_url,
+                     "--token", sim.token, "--dsn", dsn.replace("postgres@", "postgres:x@"),
+                     "--work", str(work)], env)
+        out.append(Contender("dlt", "dlt rest_api → postgres (merge on id)",
+                             "dlt_kantata.time_entries", dlt_argv))
+    return out
+
+
+def measure(c: Contender, dbs: Databases, sim: SimProcess, work: Path, tag: str,
+            *, keep: bool = False) -> dict[str, Any]:
+    """Run contender `c` once into a fresh database; return its figures."""
+    db = f"bench_{c.name}_{tag}"
+    dsn = dbs.create(db)
+    run_dir = work / f"{c.name}_{tag}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    argv, env = c.argv(dsn, run_dir)
+    sim.control("DELETE", "/requests")
+    pm = dbs.postmaster_pid()
+    sim_cpu0, pg_cpu0 = sim.cpu(), postgres_cpu_seconds(pm)
+    res: ChildResult = run_child(argv, env=env, cwd=REPO, log_dir=run_dir, name=c.name)
+    sim_cpu, pg_cpu = sim.cpu() - sim_cpu0, postgres_cpu_seconds(pm) - pg_cpu0
+    requests = len(orjson.loads(sim.control("GET", "/requests"))["requests"])
+    rows = dbs.count(db, c.table)
+    out = {"wall_s": res.wall, "client_cpu_s": res.cpu, "server_cpu_s": sim_cpu,
+           "postgres_cpu_s": pg_cpu, "peak_rss_mb": res.peak_rss_mb, "requests": requests,
+           "rows": rows, "rows_per_s": rows / res.wall if res.wall else 0.0,
+           "exit_code": res.code, "db": db}
+    if res.code != 0:
+        out["error"] = (res.stderr.strip() or res.stdout.strip())[-2000:]
+    if not keep:
+        dbs.drop(db)
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max of every numeric figure over `runs`."""
+    out: dict[str, Any] = {}
+    for key in ("wall_s", "rows_per_s", "client_cpu_s", "server_cpu_s", "postgres_cpu_s",
+                "peak_rss_mb", "requests", "rows"):
+        vals = [r[key] for r in runs if key in r]
+        if vals:
+            out[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+# ------------------------------------------------------------------ in-process syncd jobs
+def _settings(dsn: str, sim: SimProcess, since: date) -> Any:
+    from syncd.settings import Settings
+
+    return Settings(database_url=dsn, kantata_base_url=sim.base_url, kantata_token=sim.token,
+                    kantata_allow_insecure_loopback=True, backfill_start=since,
+                    log_level="WARNING")
+
+
+async def _statements(dbs: Databases, db: str, reset: bool) -> list[dict[str, Any]]:
+    """pg_stat_statements rows of database `db` (and reset the counters when asked)."""
+    conn = await asyncpg.connect(dbs.server_dsn)
+    try:
+        if reset:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        rows = await conn.fetch(
+            """SELECT s.calls, s.query FROM pg_stat_statements s
+               JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1
+               ORDER BY s.calls DESC, s.query""", db)
+        return [{"calls": r["calls"], "query": " ".join(r["query"].split())[:160],
+                 "pool_reset": " ".join(r["query"].split()) in POOL_RESET} for r in rows]
+    finally:
+        await conn.close()
+
+
+def idle_cycle(dbs: Databases, db: str, sim: SimProcess, since: date, work: Path
+               ) -> dict[str, Any]:
+    """Requests and SQL statements of one incremental cycle with nothing new: in process (the
+    daemon's steady state, pool already open) and as a whole `syncd sync` process."""
+    from syncd import logs, pull
+    from syncd.app import open_deps
+
+    logs.configure("WARNING", "json")
+    settings = _settings(dbs.dsn(db), sim, since)
+
+    async def in_process() -> dict[str, Any]:
+        async with open_deps(settings) as deps:
+            async with deps.pool.acquire() as conn:  # warm every pooled connection's init
+                await conn.fetchval("SELECT 1")
+            sim.control("DELETE", "/requests")
+            await _statements(dbs, db, reset=True)
+            t0 = time.perf_counter()
+            stats = await pull.sync_once(deps)
+            secs = time.perf_counter() - t0
+            await asyncio.sleep(0.2)  # let pg_stat_statements see the last statement end
+        reqs = orjson.loads(sim.control("GET", "/requests"))["requests"]
+        stmts = await _statements(dbs, db, reset=False)
+        app = [s for s in stmts if not s["pool_reset"]]
+        resets = max((s["calls"] for s in stmts if s["pool_reset"]), default=0)
+        return {"requests": len(reqs),
+                "request_lines": [f"{r['method']} {r['path']} {r['status']}" for r in reqs],
+                "sql_statements": sum(s["calls"] for s in app), "pool_releases": resets,
+                "statements": stmts,
+                "rows_upserted": stats.rows_upserted, "seconds": secs}
+
+    inproc = asyncio.run(in_process())
+    sim.control("DELETE", "/requests")
+    asyncio.run(_statements(dbs, db, reset=True))
+    res = run_child([PY, "-m", "syncd", "sync"], env=syncd_env(dbs.dsn(db), sim, since),
+                    cwd=REPO, log_dir=work, name="idle_sync")
+    reqs = orjson.loads(sim.control("GET", "/requests"))["requests"]
+    stmts = asyncio.run(_statements(dbs, db, reset=False))
+    inproc["process"] = {"requests": len(reqs),
+                         "sql_statements": sum(s["calls"] for s in stmts if not s["pool_reset"]),
+                         "wall_s": res.wall, "exit_code": res.code, "peak_rss_mb": res.peak_rss_mb}
+    return inproc
+
+
+def reconcile_full(dbs: Databases, db: str, sim: SimProcess, since: date, until: date
+                   ) -> dict[str, Any]:
+    """One full reconciliation of the backfilled range: GETs used, against ceil(n/200)."""
+    try:
+        from syncd.reconcile_job import reconcile_range
+    except ImportError as exc:
+        return {"status": "pending", "reason": f"syncd.reconcile_job not available: {exc}"}
+    from syncd.app import open_deps
+
+    settings = _settings(dbs.dsn(db), sim, since)
+
+    async def go() -> dict[str, Any]:
+        async with open_deps(settings) as deps:
+            sim.control("DELETE", "/requests")
+            t0 = time.perf_counter()
+            reports = await reconcile_range(deps, since, until)
+            secs = time.perf_counter() - t0
+        reqs = orjson.loads(sim.control("GET", "/requests"))["requests"]
+        live = int(orjson.loads(sim.control("GET", "/state"))["entries"])
+        return {"status": "ok", "requests": len(reqs),
+                "gets": sum(1 for r in reqs if r["method"] == "GET"),
+                "windows": len(reports), "seconds": secs, "live_entries": live,
+                "errors": [r.error for r in reports if r.error][:5],
+                "marked_deleted": sum(r.marked_deleted for r in reports),
+                "upserted": sum(r.upserted for r in reports)}
+    return asyncio.run(go())
+
+
+def push_outbox(dbs: Databases, db: str, sim: SimProcess, since: date,
+                sizes: tuple[int, int, int]) -> dict[str, Any]:
+    """Queue creates, updates and deletes in the outbox and drain it with `push_once`: requests
+    by method and wall time."""
+    try:
+        from syncd.push import push_once
+    except ImportError as exc:
+        return {"status": "pending", "reason": f"syncd.push not available: {exc}"}
+    from syncd.app import open_deps
+
+    n_create, n_update, n_delete = sizes
+    settings = _settings(dbs.dsn(db), sim, since)
+
+    async def go() -> dict[str, Any]:
+        async with open_deps(settings) as deps:
+            async with deps.pool.acquire() as conn:
+                await conn.execute("DELETE FROM syncd.outbox")
+                editable = await conn.fetch(
+                    """SELECT id, workspace_id FROM kantata.time_entries
+                       WHERE deleted_at IS NULL AND NOT coalesce(is_invoiced, false)
+                       ORDER BY id LIMIT $1""", n_update + n_delete)
+                if len(editable) < n_update + n_delete:
+                    raise RuntimeError("not enough editable entries to push updates/deletes")
+                ws = editable[0]["workspace_id"]
+                day = datetime.now(UTC).date().isoformat()
+                await conn.executemany(
+                    "INSERT INTO syncd.outbox (op, payload) VALUES ('create', $1::jsonb)",
+                    [(orjson.dumps({"workspace_id": str(ws), "date_performed": day,
+                                    "time_in_minutes": 15 + i % 300,
+                                    "notes": f"bench create {i}"}).decode(),)
+                     for i in range(n_create)])
+                await conn.executemany(
+                    """INSERT INTO syncd.outbox (op, entry_id, payload)
+                       VALUES ('update', $1, $2::jsonb)""",
+                    [(r["id"], orjson.dumps({"notes": f"bench update {r['id']}"}).decode())
+                     for r in editable[:n_update]])
+                await conn.executemany(
+                    "INSERT INTO syncd.outbox (op, entry_id) VALUES ('delete', $1)",
+                    [(r["id"],) for r in editable[n_update:]])
+            sim.control("DELETE", "/requests")
+            t0 = time.perf_counter()
+            report = await push_once(deps)
+            secs = time.perf_counter() - t0
+        reqs = orjson.loads(sim.control("GET", "/requests"))["requests"]
+        by: dict[str, int] = {}
+        for r in reqs:
+            key = f"{r['method']} {'/time_entries/{id}' if r['path'].count('/') > 3 else r['path'].rsplit('/', 1)[-1]}"
+            by[key] = by.get(key, 0) + 1
+        return {"status": "ok", "creates": n_create, "updates": n_update, "deletes": n_delete,
+                "requests": len(reqs), "by_request": dict(sorted(by.items())),
+                "post": sum(1 for r in reqs if r["method"] == "POST"),
+                "put": sum(1 for r in reqs if r["method"] == "PUT"),
+                "delete": sum(1 for r in reqs if r["method"] == "DELETE"),
+                "get": sum(1 for r in reqs if r["method"] == "GET"),
+                "seconds": secs, "outcomes": report.as_dict()["outcomes"],
+                "outbox_after": report.counts_after}
+    return asyncio.run(go())
+
+
+def rss_point(n: int, dbs: Databases, work: Path, since: date, until: date,
+              repeat: int) -> dict[str, Any]:
+    """Peak RSS of `syncd sync` backfilling `n` entries from its own simulator."""
+    sim = SimProcess(entries=n, seed=SEED, token="bench-" + secrets.token_hex(6), log_dir=work)
+    try:
+        sim.wait_ready()
+        c = contenders(sim, since, until, dlt=False, unthrottled=False)[1]
+        runs = [measure(c, dbs, sim, work, f"rss{n}_{i}") for i in range(repeat)]
+    finally:
+        sim.stop()
+    s = summarize(runs)
+    return {"entries": n, "peak_rss_mb": s["peak_rss_mb"], "wall_s": s["wall_s"],
+            "rows": s["rows"]["median"], "runs": runs}
+
+
+# ------------------------------------------------------------------ report
+def _mm(s: dict[str, Any], key: str, fmt: str = "{:.1f}") -> str:
+    v = s.get(key)
+    if not v:
+        return "–"
+    if v["min"] == v["max"]:
+        return fmt.format(v["median"])
+    return f"{fmt.format(v['median'])} ({fmt.format(v['min'])}–{fmt.format(v['max'])})"
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue #7 with the measured value and whether it is met."""
+    out: list[dict[str, Any]] = []
+    bf = res["backfill"]
+
+    def med(name: str, key: str = "rows_per_s") -> float | None:
+        s = bf.get(name, {}).get("summary")
+        return s[key]["median"] if s and key in s else None
+
+    bare, syncd_, unthr, dlt_ = med("bare"), med("syncd"), med("syncd_unthrottled"), med("dlt")
+    if bare and syncd_:
+        out.append({"target": "backfill ≥ 0.75 × bare limit (default settings)",
+                    "measured": f"{syncd_ / bare:.2f} ×", "met": syncd_ / bare >= 0.75})
+    if bare and unthr:
+        out.append({"target": "backfill ≥ 0.75 × bare limit (rate limit lifted)",
+                    "measured": f"{unthr / bare:.2f} ×", "met": unthr / bare >= 0.75})
+    if syncd_ and dlt_:
+        out.append({"target": "backfill ≥ 6 × dlt (default settings)",
+                    "measured": f"{syncd_ / dlt_:.1f} ×", "met": syncd_ / dlt_ >= 6})
+    elif syncd_:
+        out.append({"target": "backfill ≥ 6 × dlt", "measured": "dlt did not run: "
+                    + str(bf.get("dlt", {}).get("reason", "skipped")), "met": None})
+    ladder = res.get("rss_ladder", [])
+    if ladder:
+        peaks = [p["peak_rss_mb"]["max"] for p in ladder]
+        flat = max(peaks) - min(peaks)
+        out.append({"target": "peak RSS ≤ 80 MB, flat across sizes",
+                    "measured": ", ".join(f"{p['entries']:,}: {p['peak_rss_mb']['max']:.0f} MB"
+                                          for p in ladder) + f" (spread {flat:.0f} MB)",
+                    "met": max(peaks) <= 80 and flat <= 10})
+    idle = res.get("idle_cycle")
+    if idle:
+        out.append({"target": "idle incremental cycle: 1 request, a handful of SQL statements",
+                    "measured": f"{idle['requests']} request(s), {idle['sql_statements']} SQL "
+                                f"statements + {idle['pool_releases']} pool-release resets "
+                                f"(whole `syncd sync` process: "
+                                f"{idle['process']['requests']} / "
+                                f"{idle['process']['sql_statements']})",
+                    "met": idle["requests"] == 1 and idle["sql_statements"] <= 12})
+    push = res.get("push", {})
+    if push.get("status") == "ok":
+        want_post = math.ceil(push["creates"] / 100)
+        want_del = math.ceil(push["deletes"] / 100)
+        out.append({"target": f"push: {want_post} POSTs for {push['creates']:,} creates, "
+                              f"{push['updates']:,} PUTs, {want_del} DELETEs",
+                    "measured": f"{push['post']} POST, {push['put']} PUT, {push['delete']} "
+                                f"DELETE, {push['get']} GET in {push['seconds']:.1f} s",
+                    "met": push["post"] == want_post and push["put"] == push["updates"]
+                    and push["delete"] == want_del})
+    else:
+        out.append({"target": "push requests", "measured": push.get("status", "pending"),
+                    "met": None})
+    rec = res.get("reconcile", {})
+    if rec.get("status") == "ok":
+        want = math.ceil(rec["live_entries"] / 200)
+        out.append({"target": f"full reconciliation ≈ ceil(n/200) = {want} GETs",
+                    "measured": f"{rec['gets']} GETs ({rec['windows']} windows) in "
+                                f"{rec['seconds']:.1f} s",
+                    "met": rec["gets"] <= want * 1.1 + rec["windows"]})
+    else:
+        out.append({"target": "reconciliation requests", "measured": rec.get("status",
+                                                                              "pending"),
+                    "met": None})
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The results as markdown tables."""
+    m, cfg = res["machine"], res["config"]
+    lines = [f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB RAM, Python "
+             f"{m['python']}, PostgreSQL {res.get('postgres_version', '?')} (fsync off). "
+             f"{cfg['entries']:,} entries, {cfg['repeat']} repetition(s), median (min–max).",
+             "",
+             "| backfill | wall s | entries/s | client CPU s | simulator CPU s | Postgres CPU s "
+             "| peak RSS MB | requests |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, b in res["backfill"].items():
+        if "summary" not in b:
+            lines.append(f"| {b['label']} | did not run: {b.get('reason', '?')} |||||||")
+            continue
+        s = b["summary"]
+        lines.append(f"| {b['label']} | {_mm(s, 'wall_s')} | {_mm(s, 'rows_per_s', '{:,.0f}')} "
+                     f"| {_mm(s, 'client_cpu_s')} | {_mm(s, 'server_cpu_s')} "
+                     f"| {_mm(s, 'postgres_cpu_s')} | {_mm(s, 'peak_rss_mb', '{:.0f}')} "
+                     f"| {_mm(s, 'requests', '{:.0f}')} |")
+    if res.get("rss_ladder"):
+        lines += ["", "| syncd backfill of | peak RSS MB | wall s |", "|---|---|---|"]
+        for p in res["rss_ladder"]:
+            lines.append(f"| {p['entries']:,} entries | {_mm(p, 'peak_rss_mb', '{:.0f}')} "
+                         f"| {_mm(p, 'wall_s')} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t in res["targets"]:
+        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    idle = res.get("idle_cycle")
+    if idle:
+        lines += ["", f"Idle incremental cycle (in process): {', '.join(idle['request_lines'])}; "
+                      "SQL statements (pg_stat_statements):"]
+        lines += [f"- {s['calls']} × `{s['query']}`" + (" (asyncpg pool release)"
+                                                       if s["pool_reset"] else "")
+                  for s in idle["statements"]]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+def backfill_range(today: date) -> tuple[date, date]:
+    """The seeded entries were created over the last 730 days and performed up to 6 days before
+    creation: start on the first of the month 740 days back; end at syncd's default lookahead."""
+    since = (today - timedelta(days=740)).replace(day=1)
+    return since, today + timedelta(days=LOOKAHEAD_DAYS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the markdown table; write the JSON."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--entries", type=int, default=None,
+                   help="entries seeded in the simulator (default 200000; 1000000 with --full)")
+    p.add_argument("--full", action="store_true",
+                   help="1,000,000 entries, and 1M in the peak-RSS ladder")
+    p.add_argument("--repeat", type=int, default=None, help="repetitions (default 3)")
+    p.add_argument("--smoke", action="store_true",
+                   help="CI size: 2,000 entries, 1 repetition, no dlt, small push")
+    p.add_argument("--no-dlt", action="store_true", help="skip dlt")
+    p.add_argument("--no-unthrottled", action="store_true",
+                   help="skip the syncd row with the rate limit lifted")
+    p.add_argument("--rss-sizes", default=None,
+                   help="comma-separated sizes for the peak-RSS ladder (default 10000,200000 "
+                        "and 1000000 with --full)")
+    p.add_argument("--out", type=Path, default=Path("benchmark-results.json"))
+    p.add_argument("--work", type=Path, default=None, help="scratch directory (default: temp)")
+    args = p.parse_args(argv)
+
+    entries = args.entries or (2_000 if args.smoke else 1_000_000 if args.full else 200_000)
+    repeat = args.repeat or (1 if args.smoke else 3)
+    use_dlt = not (args.no_dlt or args.smoke)
+    if args.rss_sizes:
+        ladder_sizes = [int(x) for x in args.rss_sizes.split(",")]
+    elif args.smoke:
+        ladder_sizes = [500, entries]
+    else:
+        ladder_sizes = [10_000, 200_000] + ([1_000_000] if args.full else [])
+    work = args.work or Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)
+    today = datetime.now(UTC).date()
+    since, until = backfill_range(today)
+    res: dict[str, Any] = {
+        "machine": machine(), "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {"entries": entries, "repeat": repeat, "seed": SEED, "smoke": args.smoke,
+                   "backfill_start": since.isoformat(), "until": until.isoformat(),
+                   "dlt": use_dlt},
+        "backfill": {}}
+
+    def say(msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    pg = TempPostgres(work / "pg", extra_options=(
+        "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"))
+    pg.start()
+    dbs = Databases(pg)
+    sim: SimProcess | None = None
+    try:
+        async def _prep() -> str:
+            conn = await asyncpg.connect(dbs.server_dsn)
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                return str(await conn.fetchval("SHOW server_version"))
+            finally:
+                await conn.close()
+        res["postgres_version"] = asyncio.run(_prep())
+        say(f"seeding the simulator with {entries:,} entries; work dir {work}")
+        t0 = time.perf_counter()
+        sim = SimProcess(entries=entries, seed=SEED, token="bench-" + secrets.token_hex(8),
+                         log_dir=work)
+        sim.wait_ready()
+        res["simulator"] = {"ready_s": time.perf_counter() - t0}
+        dlt_reason = None
+        if use_dlt and importlib.util.find_spec("dlt") is None:
+            dlt_reason = "dlt is not installed (pip install -e '.[bench]')"
+        cs = contenders(sim, since, until, dlt=use_dlt and dlt_reason is None,
+                        unthrottled=not args.no_unthrottled)
+        say("warm-up: one unmeasured bare pass renders every entry in the simulator")
+        warm = measure(cs[0], dbs, sim, work, "warmup")
+        res["simulator"]["warmup_wall_s"] = warm["wall_s"]
+        res["simulator"]["rss_mb_after_warmup"] = sim.rss_mb()
+        runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cs}
+        for i in range(repeat):
+            for c in cs:
+                keep = c.name == "syncd" and i == repeat - 1
+                say(f"run {i + 1}/{repeat}: {c.label}")
+                r = measure(c, dbs, sim, work, str(i), keep=keep)
+                say(f"  {r['rows']:,} rows in {r['wall_s']:.2f} s "
+                    f"({r['rows_per_s']:,.0f}/s), client CPU {r['client_cpu_s']:.1f} s, "
+                    f"simulator CPU {r['server_cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB"
+                    + (f", exit {r['exit_code']}: {r.get('error', '')[-300:]}"
+                       if r["exit_code"] else ""))
+                runs[c.name].append(r)
+        for c in cs:
+            ok = [r for r in runs[c.name] if r["exit_code"] == 0 and r["rows"] == entries]
+            entry: dict[str, Any] = {"label": c.label, "runs": runs[c.name]}
+            if ok:
+                entry["summary"] = summarize(ok)
+            else:
+                errs = [r.get("error") or f"{r['rows']} of {entries} rows" for r in runs[c.name]]
+                entry["reason"] = (errs[-1] or "failed")[-600:]
+            res["backfill"][c.name] = entry
+        if use_dlt and dlt_reason:
+            res["backfill"]["dlt"] = {"label": "dlt rest_api → postgres", "reason": dlt_reason}
+
+        syncd_db = runs["syncd"][-1]["db"]
+        say("idle incremental cycle")
+        res["idle_cycle"] = idle_cycle(dbs, syncd_db, sim, since, work)
+        say("full reconciliation")
+        res["reconcile"] = reconcile_full(dbs, syncd_db, sim, since, until)
+        say("push through the outbox")
+        sizes = SMOKE_PUSH if args.smoke else (PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES)
+        res["push"] = push_outbox(dbs, syncd_db, sim, since, sizes)
+        dbs.drop(syncd_db)
+        sim.stop()
+        sim = None
+
+        ladder = []
+        for n in ladder_sizes:
+            if n == entries:
+                s = res["backfill"]["syncd"].get("summary", {})
+                ladder.append({"entries": n, "peak_rss_mb": s.get("peak_rss_mb"),
+                               "wall_s": s.get("wall_s"), "from": "backfill runs above"})
+            else:
+                say(f"peak RSS at {n:,} entries")
+                ladder.append(rss_point(n, dbs, work, since, until,
+                                        repeat=1 if n >= 1_000_000 else min(repeat, 2)))
+        res["rss_ladder"] = [p for p in ladder if p["peak_rss_mb"]]
+    finally:
+        if sim is not None:
+            sim.stop()
+        pg.stop(remove=args.work is None)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    res["targets"] = targets(res)
+    res["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    table = markdown(res)
+    print(table)
+    args.out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2, default=str))
+    say(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""CI smoke run of the benchmark harness: tiny size, one repetition, no dlt. Checks that every
+row of the report is there with sane figures; the full benchmark never runs in CI."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from syncd.pgserver import find_bin_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(find_bin_dir() is None, reason="needs PostgreSQL binaries")
+
+
+@pytest.mark.timeout(240)
+def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.run", "--smoke", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = orjson.loads(out.read_bytes())
+    n = res["config"]["entries"]
+    assert n == 2000 and res["config"]["repeat"] == 1
+
+    for name in ("bare", "syncd", "syncd_unthrottled"):
+        b = res["backfill"][name]
+        assert "summary" in b, b.get("reason")
+        s = b["summary"]
+        assert s["rows"]["median"] == n  # every entry landed in a fresh database
+        assert 0 < s["wall_s"]["median"] < 60
+        assert s["rows_per_s"]["median"] > 0
+        assert 0 < s["client_cpu_s"]["median"] < 60
+        assert s["server_cpu_s"]["median"] >= 0 and s["postgres_cpu_s"]["median"] >= 0
+        assert 10 < s["peak_rss_mb"]["median"] < 500
+        assert s["requests"]["median"] >= math.ceil(n / 200)
+    assert "dlt" not in res["backfill"]  # never in the smoke run
+
+    idle = res["idle_cycle"]
+    assert idle["requests"] == 1, idle["request_lines"]
+    assert 1 <= idle["sql_statements"] <= 20, idle["statements"]
+    assert idle["process"]["requests"] == 1 and idle["process"]["exit_code"] == 0
+
+    push = res["push"]
+    if push["status"] == "ok":
+        assert push["post"] == math.ceil(push["creates"] / 100)
+        assert push["put"] == push["updates"]
+        assert push["delete"] == math.ceil(push["deletes"] / 100)
+        assert push["outbox_after"].get("done", 0) == (push["creates"] + push["updates"]
+                                                       + push["deletes"])
+    rec = res["reconcile"]
+    if rec["status"] == "ok":
+        assert rec["errors"] == [] and rec["gets"] >= math.ceil(rec["live_entries"] / 200)
+
+    assert [p["entries"] for p in res["rss_ladder"]] == [500, n]
+    assert all(10 < p["peak_rss_mb"]["max"] < 500 for p in res["rss_ladder"])
+    names = {t["target"].split(" ")[0] for t in res["targets"]}
+    assert {"backfill", "peak", "idle", "push:", "full"} <= names
+    assert "| bare limit" in proc.stdout and "| target |" in proc.stdout
