@@ -244,7 +244,7 @@ async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
         _raise_if_fatal(resp)
         errs = batching.map_create_errors(resp.body, len(req))
         bis.rejected({req[i]: f"HTTP {resp.status}: {m}" for i, m in errs.mapped.items()},
-                     _unmapped(resp, errs.unmapped))
+                     _unmapped(resp, errs.unmapped), errors=len(batching.error_list(resp.body)))
         await _finish_rejected(b, bis, by_id, reported)
     await _finish_rejected(b, bis, by_id, reported)
 
@@ -391,7 +391,8 @@ async def _push_deletes(b: _Batch, rows: list[OutboxRow]) -> None:
         await b.finish([(by_entry[i], Outcome(kind="ok", result="already_absent"))
                         for i in absent], deleted=absent)
         bis.rejected({i: f"HTTP {resp.status}: {m}" for i, m in errs.mapped.items()
-                      if i in present}, _unmapped(resp, errs.unmapped), settled=absent)
+                      if i in present}, _unmapped(resp, errs.unmapped), settled=absent,
+                     errors=len(batching.error_list(resp.body)))
         await _finish_rejected(b, bis, by_entry, reported)
     await _finish_rejected(b, bis, by_entry, reported)
 

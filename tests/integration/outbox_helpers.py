@@ -10,12 +10,19 @@ import aiohttp
 import asyncpg
 import orjson
 
-from syncd import push
+from syncd import pagination, push, store
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.conftest import TOKEN
 
 SERVICE = "syncd"
+
+
+async def mirror_from_sim(conn: asyncpg.Connection, sim: Simulator) -> None:
+    """Seed the mirror with every simulator entry (what a full pull stores, without its
+    requests), so updates and deletes get their base version."""
+    entries = [pagination.parse_time_entry(e) for e in sim.list_entries()]
+    await store.upsert_entries(conn, entries)
 
 
 def live_workspace(sim: Simulator) -> int:

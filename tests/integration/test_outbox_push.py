@@ -13,7 +13,8 @@ from syncd import pull, push
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.outbox_helpers import (
-    drain, editable_ids, enqueue, enqueue_many, entries_with_note, new_entry, requests_of, rows, syncd_refs,
+    drain, editable_ids, enqueue, enqueue_many, entries_with_note, mirror_from_sim,
+    new_entry, requests_of, rows, syncd_refs,
 )
 from tests.oracle import mirror_diff
 
@@ -83,7 +84,7 @@ async def test_mirror_is_exact_after_creates_updates_and_deletes(
 
 async def test_250_deletes_cost_three_bulk_deletes(
         deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
-    await pull.sync_once(deps)
+    await mirror_from_sim(conn, sim)
     targets = editable_ids(sim)[:250]
     ids = await enqueue_many(conn, [("delete", eid, None) for eid in targets])
     sim.clear_requests()
