@@ -1,0 +1,164 @@
+"""Nothing lost, nothing applied twice: lost answers, a crash between sending and committing,
+and two syncd processes draining one outbox, checked item by item against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd import outbox, push
+from syncd.app import open_deps
+from syncd.kantata import ApiResponse
+from syncd.runs import Deps
+from syncd.simulator import Simulator
+from tests.integration.conftest import make_settings
+from tests.integration.outbox_helpers import (
+    drain, editable_ids, enqueue_many, entries_with_note, mirror_from_sim, new_entry,
+    requests_of, rows, syncd_refs,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def assert_one_entry_per_create(sim: Simulator, sim_url: str, conn: asyncpg.Connection,
+                                      ids: list[int]) -> None:
+    sim.clear_faults()
+    state = await rows(conn)
+    refs = await syncd_refs(sim_url)
+    notes = entries_with_note(sim)
+    for i, rid in enumerate(ids):
+        row = state[rid]
+        assert row["status"] == "done", dict(row)
+        assert refs[str(row["correlation_key"])] == [row["entry_id"]], i
+        assert notes[f"outbox create {i}"] == [row["entry_id"]], i
+    assert len(refs) == len(ids)
+
+
+async def test_lost_answers_still_give_exactly_one_entry_per_create(
+        deps: Deps, sim: Simulator, sim_url: str, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(250)])
+    upd = editable_ids(sim)[:40]
+    dele = editable_ids(sim)[40:80]
+    more = await enqueue_many(conn, [("update", e, {"notes": f"lossy {e}"}) for e in upd]
+                              + [("delete", e, None) for e in dele])
+    sim.set_faults({"lost_response_rate": 0.3, "seed": 1})
+    reports = await drain(deps, conn, rounds=30)
+    lost = [r for r in sim.requests if r["fault"] == "lost_response"]
+    assert len(lost) >= 5  # the faults really happened, POSTs included
+    assert any(r["method"] == "POST" for r in lost)
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)
+    state = await rows(conn)
+    assert {state[i]["status"] for i in more} == {"done"}
+    assert all(sim.get_entry(e)["notes"] == f"lossy {e}" for e in upd)  # type: ignore[index]
+    assert all(sim.get_entry(e) is None for e in dele)
+    results = Counter(state[i]["result"] for i in ids)
+    assert results["found_existing"] >= 1 and results["created"] >= 1
+    print(f"MEASURE lost_response 0.3: {len(reports)} drains, {len(sim.requests)} requests, "
+          f"{len(lost)} lost answers, results {dict(results)}")
+
+
+async def test_killed_between_send_and_commit_then_restarted(
+        deps: Deps, sim: Simulator, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(150)])
+    real = deps.client.create_entries
+    sent = asyncio.Event()
+
+    async def post_then_hang(items: Any) -> ApiResponse:
+        resp = await real(items)      # Kantata created the entries ...
+        sent.set()
+        await asyncio.sleep(3600)     # ... and syncd dies before committing the answer
+        return resp
+
+    monkeypatch.setattr(deps.client, "create_entries", post_then_hang)
+    t0 = datetime.now(UTC)
+    task = asyncio.create_task(push.push_once(deps, owner="dying", now=t0))
+    await asyncio.wait_for(sent.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.undo()
+    state = await rows(conn)
+    first = [state[i] for i in ids[:100]]
+    assert {(r["status"], r["lease_owner"]) for r in first} == {("in_flight", "dying")}
+    assert all(r["sent_at"] is not None for r in first)
+    # A new process: nothing happens before the lease expires ...
+    sim.clear_requests()
+    report = await push.push_once(deps, owner="restarted", now=t0 + timedelta(seconds=60))
+    assert report.reclaimed == 0
+    # ... then the rows are reclaimed, looked up, and only the missing ones sent
+    later = t0 + timedelta(seconds=deps.settings.outbox_lease + 1)
+    report = await push.push_once(deps, owner="restarted", now=later)
+    assert report.reclaimed == 100
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)
+    state = await rows(conn)
+    assert Counter(state[i]["result"] for i in ids) == {"found_existing": 100, "created": 50}
+    posts = requests_of(sim, "POST")
+    # the first batch was never re-posted: the 50 rows of the second batch went out (once),
+    # plus the lookup for the first batch
+    assert [len(p["body"]["time_entries"]) for p in posts] == [50]
+    lookups = [r for r in sim.requests if "external_reference_service_model_refs" in r["query"]]
+    assert len(lookups) == 1
+    run = await conn.fetchrow("SELECT status FROM syncd.sync_runs WHERE job = 'push' "
+                              "ORDER BY started_at LIMIT 1")
+    assert run["status"] == "interrupted"
+
+
+async def test_database_failure_after_sending_then_rerun(
+        deps: Deps, sim: Simulator, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(30)])
+    real_finish = outbox.finish_rows
+
+    async def broken(*a: Any, **kw: Any) -> set[int]:
+        raise asyncpg.exceptions.AdminShutdownError("terminating connection")
+
+    monkeypatch.setattr(outbox, "finish_rows", broken)
+    t0 = datetime.now(UTC)
+    with pytest.raises(asyncpg.exceptions.AdminShutdownError):
+        await push.push_once(deps, owner="a", now=t0)
+    monkeypatch.setattr(outbox, "finish_rows", real_finish)
+    state = await rows(conn)
+    # leases given back at once; the rows wait until the sent request cannot still be running
+    assert {state[i]["status"] for i in ids} == {"pending"}
+    assert {state[i]["next_attempt_at"] for i in ids} == {
+        t0 + timedelta(seconds=push.SETTLE_SECONDS)}
+    assert (await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=60))).claimed == 0
+    sim.clear_requests()
+    await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=181))
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)
+    assert requests_of(sim, "POST") == []
+    assert {(await rows(conn))[i]["result"] for i in ids} == {"found_existing"}
+
+
+async def test_two_processes_push_each_row_exactly_once(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    creates = [("create", None, new_entry(sim, i)) for i in range(300)]
+    targets = editable_ids(sim)
+    updates = [("update", e, {"notes": f"twice? {e}"}) for e in targets[:60]]
+    deletes = [("delete", e, None) for e in targets[60:120]]
+    ids = await enqueue_many(conn, creates + updates + deletes)  # type: ignore[arg-type]
+    sim.set_faults({"latency_ms": 3})
+    settings = make_settings(db_dsn, sim_url, push_batch_size=20)
+    async with open_deps(settings) as a, open_deps(settings) as b:
+        ra, rb = await asyncio.gather(push.push_once(a, owner="one"),
+                                      push.push_once(b, owner="two"))
+    assert ra.claimed > 0 and rb.claimed > 0, (ra.claimed, rb.claimed)
+    assert ra.claimed + rb.claimed == len(ids)
+    keys = Counter(item["external_reference"]["service_model_ref"]
+                   for p in requests_of(sim, "POST") for item in p["body"]["time_entries"])
+    assert len(keys) == 300 and set(keys.values()) == {1}
+    puts = Counter(r["path"] for r in requests_of(sim, "PUT"))
+    assert len(puts) == 60 and set(puts.values()) == {1}
+    deleted = Counter(i for r in requests_of(sim, "DELETE") for i in r["query"]["ids"].split(","))
+    assert len(deleted) == 60 and set(deleted.values()) == {1}
+    await assert_one_entry_per_create(sim, sim_url, conn, ids[:300])
+    state = await rows(conn)
+    assert {state[i]["status"] for i in ids} == {"done"}
