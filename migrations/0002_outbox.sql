@@ -29,17 +29,19 @@ CREATE TABLE syncd.outbox (
         CHECK (status IN ('pending', 'in_flight', 'done', 'failed', 'conflict')),
     CONSTRAINT outbox_entry_id_required_for_update_and_delete
         CHECK (op = 'create' OR entry_id IS NOT NULL),
+    -- coalesce: a NULL payload makes the comparison NULL, which a CHECK would let through
     CONSTRAINT outbox_create_payload_is_an_object
-        CHECK (op <> 'create' OR jsonb_typeof(payload) = 'object'),
+        CHECK (op <> 'create' OR coalesce(jsonb_typeof(payload) = 'object', false)),
     CONSTRAINT outbox_update_payload_is_a_non_empty_object
-        CHECK (op <> 'update' OR (jsonb_typeof(payload) = 'object' AND payload <> '{}'::jsonb)),
+        CHECK (op <> 'update'
+               OR coalesce(jsonb_typeof(payload) = 'object' AND payload <> '{}'::jsonb, false)),
     CONSTRAINT outbox_delete_has_no_payload
         CHECK (op <> 'delete' OR payload IS NULL OR payload = '{}'::jsonb),
     -- The fields Kantata lets a client write (api-notes §5-§7). syncd itself owns
     -- external_reference (its idempotency key), so a payload may not carry one; read-only
     -- fields (currency, approved, ...) would be silently ignored by Kantata.
     CONSTRAINT outbox_create_payload_has_required_fields
-        CHECK (op <> 'create'
+        CHECK (op <> 'create' OR jsonb_typeof(payload) <> 'object'
                OR payload ?& ARRAY['workspace_id', 'date_performed', 'time_in_minutes']),
     CONSTRAINT outbox_payload_has_only_writable_fields
         CHECK (op = 'delete' OR jsonb_typeof(payload) <> 'object'
