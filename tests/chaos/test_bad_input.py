@@ -1,0 +1,503 @@
+"""Bad input through the real pull path (simulator → crafted page → syncd.pull.sync_once →
+PostgreSQL), one test per kind. Each asserts the four promises of issue #8:
+
+1. a specific error in the logs (structlog `capture_logs`),
+2. the same error in the run history (`syncd.rejected_records.reason` for one bad record,
+   `syncd.sync_runs.error` / `syncd.windows.last_error` for a bad page),
+3. the rest of the data still syncs (good entries of the same cycle reach the mirror),
+4. nothing already stored is lost (rows stored before keep their values).
+
+Unit-level decoding of the same inputs is in tests/unit/test_pagination.py; this file proves the
+whole pipeline (client retries, page transaction, run history) copes with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from syncd import pull
+from syncd.app import open_deps
+from syncd.errors import MalformedResponseError
+from syncd.runs import Deps
+from syncd.settings import Settings
+from syncd.simulator import SimConfig, Simulator
+from tests.chaos.fakes import BODY, DROP, Tamper, serve_tampered
+from tests.oracle import mirror_diff
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "bad-input-token-0123456789"
+
+
+def settings_for(db_dsn: str, url: str, **over: object) -> Settings:
+    base: dict[str, object] = dict(
+        database_url=db_dsn, kantata_base_url=url, kantata_token=TOKEN,
+        kantata_allow_insecure_loopback=True, backfill_start=date(2024, 1, 1),
+        backfill_window_months=6, per_page=10, max_retries=2, backoff_base=0.001,
+        backoff_cap=0.01, retry_after_cap=0.01, request_timeout=5, overlap=5)
+    base.update(over)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    return Simulator(SimConfig(token=TOKEN, entries=80, seed=11, lock_date=None))
+
+
+@pytest.fixture
+def tamper() -> Tamper:
+    return Tamper()
+
+
+@pytest.fixture
+async def url(sim: Simulator, tamper: Tamper) -> AsyncIterator[str]:
+    async with serve_tampered(sim, tamper) as u:
+        yield u
+
+
+@pytest.fixture
+async def deps(db_dsn: str, url: str) -> AsyncIterator[Deps]:
+    async with open_deps(settings_for(db_dsn, url)) as d:
+        yield d
+
+
+async def baseline(deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> dict[int, dict]:
+    """A clean first cycle; returns the stored rows by id (what must never be lost)."""
+    stats = await pull.sync_once(deps)
+    assert stats.errors == []
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    return {r["id"]: dict(r) for r in await conn.fetch("SELECT * FROM kantata.time_entries")}
+
+
+async def assert_nothing_lost(conn: asyncpg.Connection, before: dict[int, dict],
+                              changed: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    """Every row stored before is still there and live; rows not in `changed` are identical."""
+    now = {r["id"]: dict(r) for r in await conn.fetch("SELECT * FROM kantata.time_entries")}
+    for eid, row in before.items():
+        assert eid in now, f"{eid} vanished"
+        assert now[eid]["deleted_at"] is None, f"{eid} marked deleted"
+        if eid not in changed:
+            assert now[eid] == row, f"{eid} changed"
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+# --------------------------------------------------------------------------- one bad record
+Mutation = Callable[[Tamper, str], None]
+
+
+def field(**kw: Any) -> Mutation:
+    return lambda t, eid: t.entry(eid, **kw)
+
+
+def whole(obj: Any) -> Mutation:
+    return lambda t, eid: t.entry(eid, replace=obj)
+
+
+def raw_notes(new: bytes) -> Mutation:
+    """Put bytes orjson will not write (escapes, invalid UTF-8) into the entry's notes."""
+
+    def m(t: Tamper, eid: str) -> None:
+        def fn(doc: dict[str, Any], _: web.Request) -> bytes:
+            doc["time_entries"][eid]["notes"] = "MARK"
+            return orjson.dumps(doc).replace(b'"MARK"', new)
+
+        t.page(fn, when=lambda r: f'"{eid}":'.encode() in r.get(BODY, b""))
+
+    return m
+
+
+def id_with(value: str) -> Mutation:
+    return lambda t, eid: t.entry(eid, id=value)
+
+
+RECORD_CASES: list[tuple[str, Mutation, str]] = [
+    ("negative_minutes", field(time_in_minutes=-5), "time_in_minutes -5 is outside"),
+    ("absurd_minutes", field(time_in_minutes=10**7), "time_in_minutes 10000000 is outside"),
+    ("minutes_text", field(time_in_minutes="sixty"), "time_in_minutes must be an integer"),
+    ("minutes_bool", field(time_in_minutes=True), "got a boolean"),
+    ("minutes_float", field(time_in_minutes=60.5), "must be an integer, got float"),
+    ("minutes_missing", field(time_in_minutes=DROP), "time_in_minutes is missing"),
+    ("date_year_9999", field(date_performed="9999-12-31"), "outside years"),
+    ("date_impossible", field(date_performed="2026-02-30"), "not a valid date"),
+    ("date_number", field(date_performed=20260101), "date_performed must be YYYY-MM-DD"),
+    ("date_missing", field(date_performed=DROP), "date_performed must be YYYY-MM-DD"),
+    ("updated_year_9999", field(updated_at="9999-12-31T00:00:00+00:00"), "outside years"),
+    ("updated_naive", field(updated_at="2026-03-08T03:00:00"), "has no UTC offset"),
+    ("updated_garbage", field(updated_at="yesterday"), "is not ISO 8601"),
+    ("updated_missing", field(updated_at=DROP), "updated_at must be an ISO 8601 string"),
+    ("created_garbage", field(created_at=12), "created_at must be an ISO 8601 string"),
+    ("workspace_text", field(workspace_id="ten"), "workspace_id must be an integer"),
+    ("workspace_negative", field(workspace_id="-1"), "workspace_id -1 is outside"),
+    ("rate_beyond_bigint", field(rate_in_cents=2**70), "rate_in_cents must be an integer"),
+    ("billable_text", field(billable="yes"), "billable must be true, false or null"),
+    ("notes_number", field(notes=42), "notes must be a string"),
+    ("notes_nul", field(notes="bad\x00nul"), "NUL character"),
+    ("notes_lone_surrogate", raw_notes(b'"x\\ud800y"'), "unpaired surrogate"),
+    ("notes_invalid_utf8", raw_notes(b'"x\xff\xfey"'), "unpaired surrogate"),
+    ("notes_over_limit", field(notes="n" * 1_000_001), "over the 1000000 limit"),
+    ("unknown_field_nul", field(custom={"k": "v\x00"}), "NUL character"),
+    ("id_missing", field(id=DROP), "id is missing"),
+    ("id_text", id_with("abc"), "id must be an integer"),
+    ("id_beyond_bigint", id_with(str(2**64)), "is outside 1.."),
+    ("entry_is_null_in_keyed_object", whole(None), "absent from the `time_entries` object"),
+    ("nul_in_a_key_name", field(**{"bad\x00key": 1}), "NUL character"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [c[1:] for c in RECORD_CASES],
+                         ids=[c[0] for c in RECORD_CASES])
+async def test_bad_record_is_rejected_and_the_rest_syncs(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection,
+        mutate: Mutation, reason: str) -> None:
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    target, others = ids[5], ids[10:14]
+    for i in (target, *others):
+        sim.edit_entry(i, {"notes": f"edited remotely {i}"})
+    mutate(tamper, str(target))
+
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+
+    assert tamper.applied, "the bad record was never served"
+    assert any(reason in e["reason"] for e in events(logs, "record_rejected")), logs
+    rows = await conn.fetch("SELECT reason, run_id FROM syncd.rejected_records")
+    assert [r["reason"] for r in rows if reason in r["reason"]], rows
+    assert all(r["run_id"] == stats.run_id for r in rows)
+    run = await conn.fetchrow("SELECT status, rows_rejected FROM syncd.sync_runs "
+                              "WHERE run_id = $1", stats.run_id)
+    assert run["status"] == "ok" and run["rows_rejected"] >= 1
+    # the rest of the cycle synced: only the bad entry differs from Kantata
+    diffs = await mirror_diff(conn, sim.list_entries())
+    assert diffs and all(d.startswith(str(target)) for d in diffs), diffs
+    for i in others:
+        assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                                   i) == f"edited remotely {i}"
+    # the stored version of the bad entry is kept, untouched
+    await assert_nothing_lost(conn, before, changed=set(others))
+
+
+async def test_new_bad_record_is_rejected_and_its_page_still_stored(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    new = sim.create_entry({"date_performed": "2026-11-01", "time_in_minutes": 30,
+                            "notes": "brand new"})
+    good = sim.create_entry({"date_performed": "2026-11-02", "time_in_minutes": 45})
+    tamper.entry(new["id"], time_in_minutes=-1)
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+    assert [e["entry_id"] for e in events(logs, "record_rejected")] == [new["id"]]
+    assert await conn.fetchval("SELECT reason FROM syncd.rejected_records WHERE entry_id = $1",
+                               new["id"]) == "time_in_minutes -1 is outside 0..1000000"
+    assert stats.rows_rejected == 1
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries WHERE id = $1",
+                               int(new["id"])) == 0
+    assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries WHERE id = $1",
+                               int(good["id"])) == 45
+    await assert_nothing_lost(conn, before)
+
+
+async def test_the_same_bad_record_on_every_cycle_is_counted_not_duplicated(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    await baseline(deps, sim, conn)
+    eid = sorted(int(e["id"]) for e in sim.list_entries())[3]
+    sim.edit_entry(eid, {"notes": "x"})
+    tamper.entry(str(eid), billable="maybe")
+    await pull.sync_once(deps)
+    await pull.sync_once(deps)  # the overlap re-reads it
+    rows = await conn.fetch("SELECT entry_id, occurrences FROM syncd.rejected_records")
+    assert [(r["entry_id"], r["occurrences"]) for r in rows] == [(str(eid), 2)]
+
+
+async def test_200_kb_notes_are_stored_whole(deps: Deps, sim: Simulator,
+                                             conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    eid = sorted(before)[7]
+    big = ("ünïcödé ✓ line\n" * 14_000)[:200_000]
+    sim.edit_entry(eid, {"notes": big})
+    stats = await pull.sync_once(deps)
+    assert stats.rows_rejected == 0
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                               eid) == big
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_unknown_fields_are_kept_in_raw(deps: Deps, sim: Simulator, tamper: Tamper,
+                                              conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    eid = sorted(before)[2]
+    sim.edit_entry(eid, {"notes": "has extras"})
+    tamper.entry(str(eid), custom_fields={"po": "PO-7", "nested": [1, {"a": None}]},
+                 brand_new_flag=True)
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+    assert stats.rows_rejected == 0 and not events(logs, "record_rejected")
+    raw = orjson.loads(await conn.fetchval(
+        "SELECT raw FROM kantata.time_entries WHERE id = $1", eid))
+    assert raw["custom_fields"] == {"po": "PO-7", "nested": [1, {"a": None}]}
+    assert raw["brand_new_flag"] is True and raw["notes"] == "has extras"
+    diffs = await mirror_diff(conn, sim.list_entries())
+    assert diffs == [f"{eid}.raw differs in ['brand_new_flag', 'custom_fields']"]
+
+
+async def test_nul_written_by_a_kantata_user_is_rejected_not_fatal(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Real remote data (no tampering): Kantata stores the NUL, PostgreSQL cannot."""
+    before = await baseline(deps, sim, conn)
+    a, b = sorted(before)[:2]
+    sim.edit_entry(a, {"notes": "pasted\x00from a terminal"})
+    sim.edit_entry(b, {"notes": "fine"})
+    with capture_logs() as logs:
+        await pull.sync_once(deps)
+    assert events(logs, "record_rejected")[0]["entry_id"] == str(a)
+    assert "NUL character" in await conn.fetchval(
+        "SELECT reason FROM syncd.rejected_records WHERE entry_id = $1", str(a))
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                               b) == "fine"
+    await assert_nothing_lost(conn, before, changed={b})
+
+
+async def test_results_naming_an_id_missing_from_the_keyed_object(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    for i in ids[:3]:
+        sim.edit_entry(i, {"notes": f"e{i}"})
+
+    def drop_one(doc: dict[str, Any], _: web.Request) -> dict[str, Any]:
+        doc["time_entries"].pop(str(ids[1]), None)
+        return doc
+
+    tamper.page(drop_one, when=lambda r: r.query.get("order") == "updated_at:asc")
+    with capture_logs() as logs:
+        await pull.sync_once(deps)
+    assert any("absent from the `time_entries` object" in e["reason"]
+               for e in events(logs, "record_rejected"))
+    assert await conn.fetchval("SELECT reason FROM syncd.rejected_records WHERE entry_id = $1",
+                               str(ids[1])) == (
+        "listed in `results` but absent from the `time_entries` object")
+    for i in (ids[0], ids[2]):
+        assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                                   i) == f"e{i}"
+    await assert_nothing_lost(conn, before, changed={ids[0], ids[2]})
+
+
+async def test_an_id_listed_twice_is_stored_once(deps: Deps, sim: Simulator, tamper: Tamper,
+                                                 conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    eid = sorted(before)[4]
+    sim.edit_entry(eid, {"notes": "twice"})
+
+    def dup(doc: dict[str, Any], _: web.Request) -> dict[str, Any]:
+        doc["results"] = doc["results"] + doc["results"][-1:]
+        return doc
+
+    tamper.page(dup, when=lambda r: r.query.get("order") == "updated_at:asc")
+    stats = await pull.sync_once(deps)
+    assert stats.errors == [] and stats.rows_rejected == 0
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_bad_side_loaded_object_is_rejected_entries_still_stored(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    eid = sorted(before)[6]
+    sim.edit_entry(eid, {"notes": "side"})
+
+    def bad_user(doc: dict[str, Any], _: web.Request) -> dict[str, Any]:
+        for key in list(doc.get("users", {}))[:1]:
+            doc["users"][key] = dict(doc["users"][key], id="seven")
+        return doc
+
+    tamper.page(bad_user, when=lambda r: r.query.get("order") == "updated_at:asc")
+    with capture_logs() as logs:
+        await pull.sync_once(deps)
+    assert any("users: id must be an integer" in e["reason"]
+               for e in events(logs, "record_rejected"))
+    assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records WHERE reason = $1",
+                               "users: id must be an integer, got 'seven'") == 1
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    await assert_nothing_lost(conn, before, changed={eid})
+
+
+# --------------------------------------------------------------------------- one bad page
+def _body(data: bytes, content_type: str = "application/json") -> Callable[..., web.Response]:
+    return lambda doc, req: web.Response(status=200, body=data, content_type=content_type)
+
+
+def _doc(fn: Callable[[dict[str, Any]], Any]) -> Callable[..., bytes]:
+    return lambda doc, req: orjson.dumps(fn(doc))
+
+
+PAGE_CASES: list[tuple[str, Callable[..., Any], str]] = [
+    ("truncated_json", lambda doc, req: orjson.dumps(doc)[:150], "invalid or truncated JSON"),
+    ("html_200", _body(b"<!DOCTYPE html><html><body>Maintenance</body></html>", "text/html"),
+     "response body is HTML"),
+    ("binary_200", _body(b"\x1f\x8b\x08\x00\x00\x00garbage"), "invalid or truncated JSON"),
+    ("json_array", _doc(lambda d: [d]), "not a JSON object"),
+    ("json_null", _doc(lambda d: None), "not a JSON object"),
+    ("no_results", _doc(lambda d: {k: v for k, v in d.items() if k != "results"}),
+     "no `results` array"),
+    ("results_not_list", _doc(lambda d: dict(d, results={"0": d["results"][0]})),
+     "no `results` array"),
+    ("keyed_object_is_list", _doc(lambda d: dict(d, time_entries=list(
+        d["time_entries"].values()))), "not an object keyed by id"),
+    ("meta_not_object", _doc(lambda d: dict(d, meta=[1])), "`meta` is not an object"),
+    ("page_count_text", _doc(lambda d: dict(d, meta=dict(d["meta"], page_count="2"))),
+     "meta.page_count is not an integer"),
+    ("count_float", _doc(lambda d: dict(d, count=1.5, meta=dict(d["meta"], count=1.5))),
+     "meta.count is not an integer"),
+]
+
+
+def _second_page_of_one_window(picked: list[str]) -> Callable[[web.Request], bool]:
+    """Page 2 of the first window that reaches page 2, every time it is asked for."""
+
+    def when(r: web.Request) -> bool:
+        w = r.query.get("date_performed_between")
+        if w is None or r.query.get("page") != "2":
+            return False
+        if not picked:
+            picked.append(w)
+        return w == picked[0]
+
+    return when
+
+
+@pytest.mark.parametrize(("make", "message"), [c[1:] for c in PAGE_CASES],
+                         ids=[c[0] for c in PAGE_CASES])
+async def test_persistently_bad_page_fails_its_window_only(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection,
+        make: Callable[..., Any], message: str) -> None:
+    before = await baseline(deps, sim, conn)
+    edited = sorted(before)[-1]
+    sim.edit_entry(edited, {"notes": "picked up by the incremental pass"})
+    picked: list[str] = []
+    tamper.page(make, when=_second_page_of_one_window(picked))
+
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps, since=date(2024, 1, 1),
+                                     until=date.today() + timedelta(days=31))
+
+    assert picked, "no window had a second page"
+    # log: the window failure names the cause
+    failed = events(logs, "window_failed")
+    assert len(failed) == 1 and message in failed[0]["error"], failed
+    # run history: the run is partial with the cause; the window row keeps it too
+    run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs WHERE run_id = $1",
+                              stats.run_id)
+    assert run["status"] == "partial" and message in run["error"], dict(run)
+    w = await conn.fetchrow("SELECT status, last_error, pages_done FROM syncd.windows "
+                            "WHERE status = 'failed'")
+    assert message in w["last_error"] and w["pages_done"] == 1
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'") >= 1
+    # the rest synced (other windows and the incremental pass), nothing stored was lost
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    await assert_nothing_lost(conn, before, changed={edited})
+    # once Kantata answers properly again, the failed window is read and marked done
+    tamper.rules.clear()
+    stats = await pull.sync_once(deps)
+    assert stats.errors == []
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status <> 'done'") == 0
+
+
+def _incremental(r: web.Request) -> bool:
+    return r.query.get("order") == "updated_at:asc"
+
+
+async def _edits_over_seconds(sim: Simulator, ids: list[int], n: int) -> datetime:
+    """Edit `n` entries, one per second starting a minute from now; return a `now` for
+    sync_once that lies after all of them."""
+    base = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=60)
+    for k, i in enumerate(ids[:n]):
+        sim.edit_entry(i, {"notes": f"wave {i}", "updated_at": (base + timedelta(
+            seconds=k)).isoformat()})
+    return base + timedelta(seconds=n + 10)
+
+
+async def test_persistently_bad_incremental_page_fails_the_run_keeps_what_was_read(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    now = await _edits_over_seconds(sim, ids, 15)  # page 1: 10 entries, page 2: 5
+    wm_before = await conn.fetchval("SELECT watermark FROM syncd.watermarks")
+    seen: list[str] = []
+
+    def second_page(r: web.Request) -> bool:
+        if not _incremental(r):
+            return False
+        key = r.query["updated_after"]
+        if key not in seen:
+            seen.append(key)
+        return seen.index(key) >= 1
+
+    tamper.page(_body(b"<html><h1>Service Unavailable</h1></html>", "text/html"),
+                when=second_page)
+    with capture_logs() as logs, pytest.raises(MalformedResponseError, match="HTML"):
+        await pull.sync_once(deps, now=now)
+    finished = events(logs, "job_finished")[-1]
+    assert finished["status"] == "failed" and "HTML" in finished["error"]
+    run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs "
+                              "ORDER BY started_at DESC LIMIT 1")
+    assert run["status"] == "failed" and "MalformedResponseError" in run["error"]
+    # page 1 is stored and the watermark moved only over it
+    stored = [i for i in ids[:15] if await conn.fetchval(
+        "SELECT notes FROM kantata.time_entries WHERE id = $1", i) == f"wave {i}"]
+    assert len(stored) == 10
+    assert await conn.fetchval("SELECT watermark FROM syncd.watermarks") >= wm_before
+    await assert_nothing_lost(conn, before, changed=set(ids[:15]))
+    tamper.rules.clear()
+    await pull.sync_once(deps, now=now)
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_unordered_incremental_page_is_a_specific_failure(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    now = await _edits_over_seconds(sim, ids, 6)
+
+    def reverse(doc: dict[str, Any], _: web.Request) -> dict[str, Any]:
+        doc["results"] = doc["results"][::-1]
+        return doc
+
+    tamper.page(reverse, when=_incremental)
+    with capture_logs() as logs, pytest.raises(MalformedResponseError,
+                                               match="not ordered by updated_at"):
+        await pull.sync_once(deps, now=now)
+    run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs "
+                              "ORDER BY started_at DESC LIMIT 1")
+    assert run["status"] == "failed" and "not ordered by updated_at" in run["error"]
+    assert "not ordered by updated_at" in events(logs, "job_finished")[-1]["error"]
+    await assert_nothing_lost(conn, before)
+
+
+async def test_server_ignoring_updated_after_cannot_loop_forever(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    now = await _edits_over_seconds(sim, ids, 25)
+    first: list[bytes] = []
+
+    def same_page(doc: dict[str, Any], _: web.Request) -> bytes:
+        if not first:
+            first.append(orjson.dumps(doc))
+        return first[0]
+
+    tamper.page(same_page, when=_incremental)
+    with capture_logs() as logs, pytest.raises(MalformedResponseError, match="did not advance"):
+        await pull.sync_once(deps, now=now)
+    assert "did not advance" in events(logs, "job_finished")[-1]["error"]
+    assert tamper.applied <= 3
+    await assert_nothing_lost(conn, before, changed=set(ids[:10]))
