@@ -22,6 +22,8 @@ from syncd.models import Page, Rejected, SideObject, TimeEntry
 __all__ = ["decode_json", "decode_page", "parse_side_object", "parse_time_entry"]
 
 MAX_BIGINT = 2**63 - 1
+MAX_INT = 2**31 - 1  # PostgreSQL `integer` columns (currency_base_unit)
+MAX_ID_TEXT = 100  # longest id string quoted back in a reject reason
 MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
 MIN_YEAR, MAX_YEAR = 1900, 2200
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
@@ -36,6 +38,9 @@ def decode_json(body: bytes) -> Any:
         pass
     try:
         return json.loads(body.decode("utf-8", errors="surrogateescape"))
+    except RecursionError:
+        raise MalformedResponseError(
+            f"response body is JSON nested too deeply to decode ({len(body)} bytes)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         snippet = body[:60].decode("utf-8", errors="replace").replace("\n", " ")
         kind = "HTML" if body.lstrip()[:1] == b"<" else "invalid or truncated JSON"
@@ -51,6 +56,8 @@ def _int(v: object, field: str, *, nullable: bool, lo: int = 0, hi: int = MAX_BI
     if isinstance(v, bool):
         raise ValueError(f"{field} must be an integer, got a boolean")
     if isinstance(v, str):
+        if len(v) > 20:
+            raise ValueError(f"{field} is not a 64-bit integer ({len(v)} characters)")
         if not v.isascii() or not v.lstrip("-").isdigit():
             raise ValueError(f"{field} must be an integer, got {v[:40]!r}")
         v = int(v)
@@ -128,11 +135,11 @@ def parse_time_entry(raw: Mapping[str, Any]) -> TimeEntry:
 
     Unknown fields are kept in `raw` and otherwise ignored.
     """
-    rid = raw.get("id")
+    rid = raw.get("id") if isinstance(raw, Mapping) else None
     entry_id = rid if isinstance(rid, str) else None
     try:
         if not isinstance(raw, Mapping):
-            raise ValueError("entry is not a JSON object")
+            raise ValueError(f"entry is not a JSON object but {_json_type(raw)}")
         _check_storable(dict(raw))
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
@@ -158,7 +165,7 @@ def parse_time_entry(raw: Mapping[str, Any]) -> TimeEntry:
             currency=_text(raw.get("currency"), "currency"),
             currency_symbol=_text(raw.get("currency_symbol"), "currency_symbol"),
             currency_base_unit=_int(raw.get("currency_base_unit"), "currency_base_unit",
-                                    nullable=True),
+                                    nullable=True, hi=MAX_INT),
             approved=_bool(raw.get("approved"), "approved"),
             is_invoiced=_bool(raw.get("is_invoiced"), "is_invoiced"),
             taxable=_bool(raw.get("taxable"), "taxable"),
@@ -192,6 +199,12 @@ def parse_side_object(kind: str, raw: Mapping[str, Any]) -> SideObject:
         )
     except ValueError as exc:
         raise InvalidRecord(rid if isinstance(rid, str) else None, f"{kind}: {exc}") from None
+
+
+def _json_type(v: object) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(v), type(v).__name__)
 
 
 def _raw_text(obj: object) -> str:
@@ -230,9 +243,15 @@ def decode_page(body: bytes | Mapping[str, Any]) -> Page:
     rejected: list[Rejected] = []
     ids: list[str] = []
     for ref in results:
-        if not isinstance(ref, Mapping) or ref.get("key", "time_entries") != "time_entries":
+        if not isinstance(ref, Mapping) or not isinstance(ref.get("id"), str | int):
+            # counted as a listed row so a page with one bad reference is still a full page
+            ids.append("?")
+            rejected.append(Rejected(entry_id=None, raw=_raw_text(ref), reason=(
+                "`results` item is not a {key, id} reference")))
             continue
-        rid = str(ref.get("id"))
+        if ref.get("key", "time_entries") != "time_entries":
+            continue
+        rid = str(ref["id"])
         ids.append(rid)
         raw = keyed.get(rid)
         if raw is None:
@@ -240,10 +259,17 @@ def decode_page(body: bytes | Mapping[str, Any]) -> Page:
                 "listed in `results` but absent from the `time_entries` object")))
             continue
         try:
-            entries.append(parse_time_entry(raw))
+            entry = parse_time_entry(raw)
         except InvalidRecord as exc:
             rejected.append(Rejected(entry_id=exc.entry_id or rid, reason=exc.reason,
                                      raw=_raw_text(raw)))
+            continue
+        if str(entry.id) != rid:
+            rejected.append(Rejected(entry_id=rid, raw=_raw_text(raw), reason=(
+                f"`time_entries` key {rid[:MAX_ID_TEXT]!r} holds an entry with id "
+                f"{entry.id}")))
+            continue
+        entries.append(entry)
     side: list[SideObject] = []
     for kind in SIDE_KINDS:
         objs = doc.get(kind)

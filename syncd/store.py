@@ -109,10 +109,24 @@ async def upsert_side(conn: asyncpg.Connection, objs: Sequence[SideObject]) -> N
             [o.raw for o in vals], [o.parent_id for o in vals])
 
 
+def pg_text(value: str | None, limit: int | None = None) -> str | None:
+    """`value` made storable in a PostgreSQL text column: NUL and unpaired surrogates escaped
+    (`\\u0000`, `\\ud800`), cut to `limit` characters. Dead letters quote bad input verbatim."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\\u0000")
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if limit is None or len(value) <= limit else value[:limit] + "…"
+
+
 async def record_rejects(conn: asyncpg.Connection, rejects: Sequence[Rejected],
                          run_id: uuid.UUID | None) -> None:
-    """Store records that could not be mirrored (the pull's dead letters), counting repeats."""
-    if not rejects:
+    """Store records that could not be mirrored (the pull's dead letters), counting repeats.
+    Ids and reasons quoting bad input are escaped and cut (the id to 200 characters, so the
+    unique index never sees an oversized key). Repeats within one batch are stored once."""
+    rows = {(pg_text(r.entry_id, 200) or None, pg_text(r.reason, 2000)): pg_text(r.raw)
+            for r in rejects}  # one row per key: ON CONFLICT may touch a row only once
+    if not rows:
         return
     await conn.execute(
         """INSERT INTO syncd.rejected_records (entry_id, reason, raw, run_id)
@@ -120,8 +134,7 @@ async def record_rejects(conn: asyncpg.Connection, rejects: Sequence[Rejected],
            ON CONFLICT (coalesce(entry_id, ''), md5(reason)) DO UPDATE
            SET last_seen = now(), raw = excluded.raw, run_id = excluded.run_id,
                occurrences = syncd.rejected_records.occurrences + 1""",
-        [r.entry_id for r in rejects], [r.reason for r in rejects],
-        [r.raw.replace("\x00", "\\u0000") for r in rejects], [run_id] * len(rejects))
+        [k[0] for k in rows], [k[1] for k in rows], list(rows.values()), [run_id] * len(rows))
 
 
 # ---------------------------------------------------------------- watermark

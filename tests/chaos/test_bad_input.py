@@ -150,7 +150,15 @@ RECORD_CASES: list[tuple[str, Mutation, str]] = [
     ("id_missing", field(id=DROP), "id is missing"),
     ("id_text", id_with("abc"), "id must be an integer"),
     ("id_beyond_bigint", id_with(str(2**64)), "is outside 1.."),
+    # regressions: each of these crashed or failed the whole page before the fix
+    ("entry_is_a_string", whole("not an entry"), "entry is not a JSON object but a string"),
+    ("entry_is_an_array", whole([1, 2]), "entry is not a JSON object but an array"),
     ("entry_is_null_in_keyed_object", whole(None), "absent from the `time_entries` object"),
+    ("key_and_id_disagree", id_with("8000002"), "holds an entry with id 8000002"),
+    ("currency_unit_beyond_integer", field(currency_base_unit=2**40),
+     "currency_base_unit 1099511627776 is outside 0..2147483647"),
+    ("id_with_nul", id_with("12\x0034"), "NUL character"),
+    ("id_of_100_kb", id_with("9" * 100_000), "id is not a 64-bit integer (100000 characters)"),
     ("nul_in_a_key_name", field(**{"bad\x00key": 1}), "NUL character"),
 ]
 
@@ -293,6 +301,34 @@ async def test_results_naming_an_id_missing_from_the_keyed_object(
     await assert_nothing_lost(conn, before, changed={ids[0], ids[2]})
 
 
+async def test_malformed_results_items_are_rejected_not_silently_dropped(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    """Two broken references on one page: both logged, one dead letter (same key, stored once
+    in the same statement), and the page's good entry still stored."""
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    for i in ids[:3]:
+        sim.edit_entry(i, {"notes": f"e{i}"})
+
+    def break_refs(doc: dict[str, Any], _: web.Request) -> dict[str, Any]:
+        doc["results"][0] = doc["results"][0]["id"]  # a bare string
+        doc["results"][1] = {"key": "time_entries"}  # no id
+        return doc
+
+    tamper.page(break_refs, when=lambda r: r.query.get("order") == "updated_at:asc")
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+    reason = "`results` item is not a {key, id} reference"
+    assert [e["reason"] for e in events(logs, "record_rejected")] == [reason, reason]
+    rows = await conn.fetch("SELECT entry_id, reason, occurrences, run_id "
+                            "FROM syncd.rejected_records")
+    assert [(r["entry_id"], r["reason"], r["occurrences"], r["run_id"]) for r in rows] == [
+        (None, reason, 1, stats.run_id)]
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                               ids[2]) == f"e{ids[2]}"
+    await assert_nothing_lost(conn, before, changed={ids[2]})
+
+
 async def test_an_id_listed_twice_is_stored_once(deps: Deps, sim: Simulator, tamper: Tamper,
                                                  conn: asyncpg.Connection) -> None:
     before = await baseline(deps, sim, conn)
@@ -358,6 +394,8 @@ PAGE_CASES: list[tuple[str, Callable[..., Any], str]] = [
      "meta.page_count is not an integer"),
     ("count_float", _doc(lambda d: dict(d, count=1.5, meta=dict(d["meta"], count=1.5))),
      "meta.count is not an integer"),
+    ("nested_too_deeply", lambda doc, req: orjson.dumps(doc)[:-1] + b',"x":' + b"[" * 5000
+     + b"]" * 5000 + b"}", "nested too deeply"),
 ]
 
 
