@@ -194,16 +194,24 @@ class KantataClient:
     async def _read(self, path: str, params: Mapping[str, str], priority: Priority,
                     decode: bool) -> tuple[ApiResponse, Page | None]:
         endpoint = _endpoint(path)
+
+        def log_retry(state: RetryCallState) -> None:  # the cause of every retry is logged
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("request_retry", endpoint=endpoint, attempt=state.attempt_number + 1,
+                     error=f"{type(exc).__name__}: {exc}",
+                     wait=round(state.upcoming_sleep, 3))
+
         async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retry.max_retries + 1), wait=self.retry.wait,
-                retry=retry_if_exception_type(RetriableError), reraise=True):
+                retry=retry_if_exception_type(RetriableError), reraise=True,
+                before_sleep=log_retry):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.metrics.retries.labels(endpoint).inc()
-                    log.info("request_retry", endpoint=endpoint,
-                             attempt=attempt.retry_state.attempt_number)
                 resp = await self.send("GET", path, params=params, priority=priority)
                 classify(resp.status, resp.body, request_id=resp.request_id)
+                if decode and not resp.raw.strip():
+                    raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
                 page = pagination.decode_page(resp.body) if decode else None
                 return resp, page
         raise AssertionError("unreachable")  # pragma: no cover

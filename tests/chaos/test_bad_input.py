@@ -380,6 +380,7 @@ PAGE_CASES: list[tuple[str, Callable[..., Any], str]] = [
     ("truncated_json", lambda doc, req: orjson.dumps(doc)[:150], "invalid or truncated JSON"),
     ("html_200", _body(b"<!DOCTYPE html><html><body>Maintenance</body></html>", "text/html"),
      "response body is HTML"),
+    ("empty_200", _body(b""), "response body is empty"),
     ("binary_200", _body(b"\x1f\x8b\x08\x00\x00\x00garbage"), "invalid or truncated JSON"),
     ("json_array", _doc(lambda d: [d]), "not a JSON object"),
     ("json_null", _doc(lambda d: None), "not a JSON object"),
@@ -448,6 +449,19 @@ async def test_persistently_bad_page_fails_its_window_only(
     stats = await pull.sync_once(deps)
     assert stats.errors == []
     assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status <> 'done'") == 0
+
+
+async def test_bad_page_once_is_retried_and_the_cause_logged(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    tamper.page(_body(b"<html>502 Bad Gateway</html>", "text/html"), times=1)
+    tamper.page(lambda doc, req: orjson.dumps(doc)[:-40], times=1)
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+    assert stats.errors == [] and tamper.applied == 2
+    retries = [e for e in logs if e["event"] == "request_retry"]
+    assert any("HTML" in e.get("error", "") for e in retries), retries
+    assert any("truncated JSON" in e.get("error", "") for e in retries), retries
+    assert await mirror_diff(conn, sim.list_entries()) == []
 
 
 def _incremental(r: web.Request) -> bool:
