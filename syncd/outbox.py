@@ -24,7 +24,7 @@ import orjson
 from syncd.batching import Decision, OutboxRow
 
 __all__ = [
-    "CHANNEL", "Claim", "claim_batch", "discard_rows", "finish_rows", "list_rows",
+    "CHANNEL", "Claim", "claim_batch", "db_now", "discard_rows", "finish_rows", "list_rows",
     "mark_sent", "rebase_pending", "reclaim_expired", "release_leases", "retry_rows",
     "status_counts", "stop_listening", "wait_for_notify",
 ]
@@ -60,7 +60,7 @@ RETURNING id, status
 CLAIM = """
 WITH picked AS (
     SELECT o.id FROM syncd.outbox o
-    WHERE o.status = 'pending' AND o.next_attempt_at <= coalesce($1, now())
+    WHERE o.status = 'pending' AND o.next_attempt_at <= coalesce($6, $1, now())
       AND (o.entry_id IS NULL OR NOT EXISTS (
             SELECT 1 FROM syncd.outbox p
             WHERE p.entry_id = o.entry_id AND p.id < o.id
@@ -189,13 +189,22 @@ async def reclaim_expired(conn: asyncpg.Connection, *, max_attempts: int,
     return out
 
 
+async def db_now(conn: asyncpg.Connection) -> datetime:
+    """The database clock (aware, UTC)."""
+    return await conn.fetchval("SELECT now()")  # type: ignore[no-any-return]
+
+
 async def claim_batch(conn: asyncpg.Connection, *, owner: str, limit: int,
-                      lease_seconds: float, now: datetime | None = None) -> Claim:
+                      lease_seconds: float, now: datetime | None = None,
+                      due_by: datetime | None = None) -> Claim:
     """Claim up to `limit` claimable rows for `owner` (FOR UPDATE SKIP LOCKED, in one
-    transaction): status in_flight, a lease of `lease_seconds`, a new batch_id, attempts + 1."""
+    transaction): status in_flight, a lease of `lease_seconds`, a new batch_id, attempts + 1.
+    Claimable: pending, `next_attempt_at` <= `due_by` (default `now`), and no earlier open row
+    of the same entry."""
     batch_id = uuid.uuid4()
     async with conn.transaction():
-        rows = await conn.fetch(CLAIM, now, limit, owner, batch_id, float(lease_seconds))
+        rows = await conn.fetch(CLAIM, now, limit, owner, batch_id, float(lease_seconds),
+                                due_by)
     return Claim(batch_id, sorted((_row(r) for r in rows), key=lambda r: r.id))
 
 

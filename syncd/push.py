@@ -442,13 +442,17 @@ async def push_once(deps: Deps, *, owner: str | None = None,
             async with deps.pool.acquire() as conn:
                 rec = await outbox.reclaim_expired(conn, max_attempts=s.outbox_max_attempts,
                                                    now=now)
+                # a drain pushes what was due when it started: a row backing off now waits for
+                # the next drain instead of being retried in a tight loop
+                due_by = now or await outbox.db_now(conn)
             report.reclaimed = rec["pending"]
             if rec["pending"] or rec["failed"]:
                 log.warning("outbox_leases_reclaimed", **rec)
             while not deps.should_stop():
                 async with deps.pool.acquire() as conn:
                     claim = await outbox.claim_batch(conn, owner=owner, limit=s.push_batch_size,
-                                                     lease_seconds=s.outbox_lease, now=now)
+                                                     lease_seconds=s.outbox_lease, now=now,
+                                                     due_by=due_by)
                 if not claim.rows:
                     break
                 report.batches += 1
