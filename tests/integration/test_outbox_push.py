@@ -47,6 +47,15 @@ async def test_250_creates_cost_three_bulk_posts_and_land_once(
         "SELECT count(*) FROM kantata.time_entries WHERE id = ANY($1::bigint[])",
         [state[i]["entry_id"] for i in ids])
     assert mirrored == 250
+    # metrics and run history
+    sample = deps.metrics.registry.get_sample_value
+    assert sample("syncd_outbox_items_total", {"op": "create", "outcome": "done"}) == 250
+    assert sample("syncd_outbox_rows", {"status": "done"}) == 250
+    assert sample("syncd_outbox_rows", {"status": "pending"}) == 0
+    assert sample("syncd_outbox_oldest_pending_seconds") == 0
+    run = await conn.fetchrow("SELECT * FROM syncd.sync_runs WHERE job = 'push'")
+    assert (run["status"], run["requests"], run["rows_upserted"]) == ("ok", 3, 250)
+    assert orjson.loads(run["details"])["outcomes"] == {"create:done": 250}
 
 
 async def test_mirror_is_exact_after_creates_updates_and_deletes(

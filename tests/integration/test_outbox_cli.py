@@ -1,0 +1,68 @@
+"""`syncd push` and `syncd outbox list|retry|discard` as an operator runs them (real processes
+against the simulator and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncpg
+import orjson
+import pytest
+
+from syncd.simulator import Simulator
+from tests.integration.outbox_helpers import enqueue, entries_with_note, new_entry, rows
+from tests.integration.test_cli_sync import env_for, syncd
+
+pytestmark = pytest.mark.integration
+
+
+async def test_push_then_list_retry_and_discard(db_dsn: str, sim_url: str, sim: Simulator,
+                                                conn: asyncpg.Connection) -> None:
+    env = env_for(db_dsn, sim_url)
+    good = await enqueue(conn, "create", payload=new_entry(sim, 1))
+    bad = await enqueue(conn, "create", payload=new_entry(sim, 2, time_in_minutes=5000))
+    gone = await enqueue(conn, "update", 987654321, {"notes": "x"})
+
+    code, out, err = await syncd(env, "push")
+    assert code == 1, err[-2000:]                     # some rows failed
+    assert "3 rows: 1 done, 2 failed, 0 conflict" in out
+    assert "syncd outbox list --status failed" in out
+    assert entries_with_note(sim)["outbox create 1"] == [(await rows(conn))[good]["entry_id"]]
+
+    code, out, _ = await syncd(env, "outbox", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3  # header + the two failed rows (done rows are hidden by default)
+    assert f"{bad:>8} create" in out and "Time in minutes must be between 1 and 1440" in out
+    assert f"{gone:>8} update  987654321 failed" in out and "not found in Kantata" in out
+
+    code, out, _ = await syncd(env, "outbox", "list", "--status", "done", "--json")
+    listed = orjson.loads(out)
+    assert [(r["id"], r["result"]) for r in listed] == [(good, "created")]
+    assert listed[0]["payload"]["notes"] == "outbox create 1"
+
+    code, out, _ = await syncd(env, "outbox", "retry", str(bad), str(good))
+    assert code == 1
+    assert f"retried 1 row(s): {bad}" in out and f"left alone (missing, or not failed or " \
+                                                  f"conflict): {good}" in out
+    assert (await rows(conn))[bad]["status"] == "pending"
+
+    code, out, _ = await syncd(env, "outbox", "discard", str(bad))
+    assert code == 0 and f"discarded 1 row(s): {bad}" in out
+    assert bad not in await rows(conn)
+
+    code, out, _ = await syncd(env, "outbox", "retry", "--all-failed")
+    assert code == 0 and f"retried 1 row(s): {gone}" in out
+
+    code, out, _ = await syncd(env, "push", "--json")
+    report = orjson.loads(out)
+    assert code == 1 and report["outcomes"] == {"update:failed": 1}
+    assert report["outbox_after"]["done"] == 1 and report["outbox_after"]["failed"] == 1
+
+
+async def test_outbox_commands_need_only_the_database(db_dsn: str, sim_url: str) -> None:
+    env = env_for(db_dsn, sim_url)
+    del env["SYNCD_KANTATA_TOKEN"]
+    code, out, err = await syncd(env, "outbox", "list", "--status", "all")
+    assert code == 0, err
+    assert "no matching outbox rows" in out
+    code, _, err = await syncd(env, "outbox", "retry")
+    assert code == 2 and "give row ids or --all-failed" in err
