@@ -65,9 +65,11 @@ def first_request(watermark: datetime, overlap: timedelta) -> PullRequest:
 
 
 def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
-              count: int) -> Step:
+              count: int, *, listed: int | None = None) -> Step:
     """Decide the request after `req` returned entries with `updated_ats` (in `results` order,
-    ascending) out of `count` matching. `page_size` is the effective size (`meta.page_size`).
+    ascending) out of `count` matching. `page_size` is the effective size (`meta.page_size`);
+    `listed` is how many rows the page listed, rejected ones included (default: as many as
+    `updated_ats`): only a page listing fewer than `page_size` rows is the last one.
 
     Raises ValueError if the page is not in ascending `updated_at` order (the loop guard: a
     server ignoring `order` would otherwise page forever).
@@ -75,12 +77,13 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
     seconds = [floor_second(t) for t in updated_ats]
     if any(b < a for a, b in zip(seconds, seconds[1:], strict=False)):
         raise ValueError("page is not ordered by updated_at ascending; refusing to page")
+    full = (len(seconds) if listed is None else listed) >= page_size
     if req.updated_before is not None:
-        return _next_in_second(req, seconds, page_size, count)
+        return _next_in_second(req, seconds, full, count)
     if not seconds:
         return Step(None, None)
     newest, oldest = seconds[-1], seconds[0]
-    if len(seconds) < page_size:
+    if not full:
         return Step(None, newest)
     if oldest < newest:
         nxt = PullRequest(updated_after=newest - SECOND)
@@ -93,13 +96,13 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
                 newest - SECOND)
 
 
-def _next_in_second(req: PullRequest, seconds: Sequence[datetime], page_size: int,
+def _next_in_second(req: PullRequest, seconds: Sequence[datetime], full: bool,
                     count: int) -> Step:
     second = req.updated_after + SECOND
     if req.second_count is not None and count != req.second_count:
         if req.restarts >= MAX_SECOND_RESTARTS:
             raise ValueError(f"entries keep moving inside {second.isoformat()}; giving up")
         return Step(replace(req, page=1, second_count=count, restarts=req.restarts + 1), None)
-    if len(seconds) < page_size:
+    if not full:
         return Step(PullRequest(updated_after=second), second)
     return Step(replace(req, page=req.page + 1, second_count=count), None)

@@ -206,7 +206,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
         pages += 1
         try:
             step = cursor.next_step(req, [e.updated_at for e in page.entries],
-                                    page.page_size, page.count)
+                                    page.page_size, page.count, listed=len(page.result_ids))
         except ValueError as exc:  # the server broke the paging contract: retry next run
             raise MalformedResponseError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None

@@ -553,3 +553,17 @@ async def test_server_ignoring_updated_after_cannot_loop_forever(
     assert "did not advance" in events(logs, "job_finished")[-1]["error"]
     assert tamper.applied <= 3
     await assert_nothing_lost(conn, before, changed=set(ids[:10]))
+
+
+async def test_rejected_record_on_a_full_page_does_not_end_the_incremental_pass(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    """A page of `per_page` results with one rejected entry is still a full page: the pass
+    must go on to the next page in the same cycle."""
+    before = await baseline(deps, sim, conn)
+    ids = sorted(before)
+    now = await _edits_over_seconds(sim, ids, 25)
+    tamper.entry(str(ids[2]), time_in_minutes=-3)
+    stats = await pull.sync_once(deps, now=now)
+    assert stats.rows_rejected == 1
+    diffs = await mirror_diff(conn, sim.list_entries())
+    assert diffs and all(d.startswith(str(ids[2])) for d in diffs), diffs

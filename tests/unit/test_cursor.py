@@ -87,3 +87,12 @@ def test_server_ignoring_updated_after_is_refused() -> None:
 def test_initial_watermark() -> None:
     wm = cursor.initial_watermark(T0 + timedelta(microseconds=5), timedelta(seconds=60))
     assert wm == T0 - 60 * S
+
+
+def test_a_full_page_with_a_rejected_row_is_still_full() -> None:
+    # 4 rows listed, one of them rejected: 3 timestamps, but more pages may follow
+    step = cursor.next_step(PullRequest(T0), ts(1, 2, 3), page_size=4, count=10, listed=4)
+    assert step.next == PullRequest(updated_after=T0 + 2 * S)
+    inside = PullRequest(T0, updated_before=T0 + 2 * S, page=1, second_count=9)
+    step = cursor.next_step(inside, ts(1, 1, 1), page_size=4, count=9, listed=4)
+    assert step.next is not None and step.next.page == 2
