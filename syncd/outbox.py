@@ -34,7 +34,8 @@ CHANNEL = "syncd_outbox"
 STATUSES = ("pending", "in_flight", "done", "failed", "conflict")
 
 # Expired leases (their owner crashed or stalled) go back to pending; sent_at stays, so the
-# next claim looks the outcome up before re-sending. A row that has used up its attempts this
+# next claim looks the outcome up before re-sending, and not before `settle` seconds after the
+# send (a request may still be running at Kantata). A row that has used up its attempts this
 # way is dead-lettered instead, so a row that crashes syncd cannot loop forever.
 RECLAIM = """
 UPDATE syncd.outbox SET
@@ -48,7 +49,7 @@ UPDATE syncd.outbox SET
                     ELSE '' END)
         ELSE last_error END,
     done_at = CASE WHEN attempts >= $2 THEN coalesce($1, now()) END,
-    next_attempt_at = coalesce($1, now()),
+    next_attempt_at = greatest(coalesce($1, now()), sent_at + make_interval(secs => $3)),
     lease_owner = NULL, lease_expires_at = NULL
 WHERE status = 'in_flight' AND lease_expires_at <= coalesce($1, now())
 RETURNING id, status
@@ -179,10 +180,12 @@ def _row(r: Mapping[str, Any]) -> OutboxRow:
 
 
 async def reclaim_expired(conn: asyncpg.Connection, *, max_attempts: int,
-                          now: datetime | None = None) -> dict[str, int]:
-    """Return expired leases to pending (or dead-letter rows at `max_attempts`); returns
+                          now: datetime | None = None,
+                          settle_seconds: float = 0.0) -> dict[str, int]:
+    """Return expired leases to pending (or dead-letter rows at `max_attempts`); a row that
+    was sent becomes claimable `settle_seconds` after its send at the earliest. Returns
     {"pending": n, "failed": m}."""
-    rows = await conn.fetch(RECLAIM, now, max_attempts)
+    rows = await conn.fetch(RECLAIM, now, max_attempts, float(settle_seconds))
     out = {"pending": 0, "failed": 0}
     for r in rows:
         out[r["status"]] += 1
@@ -337,10 +340,11 @@ async def wait_for_notify(conn: asyncpg.Connection, timeout: float) -> bool:
         listener.callback = _on_notify
         await conn.add_listener(CHANNEL, _on_notify)
         _listeners[conn] = listener
-    try:
-        await asyncio.wait_for(listener.event.wait(), timeout)
-    except TimeoutError:
-        return False
+    if not listener.event.is_set():
+        try:
+            await asyncio.wait_for(listener.event.wait(), timeout)
+        except TimeoutError:
+            return False
     listener.event.clear()
     return True
 

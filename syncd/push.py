@@ -441,7 +441,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
         try:
             async with deps.pool.acquire() as conn:
                 rec = await outbox.reclaim_expired(conn, max_attempts=s.outbox_max_attempts,
-                                                   now=now)
+                                                   now=now, settle_seconds=SETTLE_SECONDS)
                 # a drain pushes what was due when it started: a row backing off now waits for
                 # the next drain instead of being retried in a tight loop
                 due_by = now or await outbox.db_now(conn)

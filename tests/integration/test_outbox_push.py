@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 import pytest
 
-from syncd import pull, push
+from syncd import push
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.outbox_helpers import (
@@ -60,7 +60,7 @@ async def test_250_creates_cost_three_bulk_posts_and_land_once(
 
 async def test_mirror_is_exact_after_creates_updates_and_deletes(
         deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
-    await pull.sync_once(deps)
+    await mirror_from_sim(conn, sim)
     live = editable_ids(sim)
     assert await mirror_diff(conn, sim.list_entries()) == []
     ops: list[tuple[str, int | None, dict[str, object] | None]] = []

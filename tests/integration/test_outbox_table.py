@@ -105,7 +105,8 @@ async def test_insert_notifies_listeners_at_commit(db_dsn: str, conn: asyncpg.Co
         assert await outbox.wait_for_notify(listener, 0.05) is False  # consumed
         await insert(conn, "('delete', 3, NULL)")  # arrives between waits: not lost
         await asyncio.sleep(0.1)
-        assert await outbox.wait_for_notify(listener, 0.01) is True
+        assert await outbox.wait_for_notify(listener, 0) is True   # a poll sees it too
+        assert await outbox.wait_for_notify(listener, 0) is False
         await outbox.stop_listening(listener)
         await insert(conn, "('delete', 4, NULL)")
         await asyncio.sleep(0.1)
@@ -160,6 +161,8 @@ async def test_back_off_lease_renewal_and_reclaim(conn: asyncpg.Connection) -> N
         == {"pending": 2, "failed": 0}
     st = [r["status"] for r in await conn.fetch("SELECT status FROM syncd.outbox ORDER BY id")]
     assert st == ["pending", "in_flight", "pending", "pending"]
+    assert await conn.fetchval("SELECT next_attempt_at FROM syncd.outbox WHERE id = 3") \
+        == T0 + timedelta(seconds=60)
     # a finish under a lost lease changes nothing
     assert await outbox.finish_rows(conn, claim.batch_id,
                                     [Decision(row_id=3, status="done")]) == set()
@@ -170,6 +173,17 @@ async def test_back_off_lease_renewal_and_reclaim(conn: asyncpg.Connection) -> N
     assert r2["status"] == "failed" and r2["done_at"] == T0 + timedelta(seconds=70)
     assert "lease of a expired on attempt 1" in r2["last_error"]
     assert "Kantata may have applied it" in r2["last_error"]
+
+
+async def test_a_reclaimed_sent_row_waits_for_its_request_to_settle(
+        conn: asyncpg.Connection) -> None:
+    await insert(conn, f"('create', NULL, '{CREATE}')")
+    claim = await outbox.claim_batch(conn, owner="a", limit=1, lease_seconds=60, now=T0)
+    await outbox.mark_sent(conn, [1], claim.batch_id, lease_seconds=60, now=T0)
+    assert await outbox.reclaim_expired(conn, max_attempts=5, now=T0 + timedelta(seconds=61),
+                                        settle_seconds=180) == {"pending": 1, "failed": 0}
+    assert await conn.fetchval("SELECT next_attempt_at FROM syncd.outbox") \
+        == T0 + timedelta(seconds=180)
 
 
 async def test_release_gives_unsent_attempts_back_and_holds_sent_rows(
