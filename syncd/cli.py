@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from syncd import __version__, commands, logs
+from syncd.errors import ConfigError
 from syncd.settings import Settings, format_validation_error
 
 __all__ = ["main"]
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = Settings()
         except ValidationError as exc:
             print(f"syncd: {format_validation_error(exc)}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:  # SYNCD_CONFIG_FILE missing or not TOML
+            print(f"syncd: {exc}", file=sys.stderr)
             return 2
         logs.configure(settings.log_level, settings.log_format)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from syncd.errors import ConfigError
 
 __all__ = ["Settings", "format_validation_error", "is_loopback_url", "load_settings"]
 
@@ -117,8 +120,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = os.environ.get("SYNCD_CONFIG_FILE")
-        if path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        if path:  # a named file that is missing or not TOML is an error, never ignored
+            if not Path(path).is_file():
+                raise ConfigError(f"invalid setting SYNCD_CONFIG_FILE: {path} is not a file")
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+                raise ConfigError(f"invalid setting SYNCD_CONFIG_FILE: {path} is not valid "
+                                  f"TOML: {exc}") from None
         return tuple(sources)
 
     @field_validator("kantata_base_url")
@@ -172,7 +181,10 @@ def format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = err.get("msg", "invalid")
-        if loc:
+        if err.get("type") == "extra_forbidden":  # only the TOML file can name unknown keys
+            lines.append(f"invalid setting: unknown key {loc!r} in SYNCD_CONFIG_FILE (keys are "
+                         "the SYNCD_* names in lower case without the prefix)")
+        elif loc:
             lines.append(f"invalid setting SYNCD_{loc.upper()}: {msg}")
         else:
             lines.append(f"invalid setting: {msg.removeprefix('Value error, ')}")

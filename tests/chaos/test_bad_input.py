@@ -567,3 +567,108 @@ async def test_rejected_record_on_a_full_page_does_not_end_the_incremental_pass(
     assert stats.rows_rejected == 1
     diffs = await mirror_diff(conn, sim.list_entries())
     assert diffs and all(d.startswith(str(ids[2])) for d in diffs), diffs
+
+
+# --------------------------------------------------------------------------- bad configuration
+SECRET = "tok-never-print-me-0123456789"
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            env: dict[str, str], argv: list[str]) -> tuple[int, str]:
+    from syncd.cli import main
+
+    base = {"SYNCD_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+            "SYNCD_KANTATA_TOKEN": SECRET}
+    for k, v in {**base, **env}.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("interval_negative", {"SYNCD_PULL_INTERVAL": "-5"},
+     "invalid setting SYNCD_PULL_INTERVAL: Input should be greater than 0"),
+    ("per_page_over_max", {"SYNCD_PER_PAGE": "500"},
+     "invalid setting SYNCD_PER_PAGE: Input should be less than or equal to 200"),
+    ("backfill_start_not_a_date", {"SYNCD_BACKFILL_START": "2024-13-01"},
+     "invalid setting SYNCD_BACKFILL_START:"),
+    ("bad_log_level", {"SYNCD_LOG_LEVEL": "LOUD"},
+     "invalid setting SYNCD_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    ("bad_conflict_policy", {"SYNCD_CONFLICT_POLICY": "remote_wins"},
+     "invalid setting SYNCD_CONFLICT_POLICY: Input should be 'park' or 'local_wins'"),
+    ("port_out_of_range", {"SYNCD_HTTP_PORT": "70000"}, "invalid setting SYNCD_HTTP_PORT:"),
+    ("base_url_not_http", {"SYNCD_KANTATA_BASE_URL": "ftp://api.mavenlink.com"},
+     "invalid setting SYNCD_KANTATA_BASE_URL: Value error, must be an http(s) URL"),
+    ("plain_http_to_loopback_without_opt_in",
+     {"SYNCD_KANTATA_BASE_URL": "http://127.0.0.1:8089/api/v1"},
+     "only allowed for a loopback simulator with SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"),
+    ("tls_verify_off_for_a_remote_host",
+     {"SYNCD_KANTATA_TLS_VERIFY": "false", "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true"},
+     "kantata_base_url: plain http or disabled TLS verification is only allowed for a "
+     "loopback simulator"),
+    ("token_and_token_file", {"SYNCD_KANTATA_TOKEN_FILE": "/etc/hostname"},
+     "kantata_token: set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE, not both"),
+    ("token_file_missing", {"SYNCD_KANTATA_TOKEN": None,
+                            "SYNCD_KANTATA_TOKEN_FILE": "/nonexistent/token"},
+     "kantata_token_file: /nonexistent/token is not a file"),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), [c[1:] for c in CONFIG_CASES],
+                         ids=[c[0] for c in CONFIG_CASES])
+def test_invalid_setting_is_one_line_naming_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        env: dict[str, Any], message: str) -> None:
+    code, err = run_cli(monkeypatch, capsys, env, ["status"])
+    assert code == 2
+    assert err.startswith("syncd: invalid setting") and message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert SECRET not in err
+
+
+def test_missing_token_is_named_before_anything_connects(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(monkeypatch, capsys, {"SYNCD_KANTATA_TOKEN": None}, ["sync"])
+    assert code == 2
+    assert err == ("syncd: kantata_token: no Kantata token configured (set SYNCD_KANTATA_TOKEN "
+                   "or SYNCD_KANTATA_TOKEN_FILE)")
+
+
+def test_empty_token_file_counts_as_missing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Any) -> None:
+    f = tmp_path / "token"
+    f.write_text("\n")
+    code, err = run_cli(monkeypatch, capsys, {"SYNCD_KANTATA_TOKEN": None,
+                                              "SYNCD_KANTATA_TOKEN_FILE": str(f)}, ["sync"])
+    assert code == 2 and "kantata_token: no Kantata token configured" in err
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("pull_interval = 60\nbogus_key = 1\n",
+     "invalid setting: unknown key 'bogus_key' in SYNCD_CONFIG_FILE"),
+    ('pull_interval = "soon"\n', "invalid setting SYNCD_PULL_INTERVAL: Input should be a valid "
+                                 "number"),
+    ("pull_interval = \n", "invalid setting SYNCD_CONFIG_FILE: "),  # not TOML: was a traceback
+    (b"pull_interval = 1\n# \xff\xfe\n", "invalid setting SYNCD_CONFIG_FILE: "),
+], ids=["unknown_key", "wrong_type", "not_toml", "not_utf8"])
+def test_bad_config_file_is_one_line_naming_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any,
+        toml: str | bytes, message: str) -> None:
+    f = tmp_path / "syncd.toml"
+    f.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
+    code, err = run_cli(monkeypatch, capsys, {"SYNCD_CONFIG_FILE": str(f)}, ["status"])
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_config_file_that_does_not_exist_is_an_error_not_ignored(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_cli(monkeypatch, capsys, {"SYNCD_CONFIG_FILE": "/nonexistent/syncd.toml"},
+                        ["status"])
+    assert code == 2
+    assert err == "syncd: invalid setting SYNCD_CONFIG_FILE: /nonexistent/syncd.toml is not a file"
