@@ -672,3 +672,55 @@ def test_config_file_that_does_not_exist_is_an_error_not_ignored(
                         ["status"])
     assert code == 2
     assert err == "syncd: invalid setting SYNCD_CONFIG_FILE: /nonexistent/syncd.toml is not a file"
+
+
+# --------------------------------------------------------------------------- the daemon stays up
+async def test_daemon_stays_up_through_bad_pages_and_bad_records(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """`syncd run` as a process against a Kantata whose incremental pages are HTML for a while
+    and which serves an entry PostgreSQL cannot store: the pull job fails with the cause in the
+    logs and the run history, /healthz keeps answering, and the next good cycle catches up."""
+    from syncd.pgserver import free_port
+    from tests.ops.conftest import TOKEN as OPS_TOKEN
+    from tests.ops.conftest import DaemonProc, assert_clean_output, daemon_env
+
+    sim = Simulator(SimConfig(token=OPS_TOKEN, entries=120, seed=5, lock_date=None))
+    tamper = Tamper()
+    async with serve_tampered(sim, tamper) as url:
+        d = DaemonProc(daemon_env(db_dsn, url, free_port()))
+        await d.start()
+        try:
+            await d.wait_event("job_finished", job="pull", status="ok", timeout=30)
+            ids = sorted(int(e["id"]) for e in sim.list_entries())
+            tamper.page(_body(b"<html><body>Service Unavailable</body></html>", "text/html"),
+                        when=_incremental)
+            sim.edit_entry(ids[0], {"notes": "nul\x00inside"})
+            sim.edit_entry(ids[1], {"notes": "waiting for a good page"})
+            seen: list[dict[str, Any]] = []
+            for _ in range(2):  # two failed cycles in a row
+                await d.wait_event("job_finished", job="pull", status="failed", timeout=30,
+                                   where=lambda e: "HTML" in (e.get("error") or "")
+                                   and e not in seen)
+                seen.append(d.find("job_finished", job="pull", status="failed")[-1])
+            assert await d.get("/healthz") == (200, "ok\n")
+            assert d.proc is not None and d.proc.returncode is None
+            failed = await conn.fetch("SELECT error FROM syncd.sync_runs WHERE job = 'pull' "
+                                      "AND status = 'failed'")
+            assert len(failed) >= 2 and all("response body is HTML" in r["error"]
+                                            for r in failed)
+            tamper.rules.clear()
+            await d.wait_event("record_rejected", timeout=40,
+                               where=lambda e: e.get("entry_id") == str(ids[0]))
+            await d.wait_event("job_finished", job="pull", status="ok", timeout=40,
+                               where=lambda e: e.get("rows_rejected", 0) >= 1)
+            assert "NUL character" in await conn.fetchval(
+                "SELECT reason FROM syncd.rejected_records WHERE entry_id = $1", str(ids[0]))
+            assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                                       ids[1]) == "waiting for a good page"
+            diffs = await mirror_diff(conn, sim.list_entries())
+            assert all(x.startswith(str(ids[0])) for x in diffs), diffs
+            d.send()
+            assert await d.wait_exit(timeout=20) == 0
+            assert_clean_output(d)
+        finally:
+            await d.close()
