@@ -41,6 +41,10 @@ PROBE_SIZE = 200  # ids per `only=` probe (api-notes §14 Q18)
 T = TypeVar("T")
 
 
+class Stopped(Exception):
+    """Shutdown was requested while a window was being read; the window is left for later."""
+
+
 @dataclass
 class WindowRead:
     """One complete read of a window: decoded entries (newest per id), every listed id
@@ -107,7 +111,7 @@ def _ids(raw: Sequence[str]) -> set[int]:
 
 async def read_window(deps: Deps, w: Window) -> WindowRead:
     """Read every page of `w` once, storing nothing. Raises RetriableError / FatalError when a
-    page cannot be read (after the client's own retries)."""
+    page cannot be read (after the client's own retries), Stopped on shutdown."""
     read = WindowRead(w, reads=1)
     page_no = 1
     while page_no <= MAX_PAGES:
@@ -127,6 +131,8 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
         read.rejected.extend(page.rejected)
         if page_no >= page.page_count or len(page.result_ids) < page.page_size:
             break
+        if deps.should_stop():
+            raise Stopped(f"stopped before window {w.param} was read completely")
         page_no += 1
     return read
 
@@ -202,7 +208,7 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window) -> WindowRep
         await _apply(deps, stats, read, rep)
     except AuthError:
         raise
-    except (RetriableError, FatalError) as exc:
+    except (RetriableError, FatalError, Stopped) as exc:
         rep.error = f"{type(exc).__name__}: {exc}"
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed",

@@ -326,3 +326,31 @@ async def test_the_reconcile_command_prints_per_window_figures(
     assert march.split()[4] == "1"  # marked deleted
     assert lines[-1].startswith("3 windows:") and "1 marked deleted" in lines[-1]
     assert await _deleted_ids(conn) == {int(e["id"])}
+
+
+async def test_shutdown_mid_run_leaves_unfinished_windows_due_and_deletes_nothing_from_them(
+        small_pages: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    deps = small_pages
+    await pull.sync_once(deps)
+    victim = int(_by_window_order(sim, _busiest_months(sim, 1)[0])[-1]["id"])
+    sim.delete_entry(victim)
+    deps.stopping = asyncio.Event()
+    orig = deps.client.list_page
+
+    async def stop_soon(params: dict[str, str], **kw: Any) -> Any:
+        deps.stopping.set()  # SIGTERM arrives while the first pages are read
+        return await orig(params, **kw)
+
+    deps.client.list_page = stop_soon  # type: ignore[method-assign]
+    now = datetime.now(UTC)
+    reports = await reconcile_job.reconcile_due(deps, now=now)
+    assert reports and len(reports) <= deps.settings.window_concurrency
+    assert await _deleted_ids(conn) in (set(), {victim})
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
+        in ("ok", "partial")
+    deps.stopping.clear()
+    deps.client.list_page = orig  # type: ignore[method-assign]
+    rest = await reconcile_job.reconcile_due(deps, now=now + timedelta(seconds=1))
+    done = {r.window for r in reports if r.error is None}
+    assert {r.window for r in rest} == set(reconcile_job.default_windows(deps, now.date())) - done
+    assert await _deleted_ids(conn) == {victim}
