@@ -220,7 +220,7 @@ async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
             return
         try:
             resp = await b.deps.client.create_entries(batching.create_items(req_rows, b.service))
-        except RetriableAPIError as exc:
+        except RetriableError as exc:  # no answer, 429/5xx, or an unreadable answer
             await b.finish([(by_id[i], _transient(exc, sent=True)) for i in bis.abandon()])
             return
         if 200 <= resp.status < 300:
@@ -328,7 +328,7 @@ async def _put(b: _Batch, r: OutboxRow, chk: batching.UpdateCheck) -> None:
     eid = r.entry_id or 0
     try:
         resp = await b.deps.client.update_entry(eid, r.payload or {})
-    except RetriableAPIError as exc:
+    except RetriableError as exc:
         # no settle needed: the next attempt reads the entry and sees whether it was applied
         await b.finish([(r, _transient(exc, sent=False))])
         return
@@ -368,7 +368,7 @@ async def _push_deletes(b: _Batch, rows: list[OutboxRow]) -> None:
             return
         try:
             resp = await b.deps.client.delete_entries(req)
-        except RetriableAPIError as exc:
+        except RetriableError as exc:  # no answer, 429/5xx, or an unreadable answer
             # a delete is safe to repeat: a target already gone ends done
             await b.finish([(by_entry[i], _transient(exc, sent=False)) for i in bis.abandon()])
             return

@@ -13,6 +13,7 @@ import pytest
 
 from syncd import outbox, push
 from syncd.app import open_deps
+from syncd.errors import MalformedResponseError
 from syncd.kantata import ApiResponse
 from syncd.runs import Deps
 from syncd.simulator import Simulator
@@ -135,6 +136,30 @@ async def test_database_failure_after_sending_then_rerun(
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
     assert requests_of(sim, "POST") == []
     assert {(await rows(conn))[i]["result"] for i in ids} == {"found_existing"}
+
+
+async def test_unreadable_answer_to_a_create_is_looked_up_not_resent(
+        deps: Deps, sim: Simulator, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(3)])
+    real = deps.client.create_entries
+
+    async def garbled(items: Any) -> ApiResponse:
+        await real(items)
+        raise MalformedResponseError("response body is HTML (200 bytes, starts '<html>')")
+
+    monkeypatch.setattr(deps.client, "create_entries", garbled)
+    t0 = datetime.now(UTC)
+    report = await push.push_once(deps, now=t0)
+    assert report.retry == 3
+    state = await rows(conn)
+    assert {state[i]["next_attempt_at"] for i in ids} == {
+        t0 + timedelta(seconds=push.SETTLE_SECONDS)}
+    monkeypatch.undo()
+    sim.clear_requests()
+    await push.push_once(deps, now=t0 + timedelta(seconds=push.SETTLE_SECONDS))
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)
+    assert requests_of(sim, "POST") == []
 
 
 async def test_two_processes_push_each_row_exactly_once(
