@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import socket
@@ -59,6 +60,26 @@ CANCEL_WAIT = 5.0  # seconds cancelled runs get to unwind after the grace period
 LEASE_RELEASE_TIMEOUT = 5.0
 POOL_CLOSE_TIMEOUT = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _PoolReconnectLine(logging.Filter):
+    """asyncpg logs a full traceback every time it fails to re-open a pooled connection during
+    an outage (each second at first); keep one stable line without it. The pool's maintenance
+    task inherited the context of the job run that noticed the outage, so drop that job's
+    run_id/job from it: the line is about the pool, not that run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pool connection floor" in str(record.msg):
+            record.msg, record.args, record.exc_info = "database_pool_reconnect_failed", (), None
+            structlog.contextvars.unbind_contextvars("run_id", "job")
+        return True
+
+
+def install_log_filters() -> None:
+    """Quieten third-party lines the daemon reports better itself (idempotent)."""
+    pool_logger = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolReconnectLine) for f in pool_logger.filters):
+        pool_logger.addFilter(_PoolReconnectLine())
 
 
 def process_owner() -> str:
@@ -134,6 +155,7 @@ class Daemon:
 
     async def _run(self) -> int:
         s = self.settings
+        install_log_filters()
         secrets = self._register_secrets()
         migrations = migrate.discover()
         state = OpsState(settings=s, metrics=self.metrics, owner=self.owner,

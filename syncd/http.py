@@ -198,6 +198,13 @@ def _age(now: datetime, at: datetime | None) -> str:
     return "-" if at is None else human_age((now - at).total_seconds()) + " ago"
 
 
+def _took(started: datetime, finished: datetime | None) -> str:
+    if finished is None:
+        return "running"
+    seconds = (finished - started).total_seconds()
+    return f"{seconds:.2f} s" if seconds < 10 else human_age(seconds)
+
+
 def _table(table_id: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
            empty: str) -> str:
     if not rows:
@@ -263,8 +270,7 @@ def render_status(view: Mapping[str, Any], *, now: datetime, owner: str, is_lead
         [_e(r["started_at"]), _e(r["job"]),
          f'<span class="{"ok" if r["status"] in ("ok", "running") else "bad"}">'
          f'{_e(r["status"])}</span>',
-         _e(human_age((r["finished_at"] - r["started_at"]).total_seconds())
-            if r.get("finished_at") else "running"),
+         _e(_took(r["started_at"], r.get("finished_at"))),
          _e(r["pages"]), _e(r["requests"]), _e(r["rows_upserted"]), _e(r["rows_rejected"]),
          f'<div class="err">{_e(r["error"]) if r.get("error") else ""}</div>']
         for r in view.get("runs", [])

@@ -1,0 +1,67 @@
+"""Daemon jobs end to end: run-history pruning, and a NOTIFY from an outbox insert pushing at
+once instead of at the next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd.simulator import Simulator
+from tests.ops.conftest import DaemonProc, assert_clean_output, daemon_env
+
+pytestmark = pytest.mark.integration
+
+
+async def test_run_history_older_than_run_history_days_is_pruned(
+        db_dsn: str, sim_url: str, conn: asyncpg.Connection, port: int, daemons: Any) -> None:
+    await conn.execute("""
+        INSERT INTO syncd.sync_runs (run_id, job, started_at, finished_at, status)
+        SELECT gen_random_uuid(), 'pull', now() - make_interval(days => d),
+               now() - make_interval(days => d), 'ok'
+        FROM unnest(ARRAY[400, 31, 29, 1]) AS d""")
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port,
+                                             SYNCD_RUN_HISTORY_DAYS="30"))
+    pruned = await d.wait_event("run_history_pruned")
+    assert pruned["rows"] == 2 and pruned["job"] == "prune" and pruned["run_id"]
+    ages = await conn.fetch("""SELECT extract(day FROM now() - started_at)::int AS days
+                               FROM syncd.sync_runs WHERE started_at < now() - interval '1 hour'
+                               ORDER BY 1""")
+    assert [r["days"] for r in ages] == [1, 29]
+    details = await conn.fetchval("SELECT details->>'runs_deleted' FROM syncd.sync_runs "
+                                  "WHERE run_id = $1::uuid", pruned["run_id"])
+    assert details == "2"
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+    assert_clean_output(d)
+
+
+async def test_outbox_notify_pushes_at_once(db_dsn: str, sim_url: str, sim: Simulator,
+                                            conn: asyncpg.Connection, port: int,
+                                            daemons: Any) -> None:
+    # Polling every 60 s: only the NOTIFY can explain a push within a second or two.
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port, SYNCD_PUSH_INTERVAL="60",
+                                             SYNCD_PULL_INTERVAL="60"))
+    await d.wait_http("/readyz", 200)
+    await d.wait_event("job_finished", job="push")  # the start-up run
+    entry = next(e for e in sim.list_entries() if not e.get("is_invoiced"))
+    latencies = []
+    for i in range(3):
+        queued = time.monotonic()
+        row = await conn.fetchval(
+            """INSERT INTO syncd.outbox (op, entry_id, payload)
+               VALUES ('update', $1, jsonb_build_object('notes', $2::text)) RETURNING id""",
+            int(entry["id"]), f"notified {i}")
+        while await conn.fetchval("SELECT status FROM syncd.outbox WHERE id = $1", row) != "done":
+            assert time.monotonic() - queued < 5, d.output[-3000:]
+            await asyncio.sleep(0.02)
+        latencies.append(time.monotonic() - queued)
+    assert sim.get_entry(int(entry["id"]))["notes"] == "notified 2"
+    print("NOTIFY to done: " + ", ".join(f"{x * 1000:.0f} ms" for x in latencies))
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+    assert_clean_output(d)

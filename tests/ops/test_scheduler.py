@@ -1,0 +1,199 @@
+"""JobScheduler on a real AsyncIOScheduler in the test's event loop: job defaults, per-run
+deadlines, logging by error class without stopping, back-off, leader gating, debounced wakes."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from syncd.errors import AuthError, DatabaseUnavailable, RetriableAPIError
+from syncd.scheduler import JobScheduler, JobSpec, misfire_grace_for, runs_to_skip
+
+
+def spec(name: str, func: Callable[[], Awaitable[object]], interval: float = 0.3,
+         deadline: float = 0.2, **kw: object) -> JobSpec:
+    return JobSpec(name=name, func=func, interval=interval, deadline=deadline, **kw)  # type: ignore[arg-type]
+
+
+async def run_for(sched: JobScheduler, seconds: float) -> None:
+    sched.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await sched.shutdown()
+
+
+@pytest.mark.parametrize(("failures", "interval", "skip"), [
+    (0, 30, 0), (1, 30, 0), (2, 30, 1), (3, 30, 3), (4, 30, 7), (5, 30, 9), (50, 30, 9),
+    (3, 300, 0),  # already at the 5-minute cap: every run tries
+    (4, 1, 7), (9, 1, 9),  # short intervals: at most 10 intervals apart
+])
+def test_runs_to_skip_doubles_up_to_the_cap(failures: int, interval: float, skip: int) -> None:
+    assert runs_to_skip(failures, interval) == skip
+
+
+def test_deadline_must_be_shorter_than_the_interval() -> None:
+    async def f() -> None: ...
+    with pytest.raises(ValueError, match="shorter than the interval"):
+        spec("x", f, interval=1, deadline=1)
+    assert misfire_grace_for(0.3) == 1 and misfire_grace_for(300) == 150
+
+
+async def test_job_defaults_are_explicit() -> None:
+    async def f() -> None: ...
+    sched = JobScheduler([spec("a", f, interval=10, deadline=9)], is_leader=lambda: True,
+                         stopping=asyncio.Event())
+    sched.start()
+    try:
+        job = sched._aps.get_job("a")
+        assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 5)
+    finally:
+        await sched.shutdown()
+
+
+async def test_a_hung_run_is_cancelled_at_its_deadline_and_the_next_run_works() -> None:
+    calls: list[str] = []
+    alive: list[int] = []
+
+    async def job() -> None:
+        calls.append("start")
+        if len(calls) == 1:
+            await asyncio.sleep(3600)  # one hung request
+        calls.append("done")
+
+    sched = JobScheduler([spec("hung", job)], is_leader=lambda: True, stopping=asyncio.Event(),
+                         on_alive=lambda: alive.append(1))
+    with capture_logs() as logs:
+        await run_for(sched, 0.75)
+    assert calls[:3] == ["start", "start", "done"]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"][0] == "job_deadline_exceeded"
+    assert any(e["event"] == "job_recovered" for e in logs)
+    assert alive  # the successful run fed the watchdog; the hung one did not
+
+
+async def test_errors_are_logged_by_class_and_the_scheduler_keeps_going() -> None:
+    seen: dict[str, int] = {}
+
+    def failing(name: str, exc: BaseException) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            seen[name] = seen.get(name, 0) + 1
+            raise exc
+        return job
+
+    sched = JobScheduler([
+        spec("kantata", failing("kantata", RetriableAPIError(503, "unavailable"))),
+        spec("database", failing("database", ConnectionRefusedError(errno.ECONNREFUSED, "no"))),
+        spec("auth", failing("auth", AuthError(401, "bad token"))),
+        spec("bug", failing("bug", KeyError("oops"))),
+    ], is_leader=lambda: True, stopping=asyncio.Event())
+    with capture_logs() as logs:
+        await run_for(sched, 0.7)
+    by_job = {e["job"]: e for e in logs if e.get("job") and e["event"].startswith("job_")
+              and e["event"] != "job_backing_off"}
+    assert (by_job["kantata"]["event"], by_job["kantata"]["log_level"]) == (
+        "job_failed_retriable", "warning")
+    assert by_job["database"]["error_class"] == DatabaseUnavailable.__name__
+    assert by_job["database"]["log_level"] == "warning"
+    assert (by_job["auth"]["event"], by_job["auth"]["log_level"]) == ("job_failed_fatal", "error")
+    assert (by_job["bug"]["event"], by_job["bug"]["log_level"]) == ("job_crashed", "error")
+    assert "KeyError" in by_job["bug"]["traceback"] or "oops" in by_job["bug"]["error"]
+    assert all(n >= 2 for n in seen.values()), seen  # every job ran again after failing
+
+
+async def test_consecutive_failures_back_off() -> None:
+    calls = 0
+
+    async def job() -> None:
+        nonlocal calls
+        calls += 1
+        raise RetriableAPIError(503, "down")
+
+    sched = JobScheduler([spec("flaky", job, interval=0.1, deadline=0.09)],
+                         is_leader=lambda: True, stopping=asyncio.Event())
+    with capture_logs():
+        await run_for(sched, 1.25)  # ~12 ticks: run, run, skip 1, run, skip 3, run, skip 7...
+    assert 3 <= calls <= 5, calls
+
+
+async def test_leader_only_jobs_wait_for_leadership() -> None:
+    ran: list[str] = []
+    leader = False
+
+    async def pull() -> None:
+        ran.append("pull")
+
+    async def push() -> None:
+        ran.append("push")
+
+    sched = JobScheduler([spec("pull", pull, leader_only=True), spec("push", push)],
+                         is_leader=lambda: leader, stopping=asyncio.Event())
+    sched.start()
+    try:
+        await asyncio.sleep(0.4)
+        assert "push" in ran and "pull" not in ran
+        leader = True
+        sched.wake("pull")
+        await asyncio.sleep(0.15)
+        assert "pull" in ran
+    finally:
+        await sched.shutdown()
+
+
+async def test_wakes_are_debounced_and_never_lost() -> None:
+    runs = 0
+    gate = asyncio.Event()
+
+    async def push() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            await gate.wait()
+
+    sched = JobScheduler([spec("push", push, interval=60, deadline=5, first_delay=60)],
+                         is_leader=lambda: True, stopping=asyncio.Event())
+    sched.start()
+    try:
+        for _ in range(50):  # a burst of NOTIFYs
+            sched.wake("push")
+        await asyncio.sleep(0.3)
+        assert runs == 1
+        sched.wake("push")  # second run blocks on the gate
+        await asyncio.sleep(0.2)
+        assert runs == 2 and sched.running_jobs() == ["push"]
+        sched.wake("push")  # arrives while running: one more run afterwards
+        sched.wake("push")
+        await asyncio.sleep(0.2)
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert runs == 3
+    finally:
+        await sched.shutdown()
+
+
+async def test_drain_waits_for_runs_in_progress_then_reports_leftovers() -> None:
+    stopping = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow() -> None:
+        await asyncio.sleep(0.3)
+        finished.append("slow")
+
+    async def stuck() -> None:
+        await asyncio.sleep(3600)
+
+    sched = JobScheduler([spec("slow", slow, interval=10, deadline=5),
+                          spec("stuck", stuck, interval=10, deadline=5)],
+                         is_leader=lambda: True, stopping=stopping)
+    sched.start()
+    await asyncio.sleep(0.05)
+    stopping.set()
+    left = await sched.drain(1.0)
+    assert finished == ["slow"] and left == ["stuck"]
+    with capture_logs():
+        await sched.cancel_running(1.0)
+    assert sched.running_jobs() == []
+    await sched.shutdown()
