@@ -16,7 +16,11 @@ from syncd import cli, pull, reconcile_job
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
-from tests.integration.test_reconcile import cli_env, settings
+from tests.integration.test_reconcile import (  # noqa: F401 - restored_logging is autouse
+    cli_env,
+    restored_logging,
+    settings,
+)
 
 pytestmark = pytest.mark.integration
 
