@@ -45,6 +45,10 @@ OUTBOX_STATUSES = ("pending", "in_flight", "done", "failed", "conflict")
 
 LAST_PULL = """SELECT max(finished_at) FROM syncd.sync_runs
                WHERE job = 'pull' AND status IN ('ok', 'partial')"""
+# The error of the latest finished pull when it failed (shown by /readyz while not ready).
+LAST_PULL_ERROR = """SELECT CASE WHEN status IN ('failed', 'interrupted') THEN error END
+                     FROM syncd.sync_runs WHERE job = 'pull' AND finished_at IS NOT NULL
+                     ORDER BY started_at DESC LIMIT 1"""
 OUTBOX_COUNTS = "SELECT status, count(*) AS n FROM syncd.outbox GROUP BY status"
 # Waiting = not yet pushed; the partial claim index covers exactly these rows.
 OLDEST_WAITING = """SELECT min(created_at) FROM syncd.outbox
@@ -95,8 +99,10 @@ class Readiness:
 
 def decide_readiness(*, now: datetime, stopping: bool, db_error: str | None,
                      pending: Sequence[str], last_pull: datetime | None,
-                     max_age: float) -> Readiness:
-    """The readiness decision from plain facts (`max_age` in seconds)."""
+                     max_age: float, last_error: str | None = None) -> Readiness:
+    """The readiness decision from plain facts (`max_age` in seconds; `last_error`: why the
+    latest pull failed, if it did)."""
+    why = f"; latest pull failed: {last_error}" if last_error else ""
     if stopping:
         return Readiness(False, "shutting_down", "the daemon is shutting down")
     if db_error is not None:
@@ -106,11 +112,11 @@ def decide_readiness(*, now: datetime, stopping: bool, db_error: str | None,
                          f"{len(pending)} migration(s) pending ({pending[0]}); run "
                          "`syncd migrate`")
     if last_pull is None:
-        return Readiness(False, "no_successful_pull", "no pull has succeeded yet")
+        return Readiness(False, "no_successful_pull", "no pull has succeeded yet" + why)
     age = (now - last_pull).total_seconds()
     if age > max_age:
         return Readiness(False, "pull_stale", f"last successful pull {human_age(age)} ago "
-                         f"(limit {human_age(max_age)})", last_pull)
+                         f"(limit {human_age(max_age)}){why}", last_pull)
     return Readiness(True, "ok", f"last successful pull {human_age(age)} ago", last_pull)
 
 
@@ -136,19 +142,20 @@ async def check_readiness(state: OpsState, now: datetime) -> Readiness:
                                 last_pull=None, max_age=0)
     if state.pool is None:
         return Readiness(False, "starting", "waiting for the database")
-    db_error, pending, last_pull = None, [], None
+    db_error, pending, last_pull, last_error = None, [], None, None
     try:
         async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
             pending = [m.name for m in await migrate.pending(conn, state.migrations)]
             if not pending:
                 last_pull = await conn.fetchval(LAST_PULL)
+                last_error = await conn.fetchval(LAST_PULL_ERROR)
     except MigrationError as exc:
         return Readiness(False, "migrations_pending", str(exc))
     except (*DB_UNAVAILABLE, TimeoutError) as exc:
         db_error = f"database unavailable: {type(exc).__name__}"
     s = state.settings
     return decide_readiness(now=now, stopping=False, db_error=db_error, pending=pending,
-                            last_pull=last_pull,
+                            last_pull=last_pull, last_error=last_error,
                             max_age=s.ready_max_pull_age_intervals * s.pull_interval)
 
 

@@ -3,6 +3,7 @@ the readiness decision and the /status renderer as pure functions."""
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     ({"last_pull": None}, "no_successful_pull"),
     ({"last_pull": NOW - timedelta(seconds=901)}, "pull_stale"),
     ({"last_pull": NOW - timedelta(seconds=899)}, "ok"),
+    ({"last_pull": None, "last_error": "AuthError: HTTP 401: bad token"}, "no_successful_pull"),
 ])
 def test_readiness_decision(kw: dict[str, Any], reason: str) -> None:
     args: dict[str, Any] = dict(now=NOW, stopping=False, db_error=None, pending=(),
@@ -100,4 +102,29 @@ async def test_readyz_follows_the_pull_through_a_kantata_outage_and_metrics_say_
     status_page = (await d.get("/status"))[1]
     for body in (text, status_page, body):
         assert TOKEN not in body and "Bearer" not in body and "Authorization" not in body
+    assert_clean_output(d)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("token", [TOKEN, "ops-REJECTED-token-5f2b9e0c"])
+async def test_the_token_never_appears_in_logs_or_pages(token: str, db_dsn: str, sim_url: str,
+                                                        port: int, daemons: Any) -> None:
+    """Scanned at DEBUG, with Kantata accepting the token and with Kantata rejecting it (401
+    errors are logged and shown on /status)."""
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port, SYNCD_KANTATA_TOKEN=token,
+                                             SYNCD_LOG_LEVEL="DEBUG"))
+    if token == TOKEN:
+        await d.wait_http("/readyz", 200)
+    else:
+        failed = await d.wait_event("job_failed_fatal", job="pull")
+        assert failed["error_class"] == "AuthError" and failed["level"] == "error"
+        status, body = await d.get("/readyz")
+        assert status == 503 and "latest pull failed: AuthError: HTTP 401" in body
+    bodies = [(await d.get(p))[1] for p in ("/status", "/metrics", "/readyz", "/healthz")]
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+    assert len(d.lines) > 20
+    for text in (*bodies, d.output):
+        assert token not in text
+        assert "Bearer" not in text
     assert_clean_output(d)

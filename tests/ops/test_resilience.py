@@ -1,5 +1,6 @@
-"""Outages are waited out: a PostgreSQL restart under a running daemon is recovered without
-operator action (own throwaway cluster, so the shared server is untouched)."""
+"""Database outages are waited out: a daemon started before PostgreSQL waits for it, and a
+PostgreSQL restart under a running daemon is recovered without operator action (own throwaway
+cluster, so the shared server is untouched)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from syncd import migrate
@@ -40,23 +42,32 @@ def own_postgres() -> Iterator[TempPostgres]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def test_postgres_restart_is_recovered_without_operator_action(
+async def test_database_outages_are_waited_out_at_startup_and_while_running(
         own_postgres: TempPostgres, sim_url: str, port: int, daemons: Any) -> None:
     conn = await asyncpg.connect(own_postgres.dsn)
     try:
         await migrate.apply(conn)
     finally:
         await conn.close()
+    await asyncio.to_thread(own_postgres.stop)
+    # Started while PostgreSQL is down: alive, not ready, retrying with back-off.
     d: DaemonProc = await daemons(daemon_env(own_postgres.dsn, sim_url, port,
                                              SYNCD_PULL_INTERVAL="1", SYNCD_PUSH_INTERVAL="1"))
+    await d.wait_event("database_unavailable")
+    assert await d.get("/healthz") == (200, "ok\n")
+    status, body = await d.get("/readyz")
+    assert status == 503 and orjson.loads(body)["reason"] == "starting"
+    await asyncio.to_thread(own_postgres.start)
+    await d.wait_event("daemon_ready", timeout=10)
     await d.wait_http("/readyz", 200)
+
     before = datetime.now(UTC).isoformat()
     stopped = time.monotonic()
     # stop + start rather than TempPostgres.restart(): its `pg_ctl restart` gives the new
     # server our stdout pipe, so it never returns under capture_output.
     await asyncio.to_thread(own_postgres.stop)
     status, body = await d.get("/readyz")
-    assert status == 503 and "database_unavailable" in body
+    assert status == 503 and orjson.loads(body)["reason"] == "database_unavailable"
     assert await d.get("/healthz") == (200, "ok\n")
     await asyncio.sleep(1)
     await asyncio.to_thread(own_postgres.start)
