@@ -32,7 +32,7 @@ def make_settings(db_dsn: str, sim_url: str, **over: object) -> Settings:
         database_url=db_dsn, kantata_base_url=sim_url, kantata_token=TOKEN,
         kantata_allow_insecure_loopback=True, backfill_start=date(2020, 1, 1),
         backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.1, request_timeout=5,
-        overlap=5)
+        overlap=5, rate_limit_per_minute=60_000)
     base.update(over)
     return Settings(**base)  # type: ignore[arg-type]
 
