@@ -15,17 +15,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from syncd.models import OutboxOp, OutboxStatus
+from syncd.pagination import MAX_TEXT, MAX_YEAR, MIN_YEAR
 
 __all__ = [
     "MAX_BULK", "MAX_IDS_PER_READ", "SERVICE_MODEL", "WRITABLE_FIELDS", "Bisection", "Decision",
     "ErrorMap", "Outcome", "OutboxRow", "UpdateCheck", "backoff_seconds", "by_op",
     "check_update", "chunk", "create_items", "created_entries", "decide",
     "differing_fields", "entries_by_id", "entry_ids_by_ref", "error_list",
-    "map_create_errors", "map_delete_errors", "payload_applied", "strip_include_only",
+    "map_create_errors", "map_delete_errors", "mirror_refusal", "payload_applied",
+    "strip_include_only",
 ]
 
 K = TypeVar("K")
@@ -96,6 +98,29 @@ def create_items(rows: Sequence[OutboxRow], service_name: str) -> list[dict[str,
 
 
 # ------------------------------------------------------------------------ reading answers
+def mirror_refusal(payload: Mapping[str, Any] | None) -> str | None:
+    """Why an entry written with `payload` could never be mirrored, or None. Kantata may
+    accept values the pull rejects (`syncd.pagination`: `date_performed` in years
+    MIN_YEAR..MAX_YEAR, `notes` up to MAX_TEXT characters); such a row fails before it is sent,
+    so Kantata never holds an entry the mirror cannot."""
+    if not payload:
+        return None
+    d = payload.get("date_performed")
+    if isinstance(d, str):
+        try:
+            year: int | None = date.fromisoformat(d).year
+        except ValueError:
+            year = None  # not a date at all: Kantata refuses it with its own message
+        if year is not None and not MIN_YEAR <= year <= MAX_YEAR:
+            return (f"not sent: date_performed {d} is outside years {MIN_YEAR}..{MAX_YEAR}, "
+                    "which the mirror stores")
+    notes = payload.get("notes")
+    if isinstance(notes, str) and len(notes) > MAX_TEXT:
+        return (f"not sent: notes are {len(notes)} characters, over the {MAX_TEXT} the mirror "
+                "stores")
+    return None
+
+
 def strip_include_only(raw: Mapping[str, Any]) -> dict[str, Any]:
     """`raw` without include-only keys (so the mirror stores what a pull would store)."""
     return {k: v for k, v in raw.items() if k not in INCLUDE_ONLY}

@@ -207,9 +207,21 @@ async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
     return [r for r in rows if r.id not in done]
 
 
+async def _refuse_unmirrorable(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
+    """Fail rows whose result the mirror could never hold (batching.mirror_refusal) without
+    sending them; return the others."""
+    refused = [(r, Outcome(kind="rejected", message=m)) for r in rows
+               if (m := batching.mirror_refusal(r.payload)) is not None]
+    if refused:
+        await b.finish(refused)
+    gone = {r.id for r, _ in refused}
+    return [r for r in rows if r.id not in gone]
+
+
 async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
     if rows:
         rows = await _lookup_sent(b, rows)
+        rows = await _refuse_unmirrorable(b, rows)
     by_id = {r.id: r for r in rows}
     bis: Bisection[int] = Bisection(list(by_id), MAX_BULK)
     reported: set[int] = set()
@@ -269,6 +281,7 @@ def _concurrency(deps: Deps) -> int:
 
 
 async def _push_updates(b: _Batch, rows: list[OutboxRow]) -> None:
+    rows = await _refuse_unmirrorable(b, rows) if rows else rows
     if not rows:
         return
     remote: dict[int, TimeEntry] = {}
