@@ -5,7 +5,7 @@
   successful pull (by any replica, from `syncd.sync_runs`) is younger than
   `ready_max_pull_age_intervals` x `pull_interval`; otherwise 503 with a JSON reason.
 - `GET /metrics`: Prometheus text from the process registry; database-derived gauges (outbox
-  rows by status, oldest waiting outbox row, watermark lag) are refreshed on scrape, at most
+  rows by status, oldest pending outbox row, watermark lag) are refreshed on scrape, at most
   every `GAUGE_REFRESH` seconds.
 - `GET /status`: a small server-rendered HTML page for operators.
 
@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from syncd import migrate, store
+from syncd import migrate, outbox, store
 from syncd.errors import MigrationError
 from syncd.metrics import Metrics
 from syncd.scheduler import DB_UNAVAILABLE
@@ -41,7 +41,6 @@ log = structlog.get_logger(__name__)
 
 PROBE_TIMEOUT = 2.0  # seconds a readiness/metrics/status query may take
 GAUGE_REFRESH = 10.0  # seconds between database refreshes of the gauges on /metrics
-OUTBOX_STATUSES = ("pending", "in_flight", "done", "failed", "conflict")
 
 LAST_PULL = """SELECT max(finished_at) FROM syncd.sync_runs
                WHERE job = 'pull' AND status IN ('ok', 'partial')"""
@@ -49,10 +48,6 @@ LAST_PULL = """SELECT max(finished_at) FROM syncd.sync_runs
 LAST_PULL_ERROR = """SELECT CASE WHEN status IN ('failed', 'interrupted') THEN error END
                      FROM syncd.sync_runs WHERE job = 'pull' AND finished_at IS NOT NULL
                      ORDER BY started_at DESC LIMIT 1"""
-OUTBOX_COUNTS = "SELECT status, count(*) AS n FROM syncd.outbox GROUP BY status"
-# Waiting = not yet pushed; the partial claim index covers exactly these rows.
-OLDEST_WAITING = """SELECT min(created_at) FROM syncd.outbox
-                    WHERE status IN ('pending', 'in_flight')"""
 WATERMARK = "SELECT watermark FROM syncd.watermarks WHERE stream = 'time_entries'"
 PROBLEMS = """SELECT id, op, entry_id, status, attempts, last_error, updated_at
               FROM syncd.outbox WHERE status IN ('failed', 'conflict')
@@ -166,16 +161,15 @@ async def refresh_gauges(state: OpsState, now: datetime) -> None:
         return
     try:
         async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
-            counts = {r["status"]: r["n"] for r in await conn.fetch(OUTBOX_COUNTS)}
-            oldest = await conn.fetchval(OLDEST_WAITING)
+            counts = await outbox.status_counts(conn, now=now)
             watermark = await conn.fetchval(WATERMARK)
     except (*DB_UNAVAILABLE, TimeoutError) as exc:
         log.debug("metrics_refresh_failed", error=type(exc).__name__)
         return
     m = state.metrics
-    for status in OUTBOX_STATUSES:
-        m.outbox_rows.labels(status).set(counts.get(status, 0))
-    m.outbox_oldest_pending.set((now - oldest).total_seconds() if oldest else 0.0)
+    for status, n in counts["counts"].items():
+        m.outbox_rows.labels(status).set(n)
+    m.outbox_oldest_pending.set(counts["oldest_pending_seconds"] or 0.0)
     if watermark is not None:
         m.watermark_lag.set(max(0.0, (now - watermark).total_seconds()))
     state.gauges_refreshed = time.monotonic()
@@ -186,7 +180,6 @@ async def status_view(state: OpsState, now: datetime) -> dict[str, Any]:
     async with asyncio.timeout(PROBE_TIMEOUT * 2), state.pool.acquire() as conn:
         view = await store.status_snapshot(conn, runs=15)
         view["problems"] = [dict(r) for r in await conn.fetch(PROBLEMS, 25)]
-        view["oldest_waiting"] = await conn.fetchval(OLDEST_WAITING)
         view["rejects"] = [dict(r) for r in await conn.fetch(REJECTS, 10)]
         view["leader_name"] = await conn.fetchval(LEADER, state.settings.leader_lock_key)
     return view
@@ -239,7 +232,7 @@ def render_status(view: Mapping[str, Any], *, now: datetime, owner: str, is_lead
     """The /status page. Every value from the database is HTML-escaped."""
     entries = view.get("entries") or {}
     wm = view.get("watermark")
-    outbox: Mapping[str, int] = view.get("outbox") or {}
+    counts_by_status: Mapping[str, int] = view.get("outbox") or {}
     ready_cls = "ok" if readiness.ready else "bad"
     summary = _dl([
         ("ready", "Ready", f'<span class="{ready_cls}">{_e(readiness.reason)}</span> '
@@ -262,9 +255,10 @@ def render_status(view: Mapping[str, Any], *, now: datetime, owner: str, is_lead
          _e(", ".join(f"{k}={v}" for k, v in (view.get("windows") or {}).items()) or "none")),
     ])
     counts = _table("outbox-counts", ["Status", "Rows"], [
-        [_e(s), f'<span id="outbox-{s}">{_e(outbox.get(s, 0))}</span>'] for s in OUTBOX_STATUSES
+        [_e(s), f'<span id="outbox-{s}">{_e(counts_by_status.get(s, 0))}</span>']
+        for s in outbox.STATUSES
     ], "no outbox")
-    oldest = view.get("oldest_waiting")
+    oldest = view.get("outbox_oldest_pending")
     problems = _table("problems", ["Outbox id", "Op", "Entry", "Status", "Attempts",
                                    "Kantata's message / reason", "Updated"], [
         [_e(p["id"]), _e(p["op"]), _e(p["entry_id"]),
@@ -293,7 +287,7 @@ def render_status(view: Mapping[str, Any], *, now: datetime, owner: str, is_lead
 {summary}
 <h2>Freshness</h2>{freshness}
 <h2>Outbox</h2>{counts}
-<p>Oldest row waiting to be pushed: <span id="outbox-oldest-waiting">{_e(_age(now, oldest))}</span>
+<p>Oldest pending row: <span id="outbox-oldest-pending">{_e(_age(now, oldest))}</span>
 {f"(queued {_e(oldest)})" if oldest else ""}</p>
 <h2>Conflicts and failures</h2>
 <p class="muted">Inspect with <code>syncd outbox list --status failed</code>, then

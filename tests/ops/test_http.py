@@ -46,7 +46,7 @@ def test_status_page_escapes_everything() -> None:
     evil = '<script>alert("x")</script> & "quotes"'
     view = {
         "watermark": NOW - timedelta(minutes=3), "entries": {"live": 5, "deleted": 1},
-        "outbox": {"failed": 1}, "oldest_waiting": None, "rejected_records": 1,
+        "outbox": {"failed": 1}, "outbox_oldest_pending": None, "rejected_records": 1,
         "problems": [{"id": 7, "op": "update", "entry_id": 9, "status": "failed",
                       "attempts": 3, "last_error": evil, "updated_at": NOW}],
         "runs": [{"started_at": NOW, "finished_at": NOW, "job": "pull", "status": "failed",

@@ -80,7 +80,7 @@ async def test_status_page_in_chromium_shows_the_seeded_figures(
     assert "<title>syncd status</title>" in dom
     assert [text_of(dom, f"outbox-{s}") for s in ("pending", "done", "failed", "conflict")] == [
         "1", "3", "2", "1"]
-    assert text_of(dom, "outbox-oldest-waiting").startswith("2 h 0 min")
+    assert text_of(dom, "outbox-oldest-pending").startswith("2 h 0 min")
     assert text_of(dom, "entries-live") == "300"
     assert text_of(dom, "is-leader") == "this replica"
     assert text_of(dom, "ready").startswith("ok")
