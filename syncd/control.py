@@ -97,7 +97,11 @@ class ControlConnection:
                         self._on_wake()
                 except (*DB_UNAVAILABLE, TimeoutError):
                     pass  # the check below notices and reconnects
-            await self._step()
+            try:
+                await self._step()
+            except Exception:  # noqa: BLE001 - a bug here must not end leader election
+                log.exception("control_loop_error")
+                await self._drop(reason="control_loop_error")
 
     async def _step(self) -> None:
         try:
@@ -114,6 +118,10 @@ class ControlConnection:
                 log.warning("control_connection_failed", error=f"{type(exc).__name__}: {exc}",
                             retry_in=self.retry_interval)
                 self._down_since_logged = True
+            await self._drop(reason="connection_error")
+        except asyncpg.PostgresError as exc:  # e.g. permissions: not an outage, still retried
+            log.error("control_connection_error", error=f"{type(exc).__name__}: {exc}",
+                      retry_in=self.retry_interval)
             await self._drop(reason="connection_error")
 
     async def _connect(self) -> None:

@@ -219,30 +219,40 @@ class Daemon:
 
     async def _wait_for_database(self, migrations: list[migrate.Migration]) -> Any:
         """Open the pool and check migrations, retrying while the database is unreachable;
-        None when a stop was requested meanwhile. MigrationError propagates."""
+        None when a stop was requested meanwhile (even in the middle of a slow connect).
+        MigrationError propagates."""
         delay = 1.0
         while not self.stopping.is_set():
-            pool = None
+            attempt = asyncio.create_task(self._open_checked_pool())
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *DB_UNAVAILABLE, TimeoutError):
+                    await attempt
+                return None
             try:
-                pool = await open_pool(self.settings)
-                async with pool.acquire() as conn:
-                    await migrate.check_current(conn)  # MigrationError names `syncd migrate`
-                return pool
+                return attempt.result()
             except (*DB_UNAVAILABLE, TimeoutError) as exc:
-                if pool is not None:
-                    pool.terminate()
                 log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}",
                             retry_in=delay)
                 self.notifier.status("waiting for PostgreSQL")
-            except BaseException:
-                if pool is not None:
-                    await self._close_pool(pool)
-                raise
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.stopping.wait()
             delay = min(delay * 2, DB_RETRY_MAX)
         return None
+
+    async def _open_checked_pool(self) -> Any:
+        pool = await open_pool(self.settings)
+        try:
+            async with pool.acquire() as conn:
+                await migrate.check_current(conn)  # MigrationError names `syncd migrate`
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
 
     def _job_specs(self, deps: Deps) -> list[JobSpec]:
         s = self.settings

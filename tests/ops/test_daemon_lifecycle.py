@@ -146,3 +146,29 @@ async def test_second_signal_exits_at_once(db_dsn: str, sim_url: str, sim: Simul
     assert time.monotonic() - started < 2
     assert d.find("shutdown_forced")
     assert TOKEN not in d.output
+
+
+async def test_sigterm_while_waiting_for_a_silent_database_exits_0(sim_url: str, port: int,
+                                                                    daemons: Any) -> None:
+    """A database host that accepts TCP but never answers (firewall, hung server): the connect
+    would take a minute; SIGTERM must not wait for it."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        db_port = server.sockets[0].getsockname()[1]
+        d: DaemonProc = await daemons(daemon_env(
+            f"postgresql://postgres@127.0.0.1:{db_port}/x", sim_url, port))
+        await d.wait_event("http_listening")
+        assert await d.wait_http("/readyz", 503) and (await d.get("/healthz"))[0] == 200
+        started = time.monotonic()
+        d.send(signal.SIGTERM)
+        assert await d.wait_exit(timeout=10) == 0
+        assert time.monotonic() - started < 3
+        assert d.find("daemon_stopped", during="startup")
+        assert_clean_output(d)
+    finally:
+        server.close()
+        await server.wait_closed()
