@@ -58,6 +58,7 @@ class ApiResponse:
     body: Any
     request_id: str | None
     raw: bytes = b""
+    storable: bool = False  # `body` provably holds no NUL / unpaired surrogate (pagination)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +180,10 @@ class KantataClient:
             self.budget.succeeded()
         self.metrics.rate_limit.set(self.budget.rate_per_minute)
         body: Any = None
+        storable = False
         if raw and status != 204:
             try:
-                body = pagination.decode_json(raw)
+                body, storable = pagination.decode_json_storable(raw)
             except MalformedResponseError:
                 if 200 <= status < 300:
                     raise
@@ -189,7 +191,7 @@ class KantataClient:
         if status == 429 or status >= 500:
             raise RetriableAPIError(status, error_messages(body), retry_after=retry_after,
                                     request_id=rid)
-        return ApiResponse(status, body, rid, raw)
+        return ApiResponse(status, body, rid, raw, storable)
 
     async def _read(self, path: str, params: Mapping[str, str], priority: Priority,
                     decode: bool) -> tuple[ApiResponse, Page | None]:
@@ -212,7 +214,8 @@ class KantataClient:
                 classify(resp.status, resp.body, request_id=resp.request_id)
                 if decode and not resp.raw.strip():
                     raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
-                page = pagination.decode_page(resp.body) if decode else None
+                page = (pagination.decode_page(resp.body, storable=resp.storable)
+                        if decode else None)
                 return resp, page
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -9,6 +9,7 @@ documented envelope at all raises `MalformedResponseError`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -19,7 +20,9 @@ import orjson
 from syncd.errors import InvalidRecord, MalformedResponseError
 from syncd.models import Page, Rejected, SideObject, TimeEntry
 
-__all__ = ["decode_json", "decode_page", "parse_side_object", "parse_time_entry"]
+__all__ = [
+    "decode_json", "decode_json_storable", "decode_page", "parse_side_object", "parse_time_entry",
+]
 
 MAX_BIGINT = 2**63 - 1
 MAX_INT = 2**31 - 1  # PostgreSQL `integer` columns (currency_base_unit)
@@ -27,6 +30,18 @@ MAX_ID_TEXT = 100  # longest id string quoted back in a reject reason
 MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
 MIN_YEAR, MAX_YEAR = 1900, 2200
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
+SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~2 MB at most)
+
+
+def decode_json_storable(body: bytes) -> tuple[Any, bool]:
+    """`decode_json(body)` plus whether every string in it is provably storable in PostgreSQL
+    text/jsonb without walking it: true when the strict parser (orjson, which refuses unpaired
+    surrogates and raw control characters) decoded it and the bytes hold no `\\u0000` escape
+    (the only way JSON can spell NUL). Raises MalformedResponseError like `decode_json`."""
+    try:
+        return orjson.loads(body), b"\\u0000" not in body
+    except orjson.JSONDecodeError:
+        return decode_json(body), False
 
 
 def decode_json(body: bytes) -> Any:
@@ -130,17 +145,19 @@ def _date(v: object, field: str) -> date:
     return d
 
 
-def parse_time_entry(raw: Mapping[str, Any]) -> TimeEntry:
+def parse_time_entry(raw: Mapping[str, Any], *, storable: bool = False) -> TimeEntry:
     """Validate one TimeEntry object (api-notes §5) and type it. Raises InvalidRecord(id, reason).
 
-    Unknown fields are kept in `raw` and otherwise ignored.
+    Unknown fields are kept in `raw` and otherwise ignored. `storable=True` skips the walk for
+    NUL and unpaired surrogates (the caller proved there are none, `decode_json_storable`).
     """
     rid = raw.get("id") if isinstance(raw, Mapping) else None
     entry_id = rid if isinstance(rid, str) else None
     try:
         if not isinstance(raw, Mapping):
             raise ValueError(f"entry is not a JSON object but {_json_type(raw)}")
-        _check_storable(dict(raw))
+        if not storable:
+            _check_storable(dict(raw))
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
         minutes = _int(raw.get("time_in_minutes"), "time_in_minutes", nullable=False,
@@ -178,13 +195,16 @@ def parse_time_entry(raw: Mapping[str, Any]) -> TimeEntry:
         raise InvalidRecord(entry_id, str(exc)) from None
 
 
-def parse_side_object(kind: str, raw: Mapping[str, Any]) -> SideObject:
-    """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord."""
+def parse_side_object(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
+                      text: str | None = None) -> SideObject:
+    """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord. `storable` as
+    for `parse_time_entry`; `text` is `raw` already serialised (kept as `SideObject.raw`)."""
     rid = raw.get("id") if isinstance(raw, Mapping) else None
     try:
         if not isinstance(raw, Mapping):
             raise ValueError(f"{kind} object is not a JSON object")
-        _check_storable(dict(raw))
+        if not storable:
+            _check_storable(dict(raw))
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
         label = raw.get(SIDE_KINDS[kind])
@@ -195,10 +215,18 @@ def parse_side_object(kind: str, raw: Mapping[str, Any]) -> SideObject:
             label=label if isinstance(label, str) else None,
             parent_id=_int(parent, "workspace_id", nullable=True),
             updated_at=_instant(raw.get("updated_at"), "updated_at", nullable=True),
-            raw=orjson.dumps(raw).decode(),
+            raw=text if text is not None else orjson.dumps(raw).decode(),
         )
     except ValueError as exc:
         raise InvalidRecord(rid if isinstance(rid, str) else None, f"{kind}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=SIDE_MEMO_SIZE)
+def _storable_side(kind: str, text: bytes) -> SideObject:
+    """`parse_side_object` of a storable object given as its JSON bytes, memoised: every page
+    side-loads the same few hundred workspaces/users/stories/roles, and an identical object
+    always parses to the same (frozen) SideObject. Raises InvalidRecord (never cached)."""
+    return parse_side_object(kind, orjson.loads(text), storable=True, text=text.decode())
 
 
 def _json_type(v: object) -> str:
@@ -223,11 +251,16 @@ def _envelope_int(body: Mapping[str, Any], meta: Mapping[str, Any], key: str, de
     return v
 
 
-def decode_page(body: bytes | Mapping[str, Any]) -> Page:
+def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> Page:
     """Decode one list/create response into a Page. Raises MalformedResponseError when the body
     is not the envelope (not JSON, not an object, `results` or `time_entries` of the wrong type).
-    A `results` id absent from `time_entries` and invalid entries become `Page.rejected`."""
-    doc = decode_json(body) if isinstance(body, bytes | bytearray) else body
+    A `results` id absent from `time_entries` and invalid entries become `Page.rejected`.
+    `storable=True` says a decoded `body` came from `decode_json_storable` with True (bytes are
+    checked here)."""
+    if isinstance(body, bytes | bytearray):
+        doc, storable = decode_json_storable(bytes(body))
+    else:
+        doc = body
     if not isinstance(doc, Mapping):
         raise MalformedResponseError("response body is not a JSON object")
     results = doc.get("results")
@@ -259,7 +292,7 @@ def decode_page(body: bytes | Mapping[str, Any]) -> Page:
                 "listed in `results` but absent from the `time_entries` object")))
             continue
         try:
-            entry = parse_time_entry(raw)
+            entry = parse_time_entry(raw, storable=storable)
         except InvalidRecord as exc:
             rejected.append(Rejected(entry_id=exc.entry_id or rid, reason=exc.reason,
                                      raw=_raw_text(raw)))
@@ -277,7 +310,10 @@ def decode_page(body: bytes | Mapping[str, Any]) -> Page:
             continue
         for raw in objs.values():
             try:
-                side.append(parse_side_object(kind, raw))
+                if storable and isinstance(raw, Mapping):
+                    side.append(_storable_side(kind, orjson.dumps(raw)))
+                else:
+                    side.append(parse_side_object(kind, raw))
             except InvalidRecord as exc:
                 rejected.append(Rejected(entry_id=None, reason=exc.reason, raw=_raw_text(raw)))
     count = _envelope_int(doc, meta, "count", len(ids))

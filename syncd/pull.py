@@ -55,20 +55,30 @@ def _base_params(deps: Deps) -> dict[str, str]:
     return params
 
 
+#: Side-loaded objects this run has stored: (kind, id) -> raw JSON text.
+SideSeen = dict[tuple[str, int], str]
+
+
 async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,
                      window: Window | None = None, page_no: int = 0,
-                     watermark: datetime | None = None) -> int:
+                     watermark: datetime | None = None, side_seen: SideSeen | None = None
+                     ) -> int:
     """Write one page in one transaction: entries, side-loads, dead letters, and the checkpoint
     (window page counter or watermark). Returns rows changed. A deadlock or serialization
-    failure (concurrent windows touching the same side-loaded rows) retries the transaction."""
+    failure (concurrent windows touching the same side-loaded rows) retries the transaction.
+    With `side_seen` (one dict per run), side-loaded objects already stored by this run with
+    the same raw JSON are not written again (every page repeats most of them)."""
+    side = page.side
+    if side_seen is not None:
+        side = tuple(o for o in side if side_seen.get((o.kind, o.id)) != o.raw)
     async for attempt in AsyncRetrying(stop=stop_after_attempt(4), reraise=True,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
         with attempt:
             async with deps.pool.acquire() as conn, conn.transaction():
                 changed = await store.upsert_entries(conn, page.entries)
-                if page.side:
-                    await store.upsert_side(conn, page.side)
+                if side:
+                    await store.upsert_side(conn, side)
                 if page.rejected:
                     await store.record_rejects(conn, page.rejected, stats.run_id)
                 if purpose is not None and window is not None:
@@ -76,6 +86,8 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
                                                   len(page.entries))
                 if watermark is not None:
                     await store.set_watermark(conn, watermark)
+    if side_seen is not None:
+        side_seen.update(((o.kind, o.id), o.raw) for o in side)
     stats.pages += 1
     stats.rows_upserted += changed
     stats.rows_rejected += len(page.rejected)
@@ -88,9 +100,11 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
 
 
 async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",
-                      first_page: int = 1, priority: str = "pull") -> WindowResult:
+                      first_page: int = 1, priority: str = "pull",
+                      side_seen: SideSeen | None = None) -> WindowResult:
     """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
-    final count shows entries were skipped. Errors are returned in the result, not raised."""
+    final count shows entries were skipped. Errors are returned in the result, not raised.
+    `side_seen` as for `store_page`."""
     res = WindowResult(w)
     for attempt in range(MAX_WINDOW_READS):
         res = WindowResult(w)
@@ -105,7 +119,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.remote_count = page.count
                     break
                 res.upserted += await store_page(deps, page, stats, purpose=purpose, window=w,
-                                                 page_no=page_no)
+                                                 page_no=page_no, side_seen=side_seen)
                 res.ids.update(e.id for e in page.entries)
                 res.rejected += len(page.rejected)
                 res.pages += 1
@@ -153,7 +167,8 @@ class _Progress:
 async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                    stats: RunStats) -> list[WindowResult]:
     """Read all windows between `since` and `until` (inclusive). Windows already `done` are
-    skipped unless `force`; a `running` window resumes at its next page."""
+    skipped unless `force`; a `running` window resumes at its next page. Returns one result
+    per window read, its `ids` emptied once counted (memory stays flat)."""
     windows = month_windows(since, until, deps.settings.backfill_window_months)
     async with deps.pool.acquire() as conn:
         states = await store.window_states(conn, "backfill")
@@ -161,6 +176,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     progress = _Progress(len(todo))
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []
+    side_seen: SideSeen = {}
 
     async def one(w: Window) -> None:
         async with sem:
@@ -169,7 +185,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             resume = not force and states.get(w, {}).get("status") == "running"
             async with deps.pool.acquire() as conn:
                 pages_done = await store.start_window(conn, "backfill", w, restart=not resume)
-            res = await read_window(deps, w, stats, first_page=pages_done + 1)
+            res = await read_window(deps, w, stats, first_page=pages_done + 1,
+                                    side_seen=side_seen)
             if res.error and deps.should_stop():
                 return  # left 'running': the next run resumes at its next page
             status = "failed" if res.error else "done"
@@ -179,8 +196,9 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             if res.error:
                 stats.errors.append(f"{w.param}: {res.error}")
                 log.warning("window_failed", window=w.param, error=res.error)
-            results.append(res)
             progress.step(w, len(res.ids))
+            res.ids = set()  # counted; keeping every window's ids would hold the whole dataset
+            results.append(res)
 
     await asyncio.gather(*(one(w) for w in todo))
     stats.details["windows"] = len(todo)
@@ -197,6 +215,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
     overlap = timedelta(seconds=deps.settings.overlap)
     req: cursor.PullRequest | None = cursor.first_request(wm, overlap)
     pages = 0
+    side_seen: SideSeen = {}
     while req is not None:
         params = {**_base_params(deps), "order": "updated_at:asc", "page": str(req.page),
                   "updated_after": req.updated_after.isoformat()}
@@ -210,7 +229,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
         except ValueError as exc:  # the server broke the paging contract: retry next run
             raise MalformedResponseError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None
-        await store_page(deps, page, stats, watermark=mark)
+        await store_page(deps, page, stats, watermark=mark, side_seen=side_seen)
         if mark is not None:
             deps.metrics.watermark_lag.set(max(0.0, (started - mark).total_seconds()))
         req = step.next
