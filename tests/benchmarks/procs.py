@@ -3,8 +3,10 @@ as a child and read its exact CPU seconds and peak RSS, and read other processes
 
 Linux only: CPU time of a running process comes from `/proc/<pid>/stat` (utime + stime, plus
 cutime + cstime of its reaped children for the PostgreSQL postmaster, whose backends come and
-go). A child's peak RSS and CPU come from `os.wait4`, which returns the rusage of exactly that
-child (ru_maxrss in KiB), so no sampling can miss a short peak.
+go). A child's CPU seconds come from `os.wait4` (the rusage of exactly that child). Its peak RSS
+is `VmHWM` from `/proc/<pid>/status`, polled every 10 ms until it exits: `ru_maxrss` cannot be
+used, because Linux carries the parent's high-water mark across the vfork+exec that starts the
+child, so a child of a big parent would report the parent's peak.
 """
 
 from __future__ import annotations
@@ -64,10 +66,22 @@ def postgres_cpu_seconds(postmaster_pid: int) -> float:
     return total
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    """Peak resident set of `pid` since its last exec (KiB); 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass
 class ChildResult:
     """A finished child: exit `code`, `wall` seconds, `cpu` seconds (user+system), `peak_rss_mb`
-    (ru_maxrss), and where its stdout/stderr went."""
+    (VmHWM, MB), and its stdout/stderr."""
 
     code: int
     wall: float
@@ -90,7 +104,9 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path |
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err)
         deadline = started + timeout
+        hwm_kb = 0
         while True:
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -99,12 +115,12 @@ def run_child(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path |
                 os.wait4(proc.pid, 0)
                 proc.returncode = -9
                 raise TimeoutError(f"{name} ran longer than {timeout:.0f}s")
-            time.sleep(0.02)
+            time.sleep(0.01)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     return ChildResult(code=proc.returncode, wall=wall,
                        cpu=usage.ru_utime + usage.ru_stime, user=usage.ru_utime,
-                       system=usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024,
+                       system=usage.ru_stime, peak_rss_mb=hwm_kb / 1024,
                        stdout=out_path.read_text(errors="replace"),
                        stderr=err_path.read_text(errors="replace"))
 
