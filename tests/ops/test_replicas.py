@@ -30,7 +30,8 @@ async def test_leader_failover_after_kill_9(db_dsn: str, sim_url: str, conn: asy
     assert not b.find("job_started", job="pull")
     holder = await conn.fetchval(
         """SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-           WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted""",
+           WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
         0x53594E43)
     assert holder == f"syncd {a.find('daemon_starting')[0]['owner']}"
 
