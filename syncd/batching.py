@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
+from syncd.errors import redact
 from syncd.models import OutboxOp, OutboxStatus
 from syncd.pagination import MAX_TEXT, MAX_YEAR, MIN_YEAR
 
@@ -191,7 +192,7 @@ def error_list(body: Any) -> list[Mapping[str, Any]]:
 
 
 def _message(e: Mapping[str, Any]) -> str:
-    return str(e.get("message") or "").strip() or "rejected without a message"
+    return redact(str(e.get("message") or "").strip()) or "rejected without a message"
 
 
 @dataclass(frozen=True, slots=True)

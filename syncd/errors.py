@@ -8,6 +8,26 @@ Messages never contain the Kantata token or a database password.
 
 from __future__ import annotations
 
+REDACTED = "[redacted]"
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Never let `value` (at least 4 characters) appear in an error message: `redact` replaces
+    it. Called for the Kantata token and the database password (also by `logs.register_secret`)."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced by `[redacted]`. Applied to text that came
+    from outside (Kantata's error messages, which could quote the Authorization header) and to
+    every error written to the run history or printed by the CLI."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
 
 class SyncdError(Exception):
     """Base of every error syncd raises on purpose."""

@@ -37,6 +37,8 @@ from syncd.errors import (
     MalformedResponseError,
     RetriableAPIError,
     RetriableError,
+    redact,
+    register_secret,
 )
 from syncd.metrics import Metrics
 from syncd.models import Page, Priority
@@ -80,11 +82,12 @@ class RetryPolicy:
 
 
 def error_messages(body: Any) -> str:
-    """Kantata's own messages from an `{"errors":[{type,message,...}]}` body (api-notes §9)."""
+    """Kantata's own messages from an `{"errors":[{type,message,...}]}` body (api-notes §9),
+    with registered secrets redacted (a server or proxy may quote the Authorization header)."""
     if isinstance(body, Mapping) and isinstance(body.get("errors"), list):
         msgs = [str(e.get("message", "")) for e in body["errors"] if isinstance(e, Mapping)]
         if any(msgs):
-            return "; ".join(m for m in msgs if m)
+            return redact("; ".join(m for m in msgs if m))
     return "no error message"
 
 
@@ -135,6 +138,7 @@ class KantataClient:
                  max_connections: int = 8, metrics: Metrics | None = None) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        register_secret(token.get_secret_value())  # kept out of every error message
         self._auth = {"Authorization": f"Bearer {token.get_secret_value()}",
                       "Accept": "application/json"}
         self.budget = budget

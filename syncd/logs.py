@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from syncd import errors
+
 __all__ = ["configure", "register_secret"]
 
 _SECRETS: set[str] = set()
@@ -20,7 +22,9 @@ REDACTED = "[redacted]"
 
 
 def register_secret(value: str | None) -> None:
-    """Never let `value` (at least 4 characters) appear in a log line."""
+    """Never let `value` (at least 4 characters) appear in a log line (nor in an error message:
+    `syncd.errors.redact`)."""
+    errors.register_secret(value)
     if value and len(value) >= 4:
         _SECRETS.add(value)
 

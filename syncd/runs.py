@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from syncd import store
-from syncd.errors import SyncdError
+from syncd.errors import redact
 from syncd.kantata import KantataClient
 from syncd.metrics import Metrics
 from syncd.settings import Settings
@@ -76,9 +76,9 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
         try:
             yield stats
             if stats.errors:
-                status, error = "partial", "; ".join(stats.errors)[:4000]
-        except (SyncdError, OSError, asyncpg.PostgresError) as exc:
-            status, error = "failed", f"{type(exc).__name__}: {exc}"[:4000]
+                status, error = "partial", redact("; ".join(stats.errors))[:4000]
+        except Exception as exc:  # also a bug's exception: recorded with its message
+            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
             raise
         except BaseException as exc:  # cancellation, deadline, shutdown
             status, error = "interrupted", type(exc).__name__

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd.errors import FatalError, RetriableError
+from syncd.errors import FatalError, RetriableError, redact
 
 
 def parse_date(value: str) -> date:
@@ -27,11 +27,12 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
     except ValueError as exc:  # missing token and similar configuration problems
-        print(f"syncd: {exc}", file=sys.stderr)
+        print(f"syncd: {redact(str(exc))}", file=sys.stderr)
         return 2
     except (FatalError, RetriableError) as exc:
-        print(f"syncd: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"syncd: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"syncd: database or network error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}",
+              file=sys.stderr)
         return 1

@@ -724,3 +724,18 @@ async def test_daemon_stays_up_through_bad_pages_and_bad_records(
             assert_clean_output(d)
         finally:
             await d.close()
+
+
+async def test_an_unexpected_exception_is_recorded_as_a_failure_with_its_message(
+        deps: Deps, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (not a SyncdError) used to end the run as 'interrupted' with only the class name,
+    which hid it among shutdowns."""
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise KeyError("results")
+
+    monkeypatch.setattr(deps.client, "list_page", broken)
+    with pytest.raises(KeyError):
+        await pull.sync_once(deps)
+    run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs")
+    assert (run["status"], run["error"]) == ("failed", "KeyError: 'results'")
