@@ -123,11 +123,15 @@ class TempPostgres:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def restart(self) -> None:
-        """Restart the server on the same port (used by reliability tests)."""
+        """Restart the server on the same port (fast shutdown: sessions are cut, as in a real
+        restart under load; used by reliability tests). Raises PgServerError when it fails."""
         bin_dir = self.bin_dir or find_bin_dir()
         assert bin_dir is not None
+        # -l: without a log file the new server inherits pg_ctl's stdout, which is our capture
+        # pipe, and this call would wait for it to close (i.e. forever).
         res = self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
-                         "-w", "restart"])
+                         "-l", str(self.directory / "postgres.log"), "-w", "-t", "60",
+                         "restart"])
         if res.returncode != 0:
             raise PgServerError(f"postgres restart failed: {res.stderr.strip()[-800:]}")
 
