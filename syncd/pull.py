@@ -104,27 +104,38 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                       side_seen: SideSeen | None = None) -> WindowResult:
     """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
     final count shows entries were skipped. Errors are returned in the result, not raised.
+    Page n+1 is requested while page n is stored (at most two requests in flight per window).
     `side_seen` as for `store_page`."""
+    def fetch(page_no: int) -> asyncio.Task[Page]:
+        params = {**_base_params(deps), "date_performed_between": w.param,
+                  "order": "date_performed:asc", "page": str(page_no)}
+        return asyncio.ensure_future(
+            deps.client.list_page(params, priority=priority))  # type: ignore[arg-type]
+
     res = WindowResult(w)
     for attempt in range(MAX_WINDOW_READS):
         res = WindowResult(w)
         page_no = first_page if attempt == 0 else 1
         assumed = (page_no - 1) * deps.settings.per_page  # entries of pages done before a resume
+        ahead: asyncio.Task[Page] | None = fetch(page_no)
         try:
-            while True:
-                params = {**_base_params(deps), "date_performed_between": w.param,
-                          "order": "date_performed:asc", "page": str(page_no)}
-                page = await deps.client.list_page(params, priority=priority)  # type: ignore[arg-type]
+            while ahead is not None:
+                page = await ahead
+                ahead = None
                 if not page.result_ids:
                     res.remote_count = page.count
                     break
+                more = page_no < page.page_count and len(page.result_ids) >= page.page_size
+                if more and not deps.should_stop():
+                    # the next page travels while this one is stored (checkpoints stay in order)
+                    ahead = fetch(page_no + 1)
                 res.upserted += await store_page(deps, page, stats, purpose=purpose, window=w,
                                                  page_no=page_no, side_seen=side_seen)
                 res.ids.update(e.id for e in page.entries)
                 res.rejected += len(page.rejected)
                 res.pages += 1
                 res.remote_count = page.count
-                if page_no >= page.page_count or len(page.result_ids) < page.page_size:
+                if not more:
                     break
                 page_no += 1
                 if deps.should_stop():
@@ -133,6 +144,10 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         except (RetriableError, FatalError) as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             return res
+        finally:
+            if ahead is not None:  # stopped or failed while a page was on its way: drop it
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         seen = len(res.ids) + res.rejected + assumed
         if res.remote_count is None or seen >= res.remote_count:
             return res
