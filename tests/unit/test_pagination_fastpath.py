@@ -4,9 +4,17 @@ parsed once. It must decide exactly like the slow path."""
 
 from __future__ import annotations
 
+import random
+
 import orjson
 
-from syncd.pagination import decode_json_storable, decode_page
+from syncd.errors import InvalidRecord
+from syncd.pagination import (
+    _common_time_entry,
+    decode_json_storable,
+    decode_page,
+    parse_time_entry,
+)
 from syncd.simulator import SimConfig, Simulator
 from tests.unit.test_pagination import entry, page
 
@@ -53,3 +61,46 @@ def test_identical_side_objects_parse_to_the_same_object_and_changes_are_seen() 
     assert [(o.id, o.label) for o in c.side] == [(10, "Renamed")]
     bad = decode_page(page(entry(4), workspaces={"10": {**WS, "id": "x"}}))
     assert bad.side == () and "workspaces" in bad.rejected[0].reason
+
+
+ODD_VALUES: list[object] = [
+    None, True, False, 0, -1, 1, 7, 2**31, 2**63, -(2**63), 1.5, "", "0", "007", "-5", "+5",
+    "12x", "٣", "²", "9" * 19, "9" * 18, "2026-03-07", "2026-3-7", "0999-01-01",
+    "2026-03-08T03:00:00-07:00", "2026-03-08T03:00:00", "2026-03-08T03:00:00Z",
+    "2301-01-01T00:00:00+00:00", "x" * 50, [], {}, {"a": 1},
+]
+FIELDS = ["id", "workspace_id", "user_id", "story_id", "role_id", "date_performed",
+          "time_in_minutes", "billable", "notes", "rate_in_cents", "cost_rate_in_cents",
+          "currency", "currency_base_unit", "approved", "is_invoiced", "taxable", "location",
+          "created_at", "updated_at"]
+
+
+def _careful(raw: dict[str, object]) -> object:
+    try:
+        return parse_time_entry(raw)  # storable=False: the careful path only
+    except InvalidRecord as exc:
+        return ("rejected", exc.reason)
+
+
+def test_the_common_case_path_decides_exactly_like_the_careful_path() -> None:
+    rng = random.Random(7)
+    checked = fast_hits = 0
+    for _ in range(4000):
+        raw = entry(rng.randrange(1, 10**6))
+        for f in rng.sample(FIELDS, rng.choice([0, 1, 1, 2, 3])):
+            if rng.random() < 0.1:
+                raw.pop(f, None)
+            else:
+                raw[f] = rng.choice(ODD_VALUES)
+        want = _careful(raw)
+        fast = _common_time_entry(raw)
+        if fast is not None:
+            fast_hits += 1
+            assert fast == want, raw
+        try:
+            got: object = parse_time_entry(raw, storable=True)
+        except InvalidRecord as exc:
+            got = ("rejected", exc.reason)
+        assert got == want, raw
+        checked += 1
+    assert checked == 4000 and 500 < fast_hits < 4000
