@@ -115,6 +115,7 @@ class Report:
     phantom: int = 0
     rejected_records: int = 0
     failed_reasons: Counter[str] = field(default_factory=Counter)
+    health_misses: int = 0
     verify_exit: int | None = None
     chaos_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -139,6 +140,8 @@ class Report:
             + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
             f"  kills (SIGKILL)      {sum(kills.values())}: "
             + ", ".join(f"{k.removeprefix('sigkill_')} {v}" for k, v in sorted(kills.items())),
+            f"  SIGSTOP past lease   {self.actions['sigstop_past_lease']}, /healthz misses "
+            f"of live daemons {self.health_misses}",
             f"  SIGTERM during push  {self.actions['sigterm_push']} (exit codes "
             f"{sorted(Counter(self.sigterm_exit_codes).items())})",
             f"  restarts             syncd {self.actions['restart']}, PostgreSQL "
@@ -210,6 +213,8 @@ class Proc:
         self.seen = 0  # events ever parsed (absolute index of the next one)
         self.tail: deque[str] = deque(maxlen=60)
         self._reader: asyncio.Task[None] | None = None
+        self.ready = False  # logged daemon_ready
+        self.port = int(env.get("SYNCD_HTTP_PORT", "0"))
 
     async def start(self) -> Proc:
         self.proc = await asyncio.create_subprocess_exec(
@@ -227,8 +232,10 @@ class Proc:
                 self.tail.append(line)
                 if line.startswith("{"):
                     with contextlib.suppress(orjson.JSONDecodeError):
-                        self.events.append(orjson.loads(line))
+                        e = orjson.loads(line)
+                        self.events.append(e)
                         self.seen += 1
+                        self.ready = self.ready or e.get("event") == "daemon_ready"
 
     @property
     def running(self) -> bool:
@@ -305,6 +312,7 @@ class Harness:
         self.dirty: dict[int, float] = {}         # entries with unstorable notes -> fix at
         self.lock_date: date | None = None
         self._files: list[Any] = []
+        self.frozen: set[Proc] = set()
         today = datetime.now(UTC).date()
         self.backfill_start = today - timedelta(days=745)
 
@@ -530,7 +538,9 @@ class Harness:
             roll = rng.random()
             try:
                 if roll < 0.5:
-                    await self.insert_creates(1 if rng.random() < 0.8 else rng.randint(5, 40))
+                    big = rng.random()
+                    await self.insert_creates(1 if big < 0.8 else rng.randint(5, 40)
+                                              if big < 0.97 else rng.randint(100, 250))
                 elif roll < 0.85:
                     await self.insert_target_rows("update")
                 else:
@@ -557,13 +567,14 @@ class Harness:
                 "time_in_minutes": self.rng.randint(5, 480),
                 "notes": f"{LOCAL_MARK} {uuid.uuid4().hex[:12]}"}
 
-    async def insert_creates(self, n: int) -> None:
-        if self.db is None:
+    async def insert_creates(self, n: int, conn: asyncpg.Connection | None = None) -> None:
+        if conn is None and self.db is None:
             await self.reconnect()
-        assert self.db is not None
+        db = conn or self.db
+        assert db is not None
         payloads = [orjson.dumps(self.create_payload()).decode() for _ in range(n)]
-        async with self.db.transaction():  # one application transaction, n changes
-            ids = await self.db.fetch(
+        async with db.transaction():  # one application transaction, n changes
+            ids = await db.fetch(
                 """INSERT INTO syncd.outbox (op, payload)
                    SELECT 'create', p FROM unnest($1::jsonb[]) AS p RETURNING id""", payloads)
         for r in ids:
@@ -626,7 +637,11 @@ class Harness:
     async def wait_for_push(self, procs: list[Proc], timeout: float) -> Proc | None:
         """Insert a burst of creates and return the first process that claims a batch."""
         marks = {p: p.seen for p in procs}
-        await self.insert_creates(self.rng.randint(20, 60))
+        conn = await self.connect()  # its own: the local programs' connection is busy
+        try:
+            await self.insert_creates(self.rng.randint(20, 60), conn)
+        finally:
+            await conn.close()
         tasks = {asyncio.create_task(p.wait_event(
             lambda e: e.get("event") == "outbox_batch_claimed", timeout, after=marks[p])): p
             for p in procs}
@@ -662,6 +677,24 @@ class Harness:
         if code != 0:
             self.report.errors.append(f"{p.name}: SIGTERM during a push exited {code}")
         await self.restart(self.name_of(p))
+
+    async def act_freeze_during_push(self) -> None:
+        """SIGSTOP a daemon that just claimed a batch for longer than its lease, then SIGCONT:
+        another process takes the rows over meanwhile, and the woken one must notice that its
+        lease is gone instead of overwriting their outcome."""
+        p = await self.wait_for_push(self.running_daemons(), 15)
+        if p is None:
+            return
+        await asyncio.sleep(self.rng.uniform(0.0, 0.1))
+        p.signal(signal.SIGSTOP)
+        self.frozen.add(p)
+        say(self.cfg, f"SIGSTOP {p.name} (lease {self.syncd_settings()['outbox_lease']} s)")
+        try:
+            await asyncio.sleep(float(self.syncd_settings()["outbox_lease"]) + 3)
+        finally:
+            p.signal(signal.SIGCONT)
+            self.frozen.discard(p)
+        self.report.actions["sigstop_past_lease"] += 1
 
     async def act_kill_during_paging(self) -> None:
         p = await self.start_cli("sync", "--since", self.backfill_start.isoformat())
@@ -711,7 +744,8 @@ class Harness:
     ACTIONS: tuple[tuple[str, float], ...] = (
         ("act_kill_between_post_and_commit", 3), ("act_pg_terminate", 2),
         ("act_kill_during_paging", 2), ("act_sigterm_during_push", 2), ("act_pg_restart", 1),
-        ("act_kill_mid_reconcile", 2), ("act_kill_random", 3), ("act_extra_push", 1))
+        ("act_kill_mid_reconcile", 2), ("act_kill_random", 3), ("act_extra_push", 1),
+        ("act_freeze_during_push", 1))
 
     async def chaos_monkey(self, until: float) -> None:
         names = [n for n, _ in self.ACTIONS]
@@ -738,11 +772,36 @@ class Harness:
                     await self.start_daemon(n)
             self.note_concurrency()
 
+    async def watch_health(self) -> None:
+        """/healthz of every live, ready, not frozen daemon must answer 200 (liveness never
+        depends on PostgreSQL or Kantata); five misses in a row are a finding."""
+        assert self.http is not None
+        misses: Counter[str] = Counter()
+        while True:
+            await asyncio.sleep(2.0)
+            for p in list(self.daemons.values()):
+                if not (p.running and p.ready) or p in self.frozen:
+                    continue
+                try:
+                    async with self.http.get(f"http://127.0.0.1:{p.port}/healthz",
+                                             timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        ok = r.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if ok:
+                    misses[p.name] = 0
+                    continue
+                misses[p.name] += 1
+                if misses[p.name] == 5 and p.running and p not in self.frozen:
+                    self.report.health_misses += 1
+                    self.report.errors.append(f"{p.name}: /healthz unanswered for 10 s")
+
     # ---------------------------------------------------------------- phases
     async def chaos(self) -> None:
         cfg = self.cfg
         await self.ctl("PUT", "/_sim/faults", self.fault_config())
         counter = asyncio.create_task(self.count_requests())
+        health = asyncio.create_task(self.watch_health())
         for i in range(cfg.daemons):
             await self.start_daemon(chr(ord("A") + i))
         t0 = time.monotonic()
@@ -767,9 +826,10 @@ class Harness:
             # the default action, which is a clean stop too: it had nothing to drain
             if code not in (0, None, -signal.SIGKILL) and (started or code != -signal.SIGTERM):
                 self.report.errors.append(f"{p.name}: final SIGTERM exited {code}")
-        counter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await counter
+        for t in (counter, health):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         # count what the last second of chaos did
         log = (await self.ctl("GET", "/_sim/requests"))["requests"]
         self.report.requests += len(log)
