@@ -19,6 +19,19 @@ def spec(name: str, func: Callable[[], Awaitable[object]], interval: float = 0.3
     return JobSpec(name=name, func=func, interval=interval, deadline=deadline, **kw)  # type: ignore[arg-type]
 
 
+async def run_until(sched: JobScheduler, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Run the scheduler until `done()` (polled; generous timeout for a loaded CI machine)."""
+    sched.start()
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done() and loop.time() < end:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # let the run's own bookkeeping (logs, callbacks) finish
+    finally:
+        await sched.shutdown()
+
+
 async def run_for(sched: JobScheduler, seconds: float) -> None:
     sched.start()
     try:
@@ -68,7 +81,7 @@ async def test_a_hung_run_is_cancelled_at_its_deadline_and_the_next_run_works() 
     sched = JobScheduler([spec("hung", job)], is_leader=lambda: True, stopping=asyncio.Event(),
                          on_alive=lambda: alive.append(1))
     with capture_logs() as logs:
-        await run_for(sched, 0.75)
+        await run_until(sched, lambda: any(e["event"] == "job_recovered" for e in logs))
     assert calls[:3] == ["start", "start", "done"]
     assert [e["event"] for e in logs if e["log_level"] == "warning"][0] == "job_deadline_exceeded"
     assert any(e["event"] == "job_recovered" for e in logs)
