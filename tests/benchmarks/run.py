@@ -234,7 +234,9 @@ async def _statements(dbs: Databases, db: str, reset: bool) -> list[dict[str, An
 def idle_cycle(dbs: Databases, db: str, sim: SimProcess, since: date, work: Path
                ) -> dict[str, Any]:
     """Requests and SQL statements of one incremental cycle with nothing new: in process (the
-    daemon's steady state, pool already open) and as a whole `syncd sync` process."""
+    daemon's steady state: pool open, second cycle) and as a whole `syncd sync` process. Each
+    cycle re-reads `overlap` seconds (default 120) behind the watermark: rows changed in that
+    span come back (and are compared, not rewritten), which adds the upsert statements."""
     from syncd import logs, pull
     from syncd.app import open_deps
 
@@ -243,8 +245,9 @@ def idle_cycle(dbs: Databases, db: str, sim: SimProcess, since: date, work: Path
 
     async def in_process() -> dict[str, Any]:
         async with open_deps(settings) as deps:
-            async with deps.pool.acquire() as conn:  # warm every pooled connection's init
-                await conn.fetchval("SELECT 1")
+            # the daemon's steady state: a first cycle fills asyncpg's type cache and prepared
+            # statements; the second one is measured
+            await pull.sync_once(deps)
             sim.control("DELETE", "/requests")
             await _statements(dbs, db, reset=True)
             t0 = time.perf_counter()
