@@ -52,7 +52,15 @@ COMMENT ON COLUMN syncd.window_freshness.last_error IS 'Why the latest attempt f
 
 CREATE VIEW syncd.freshness AS
 SELECT
-    (SELECT watermark FROM syncd.watermarks WHERE stream = 'time_entries') AS data_as_of,
+    -- The watermark only means "everything up to here" once the backfill has no unfinished
+    -- window: during the first backfill (or after one was interrupted) it is NULL.
+    CASE WHEN EXISTS (SELECT 1 FROM syncd.windows
+                      WHERE purpose = 'backfill' AND status <> 'done')
+         THEN NULL
+         ELSE (SELECT watermark FROM syncd.watermarks WHERE stream = 'time_entries')
+    END                                                                  AS data_as_of,
+    (SELECT count(*) FROM syncd.windows
+     WHERE purpose = 'backfill' AND status <> 'done')                    AS backfill_windows_unfinished,
     (SELECT max(finished_at) FROM syncd.sync_runs
      WHERE job IN ('pull', 'backfill') AND status = 'ok')                 AS last_pull_at,
     (SELECT status FROM syncd.sync_runs WHERE job IN ('pull', 'backfill')
@@ -75,7 +83,8 @@ SELECT
 COMMENT ON VIEW syncd.freshness IS
     'One row for dashboards: how current the mirror is ("data as of") and what is still waiting to reach Kantata.';
 COMMENT ON COLUMN syncd.freshness.data_as_of IS
-    'Incremental watermark: every Kantata create and edit up to this instant is in the mirror. Deletions follow with reconciliation (see oldest_window_reconciled_at).';
+    'Incremental watermark: every Kantata create and edit up to this instant is in the mirror. NULL while the backfill has unfinished windows. Deletions follow with reconciliation (see oldest_window_reconciled_at).';
+COMMENT ON COLUMN syncd.freshness.backfill_windows_unfinished IS 'Backfill windows not yet completely read (0 once the first backfill is done).';
 COMMENT ON COLUMN syncd.freshness.last_pull_at IS 'End of the last pull (or backfill) run that finished ok.';
 COMMENT ON COLUMN syncd.freshness.last_pull_status IS 'Status of the most recent pull run: running | ok | partial | failed | interrupted.';
 COMMENT ON COLUMN syncd.freshness.last_reconcile_at IS 'End of the last reconciliation run that finished ok.';

@@ -26,7 +26,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_attempt,
 )
 
 from syncd import batching, pagination
@@ -72,6 +71,17 @@ class RetryPolicy:
     base: float = 1.0
     cap: float = 60.0
     retry_after_cap: float = 120.0
+
+    max_retries_throttled: int = 30
+
+    def stop(self, state: RetryCallState) -> bool:
+        """Give up after `max_retries` retries, or `max_retries_throttled` while Kantata keeps
+        answering 429: a rate limit costs time, not data."""
+        exc = state.outcome.exception() if state.outcome else None
+        limit = self.max_retries
+        if isinstance(exc, RetriableAPIError) and exc.status == 429:
+            limit = max(limit, self.max_retries_throttled)
+        return state.attempt_number > limit
 
     def wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -208,7 +218,7 @@ class KantataClient:
                      wait=round(state.upcoming_sleep, 3))
 
         async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.retry.max_retries + 1), wait=self.retry.wait,
+                stop=self.retry.stop, wait=self.retry.wait,
                 retry=retry_if_exception_type(RetriableError), reraise=True,
                 before_sleep=log_retry):
             with attempt:
@@ -220,6 +230,14 @@ class KantataClient:
                     raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
                 page = (pagination.decode_page(resp.body, storable=resp.storable)
                         if decode else None)
+                if page is not None and attempt.retry_state.attempt_number <= \
+                        self.retry.max_retries:
+                    missing = [r.entry_id for r in page.rejected
+                               if r.reason == pagination.MISSING_FROM_KEYED]
+                    if missing:  # an inconsistent answer: ask again before rejecting records
+                        raise MalformedResponseError(
+                            f"page lists {len(missing)} id(s) absent from `time_entries` "
+                            f"(e.g. {missing[0]})")
                 return resp, page
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -29,6 +29,7 @@ MAX_INT = 2**31 - 1  # PostgreSQL `integer` columns (currency_base_unit)
 MAX_ID_TEXT = 100  # longest id string quoted back in a reject reason
 MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
 MIN_YEAR, MAX_YEAR = 1900, 2200
+MISSING_FROM_KEYED = "listed in `results` but absent from the `time_entries` object"
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
 SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~2 MB at most)
 
@@ -372,8 +373,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         ids.append(rid)
         raw = keyed.get(rid)
         if raw is None:
-            rejected.append(Rejected(entry_id=rid, raw="null", reason=(
-                "listed in `results` but absent from the `time_entries` object")))
+            rejected.append(Rejected(entry_id=rid, raw="null", reason=MISSING_FROM_KEYED))
             continue
         try:
             entry = parse_time_entry(raw, storable=storable)

@@ -22,7 +22,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from syncd import cursor, store
-from syncd.errors import FatalError, MalformedResponseError, RetriableError
+from syncd.errors import AuthError, FatalError, MalformedResponseError, RetriableError
 from syncd.models import Page
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
@@ -148,6 +148,8 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.error = "stopped before the window finished"
                     res.distinct = len(set(res.ids))
                     return res
+        except AuthError:
+            raise  # the token is refused: no other window can succeed either
         except (RetriableError, FatalError) as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             res.distinct = len(set(res.ids))
@@ -196,7 +198,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     windows = month_windows(since, until, deps.settings.backfill_window_months)
     async with deps.pool.acquire() as conn:
         states = await store.window_states(conn, "backfill")
-    todo = [w for w in windows if force or states.get(w, {}).get("status") != "done"]
+        todo = [w for w in windows if force or states.get(w, {}).get("status") != "done"]
+        await store.ensure_windows(conn, "backfill", [w for w in todo if w not in states])
     progress = _Progress(len(todo))
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []
@@ -224,8 +227,17 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             res.ids = array("q")  # counted; keeping every window's ids would hold them all
             results.append(res)
 
-    await asyncio.gather(*(one(w) for w in todo))
+    try:
+        async with asyncio.TaskGroup() as tg:  # an AuthError cancels the other windows
+            for w in todo:
+                tg.create_task(one(w))
+    except BaseExceptionGroup as group:  # report the cause itself, not a group of one
+        raise group.exceptions[0] from None
     stats.details["windows"] = len(todo)
+    unfinished = len(todo) - len(results)
+    if unfinished and deps.should_stop():
+        stats.errors.append(f"stopped before the backfill finished: {unfinished} of "
+                            f"{len(todo)} windows left to read (resumed by the next run)")
     return results
 
 

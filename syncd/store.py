@@ -315,3 +315,16 @@ async def prune_windows(conn: asyncpg.Connection, purpose: str, keep: Sequence[W
     status = await conn.execute(PRUNE_WINDOWS, purpose, [w.start for w in keep],
                                 [w.end for w in keep])
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def ensure_windows(conn: asyncpg.Connection, purpose: str, windows: Sequence[Window]
+                         ) -> None:
+    """Record `windows` as `pending` unless they already have a checkpoint, so that work not
+    yet started is visible (freshness is not claimed before every window is read)."""
+    if not windows:
+        return
+    await conn.execute(
+        """INSERT INTO syncd.windows (purpose, window_start, window_end)
+           SELECT $1, s, e FROM unnest($2::date[], $3::date[]) AS u(s, e)
+           ON CONFLICT (purpose, window_start, window_end) DO NOTHING""",
+        purpose, [w.start for w in windows], [w.end for w in windows])

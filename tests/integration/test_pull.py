@@ -137,3 +137,60 @@ async def test_timeouts_and_lost_answers_are_survived(db_dsn: str, sim_url: str,
     kinds = {r.get("fault") for r in sim.requests}
     assert {"timeout", "lost_response"} <= kinds, kinds
     assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_stopped_backfill_is_partial_and_freshness_claims_nothing(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    deps.stopping = asyncio.Event()
+    orig = deps.client.list_page
+    calls = 0
+
+    async def stop_after_ten(params, **kw):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            deps.stopping.set()  # SIGTERM arrives mid-backfill
+        return await orig(params, **kw)
+
+    deps.client.list_page = stop_after_ten  # type: ignore[method-assign]
+    stats = await pull.sync_once(deps)
+    assert any("stopped before the backfill finished" in e for e in stats.errors)
+    row = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs")
+    assert row["status"] == "partial" and "windows left to read" in row["error"]
+    fresh = await conn.fetchrow("SELECT data_as_of, backfill_windows_unfinished "
+                                "FROM syncd.freshness")
+    assert fresh["data_as_of"] is None and fresh["backfill_windows_unfinished"] > 0
+    deps.stopping = None
+    deps.client.list_page = orig  # type: ignore[method-assign]
+    await pull.sync_once(deps)
+    fresh = await conn.fetchrow("SELECT data_as_of, backfill_windows_unfinished "
+                                "FROM syncd.freshness")
+    assert fresh["data_as_of"] is not None and fresh["backfill_windows_unfinished"] == 0
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_a_refused_token_stops_the_backfill_at_once(db_dsn: str, sim_url: str,
+                                                         sim: Simulator) -> None:
+    from syncd.app import open_deps
+    from syncd.errors import AuthError
+
+    async with open_deps(make_settings(db_dsn, sim_url, kantata_token="wrong-token")) as deps:
+        with pytest.raises(AuthError, match="Invalid OAuth 2 Request"):
+            await pull.sync_once(deps)
+    # one request per concurrently started window at most, not one per window (84)
+    assert 1 <= len(sim.requests) <= deps.settings.window_concurrency
+
+
+async def test_pages_naming_missing_ids_are_asked_again(db_dsn: str, sim_url: str,
+                                                        sim: Simulator,
+                                                        conn: asyncpg.Connection) -> None:
+    from syncd.app import open_deps
+
+    sim.set_faults({"bad_page_rate": 0.3, "bad_page_kinds": ["missing_ids"], "seed": 3})
+    async with open_deps(make_settings(db_dsn, sim_url, max_retries=10)) as deps:
+        stats = await pull.sync_once(deps)
+    sim.clear_faults()
+    assert any(r.get("fault") for r in sim.requests)
+    assert stats.rows_rejected == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records") == 0
+    assert await mirror_diff(conn, sim.list_entries()) == []

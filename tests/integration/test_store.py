@@ -80,3 +80,14 @@ async def test_watermark_only_moves_forward(conn: asyncpg.Connection) -> None:
     assert await store.get_watermark(conn) == t
     await store.set_watermark(conn, t + timedelta(seconds=1))
     assert await store.get_watermark(conn) == t + timedelta(seconds=1)
+
+
+async def test_a_rejected_record_is_resolved_when_a_valid_version_is_stored(
+        conn: asyncpg.Connection) -> None:
+    from syncd.models import Rejected
+
+    await store.record_rejects(conn, [Rejected(entry_id="11", reason="notes: NUL", raw="{}"),
+                                      Rejected(entry_id="12", reason="bad", raw="{}")], None)
+    await store.upsert_entries(conn, [te(11, "2026-01-02T10:00:00-08:00")])
+    left = [r["entry_id"] for r in await conn.fetch("SELECT entry_id FROM syncd.rejected_records")]
+    assert left == ["12"]

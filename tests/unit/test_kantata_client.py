@@ -135,3 +135,13 @@ async def test_bulk_create_returns_422_body_for_item_mapping(client: KantataClie
 
 def test_repr_hides_token(client: KantataClient) -> None:
     assert TOKEN not in repr(client)
+
+
+async def test_a_long_run_of_429s_costs_time_not_the_read(client: KantataClient) -> None:
+    with aioresponses() as m:
+        for _ in range(10):  # more than max_retries=3
+            m.get(LIST, status=429)
+        m.get(LIST, payload=envelope(7))
+        page = await client.list_page({})
+        assert [e.id for e in page.entries] == [7]
+        assert sum(len(v) for v in m.requests.values()) == 11
