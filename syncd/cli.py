@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from syncd import __version__, commands, logs
 from syncd.errors import ConfigError
-from syncd.settings import Settings, format_validation_error
+from syncd.settings import Settings, format_validation_error, unknown_variables
 
 __all__ = ["main"]
 
@@ -39,10 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings: Settings | None = None
     if getattr(args, "needs_settings", True):
+        for warning in unknown_variables(os.environ):
+            print(f"syncd: warning: {warning}", file=sys.stderr)
         try:
             settings = Settings()
         except ValidationError as exc:
-            print(f"syncd: {format_validation_error(exc)}", file=sys.stderr)
+            for line in format_validation_error(exc).splitlines():
+                print(f"syncd: {line}", file=sys.stderr)
             return 2
         except ConfigError as exc:  # SYNCD_CONFIG_FILE missing or not TOML
             print(f"syncd: {exc}", file=sys.stderr)

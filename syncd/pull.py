@@ -280,15 +280,17 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
     an incremental pass. Returns the run's figures; raises on a fatal error."""
     now = now or datetime.now(UTC)
     job = "backfill" if since or until else "pull"
+    today = now.date()
+    lo = since or deps.settings.backfill_from(today)
+    hi = until or (today + timedelta(days=deps.settings.lookahead_days))
+    if hi < lo:  # refused before anything is recorded
+        raise ValueError(f"nothing to backfill: {lo} is after {hi} (check --since/--until)")
     async with job_run(deps, job) as stats:
         async with deps.pool.acquire() as conn:
             wm = await store.get_watermark(conn)
             if wm is None:  # first run: anything changed from now on is caught incrementally
                 await store.set_watermark(conn, cursor.initial_watermark(
                     now, timedelta(seconds=deps.settings.overlap)))
-        today = now.date()
-        lo = since or deps.settings.backfill_from(today)
-        hi = until or (today + timedelta(days=deps.settings.lookahead_days))
         await backfill(deps, lo, hi, force=since is not None or until is not None, stats=stats)
         if not deps.should_stop():
             stats.details["incremental_pages"] = await incremental(deps, now, stats)

@@ -7,9 +7,12 @@ the defaults below. The database falls back to libpq's `PG*` variables when no U
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
@@ -157,14 +160,14 @@ class Settings(BaseSettings):
     # --- derived values ------------------------------------------------------------------------
     def token(self) -> SecretStr:
         """The Kantata bearer token. Raises ValueError naming the setting when none is set."""
-        if self.kantata_token is not None:
+        if self.kantata_token is not None and self.kantata_token.get_secret_value().strip():
             return self.kantata_token
         if self.kantata_token_file is not None:
             text = self.kantata_token_file.read_text().strip()
             if text:
                 return SecretStr(text)
-        raise ValueError("kantata_token: no Kantata token configured (set SYNCD_KANTATA_TOKEN "
-                         "or SYNCD_KANTATA_TOKEN_FILE)")
+        raise ValueError("invalid setting SYNCD_KANTATA_TOKEN: no Kantata token configured "
+                         "(set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE)")
 
     def dsn(self) -> str | None:
         """The database URL, or None to let asyncpg use libpq PG* variables."""
@@ -187,8 +190,30 @@ def format_validation_error(exc: ValidationError) -> str:
         elif loc:
             lines.append(f"invalid setting SYNCD_{loc.upper()}: {msg}")
         else:
-            lines.append(f"invalid setting: {msg.removeprefix('Value error, ')}")
+            lines.append(_name_setting(msg.removeprefix("Value error, ")))
     return "\n".join(lines)
+
+
+def _name_setting(message: str) -> str:
+    """'kantata_token: why' -> 'invalid setting SYNCD_KANTATA_TOKEN: why'."""
+    m = re.match(r"^([a-z_]+): (.*)$", message, re.S)
+    if m and m.group(1) in Settings.model_fields:
+        return f"invalid setting SYNCD_{m.group(1).upper()}: {m.group(2)}"
+    return f"invalid setting: {message}"
+
+
+NOT_SETTINGS = {"SYNCD_CONFIG_FILE", "SYNCD_TEST_DSN", "SYNCD_PG_DIR"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for `SYNCD_*` variables that are not settings (typos are otherwise silent)."""
+    known = {f"SYNCD_{n.upper()}" for n in Settings.model_fields} | NOT_SETTINGS
+    out = []
+    for key in sorted(k for k in environ if k.startswith("SYNCD_") and k not in known):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{key} is not a setting{hint}; ignored")
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Coroutine
 from datetime import date
@@ -14,18 +16,41 @@ from syncd.errors import FatalError, RetriableError, redact
 
 
 def parse_date(value: str) -> date:
-    """argparse type for YYYY-MM-DD."""
+    """argparse type for a calendar date, YYYY-MM-DD."""
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a YYYY-MM-DD date") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-31") from None
+
+
+def check_range(since: date | None, until: date | None) -> None:
+    """Refuse `--since` after `--until` before any work is recorded (ValueError, exit 2)."""
+    if since is not None and until is not None and until < since:
+        raise ValueError(f"--until {until} is before --since {since}")
+
+
+async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run `coro`; turn expected failures into one line on stderr and exit code 1 (2 for
-    configuration)."""
+    configuration). SIGTERM cancels the work like Ctrl-C does, so the run is recorded as
+    interrupted (exit 143) instead of being left `running`."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_cancel_on_sigterm(coro))
+    except asyncio.CancelledError:
+        print("syncd: stopped by SIGTERM; the next run resumes where this one stopped",
+              file=sys.stderr)
+        return 143
     except ValueError as exc:  # missing token and similar configuration problems
         print(f"syncd: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -157,7 +158,11 @@ async def _check(deps: Any, sim: Any) -> str:
 
 def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     if args.stop:
+        if not args.dir.exists():
+            _say(f"no demo PostgreSQL in {args.dir}; nothing to stop")
+            return 0
         TempPostgres(args.dir / "pg").stop(remove=True)
+        shutil.rmtree(args.dir, ignore_errors=True)
         _say(f"stopped the demo PostgreSQL and removed {args.dir}")
         return 0
     try:

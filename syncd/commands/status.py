@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from syncd import store
+from syncd import migrate, store
 from syncd.commands._util import run_async
 from syncd.settings import Settings
 
@@ -48,6 +48,7 @@ def render_text(snap: dict[str, Any]) -> str:
 async def _status(settings: Settings, as_json: bool) -> int:
     conn = await asyncpg.connect(settings.dsn())
     try:
+        await migrate.check_current(conn)
         snap = await store.status_snapshot(conn)
     finally:
         await conn.close()

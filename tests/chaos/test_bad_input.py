@@ -608,13 +608,13 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
      "only allowed for a loopback simulator with SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"),
     ("tls_verify_off_for_a_remote_host",
      {"SYNCD_KANTATA_TLS_VERIFY": "false", "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true"},
-     "kantata_base_url: plain http or disabled TLS verification is only allowed for a "
+     "SYNCD_KANTATA_BASE_URL: plain http or disabled TLS verification is only allowed for a "
      "loopback simulator"),
     ("token_and_token_file", {"SYNCD_KANTATA_TOKEN_FILE": "/etc/hostname"},
-     "kantata_token: set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE, not both"),
+     "SYNCD_KANTATA_TOKEN: set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE, not both"),
     ("token_file_missing", {"SYNCD_KANTATA_TOKEN": None,
                             "SYNCD_KANTATA_TOKEN_FILE": "/nonexistent/token"},
-     "kantata_token_file: /nonexistent/token is not a file"),
+     "SYNCD_KANTATA_TOKEN_FILE: /nonexistent/token is not a file"),
 ]
 
 
@@ -634,8 +634,8 @@ def test_missing_token_is_named_before_anything_connects(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run_cli(monkeypatch, capsys, {"SYNCD_KANTATA_TOKEN": None}, ["sync"])
     assert code == 2
-    assert err == ("syncd: kantata_token: no Kantata token configured (set SYNCD_KANTATA_TOKEN "
-                   "or SYNCD_KANTATA_TOKEN_FILE)")
+    assert err == ("syncd: invalid setting SYNCD_KANTATA_TOKEN: no Kantata token configured "
+                   "(set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE)")
 
 
 def test_empty_token_file_counts_as_missing(
@@ -645,7 +645,7 @@ def test_empty_token_file_counts_as_missing(
     f.write_text("\n")
     code, err = run_cli(monkeypatch, capsys, {"SYNCD_KANTATA_TOKEN": None,
                                               "SYNCD_KANTATA_TOKEN_FILE": str(f)}, ["sync"])
-    assert code == 2 and "kantata_token: no Kantata token configured" in err
+    assert code == 2 and "SYNCD_KANTATA_TOKEN: no Kantata token configured" in err
 
 
 @pytest.mark.parametrize(("toml", "message"), [

@@ -127,3 +127,37 @@ async def test_plain_http_to_a_remote_host_is_refused(db_dsn: str) -> None:
     assert code == 2
     assert "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK" in err and "loopback" in err
     assert TOKEN not in err
+
+
+async def test_sigterm_on_a_one_shot_sync_records_an_interrupted_run(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    sim.set_faults({"latency_ms": 50})
+    env = env_for(db_dsn, sim_url, SYNCD_PER_PAGE="20")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", "sync", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert "stopped by SIGTERM" in err.decode()
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs") == "interrupted"
+
+
+async def test_cli_input_mistakes_are_named(db_dsn: str, empty_db_dsn: str, sim_url: str) -> None:
+    env = env_for(db_dsn, sim_url, SYNCD_PULL_INTERVALL="5")
+    code, out, err = await syncd(env, "sync", "--since", "2026-13-01")
+    assert code == 2 and "'2026-13-01' is not a date; use YYYY-MM-DD" in err
+    code, out, err = await syncd(env, "sync", "--since", "2026-03-01", "--until", "2026-02-01")
+    assert code == 2 and "nothing to backfill: 2026-03-01 is after 2026-02-01" in err
+    assert "SYNCD_PULL_INTERVALL is not a setting (did you mean SYNCD_PULL_INTERVAL?)" in err
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM syncd.sync_runs") == 0
+    finally:
+        await conn.close()
+    code, out, err = await syncd(env_for(empty_db_dsn, sim_url), "status")
+    assert code == 1 and "run `syncd migrate` first" in err
