@@ -24,12 +24,6 @@ def parse_date(value: str) -> date:
             f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-31") from None
 
 
-def check_range(since: date | None, until: date | None) -> None:
-    """Refuse `--since` after `--until` before any work is recorded (ValueError, exit 2)."""
-    if since is not None and until is not None and until < since:
-        raise ValueError(f"--until {until} is before --since {since}")
-
-
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
     task = asyncio.current_task()
     assert task is not None
