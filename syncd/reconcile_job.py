@@ -206,7 +206,10 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window) -> WindowRep
         rep.requests, rep.reads = read.pages, read.reads
         rep.remote_count, rep.trusted = read.last_count, read.trusted
         await _apply(deps, stats, read, rep)
-    except AuthError:
+    except AuthError as exc:  # the whole run stops; the window says why
+        async with deps.pool.acquire() as conn:
+            await store.finish_window(conn, PURPOSE, w, status="failed", remote_count=None,
+                                      error=f"AuthError: {exc}")
         raise
     except (RetriableError, FatalError, Stopped) as exc:
         rep.error = f"{type(exc).__name__}: {exc}"

@@ -368,3 +368,16 @@ async def test_shutdown_mid_run_leaves_unfinished_windows_due_and_deletes_nothin
     done = {r.window for r in reports if r.error is None}
     assert {r.window for r in rest} == set(reconcile_job.default_windows(deps, now.date())) - done
     assert await _deleted_ids(conn) == {victim}
+
+
+async def test_a_refused_token_fails_the_window_with_the_reason(
+        db_dsn: str, sim_url: str, conn: asyncpg.Connection) -> None:
+    from syncd.errors import AuthError
+
+    async with open_deps(make_settings(db_dsn, sim_url, kantata_token="wrong-token")) as deps:
+        with pytest.raises(AuthError):
+            await reconcile_job.reconcile_range(deps, date(2026, 9, 1), date(2026, 9, 30))
+    row = await conn.fetchrow("SELECT status, last_error FROM syncd.windows "
+                              "WHERE purpose = 'reconcile'")
+    assert row["status"] == "failed"
+    assert "Invalid OAuth 2 Request" in row["last_error"]
