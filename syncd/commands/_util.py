@@ -28,7 +28,10 @@ async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (ValueError, RuntimeError):  # not the main thread (embedded use): no handler
+        return await coro
     try:
         return await coro
     finally:
