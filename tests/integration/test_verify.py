@@ -143,7 +143,7 @@ async def test_bad_token_missing_token_and_unreachable_database_exit_2(
     assert "not-the-right-token" not in err
     monkeypatch.delenv("SYNCD_KANTATA_TOKEN")
     code, _, err = await _verify(capsys)
-    assert code == 2 and "kantata_token" in err
+    assert code == 2 and "SYNCD_KANTATA_TOKEN" in err
     cli_env(monkeypatch, db_dsn, sim_url)
     monkeypatch.setenv("SYNCD_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
     code, _, err = await _verify(capsys)
