@@ -93,7 +93,9 @@ CREATE INDEX outbox_entry_idx ON syncd.outbox (entry_id);
 CREATE INDEX outbox_status_idx ON syncd.outbox (status);
 
 -- The version an edit is based on, recorded by the database itself at enqueue time, unless the
--- writer supplied it.
+-- writer supplied it. A writer owns only op, entry_id, payload, base_updated_at and
+-- correlation_key; every other column is reset here, whatever the INSERT put in it (a
+-- next_attempt_at in 2099 would otherwise park the row forever).
 CREATE FUNCTION syncd.outbox_before_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.op = 'create' AND NEW.entry_id IS NOT NULL THEN
@@ -117,6 +119,9 @@ BEGIN
     NEW.sent_at := NULL;
     NEW.done_at := NULL;
     NEW.result := NULL;
+    NEW.next_attempt_at := now();
+    NEW.created_at := now();
+    NEW.updated_at := now();
     RETURN NEW;
 END $$;
 

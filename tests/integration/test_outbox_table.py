@@ -242,3 +242,56 @@ async def test_updated_at_follows_every_change(conn: asyncpg.Connection) -> None
     await asyncio.sleep(0.01)
     await conn.execute("UPDATE syncd.outbox SET last_error = 'x'")
     assert await conn.fetchval("SELECT updated_at FROM syncd.outbox") > before
+
+
+# Every column syncd owns, a value a writer might put in it, and what the row must hold after
+# the INSERT (NOW: the inserting transaction's now()). README "The outbox": "anything you put
+# in them on INSERT is reset".
+NOW = object()
+OWNED_COLUMNS = [
+    ("status", "'failed'", "pending"),
+    ("attempts", "7", 0),
+    ("last_error", "'from the writer'", None),
+    ("result", "'created'", None),
+    ("remote_updated_at", "'2026-01-01T00:00:00Z'", None),
+    ("remote_entry", "'{\"id\": \"1\"}'", None),
+    ("lease_owner", "'someone'", None),
+    ("lease_expires_at", "'2099-01-01T00:00:00Z'", None),
+    ("batch_id", "gen_random_uuid()", None),
+    ("claimed_at", "'2026-01-01T00:00:00Z'", None),
+    ("sent_at", "'2026-01-01T00:00:00Z'", None),
+    ("done_at", "'2026-01-01T00:00:00Z'", None),
+    ("next_attempt_at", "'2099-01-01T00:00:00Z'", NOW),
+    ("created_at", "'2001-01-01T00:00:00Z'", NOW),
+    ("updated_at", "'2001-01-01T00:00:00Z'", NOW),
+]
+
+
+@pytest.mark.parametrize(("column", "given", "expected"), OWNED_COLUMNS,
+                         ids=[c[0] for c in OWNED_COLUMNS])
+async def test_insert_resets_every_column_syncd_owns(
+        conn: asyncpg.Connection, column: str, given: str, expected: object) -> None:
+    async with conn.transaction():
+        await conn.execute(f"INSERT INTO syncd.outbox (op, payload, {column}) "
+                           f"VALUES ('create', '{CREATE}', {given})")
+        now = await conn.fetchval("SELECT now()")
+    value = await conn.fetchval(f"SELECT {column} FROM syncd.outbox")
+    assert value == (now if expected is NOW else expected)
+
+
+async def test_insert_keeps_what_the_writer_owns(conn: asyncpg.Connection) -> None:
+    key, base = uuid.uuid4(), datetime(2026, 2, 1, tzinfo=UTC)
+    await conn.execute("INSERT INTO syncd.outbox (op, entry_id, payload, base_updated_at, "
+                       "correlation_key) VALUES ('update', 7, '{\"notes\": \"x\"}', $1, $2)",
+                       base, key)
+    r = await conn.fetchrow("SELECT * FROM syncd.outbox")
+    assert (r["op"], r["entry_id"], orjson.loads(r["payload"]), r["base_updated_at"],
+            r["correlation_key"]) == ("update", 7, {"notes": "x"}, base, key)
+
+
+async def test_a_row_queued_with_a_far_future_next_attempt_is_pushed_at_once(
+        conn: asyncpg.Connection) -> None:
+    await conn.execute("INSERT INTO syncd.outbox (op, payload, next_attempt_at) "
+                       f"VALUES ('create', '{CREATE}', '2099-01-01')")
+    claim = await outbox.claim_batch(conn, owner="a", limit=10, lease_seconds=60)
+    assert [r.id for r in claim.rows] == [1]

@@ -22,19 +22,19 @@ CONFLICT = "changed in Kantata since it was queued (remote updated_at 2026-04-01
 
 
 async def seed(conn: asyncpg.Connection) -> None:
-    """Outbox rows in every state (statuses forced after insert, as push would leave them)
-    and a failed run in the history."""
+    """Outbox rows in every state (statuses and ages forced after the insert, which resets
+    them, as push would leave them) and a failed run in the history."""
     async with conn.transaction():  # one commit: push never sees them pending
         ids = [r["id"] for r in await conn.fetch("""
-            INSERT INTO syncd.outbox (op, entry_id, payload, created_at)
-            SELECT 'update', 900000 + g, '{"notes": "x"}'::jsonb, now() - interval '2 hours'
+            INSERT INTO syncd.outbox (op, entry_id, payload)
+            SELECT 'update', 900000 + g, '{"notes": "x"}'::jsonb
             FROM generate_series(1, 7) g ORDER BY g RETURNING id""")]
         await conn.execute("""
             UPDATE syncd.outbox SET
                 status = CASE WHEN entry_id <= 900002 THEN 'failed'
                               WHEN entry_id = 900003 THEN 'conflict'
                               WHEN entry_id <= 900006 THEN 'done' ELSE 'pending' END,
-                attempts = 3,
+                attempts = 3, created_at = now() - interval '2 hours',
                 last_error = CASE WHEN entry_id <= 900002 THEN $1
                                   WHEN entry_id = 900003 THEN $2 END,
                 next_attempt_at = now() + interval '1 day'
