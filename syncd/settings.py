@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,7 +99,9 @@ class Settings(BaseSettings):
     push_interval: float = Field(30.0, gt=0, description="fallback poll when no NOTIFY arrives")
     push_batch_size: int = Field(100, ge=1, le=100)
     push_concurrency: int = Field(4, ge=1, le=64, description="PUTs in flight at once")
-    outbox_lease: float = Field(300.0, gt=0, description="seconds before a claim expires")
+    outbox_lease: float = Field(
+        300.0, gt=0, description="seconds before a claim expires; longer than one request "
+                                 "(request_timeout + connect_timeout)")
     outbox_max_attempts: int = Field(10, ge=1)
     conflict_policy: Literal["park", "local_wins"] = "park"
     external_reference_service_name: str = Field("syncd", min_length=1, max_length=100)
@@ -140,6 +149,21 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL such as https://api.mavenlink.com/api/v1")
         return v.rstrip("/")
+
+    @field_validator("outbox_lease")
+    @classmethod
+    def _lease_outlasts_a_request(cls, v: float, info: ValidationInfo) -> float:
+        # A lease is renewed just before each request; one that ran out while its request is
+        # still in flight lets another process claim the row and send it a second time.
+        # (request_timeout and connect_timeout are declared above, so validated first; when
+        # one of them is invalid it has its own error.)
+        timeout, connect = info.data.get("request_timeout"), info.data.get("connect_timeout")
+        if timeout is not None and connect is not None and v <= timeout + connect:
+            raise ValueError(
+                f"must be longer than SYNCD_REQUEST_TIMEOUT + SYNCD_CONNECT_TIMEOUT "
+                f"({timeout + connect:g} s), or a lease can run out while its request is "
+                "still in flight")
+        return v
 
     @model_validator(mode="after")
     def _transport_security(self) -> Settings:

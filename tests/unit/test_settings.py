@@ -1,0 +1,33 @@
+"""Settings bounds that protect the outbox: a lease must outlast the request it covers."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from syncd.cli import main
+from syncd.settings import Settings, format_validation_error
+
+
+def test_a_lease_shorter_than_one_request_is_refused_in_one_line_naming_the_variable() -> None:
+    with pytest.raises(ValidationError) as exc:
+        Settings(kantata_token="t", outbox_lease=1)
+    msg = format_validation_error(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith("invalid setting SYNCD_OUTBOX_LEASE:")
+    assert "SYNCD_REQUEST_TIMEOUT + SYNCD_CONNECT_TIMEOUT (100 s)" in msg
+
+
+def test_the_lease_bound_follows_the_timeouts() -> None:
+    assert Settings(outbox_lease=8, request_timeout=5, connect_timeout=2).outbox_lease == 8
+    with pytest.raises(ValidationError, match="SYNCD_CONNECT_TIMEOUT"):
+        Settings(outbox_lease=7, request_timeout=5, connect_timeout=2)
+    assert Settings().outbox_lease == 300  # the defaults fit
+
+
+def test_the_command_line_refuses_it_with_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SYNCD_OUTBOX_LEASE", "1")
+    assert main(["outbox", "list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("syncd: invalid setting SYNCD_OUTBOX_LEASE: ") and "\n" not in err
