@@ -91,14 +91,22 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
             else:
                 deps.metrics.job_failures.labels(job).inc()
             requests = deps.client.requests_sent - stats.requests_at_start
-            try:
-                async with deps.pool.acquire() as conn:
-                    await store.finish_run(
-                        conn, stats.run_id, status=status, pages=stats.pages, requests=requests,
-                        rows_upserted=stats.rows_upserted, rows_rejected=stats.rows_rejected,
-                        error=error, details=stats.details)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("run_history_write_failed", error=type(exc).__name__)
+            # Two tries: a statement cancelled mid-flight (deadline, shutdown) can leave a
+            # pooled connection in a broken protocol state (asyncpg InternalClientError,
+            # MagicStack/asyncpg#784); the pool drops it and the second try gets another one.
+            for attempt in (1, 2):
+                try:
+                    async with deps.pool.acquire() as conn:
+                        await store.finish_run(
+                            conn, stats.run_id, status=status, pages=stats.pages,
+                            requests=requests, rows_upserted=stats.rows_upserted,
+                            rows_rejected=stats.rows_rejected, error=error,
+                            details=stats.details)
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                        asyncpg.InternalClientError) as exc:
+                    log.warning("run_history_write_failed", attempt=attempt,
+                                error=f"{type(exc).__name__}: {exc}")
             log.info("job_finished", status=status, seconds=round(elapsed, 3),
                      pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
                      rows_rejected=stats.rows_rejected, error=error)

@@ -60,6 +60,9 @@ DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    # a pooled connection left mid-operation by a cancelled statement (asyncpg#784): the pool
+    # drops it; the next run gets a healthy one
+    asyncpg.InternalClientError,
 )
 
 
