@@ -423,7 +423,9 @@ class Outcome:
     429/5xx/timeout/reset or an unreadable answer (`message`, optional `retry_after` seconds);
     `not_sent`: nothing was sent in this attempt (shutdown), so the attempt does not count.
     `min_delay` (seconds, not capped by the back-off cap) holds a retry back until a request
-    whose outcome is unknown can no longer be running at Kantata.
+    whose outcome is unknown can no longer be running at Kantata. `sent` False: certainly
+    nothing of this attempt reached Kantata (the connection was refused), so the row's
+    `sent_at` goes back to its value before the attempt (no lookup, no settle follow).
     """
 
     kind: OutcomeKind
@@ -434,12 +436,15 @@ class Outcome:
     entry_id: int | None = None
     remote: Mapping[str, Any] | None = None
     remote_updated_at: datetime | None = None
+    sent: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """The new state of one row: `status`, `last_error` (None = clear it, unless
-    `keep_error`), `retry_in` seconds for pending rows, `refund` = give the attempt back."""
+    `keep_error`), `retry_in` seconds for pending rows, `refund` = give the attempt back,
+    `unsent` = nothing of this attempt was sent: `sent_at` returns to `sent_at` (its value
+    when the row was claimed)."""
 
     row_id: int
     status: OutboxStatus
@@ -451,6 +456,8 @@ class Decision:
     entry_id: int | None = None
     remote: Mapping[str, Any] | None = None
     remote_updated_at: datetime | None = None
+    unsent: bool = False
+    sent_at: datetime | None = None
 
 
 def backoff_seconds(attempts: int, base: float, cap: float,
@@ -473,9 +480,14 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
     | conflict  | conflict, reason + remote version  | conflict                 |
     | transient | pending, back-off, message kept    | failed (dead letter)     |
     | not_sent  | pending now, attempt refunded      | pending, refunded        |
+
+    An attempt that sent nothing (`not_sent`, or `sent` False) is `unsent`: the row's
+    `sent_at` returns to its value at the claim.
     """
+    unsent = outcome.kind == "not_sent" or not outcome.sent
     base = Decision(row_id=row.id, status="done", entry_id=outcome.entry_id,
-                    remote=outcome.remote, remote_updated_at=outcome.remote_updated_at)
+                    remote=outcome.remote, remote_updated_at=outcome.remote_updated_at,
+                    unsent=unsent, sent_at=row.sent_at if unsent else None)
     kind = outcome.kind
     if kind == "ok":
         return replace(base, result=outcome.result)

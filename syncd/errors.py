@@ -38,14 +38,20 @@ class RetriableError(SyncdError):
 
 
 class RetriableAPIError(RetriableError):
-    """Kantata answered 429/5xx, timed out, or the connection broke (`status` 0 = no answer)."""
+    """Kantata answered 429/5xx, timed out, or the connection broke (`status` 0 = no answer).
+
+    `sent` is False only when the request certainly never left (the connection could not be
+    made), so a write needs no lookup before it is sent again; otherwise it may have reached
+    Kantata.
+    """
 
     def __init__(self, status: int, message: str, *, retry_after: float | None = None,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, sent: bool = True) -> None:
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.retry_after = retry_after
         self.request_id = request_id
+        self.sent = sent
 
 
 class MalformedResponseError(RetriableError):

@@ -46,6 +46,10 @@ __all__ = ["ApiResponse", "KantataClient", "RetryPolicy", "classify", "error_mes
 
 log = structlog.get_logger(__name__)
 
+#: Failures while connecting, before a byte of the request is written: the request certainly
+#: never reached Kantata (refused, unreachable, DNS, TLS handshake, connect timeout).
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
 #: The filters that undo Kantata's visibility defaults (api-notes §4): without them archived and
 #: other-account entries are invisible and would later look like deletions.
 VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
@@ -165,7 +169,8 @@ class KantataClient:
     async def send(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                    json: Any = None, priority: Priority = "pull") -> ApiResponse:
         """Send one request (no retry). Returns any answer with a status; raises
-        RetriableAPIError(status 0) when no answer came (timeout, reset, refused)."""
+        RetriableAPIError(status 0) when no answer came (timeout, reset, refused), with
+        `sent=False` when the connection could not even be made (nothing was sent)."""
         data = orjson.dumps(json) if json is not None else None
         headers = dict(self._auth)
         if data is not None:
@@ -183,9 +188,11 @@ class KantataClient:
                     retry_after = _retry_after(resp.headers)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 self.metrics.requests.labels(endpoint, method, "0").inc()
-                kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
+                sent = not isinstance(exc, _NOT_SENT)
+                kind = ("could not connect" if not sent else
+                        "timed out" if isinstance(exc, TimeoutError) else "failed")
                 raise RetriableAPIError(0, f"{method} {endpoint} {kind}: "
-                                           f"{type(exc).__name__}") from None
+                                           f"{type(exc).__name__}", sent=sent) from None
         self.metrics.requests.labels(endpoint, method, str(status)).inc()
         if status == 429:
             self.budget.throttled()

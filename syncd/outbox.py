@@ -101,11 +101,13 @@ UPDATE syncd.outbox t SET
     next_attempt_at = CASE WHEN u.status = 'pending'
         THEN coalesce($2, now()) + make_interval(secs => u.retry_in) ELSE t.next_attempt_at END,
     done_at = CASE WHEN u.status IN ('done', 'failed', 'conflict') THEN coalesce($2, now()) END,
+    sent_at = CASE WHEN u.unsent THEN u.sent_at ELSE t.sent_at END,
     lease_owner = NULL, lease_expires_at = NULL
 FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::boolean[], $8::float8[],
-            $9::boolean[], $10::bigint[], $11::timestamptz[], $12::jsonb[])
+            $9::boolean[], $10::bigint[], $11::timestamptz[], $12::jsonb[], $13::boolean[],
+            $14::timestamptz[])
      AS u(id, status, result, last_error, keep_error, retry_in, refund, entry_id,
-          remote_updated_at, remote_entry)
+          remote_updated_at, remote_entry, unsent, sent_at)
 WHERE t.id = u.id AND t.batch_id = $1 AND t.status = 'in_flight'
 RETURNING t.id
 """
@@ -229,7 +231,7 @@ def _json(v: Mapping[str, Any] | None) -> str | None:
 async def finish_rows(conn: asyncpg.Connection, batch_id: uuid.UUID,
                       decisions: Sequence[Decision], *, now: datetime | None = None) -> set[int]:
     """Apply decisions (done / failed / conflict / pending with back-off) to rows of this
-    claim in one statement and end their lease. Returns the ids updated (rows whose lease was
+    claim in one statement and end their lease; an `unsent` decision puts `sent_at` back. Returns the ids updated (rows whose lease was
     lost are left alone)."""
     if not decisions:
         return set()
@@ -238,7 +240,8 @@ async def finish_rows(conn: asyncpg.Connection, batch_id: uuid.UUID,
         FINISH, batch_id, now, [x.row_id for x in d], [x.status for x in d],
         [x.result for x in d], [x.last_error for x in d], [x.keep_error for x in d],
         [float(x.retry_in) for x in d], [x.refund for x in d], [x.entry_id for x in d],
-        [x.remote_updated_at for x in d], [_json(x.remote) for x in d])
+        [x.remote_updated_at for x in d], [_json(x.remote) for x in d],
+        [x.unsent for x in d], [x.sent_at for x in d])
     return {r["id"] for r in rows}
 
 

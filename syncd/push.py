@@ -163,10 +163,14 @@ def _entry(raw: dict[str, Any] | None) -> TimeEntry | None:
 
 def _transient(exc: RetriableError, *, sent: bool) -> Outcome:
     """A temporary failure; `sent`: a create went out and its outcome is unknown, so the
-    retry (which looks it up first) waits until Kantata cannot still be working on it."""
-    settle = SETTLE_SECONDS if sent and getattr(exc, "status", None) != 429 else 0.0
+    retry (which looks it up first) waits until Kantata cannot still be working on it.
+    A request the client knows never left (`exc.sent` False: the connection was refused)
+    has no unknown outcome: the row is retried after its back-off, without a lookup."""
+    reached = getattr(exc, "sent", True)
+    settle = SETTLE_SECONDS if sent and reached and getattr(exc, "status", None) != 429 else 0.0
     return Outcome(kind="transient", message=str(exc),
-                   retry_after=getattr(exc, "retry_after", None), min_delay=settle)
+                   retry_after=getattr(exc, "retry_after", None), min_delay=settle,
+                   sent=reached)
 
 
 def _raise_if_fatal(resp: ApiResponse) -> None:

@@ -15,6 +15,7 @@ from syncd import outbox, push
 from syncd.app import open_deps
 from syncd.errors import MalformedResponseError
 from syncd.kantata import ApiResponse
+from syncd.pgserver import free_port
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.conftest import make_settings
@@ -187,3 +188,26 @@ async def test_two_processes_push_each_row_exactly_once(
     await assert_one_entry_per_create(sim, sim_url, conn, ids[:300])
     state = await rows(conn)
     assert {state[i]["status"] for i in ids} == {"done"}
+
+
+async def test_a_create_refused_at_connect_is_sent_again_without_settle_or_lookup(
+        deps: Deps, db_dsn: str, sim: Simulator, sim_url: str,
+        conn: asyncpg.Connection) -> None:
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(3)])
+    nobody = f"http://127.0.0.1:{free_port()}/api/v1"  # connection refused: nothing was sent
+    t0 = datetime.now(UTC)
+    async with open_deps(make_settings(db_dsn, nobody)) as down:
+        report = await push.push_once(down, now=t0)
+    assert report.retry == 3
+    state = await rows(conn)
+    for i in ids:
+        assert state[i]["status"] == "pending" and state[i]["sent_at"] is None
+        assert "could not connect" in state[i]["last_error"]
+        # the normal back-off (0.01 s here), not the 3-minute wait for an unknown outcome
+        assert state[i]["next_attempt_at"] < t0 + timedelta(seconds=1)
+    sim.clear_requests()
+    await push.push_once(deps, now=t0 + timedelta(seconds=1))
+    assert [r for r in sim.requests if "external_reference_service_model_refs" in r["query"]] \
+        == []  # no lookup either
+    assert [len(p["body"]["time_entries"]) for p in requests_of(sim, "POST")] == [3]
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)

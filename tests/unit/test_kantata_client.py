@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from syncd.budget import RequestBudget
 from syncd.errors import AuthError, FatalAPIError, MalformedResponseError, RetriableAPIError
 from syncd.kantata import KantataClient, RetryPolicy
+from syncd.pgserver import free_port
 
 BASE = "http://127.0.0.1:9/api/v1"
 TOKEN = "tok-SECRET-123456"
@@ -145,3 +146,22 @@ async def test_a_long_run_of_429s_costs_time_not_the_read(client: KantataClient)
         page = await client.list_page({})
         assert [e.id for e in page.entries] == [7]
         assert sum(len(v) for v in m.requests.values()) == 11
+
+
+async def test_a_refused_connection_is_known_not_sent_unlike_a_timeout_or_reset(
+        client: KantataClient) -> None:
+    async with aiohttp.ClientSession() as session:
+        nobody = KantataClient(session, f"http://127.0.0.1:{free_port()}/api/v1",
+                               SecretStr(TOKEN), budget=client.budget)
+        with pytest.raises(RetriableAPIError) as refused:  # a real connect, refused
+            await nobody.create_entries([{"workspace_id": 1}])
+    assert refused.value.status == 0 and refused.value.sent is False
+    assert "could not connect" in str(refused.value) and TOKEN not in str(refused.value)
+    with aioresponses() as m:
+        m.post(LIST, exception=asyncio.TimeoutError())
+        m.post(LIST, exception=aiohttp.ServerDisconnectedError())
+        m.post(LIST, status=503)
+        for _ in range(3):
+            with pytest.raises(RetriableAPIError) as maybe:
+                await client.create_entries([{"workspace_id": 1}])
+            assert maybe.value.sent is True  # the request may have reached Kantata

@@ -1,0 +1,39 @@
+"""Outbox decisions added after the new-user trial: an attempt that certainly sent nothing
+leaves no trace of a send (no lookup, no settle); conflict messages in one time zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from syncd import batching
+from syncd.batching import Outcome, OutboxRow
+
+T = datetime(2026, 3, 1, 10, tzinfo=UTC)
+
+
+def row(sent_at: datetime | None = None, attempts: int = 1) -> OutboxRow:
+    return OutboxRow(id=1, op="create", entry_id=None, payload={"notes": "x"},
+                     correlation_key="k", base_updated_at=None, attempts=attempts,
+                     sent_at=sent_at)
+
+
+def decide(r: OutboxRow, o: Outcome) -> batching.Decision:
+    return batching.decide(r, o, max_attempts=3, backoff_base=1, backoff_cap=60)
+
+
+def test_an_attempt_that_sent_nothing_restores_the_earlier_sent_at() -> None:
+    refused = Outcome(kind="transient", message="could not connect", sent=False)
+    d = decide(row(), refused)
+    assert (d.status, d.unsent, d.sent_at, d.retry_in) == ("pending", True, None, 1.0)
+    # an earlier send whose outcome is still unknown stays known
+    assert decide(row(sent_at=T), refused).sent_at == T
+    # also when the row is dead-lettered, and for attempts abandoned before sending
+    assert decide(row(attempts=3), refused).unsent
+    assert decide(row(sent_at=T), Outcome(kind="not_sent")).sent_at == T
+    assert decide(row(sent_at=T), Outcome(kind="not_sent")).unsent
+
+
+def test_an_attempt_that_may_have_reached_kantata_keeps_its_send() -> None:
+    for o in (Outcome(kind="transient", message="timed out", min_delay=180),
+              Outcome(kind="ok", result="created"), Outcome(kind="rejected", message="422")):
+        assert not decide(row(), o).unsent
