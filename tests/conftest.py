@@ -4,6 +4,7 @@ a migrated template database cloned per test, and a scrubbed SYNCD_* environment
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 import uuid
@@ -12,11 +13,25 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from syncd import migrate
 from syncd.pgserver import TempPostgres
 
 KEEP_ENV = {"SYNCD_TEST_DSN", "SYNCD_PG_DIR"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """In-process `cli.main` calls configure logging for the whole process (a level filter,
+    handlers on pytest's captured stderr); undo that after every test so later tests neither
+    lose their INFO events nor log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
 
 
 @pytest.fixture(autouse=True)
