@@ -146,3 +146,10 @@ END $$;
 
 CREATE TRIGGER outbox_notify AFTER INSERT ON syncd.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION syncd.outbox_notify();
+
+-- An operator putting failed or conflict rows back to pending (`syncd outbox retry`, or an
+-- UPDATE of their own) wakes syncd at commit as well. syncd's own moves to pending (back-off,
+-- expired or released leases) do not: syncd itself knows when those rows are due.
+CREATE TRIGGER outbox_notify_retry AFTER UPDATE OF status ON syncd.outbox
+    FOR EACH ROW WHEN (OLD.status IN ('failed', 'conflict') AND NEW.status = 'pending')
+    EXECUTE FUNCTION syncd.outbox_notify();

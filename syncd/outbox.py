@@ -302,7 +302,8 @@ async def retry_rows(conn: asyncpg.Connection, ids: Sequence[int] = (), *,
                      all_failed: bool = False) -> list[int]:
     """Put failed/conflict rows (by id, or every failed row) back to pending with fresh
     attempts; a conflict is retried on top of the remote version it was parked with.
-    Returns the ids changed (rows in other statuses are left alone)."""
+    Returns the ids changed (rows in other statuses are left alone). At commit the
+    `outbox_notify_retry` trigger wakes the daemons (NOTIFY syncd_outbox)."""
     rows = await conn.fetch(RETRY, list(ids), all_failed)
     return sorted(r["id"] for r in rows)
 

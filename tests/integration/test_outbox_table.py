@@ -295,3 +295,28 @@ async def test_a_row_queued_with_a_far_future_next_attempt_is_pushed_at_once(
                        f"VALUES ('create', '{CREATE}', '2099-01-01')")
     claim = await outbox.claim_batch(conn, owner="a", limit=10, lease_seconds=60)
     assert [r.id for r in claim.rows] == [1]
+
+
+async def test_an_operator_retry_wakes_syncd_at_commit(db_dsn: str,
+                                                       conn: asyncpg.Connection) -> None:
+    await insert(conn, f"('create', NULL, '{CREATE}'), ('update', 5, '{{\"notes\": \"x\"}}'),"
+                       " ('delete', 6, NULL)")
+    claim = await outbox.claim_batch(conn, owner="a", limit=3, lease_seconds=60)
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        assert await outbox.wait_for_notify(listener, 0.05) is False  # now listening
+        await outbox.finish_rows(conn, claim.batch_id, [
+            Decision(row_id=1, status="failed", last_error="HTTP 422: bad"),
+            Decision(row_id=2, status="conflict", last_error="changed"),
+            Decision(row_id=3, status="pending", last_error="HTTP 503", retry_in=30)])
+        # syncd's own back-off is no news: it will pick the row up when it is due
+        assert await outbox.wait_for_notify(listener, 0.2) is False
+        async with conn.transaction():
+            assert await outbox.retry_rows(conn, [1]) == [1]
+            assert await outbox.wait_for_notify(listener, 0.1) is False  # not before commit
+        assert await outbox.wait_for_notify(listener, 2.0) is True
+        # an operator's own UPDATE back to pending wakes it too
+        await conn.execute("UPDATE syncd.outbox SET status = 'pending' WHERE id = 2")
+        assert await outbox.wait_for_notify(listener, 2.0) is True
+    finally:
+        await listener.close()
