@@ -312,6 +312,7 @@ class Harness:
         self.dirty: dict[int, float] = {}         # entries with unstorable notes -> fix at
         self.lock_date: date | None = None
         self._files: list[Any] = []
+        self._structlog_before: dict[str, Any] | None = None
         self.frozen: set[Proc] = set()
         today = datetime.now(UTC).date()
         self.backfill_start = today - timedelta(days=745)
@@ -885,6 +886,8 @@ class Harness:
 
         f = (self.logdir / name).open("a")
         self._files.append(f)
+        if self._structlog_before is None:  # put back in teardown (pytest runs more tests)
+            self._structlog_before = structlog.get_config()
         structlog.configure(processors=[structlog.processors.add_log_level,
                                         structlog.processors.TimeStamper(fmt="iso", utc=True),
                                         structlog.processors.JSONRenderer()],
@@ -983,6 +986,10 @@ class Harness:
                 await self.db.close()
         if self.http is not None:
             await self.http.close()
+        if self._structlog_before is not None:
+            import structlog
+
+            structlog.configure(**self._structlog_before)
         for f in self._files:
             f.close()
         if self.sim is not None:
