@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     backoff_cap: float = Field(60.0, gt=0)
     retry_after_cap: float = Field(120.0, gt=0)
     rate_limit_per_minute: float = Field(
-        3000.0, gt=0, description="request ceiling per token; lowered on 429, raised slowly")
+        9000.0, gt=0, description="request ceiling per token; lowered on 429, raised slowly")
     rate_limit_floor_per_minute: float = Field(6.0, gt=0)
 
     # --- push (outbox) -----------------------------------------------------------------------
