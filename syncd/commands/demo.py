@@ -80,7 +80,7 @@ async def _demo(args: argparse.Namespace) -> int:
     url = os.environ.get("SYNCD_DATABASE_URL")
     pg: TempPostgres | None = None
     if url:
-        _say(f"1/5 using the database in SYNCD_DATABASE_URL")
+        _say("1/5 using the database in SYNCD_DATABASE_URL")
         db_dsn = url
     else:
         if find_bin_dir() is None:

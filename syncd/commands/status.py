@@ -27,7 +27,7 @@ def render_text(snap: dict[str, Any]) -> str:
         f"watermark:        {_fmt(snap.get('watermark'))}",
         f"entries:          {e.get('live', 0)} live, {e.get('deleted', 0)} marked deleted "
         f"(last write {_fmt(e.get('last_write'))})",
-        f"windows:          " + (", ".join(f"{k}={v}" for k, v in snap["windows"].items())
+        "windows:          " + (", ".join(f"{k}={v}" for k, v in snap["windows"].items())
                                  or "none yet"),
         f"rejected records: {snap.get('rejected_records', 0)}",
     ]

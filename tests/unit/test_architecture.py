@@ -16,3 +16,11 @@ def test_import_contracts_hold() -> None:
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "broken" in res.stdout and "0 broken" in res.stdout
+
+
+def test_lint_is_clean() -> None:
+    """ruff with the rules in pyproject.toml: pyflakes errors and naive datetimes."""
+    exe = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    res = subprocess.run([exe, "check", "--output-format", "concise", "syncd"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
