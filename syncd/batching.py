@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from syncd.errors import redact
@@ -402,9 +402,11 @@ def check_update(row: OutboxRow, remote: Mapping[str, Any] | None,
             or remote_updated_at == row.base_updated_at:
         return UpdateCheck("push")
     diff = differing_fields(payload, remote)
+    # both as UTC instants: Kantata answers in the account's offset, the mirror holds UTC
     reason = (f"Kantata's entry changed since this edit was based on it: base updated_at "
-              f"{row.base_updated_at.isoformat()}, Kantata updated_at "
-              f"{remote_updated_at.isoformat()}; fields that differ: {', '.join(diff)}")
+              f"{row.base_updated_at.astimezone(UTC).isoformat()}, Kantata updated_at "
+              f"{remote_updated_at.astimezone(UTC).isoformat()}; fields that differ: "
+              f"{', '.join(diff)}")
     if policy == "local_wins":
         return UpdateCheck("push", reason, local_wins=True)
     return UpdateCheck("conflict", reason)

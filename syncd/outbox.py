@@ -35,8 +35,9 @@ STATUSES = ("pending", "in_flight", "done", "failed", "conflict")
 
 # Expired leases (their owner crashed or stalled) go back to pending; sent_at stays, so the
 # next claim looks the outcome up before re-sending, and not before `settle` seconds after the
-# send (a request may still be running at Kantata). A row that has used up its attempts this
-# way is dead-lettered instead, so a row that crashes syncd cannot loop forever.
+# send (a request may still be running at Kantata). last_error says why the row waits. A row
+# that has used up its attempts this way is dead-lettered instead, so a row that crashes syncd
+# cannot loop forever.
 RECLAIM = """
 UPDATE syncd.outbox SET
     status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'pending' END,
@@ -47,7 +48,12 @@ UPDATE syncd.outbox SET
                     THEN '; a request was sent, so Kantata may have applied it: '
                          'syncd outbox retry looks it up before sending again'
                     ELSE '' END)
-        ELSE last_error END,
+        ELSE format('the lease of %s expired while in flight (process crashed or stalled); %s',
+                    lease_owner,
+                    CASE WHEN sent_at IS NOT NULL
+                         THEN 'a request was sent, so Kantata is checked for it before it is '
+                              'sent again'
+                         ELSE 'nothing was sent' END) END,
     done_at = CASE WHEN attempts >= $2 THEN coalesce($1, now()) END,
     next_attempt_at = greatest(coalesce($1, now()), sent_at + make_interval(secs => $3)),
     lease_owner = NULL, lease_expires_at = NULL
@@ -124,10 +130,15 @@ WHERE p.entry_id = u.entry_id AND p.id > u.row_id AND p.status = 'pending'
 
 # Shutdown: the owner's claimed rows go back to pending. An attempt that sent nothing during
 # this lease is given back; a row that was sent keeps sent_at and waits `settle` seconds, so
-# a request Kantata may still be working on can land before the outcome is looked up.
+# a request Kantata may still be working on can land before the outcome is looked up
+# (last_error says so).
 RELEASE = """
 UPDATE syncd.outbox SET
     status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    last_error = CASE WHEN sent_at >= claimed_at
+        THEN format('%s stopped while a request for this row was in flight (run deadline or '
+                    'shutdown); Kantata is checked for it before it is sent again', lease_owner)
+        ELSE last_error END,
     attempts = CASE WHEN sent_at IS NULL OR sent_at < claimed_at
                     THEN greatest(attempts - 1, 0) ELSE attempts END,
     next_attempt_at = CASE WHEN sent_at >= claimed_at

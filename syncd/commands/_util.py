@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -38,6 +39,27 @@ async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away (`syncd outbox list --json | head`)."""
+
+
+def emit(text: str) -> None:
+    """Print `text` (and a newline) to stdout at once. Raises StdoutClosed when the reader has
+    closed the pipe, which `run_async` turns into a quiet exit 0."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise StdoutClosed from None
+
+
+def _discard_stdout() -> None:
+    # what is still buffered can never be written: point stdout at /dev/null so the
+    # interpreter's final flush does not complain about the broken pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run `coro`; turn expected failures into one line on stderr and exit code 1 (2 for
     configuration). SIGTERM cancels the work like Ctrl-C does, so the run is recorded as
@@ -48,6 +70,9 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         print("syncd: stopped by SIGTERM; the next run resumes where this one stopped",
               file=sys.stderr)
         return 143
+    except StdoutClosed:  # the reader has what it wanted (`| head`): not an error
+        _discard_stdout()
+        return 0
     except ValueError as exc:  # missing token and similar configuration problems
         print(f"syncd: {redact(str(exc))}", file=sys.stderr)
         return 2

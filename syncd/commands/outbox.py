@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from syncd import outbox
-from syncd.commands._util import run_async
+from syncd.commands._util import emit, run_async
 from syncd.settings import Settings
 
 OPEN = ["pending", "in_flight", "failed", "conflict"]
@@ -47,17 +47,17 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             statuses = None if "all" in (args.status or []) else (args.status or OPEN)
             rows = await outbox.list_rows(conn, statuses=statuses, limit=args.limit)
             if args.json:
-                print(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode())
+                emit(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode())
             else:
-                print(render_rows(rows, datetime.now(UTC), full=args.full))
+                emit(render_rows(rows, datetime.now(UTC), full=args.full))
             return 0
         if args.action == "retry":
             changed = await outbox.retry_rows(conn, args.ids, all_failed=args.all_failed)
-            print(f"retried {len(changed)} row(s)" + (f": {_ids(changed)}" if changed else ""))
-            return _report_skipped(args.ids, changed, "failed or conflict")
+            emit(f"retried {len(changed)} row(s)" + (f": {_ids(changed)}" if changed else ""))
+            return _report_skipped(args.ids, changed, "missing, or not failed or conflict")
         changed = await outbox.discard_rows(conn, args.ids)
-        print(f"discarded {len(changed)} row(s)" + (f": {_ids(changed)}" if changed else ""))
-        return _report_skipped(args.ids, changed, "not in flight")
+        emit(f"discarded {len(changed)} row(s)" + (f": {_ids(changed)}" if changed else ""))
+        return _report_skipped(args.ids, changed, "missing, or in flight")
     finally:
         await conn.close()
 
@@ -66,10 +66,10 @@ def _ids(ids: list[int]) -> str:
     return " ".join(str(i) for i in ids)
 
 
-def _report_skipped(asked: list[int], changed: list[int], condition: str) -> int:
+def _report_skipped(asked: list[int], changed: list[int], why: str) -> int:
     skipped = sorted(set(asked) - set(changed))
     if skipped:
-        print(f"left alone (missing, or not {condition}): {_ids(skipped)}")
+        emit(f"left alone ({why}): {_ids(skipped)}")
         return 1
     return 0
 

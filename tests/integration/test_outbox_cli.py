@@ -3,13 +3,18 @@ against the simulator and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import asyncpg
 import orjson
 import pytest
 
 from syncd.simulator import Simulator
-from tests.integration.outbox_helpers import enqueue, entries_with_note, new_entry, rows
-from tests.integration.test_cli_sync import env_for, syncd
+from tests.integration.outbox_helpers import (
+    enqueue, enqueue_many, entries_with_note, new_entry, rows,
+)
+from tests.integration.test_cli_sync import ROOT, env_for, syncd
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +71,28 @@ async def test_outbox_commands_need_only_the_database(db_dsn: str, sim_url: str)
     assert "no matching outbox rows" in out
     code, _, err = await syncd(env, "outbox", "retry")
     assert code == 2 and "give row ids or --all-failed" in err
+
+
+async def test_discarding_twice_says_why_in_plain_words(db_dsn: str, sim_url: str,
+                                                        conn: asyncpg.Connection) -> None:
+    env = env_for(db_dsn, sim_url)
+    row = await enqueue(conn, "delete", 8000001)
+    code, out, _ = await syncd(env, "outbox", "discard", str(row))
+    assert code == 0 and f"discarded 1 row(s): {row}" in out
+    code, out, _ = await syncd(env, "outbox", "discard", str(row))
+    assert code == 1
+    assert out.strip() == f"discarded 0 row(s)\nleft alone (missing, or in flight): {row}"
+
+
+async def test_list_into_a_pipe_closed_early_ends_quietly(db_dsn: str, sim_url: str,
+                                                          conn: asyncpg.Connection) -> None:
+    # 400 rows as indented JSON are far more than a pipe holds, so `head` closes it mid-write
+    await enqueue_many(conn, [("delete", 8000000 + i, None) for i in range(400)])
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"{sys.executable} -m syncd outbox list --json --limit 1000 | head -n 1;"
+                      " echo \"syncd exit ${PIPESTATUS[0]}\"",
+        env=env_for(db_dsn, sim_url), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert out.decode().splitlines() == ["[", "syncd exit 0"]
+    assert err.decode() == ""

@@ -13,6 +13,7 @@ import pytest
 
 from syncd import outbox
 from syncd.batching import Decision
+from syncd.commands.outbox import render_rows
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +321,32 @@ async def test_an_operator_retry_wakes_syncd_at_commit(db_dsn: str,
         assert await outbox.wait_for_notify(listener, 2.0) is True
     finally:
         await listener.close()
+
+
+async def test_rows_back_from_a_lost_or_released_lease_say_why_they_wait(
+        conn: asyncpg.Connection) -> None:
+    await insert(conn, ", ".join([f"('create', NULL, '{CREATE}')"] * 3))
+    claim = await outbox.claim_batch(conn, owner="host:1:aa", limit=2, lease_seconds=60, now=T0)
+    await outbox.mark_sent(conn, [1], claim.batch_id, lease_seconds=60, now=T0)
+    assert await outbox.reclaim_expired(conn, max_attempts=5, now=T0 + timedelta(seconds=61),
+                                        settle_seconds=180) == {"pending": 2, "failed": 0}
+    claim = await outbox.claim_batch(conn, owner="host:2:bb", limit=3, lease_seconds=60,
+                                     now=T0 + timedelta(seconds=200), due_by=T0)
+    assert [r.id for r in claim.rows] == [3]
+    await outbox.mark_sent(conn, [3], claim.batch_id, lease_seconds=60,
+                           now=T0 + timedelta(seconds=200))
+    await outbox.release_leases(conn, "host:2:bb", now=T0 + timedelta(seconds=200),
+                                settle_seconds=180)
+    why = {r["id"]: r["last_error"] for r in await conn.fetch(
+        "SELECT id, last_error FROM syncd.outbox")}
+    assert why[1] == ("the lease of host:1:aa expired while in flight (process crashed or "
+                      "stalled); a request was sent, so Kantata is checked for it before it is "
+                      "sent again")
+    assert why[2] == ("the lease of host:1:aa expired while in flight (process crashed or "
+                      "stalled); nothing was sent")
+    assert why[3] == ("host:2:bb stopped while a request for this row was in flight (run "
+                      "deadline or shutdown); Kantata is checked for it before it is sent again")
+    # `syncd outbox list` shows the reason next to the wait
+    shown = render_rows(await outbox.list_rows(conn), T0 + timedelta(seconds=100))
+    line = next(x for x in shown.splitlines() if x.split()[0] == "1")
+    assert "(retry in 80s) the lease of host:1:aa expired" in line

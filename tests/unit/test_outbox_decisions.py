@@ -37,3 +37,14 @@ def test_an_attempt_that_may_have_reached_kantata_keeps_its_send() -> None:
     for o in (Outcome(kind="transient", message="timed out", min_delay=180),
               Outcome(kind="ok", result="created"), Outcome(kind="rejected", message="422")):
         assert not decide(row(), o).unsent
+
+
+def test_a_conflict_names_both_versions_as_utc_instants() -> None:
+    base = datetime(2026, 10, 4, 1, 2, 8, tzinfo=UTC)
+    remote_at = datetime(2026, 11, 29, 12, 5, 50, tzinfo=timezone(timedelta(hours=-8)))
+    r = OutboxRow(id=1, op="update", entry_id=5, payload={"notes": "local"},
+                  correlation_key="k", base_updated_at=base, attempts=1)
+    chk = batching.check_update(r, {"id": "5", "notes": "remote"}, remote_at, "park")
+    assert chk.action == "conflict"
+    assert ("base updated_at 2026-10-04T01:02:08+00:00, Kantata updated_at "
+            "2026-11-29T20:05:50+00:00; fields that differ: notes") in chk.reason
