@@ -6,8 +6,8 @@ pending (MigrationError naming `syncd migrate`), open the aiohttp session (`app.
 open the control connection (leader lock + LISTEN), start the scheduler, tell systemd READY=1.
 
 Jobs (`syncd.scheduler`): pull every `pull_interval` s and reconciliation (leader only), push
-every `push_interval` s and at once on NOTIFY (every replica; outbox claims are exclusive),
-run-history pruning daily (leader only).
+every `push_interval` s and at once on NOTIFY (every replica; outbox claims are exclusive;
+deadline `push_deadline`), run-history pruning daily (leader only).
 
 Shutdown: the first SIGTERM/SIGINT sets `deps.stopping` (jobs stop taking new work between pages
 and batches), pauses the scheduler, waits up to `shutdown_grace` s for runs in progress, cancels
@@ -47,7 +47,7 @@ from syncd.scheduler import DB_UNAVAILABLE, JobScheduler, JobSpec, deadline_for
 from syncd.sdnotify import Notifier, ProgressWatchdog
 from syncd.settings import Settings
 
-__all__ = ["Daemon", "entry_point", "process_owner", "prune_history"]
+__all__ = ["Daemon", "entry_point", "process_owner", "prune_history", "push_deadline"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,7 @@ CANCEL_WAIT = 5.0  # seconds cancelled runs get to unwind after the grace period
 LEASE_RELEASE_TIMEOUT = 5.0
 POOL_CLOSE_TIMEOUT = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LEASE_FRACTION = 0.9  # a push run ends (and gives its rows back) before its leases expire
 
 
 class _PoolReconnectLine(logging.Filter):
@@ -97,6 +98,18 @@ def entry_point(module: str, name: str) -> Callable[..., Any] | None:
             return None
         raise
     return getattr(mod, name, None)  # type: ignore[no-any-return]
+
+
+def push_deadline(s: Settings) -> float:
+    """Seconds one push run may take: 90 % of `push_interval` capped at 90 % of
+    `outbox_lease` (a run ends before its leases could expire), but never less than one full
+    Kantata request (`request_timeout` + `connect_timeout`: a slow answer is waited for
+    instead of the run being cut while its request is in flight). Settings guarantees
+    `outbox_lease` > `request_timeout` + `connect_timeout`, hence always
+    request_timeout + connect_timeout <= deadline < outbox_lease. It may exceed
+    `push_interval`: that interval is only the fallback poll (NOTIFY wakes the push)."""
+    one_request = s.request_timeout + s.connect_timeout
+    return max(one_request, min(deadline_for(s.push_interval), LEASE_FRACTION * s.outbox_lease))
 
 
 async def prune_history(deps: Deps) -> int:
@@ -262,8 +275,8 @@ class Daemon:
         push_once = entry_point("syncd.push", "push_once")
         if push_once is not None:
             specs.append(JobSpec(name="push", func=lambda: push_once(deps, owner=self.owner),
-                                 interval=s.push_interval,
-                                 deadline=deadline_for(s.push_interval)))
+                                 interval=s.push_interval, deadline=push_deadline(s),
+                                 may_outlast_interval=True))
         reconcile_due = entry_point("syncd.reconcile_job", "reconcile_due")
         if reconcile_due is not None:
             every = min(RECONCILE_CHECK_MAX, s.reconcile_recent_interval)

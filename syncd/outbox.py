@@ -128,16 +128,18 @@ WHERE p.entry_id = u.entry_id AND p.id > u.row_id AND p.status = 'pending'
   AND p.op IN ('update', 'delete') AND p.base_updated_at IS NOT DISTINCT FROM u.old_base
 """
 
-# Shutdown: the owner's claimed rows go back to pending. An attempt that sent nothing during
-# this lease is given back; a row that was sent keeps sent_at and waits `settle` seconds, so
-# a request Kantata may still be working on can land before the outcome is looked up
-# (last_error says so).
+# Shutdown, or a push run cancelled (deadline) or failed: the owner's claimed rows (or those
+# of the given claims) go back to pending. An attempt that sent nothing during this lease is
+# given back; a row that was sent keeps sent_at and waits `settle` seconds, so a request
+# Kantata may still be working on can land before the outcome is looked up (last_error says
+# so).
 RELEASE = """
 UPDATE syncd.outbox SET
     status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
     last_error = CASE WHEN sent_at >= claimed_at
-        THEN format('%s stopped while a request for this row was in flight (run deadline or '
-                    'shutdown); Kantata is checked for it before it is sent again', lease_owner)
+        THEN format('%s stopped while a request for this row was in flight (run deadline, '
+                    'shutdown or error); Kantata is checked for it before it is sent again',
+                    lease_owner)
         ELSE last_error END,
     attempts = CASE WHEN sent_at IS NULL OR sent_at < claimed_at
                     THEN greatest(attempts - 1, 0) ELSE attempts END,
@@ -145,6 +147,7 @@ UPDATE syncd.outbox SET
                            THEN coalesce($2, now()) + make_interval(secs => $3)
                            ELSE coalesce($2, now()) END
 WHERE status = 'in_flight' AND lease_owner = $1
+  AND ($4::uuid[] IS NULL OR batch_id = ANY($4::uuid[]))
 """
 
 STATUS_COUNTS = """
@@ -212,12 +215,14 @@ async def db_now(conn: asyncpg.Connection) -> datetime:
 
 async def claim_batch(conn: asyncpg.Connection, *, owner: str, limit: int,
                       lease_seconds: float, now: datetime | None = None,
-                      due_by: datetime | None = None) -> Claim:
+                      due_by: datetime | None = None,
+                      batch_id: uuid.UUID | None = None) -> Claim:
     """Claim up to `limit` claimable rows for `owner` (FOR UPDATE SKIP LOCKED, in one
-    transaction): status in_flight, a lease of `lease_seconds`, a new batch_id, attempts + 1.
-    Claimable: pending, `next_attempt_at` <= `due_by` (default `now`), and no earlier open row
-    of the same entry."""
-    batch_id = uuid.uuid4()
+    transaction): status in_flight, a lease of `lease_seconds`, the batch id `batch_id`
+    (default: a new one; a caller that names it beforehand can release the claim even when
+    this call is cancelled after the commit), attempts + 1. Claimable: pending,
+    `next_attempt_at` <= `due_by` (default `now`), and no earlier open row of the same entry."""
+    batch_id = batch_id or uuid.uuid4()
     async with conn.transaction():
         rows = await conn.fetch(CLAIM, now, limit, owner, batch_id, float(lease_seconds),
                                 due_by)
@@ -268,11 +273,14 @@ async def rebase_pending(conn: asyncpg.Connection,
 
 
 async def release_leases(conn: asyncpg.Connection, owner: str, *, now: datetime | None = None,
-                         settle_seconds: float = 0.0) -> int:
-    """Give every in_flight row of `owner` back (shutdown). Rows sent under this lease keep
-    sent_at and become claimable after `settle_seconds`; the others get their attempt back.
-    Returns the number of rows released."""
-    status = await conn.execute(RELEASE, owner, now, float(settle_seconds))
+                         settle_seconds: float = 0.0,
+                         batch_ids: Sequence[uuid.UUID] | None = None) -> int:
+    """Give every in_flight row of `owner` back (shutdown), or only those of the claims
+    `batch_ids` (one push run). Rows sent under this lease keep sent_at and become claimable
+    after `settle_seconds`; the others get their attempt back. Returns the number of rows
+    released."""
+    status = await conn.execute(RELEASE, owner, now, float(settle_seconds),
+                                list(batch_ids) if batch_ids is not None else None)
     return int(status.rsplit(" ", 1)[-1])
 
 

@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 #: looked up no sooner than this, so a request still running there cannot be missed by the
 #: lookup and duplicated by a re-send.
 SETTLE_SECONDS = 180.0
+#: Seconds a failed or cancelled run may spend giving its leases back; after that they expire
+#: on their own (SYNCD_OUTBOX_LEASE).
+RELEASE_TIMEOUT = 5.0
 #: Statuses that mean the request or configuration is wrong for every row, not one item.
 _FATAL_STATUSES = (401, 404, 405)
 
@@ -428,13 +431,30 @@ async def _publish_counts(deps: Deps, report: PushReport, now: datetime | None) 
     deps.metrics.outbox_oldest_pending.set(snap["oldest_pending_seconds"] or 0.0)
 
 
-async def _release(deps: Deps, owner: str, now: datetime | None) -> None:
-    try:
+async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
+                           now: datetime | None) -> None:
+    """Give back at once the rows this run claimed and has not finished (the run failed, or
+    was cancelled at its deadline or by a shutdown), instead of leaving them in_flight until
+    their lease expires. A row whose request may have reached Kantata keeps sent_at and waits
+    SETTLE_SECONDS, so it is looked up, never re-sent blindly. Shielded from a further
+    cancellation and bounded by RELEASE_TIMEOUT; a failure only leaves the leases to expire."""
+    if not batches:
+        return
+
+    async def release() -> int:
         async with deps.pool.acquire() as conn:
-            n = await outbox.release_leases(conn, owner, now=now, settle_seconds=SETTLE_SECONDS)
-        log.info("outbox_leases_released", owner=owner, rows=n)
-    except Exception as exc:  # noqa: BLE001 - the original error matters more
-        log.warning("outbox_release_failed", owner=owner, error=type(exc).__name__)
+            return await outbox.release_leases(conn, owner, now=now,
+                                               settle_seconds=SETTLE_SECONDS, batch_ids=batches)
+
+    task = asyncio.ensure_future(asyncio.wait_for(release(), RELEASE_TIMEOUT))
+    # cancelled again while waiting: the release goes on alone; its outcome is still consumed
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        n = await asyncio.shield(task)
+    except Exception as exc:  # noqa: BLE001 - the run's own error or cancellation matters more
+        log.warning("outbox_release_failed", owner=owner, error=f"{type(exc).__name__}: {exc}")
+        return
+    log.info("outbox_leases_released", owner=owner, rows=n)
 
 
 async def push_once(deps: Deps, *, owner: str | None = None,
@@ -447,12 +467,14 @@ async def push_once(deps: Deps, *, owner: str | None = None,
     database clock for claims and back-off (tests). Rows end done / failed / conflict, or
     pending with a back-off (429, 5xx, timeouts). Raises AuthError / FatalAPIError when Kantata
     refuses every request (bad token, wrong base URL) after giving this drain's leases back;
-    database errors propagate likewise.
+    database errors and cancellation (the daemon's run deadline, shutdown) propagate likewise,
+    also after the leases of this drain's unfinished rows were given back.
     """
     owner = owner or default_owner()
     report = PushReport(owner=owner)
     s = deps.settings
     start_requests = deps.client.requests_sent
+    batches: list[uuid.UUID] = []  # this run's claims, named before each claim is made
     async with runs.job_run(deps, "push") as stats:
         report.run_id = stats.run_id
         try:
@@ -466,10 +488,11 @@ async def push_once(deps: Deps, *, owner: str | None = None,
             if rec["pending"] or rec["failed"]:
                 log.warning("outbox_leases_reclaimed", **rec)
             while not deps.should_stop():
+                batches.append(uuid.uuid4())
                 async with deps.pool.acquire() as conn:
                     claim = await outbox.claim_batch(conn, owner=owner, limit=s.push_batch_size,
                                                      lease_seconds=s.outbox_lease, now=now,
-                                                     due_by=due_by)
+                                                     due_by=due_by, batch_id=batches[-1])
                 if not claim.rows:
                     break
                 report.batches += 1
@@ -481,8 +504,8 @@ async def push_once(deps: Deps, *, owner: str | None = None,
                 await _push_creates(b, groups["create"])
                 await _push_updates(b, groups["update"])
                 await _push_deletes(b, groups["delete"])
-        except Exception:
-            await _release(deps, owner, now)
+        except BaseException:  # an error, or cancelled (deadline, shutdown): rows back now
+            await _release_claimed(deps, owner, batches, now)
             raise
         finally:
             report.requests = deps.client.requests_sent - start_requests

@@ -3,8 +3,9 @@
 Each `JobSpec` becomes an interval job on one `AsyncIOScheduler` with `max_instances=1`,
 `coalesce=True` and an explicit `misfire_grace_time`. Every run is wrapped by `JobScheduler`:
 
-- its own deadline (`asyncio.timeout`, shorter than the interval), so one hung request is
-  cancelled and the next run starts fresh;
+- its own deadline (`asyncio.timeout`, shorter than the interval, except for a job whose
+  interval is only a polling fallback), so one hung request is cancelled and the next run
+  starts fresh;
 - leader-only jobs return at once on a replica that is not the leader;
 - after consecutive failures, scheduled runs are skipped with exponential back-off
   (`runs_to_skip`), so an outage is waited out instead of hammered;
@@ -73,7 +74,10 @@ class RunDeadlineExceeded(RetriableError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpec:
     """One periodic job. `interval`, `deadline` and `first_delay` are seconds;
-    `deadline` must be shorter than `interval` (ValueError otherwise)."""
+    `deadline` must be shorter than `interval` (ValueError otherwise), unless
+    `may_outlast_interval`: for a job whose interval is only a polling fallback (push, which
+    NOTIFY wakes), a run may take longer than the interval; the timer runs it overlaps are
+    skipped (max_instances=1), so a long run only delays the next poll."""
 
     name: str
     func: Callable[[], Awaitable[object]]
@@ -81,9 +85,11 @@ class JobSpec:
     deadline: float
     leader_only: bool = False
     first_delay: float = 0.0
+    may_outlast_interval: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.deadline < self.interval:
+        if not 0 < self.deadline or (self.deadline >= self.interval
+                                     and not self.may_outlast_interval):
             raise ValueError(f"job {self.name}: deadline {self.deadline:g} s must be > 0 and "
                              f"shorter than the interval {self.interval:g} s")
 

@@ -78,7 +78,11 @@ async def test_killed_between_send_and_commit_then_restarted(
         await asyncio.sleep(3600)     # ... and syncd dies before committing the answer
         return resp
 
+    async def killed(*_: Any, **__: Any) -> None:  # SIGKILL: none of its code runs any more
+        return None
+
     monkeypatch.setattr(deps.client, "create_entries", post_then_hang)
+    monkeypatch.setattr(push, "_release_claimed", killed)
     t0 = datetime.now(UTC)
     task = asyncio.create_task(push.push_once(deps, owner="dying", now=t0))
     await asyncio.wait_for(sent.wait(), 10)
@@ -211,3 +215,38 @@ async def test_a_create_refused_at_connect_is_sent_again_without_settle_or_looku
         == []  # no lookup either
     assert [len(p["body"]["time_entries"]) for p in requests_of(sim, "POST")] == [3]
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
+
+
+async def test_a_push_run_cut_by_its_deadline_gives_its_rows_back_at_once(
+        deps: Deps, sim: Simulator, sim_url: str, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    ids = await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(3)])
+    eid = editable_ids(sim)[0]
+    upd = await enqueue_many(conn, [("update", eid, {"notes": "after the deadline"})])
+    sim.set_faults({"timeout_rate": 1.0})  # Kantata hangs on every request
+    t0 = datetime.now(UTC)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):  # what the scheduler does at the run's deadline
+            await push.push_once(deps, owner="alive", now=t0)
+    state = await rows(conn)
+    # the owner is alive and gave its rows back: nothing waits for SYNCD_OUTBOX_LEASE
+    assert {(state[i]["status"], state[i]["lease_owner"]) for i in ids + upd} == {
+        ("pending", None)}
+    # the POST may have reached Kantata: kept as sent, looked up after the settle (no blind
+    # re-POST); the update never went out, so its attempt is given back and it is due now
+    for i in ids:
+        assert state[i]["sent_at"] is not None and state[i]["attempts"] == 1
+        assert state[i]["next_attempt_at"] == t0 + timedelta(seconds=push.SETTLE_SECONDS)
+        assert "stopped while a request for this row was in flight" in state[i]["last_error"]
+    u = state[upd[0]]
+    assert (u["attempts"], u["sent_at"], u["next_attempt_at"]) == (0, None, t0)
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'push'") \
+        == "interrupted"
+    sim.clear_faults()
+    sim.clear_requests()
+    await push.push_once(deps, now=t0 + timedelta(seconds=push.SETTLE_SECONDS))
+    lookups = [r for r in sim.requests if "external_reference_service_model_refs" in r["query"]]
+    assert len(lookups) == 1
+    assert [len(p["body"]["time_entries"]) for p in requests_of(sim, "POST")] == [3]
+    await assert_one_entry_per_create(sim, sim_url, conn, ids)
+    assert sim.get_entry(eid)["notes"] == "after the deadline"  # type: ignore[index]

@@ -345,7 +345,8 @@ async def test_rows_back_from_a_lost_or_released_lease_say_why_they_wait(
     assert why[2] == ("the lease of host:1:aa expired while in flight (process crashed or "
                       "stalled); nothing was sent")
     assert why[3] == ("host:2:bb stopped while a request for this row was in flight (run "
-                      "deadline or shutdown); Kantata is checked for it before it is sent again")
+                      "deadline, shutdown or error); Kantata is checked for it before it is "
+                      "sent again")
     # `syncd outbox list` shows the reason next to the wait
     shown = render_rows(await outbox.list_rows(conn), T0 + timedelta(seconds=100))
     line = next(x for x in shown.splitlines() if x.split()[0] == "1")

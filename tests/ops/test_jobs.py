@@ -65,3 +65,38 @@ async def test_outbox_notify_pushes_at_once(db_dsn: str, sim_url: str, sim: Simu
     d.send(signal.SIGTERM)
     assert await d.wait_exit() == 0
     assert_clean_output(d)
+
+
+async def test_one_slow_kantata_request_does_not_strand_outbox_rows(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection, port: int,
+        daemons: Any) -> None:
+    """The new-user trial: with every Kantata request hanging, the push run was cut at 90 % of
+    the push interval while its request was still waiting, and the row stayed in_flight for
+    the whole lease. The run now waits for the request's own timeout (2 s here, above the
+    1 s interval), and the row is pending at once with the reason."""
+    d: DaemonProc = await daemons(daemon_env(
+        db_dsn, sim_url, port, SYNCD_PUSH_INTERVAL="1", SYNCD_REQUEST_TIMEOUT="2",
+        SYNCD_CONNECT_TIMEOUT="1", SYNCD_PULL_INTERVAL="60"))
+    await d.wait_event("daemon_ready")
+    sim.set_faults({"timeout_rate": 1.0})
+    row = await conn.fetchval(
+        """INSERT INTO syncd.outbox (op, payload) VALUES ('create', jsonb_build_object(
+               'workspace_id', $1::bigint, 'date_performed', '2026-03-02',
+               'time_in_minutes', 30)) RETURNING id""",
+        int(sim.list_entries()[0]["workspace_id"]))
+    queued = time.monotonic()
+    while True:
+        r = await conn.fetchrow("SELECT * FROM syncd.outbox WHERE id = $1", row)
+        if r["status"] == "pending" and r["attempts"] == 1:
+            break
+        assert time.monotonic() - queued < 10, (dict(r), d.output[-3000:])
+        await asyncio.sleep(0.05)
+    assert r["lease_owner"] is None and r["sent_at"] is not None
+    assert "POST /time_entries timed out" in r["last_error"]
+    # looked up (not re-sent) once Kantata cannot still be working on it
+    assert (r["next_attempt_at"] - r["sent_at"]).total_seconds() >= 180
+    assert not d.find("job_deadline_exceeded", job="push")
+    sim.clear_faults()
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+    assert_clean_output(d)

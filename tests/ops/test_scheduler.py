@@ -210,3 +210,42 @@ async def test_drain_waits_for_runs_in_progress_then_reports_leftovers() -> None
         await sched.cancel_running(1.0)
     assert sched.running_jobs() == []
     await sched.shutdown()
+
+
+async def test_a_polling_fallback_job_may_outlast_its_interval_without_being_cut() -> None:
+    """The push interval is only a polling fallback: its deadline leaves room for one full
+    Kantata request even when that is longer than the interval (daemon.push_deadline)."""
+    calls: list[str] = []
+
+    async def slow() -> None:
+        calls.append("start")
+        await asyncio.sleep(0.5)  # longer than the 0.2 s interval, within the deadline
+        calls.append("done")
+
+    with pytest.raises(ValueError, match="shorter than the interval"):
+        spec("push", slow, interval=0.2, deadline=0.8)
+    sched = JobScheduler([spec("push", slow, interval=0.2, deadline=0.8,
+                               may_outlast_interval=True)],
+                         is_leader=lambda: True, stopping=asyncio.Event())
+    with capture_logs() as logs:
+        await run_until(sched, lambda: calls.count("done") >= 1)
+    assert calls[:2] == ["start", "done"]  # never two at once, and not cut off
+    assert not [e for e in logs if e["event"] == "job_deadline_exceeded"]
+    assert any(e["event"] == "job_run_skipped_still_running" for e in logs)
+
+
+def test_the_push_deadline_leaves_room_for_one_request_and_ends_before_the_lease() -> None:
+    from syncd.daemon import Daemon, push_deadline
+    from syncd.settings import Settings
+
+    s = Settings(kantata_token="t")  # push every 30 s, requests up to 90 + 10 s, lease 300 s
+    assert push_deadline(s) == 100
+    specs = {x.name: x for x in Daemon(s)._job_specs(deps=None)}  # type: ignore[arg-type]
+    assert (specs["push"].interval, specs["push"].deadline) == (30, 100)
+    assert specs["pull"].deadline == 270  # the other jobs keep 90 % of their interval
+    # a long interval keeps 90 % of it, but the run still ends before its leases expire
+    assert push_deadline(Settings(kantata_token="t", push_interval=200)) == 180
+    assert push_deadline(Settings(kantata_token="t", push_interval=600)) == 270
+    # the lease bound of the settings guarantees one request always fits below the lease
+    tight = Settings(kantata_token="t", push_interval=600, outbox_lease=101)
+    assert push_deadline(tight) == 100 < tight.outbox_lease
