@@ -113,11 +113,14 @@ def push_deadline(s: Settings) -> float:
 
 
 async def prune_history(deps: Deps) -> int:
-    """Delete `syncd.sync_runs` rows older than `run_history_days`; return how many."""
+    """Delete `syncd.sync_runs` rows older than `run_history_days` and close runs left
+    `running` by a killed process; return how many rows were deleted."""
     async with job_run(deps, "prune") as stats:
         async with deps.pool.acquire() as conn:
             n = await store.prune_runs(conn, deps.settings.run_history_days)
+            closed = await store.close_abandoned_runs(conn)
         stats.details["runs_deleted"] = n
+        stats.details["abandoned_runs_closed"] = closed
         log.info("run_history_pruned", rows=n, older_than_days=deps.settings.run_history_days)
     return n
 

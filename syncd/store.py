@@ -222,6 +222,15 @@ async def prune_runs(conn: asyncpg.Connection, older_than_days: int) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+async def close_abandoned_runs(conn: asyncpg.Connection, older_than_hours: float = 6.0) -> int:
+    """Mark runs still `running` after `older_than_hours` as `interrupted` (their process was
+    killed, or could not write its history while the database was away); return how many."""
+    status = await conn.execute(
+        """UPDATE syncd.sync_runs SET status = 'interrupted', finished_at = now(),
+               error = coalesce(error, 'the process ended without closing this run')
+           WHERE status = 'running'
+             AND started_at < now() - make_interval(secs => $1 * 3600)""", older_than_hours)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[str, Any]:

@@ -91,3 +91,17 @@ async def test_a_rejected_record_is_resolved_when_a_valid_version_is_stored(
     await store.upsert_entries(conn, [te(11, "2026-01-02T10:00:00-08:00")])
     left = [r["entry_id"] for r in await conn.fetch("SELECT entry_id FROM syncd.rejected_records")]
     assert left == ["12"]
+
+
+async def test_runs_abandoned_by_a_killed_process_are_closed(conn: asyncpg.Connection) -> None:
+    import uuid
+
+    old, fresh = uuid.uuid4(), uuid.uuid4()
+    await store.start_run(conn, old, "pull")
+    await store.start_run(conn, fresh, "pull")
+    await conn.execute("UPDATE syncd.sync_runs SET started_at = now() - interval '7 hours' "
+                       "WHERE run_id = $1", old)
+    assert await store.close_abandoned_runs(conn) == 1
+    rows = {r["run_id"]: r for r in await conn.fetch("SELECT * FROM syncd.sync_runs")}
+    assert rows[old]["status"] == "interrupted" and "without closing" in rows[old]["error"]
+    assert rows[fresh]["status"] == "running"
