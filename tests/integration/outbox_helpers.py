@@ -32,8 +32,9 @@ def live_workspace(sim: Simulator) -> int:
 
 
 def new_entry(sim: Simulator, i: int, **over: Any) -> dict[str, Any]:
+    day = date(2026, 3, 1) + timedelta(days=i % 20)
     fields: dict[str, Any] = {"workspace_id": live_workspace(sim),
-                              "date_performed": (date(2026, 3, 1) + timedelta(days=i % 20)).isoformat(),
+                              "date_performed": day.isoformat(),
                               "time_in_minutes": 15 + i % 90, "notes": f"outbox create {i}"}
     fields.update(over)
     return fields

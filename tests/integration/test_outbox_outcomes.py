@@ -117,8 +117,9 @@ async def test_lock_date_and_invoiced_refusals_fail_with_kantatas_reason(
     entries = [e for e in sim.list_entries() if not e["is_invoiced"]]
     locked = [int(e["id"]) for e in entries if date.fromisoformat(e["date_performed"]) <= lock]
     free = [int(e["id"]) for e in entries if date.fromisoformat(e["date_performed"]) > lock]
+    by_id = {int(e["id"]): e for e in sim.list_entries()}
     invoiced = [i for i in invoiced_ids(sim)
-                if date.fromisoformat(sim.get_entry(i)["date_performed"]) > lock]  # type: ignore[index]
+                if date.fromisoformat(by_id[i]["date_performed"]) > lock]
     ops: list[tuple[str, int | None, dict[str, Any] | None]] = [
         ("update", locked[0], {"notes": "x"}),
         ("update", invoiced[0], {"notes": "x"}),

@@ -286,7 +286,8 @@ EXPECTED = {
     KINDS, ("create", "update", "delete"), (1, MAX - 1, MAX, MAX + 1))))
 def test_decision_table(kind: str, op: str, attempts: int) -> None:
     r = row(1, op, attempts=attempts, entry_id=None if op == "create" else 9)
-    out = Outcome(kind=kind, message="why", result="created" if kind == "ok" else None,  # type: ignore[arg-type]
+    out = Outcome(kind=kind,  # type: ignore[arg-type]
+                  message="why", result="created" if kind == "ok" else None,
                   entry_id=9 if kind == "ok" else None)
     d = batching.decide(r, out, max_attempts=MAX, backoff_base=1.0, backoff_cap=60.0)
     status = EXPECTED[kind][0 if attempts < MAX else 1]
