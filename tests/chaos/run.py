@@ -525,7 +525,13 @@ class Harness:
         for eid, at in list(self.dirty.items()):
             if due_only and at > now:
                 continue
-            cur = await self.ctl("GET", f"/_sim/entries/{eid}")
+            try:
+                cur = await self.ctl("GET", f"/_sim/entries/{eid}")
+            except RuntimeError as exc:
+                if ": 404 " not in str(exc):
+                    raise
+                self.dirty.pop(eid, None)  # deleted meanwhile (e.g. by an outbox delete)
+                continue
             notes = (cur.get("notes") or "").replace("\x00", " ")
             await self.ctl("PATCH", f"/_sim/entries/{eid}", {"notes": notes + " (fixed)"})
             self.dirty.pop(eid, None)
