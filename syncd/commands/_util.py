@@ -25,6 +25,14 @@ def parse_date(value: str) -> date:
             f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-31") from None
 
 
+def add_range_arguments(p: argparse.ArgumentParser) -> None:
+    """`--since`/`--until` over date_performed, defaulting to the backfill range."""
+    p.add_argument("--since", type=parse_date, help="first date_performed (YYYY-MM-DD); "
+                                                     "default: the backfill start")
+    p.add_argument("--until", type=parse_date, help="last date_performed (inclusive); default: "
+                                                     "today + SYNCD_LOOKAHEAD_DAYS")
+
+
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
     task = asyncio.current_task()
     assert task is not None

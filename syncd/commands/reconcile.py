@@ -9,7 +9,7 @@ from typing import Any
 
 from syncd import migrate, reconcile_job
 from syncd.app import open_deps
-from syncd.commands._util import parse_date, run_async
+from syncd.commands._util import add_range_arguments, run_async
 from syncd.reconcile_job import WindowReport
 from syncd.settings import Settings
 
@@ -56,8 +56,5 @@ def register(sub: Any) -> None:
         description="Re-read date_performed windows from Kantata and compare them with the "
                     "mirror: entries gone remotely get deleted_at (never physically deleted), "
                     "missing or older rows are upserted. Default range: the backfill range.")
-    p.add_argument("--since", type=parse_date, help="first date_performed (YYYY-MM-DD); "
-                                                     "default: the backfill start")
-    p.add_argument("--until", type=parse_date, help="last date_performed (inclusive); default: "
-                                                     "today + SYNCD_LOOKAHEAD_DAYS")
+    add_range_arguments(p)
     p.set_defaults(func=_cmd)

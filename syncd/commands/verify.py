@@ -16,7 +16,7 @@ import orjson
 
 from syncd import migrate, reconcile_job
 from syncd.app import open_deps
-from syncd.commands._util import parse_date
+from syncd.commands._util import add_range_arguments
 from syncd.errors import SyncdError
 from syncd.reconcile import Summary, WindowDiff
 from syncd.reconcile_job import VerifyResult
@@ -132,9 +132,6 @@ def register(sub: Any) -> None:
                     "time_in_minutes, max updated_at; then ids where they differ) and print the "
                     "differences. Writes nothing. Exit codes: 0 identical, 1 drift, 2 error. "
                     "Default range: the backfill range.")
-    p.add_argument("--since", type=parse_date, help="first date_performed (YYYY-MM-DD); "
-                                                     "default: the backfill start")
-    p.add_argument("--until", type=parse_date, help="last date_performed (inclusive); default: "
-                                                     "today + SYNCD_LOOKAHEAD_DAYS")
+    add_range_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd)

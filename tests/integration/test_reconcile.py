@@ -5,16 +5,14 @@ come back, and the request cost of a full pass is what the design promises."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-import structlog
 
 from syncd import cli, pull, reconcile_job
 from syncd.app import open_deps
@@ -298,18 +296,6 @@ async def test_request_cost_of_a_full_reconciliation(
         print(f"\nfull reconciliation, {months}-month windows: n={n}, {len(windows)} windows "
               f"({empty} empty): {len(gets)} GETs; ceil(n/200)+empty = "
               f"{math.ceil(n / 200) + empty}")
-
-
-@pytest.fixture(autouse=True)
-def restored_logging() -> Iterator[None]:
-    """`cli.main` configures logging for the process (handlers on the captured stderr); undo
-    it so later tests do not log into a closed stream."""
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 def cli_env(monkeypatch: pytest.MonkeyPatch, db_dsn: str, sim_url: str) -> None:

@@ -16,9 +16,8 @@ from syncd import cli, pull, reconcile_job
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
-from tests.integration.test_reconcile import (  # noqa: F401 - restored_logging is autouse
+from tests.integration.test_reconcile import (  # noqa: F401 - fixtures
     cli_env,
-    restored_logging,
     settings,
 )
 
