@@ -77,6 +77,10 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
     side = page.side
     if side_seen is not None:
         side = tuple(o for o in side if side_seen.get((o.kind, o.id)) != o.raw)
+    if not (page.entries or side or page.rejected or watermark is not None
+            or (purpose is not None and window is not None)):
+        deps.made_progress()  # an empty incremental page: nothing to write, no transaction
+        return 0
     async for attempt in AsyncRetrying(stop=stop_after_attempt(4), reraise=True,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
@@ -241,11 +245,15 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     return results
 
 
-async def incremental(deps: Deps, started: datetime, stats: RunStats) -> int:
-    """One incremental pass from the watermark; returns pages read. Raises RetriableError /
-    FatalError when a page cannot be read (the watermark then stays where it was)."""
-    async with deps.pool.acquire() as conn:
-        wm = await store.get_watermark(conn)
+async def incremental(deps: Deps, started: datetime, stats: RunStats,
+                      watermark: datetime | None = None) -> int:
+    """One incremental pass from the watermark (read from the database unless given);
+    returns pages read. Raises RetriableError / FatalError when a page cannot be read (the
+    watermark then stays where it was)."""
+    wm = watermark
+    if wm is None:
+        async with deps.pool.acquire() as conn:
+            wm = await store.get_watermark(conn)
     if wm is None:
         raise FatalError("no watermark yet: run a backfill first (syncd sync)")
     overlap = timedelta(seconds=deps.settings.overlap)
@@ -289,11 +297,12 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
         async with deps.pool.acquire() as conn:
             wm = await store.get_watermark(conn)
             if wm is None:  # first run: anything changed from now on is caught incrementally
-                await store.set_watermark(conn, cursor.initial_watermark(
-                    now, timedelta(seconds=deps.settings.overlap)))
+                wm = cursor.initial_watermark(now, timedelta(seconds=deps.settings.overlap))
+                await store.set_watermark(conn, wm)
         await backfill(deps, lo, hi, force=since is not None or until is not None, stats=stats)
         if not deps.should_stop():
-            stats.details["incremental_pages"] = await incremental(deps, now, stats)
+            # the watermark only moves inside this run's own transactions: no need to re-read
+            stats.details["incremental_pages"] = await incremental(deps, now, stats, wm)
     return stats
 
 
