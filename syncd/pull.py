@@ -34,6 +34,19 @@ log = structlog.get_logger(__name__)
 INCLUDE = "workspace,user,story,role"
 TRANSIENT_DB_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 MAX_WINDOW_READS = 3
+#: ids held in one set at a time when a window's distinct ids are counted (~0.8 MB)
+DISTINCT_CHUNK = 8192
+
+
+def distinct_count(ids: array[int]) -> int:
+    """How many distinct values `ids` holds, with at most ~DISTINCT_CHUNK of them in a set at
+    once: the ids are split by value (id modulo the number of parts) and each part is counted
+    in its own set. One set of a whole 1M-entry month window (~40,000 ids, ~4 MB with its int
+    objects) times four windows finishing together was the peak RSS growing with N (issue #7)."""
+    parts = -(-len(ids) // DISTINCT_CHUNK)
+    if parts <= 1:
+        return len(set(ids))
+    return sum(len({i for i in ids if i % parts == r}) for r in range(parts))
 
 
 @dataclass
@@ -150,19 +163,19 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                 page_no += 1
                 if deps.should_stop():
                     res.error = "stopped before the window finished"
-                    res.distinct = len(set(res.ids))
+                    res.distinct = distinct_count(res.ids)
                     return res
         except AuthError:
             raise  # the token is refused: no other window can succeed either
         except (RetriableError, FatalError) as exc:
             res.error = f"{type(exc).__name__}: {exc}"
-            res.distinct = len(set(res.ids))
+            res.distinct = distinct_count(res.ids)
             return res
         finally:
             if ahead is not None:  # stopped or failed while a page was on its way: drop it
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
-        res.distinct = len(set(res.ids))
+        res.distinct = distinct_count(res.ids)
         seen = res.distinct + res.rejected + assumed
         if res.remote_count is None or seen >= res.remote_count:
             return res
