@@ -27,8 +27,9 @@ CREATE TABLE syncd.outbox (
     CONSTRAINT outbox_op_valid CHECK (op IN ('create', 'update', 'delete')),
     CONSTRAINT outbox_status_valid
         CHECK (status IN ('pending', 'in_flight', 'done', 'failed', 'conflict')),
+    -- written so that an unknown op is reported by outbox_op_valid, not by this constraint
     CONSTRAINT outbox_entry_id_required_for_update_and_delete
-        CHECK (op = 'create' OR entry_id IS NOT NULL),
+        CHECK (op NOT IN ('update', 'delete') OR entry_id IS NOT NULL),
     -- coalesce: a NULL payload makes the comparison NULL, which a CHECK would let through
     CONSTRAINT outbox_create_payload_is_an_object
         CHECK (op <> 'create' OR coalesce(jsonb_typeof(payload) = 'object', false)),

@@ -67,11 +67,18 @@ SELECT
      ORDER BY started_at DESC LIMIT 1)                                   AS last_pull_status,
     (SELECT max(finished_at) FROM syncd.sync_runs
      WHERE job = 'reconcile' AND status = 'ok')                          AS last_reconcile_at,
-    (SELECT min(last_done_at) FROM syncd.windows
-     WHERE purpose = 'reconcile')                                        AS oldest_window_reconciled_at,
-    (SELECT count(*) FROM syncd.windows
-     WHERE purpose = 'reconcile' AND (last_done_at IS NULL OR status = 'failed'))
-                                                                         AS windows_not_reconciled,
+    -- Every backfill window is a window whose deletions must be checked: one that has no
+    -- successful reconciliation yet makes the answer NULL ("not everywhere yet").
+    (SELECT CASE WHEN bool_or(r.last_done_at IS NULL) THEN NULL ELSE min(r.last_done_at) END
+     FROM syncd.windows b
+     LEFT JOIN syncd.windows r ON r.purpose = 'reconcile'
+          AND r.window_start = b.window_start AND r.window_end = b.window_end
+     WHERE b.purpose = 'backfill')                                       AS oldest_window_reconciled_at,
+    (SELECT count(*) FROM syncd.windows b
+     LEFT JOIN syncd.windows r ON r.purpose = 'reconcile'
+          AND r.window_start = b.window_start AND r.window_end = b.window_end
+     WHERE b.purpose = 'backfill'
+       AND (r.last_done_at IS NULL OR r.status = 'failed'))              AS windows_not_reconciled,
     (SELECT count(*) FROM syncd.outbox
      WHERE status IN ('pending', 'in_flight'))                           AS outbox_pending,
     (SELECT now() - min(created_at) FROM syncd.outbox

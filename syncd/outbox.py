@@ -174,8 +174,15 @@ WHERE status IN ('failed', 'conflict') AND (id = ANY($1::bigint[]) OR ($2 AND st
 RETURNING id
 """
 
+# Never discarded: rows in flight, `done` rows (history), and a pending create whose earlier
+# request may have reached Kantata (sent, then backing off: attempts > 0; an operator retry
+# resets attempts after a definitive answer): dropping it could leave an entry in Kantata with
+# no outbox record. Such a create is settled (found or sent) first.
 DISCARD = """
-DELETE FROM syncd.outbox WHERE id = ANY($1::bigint[]) AND status <> 'in_flight' RETURNING id
+DELETE FROM syncd.outbox
+WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'failed', 'conflict')
+  AND NOT (op = 'create' AND status = 'pending' AND sent_at IS NOT NULL AND attempts > 0)
+RETURNING id
 """
 
 
@@ -328,7 +335,8 @@ async def retry_rows(conn: asyncpg.Connection, ids: Sequence[int] = (), *,
 
 
 async def discard_rows(conn: asyncpg.Connection, ids: Sequence[int]) -> list[int]:
-    """Delete rows that are not in flight; returns the ids deleted."""
+    """Delete pending/failed/conflict rows (not `done` history, not a create whose outcome is
+    still unknown); returns the ids deleted."""
     rows = await conn.fetch(DISCARD, list(ids))
     return sorted(r["id"] for r in rows)
 

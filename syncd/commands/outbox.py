@@ -57,7 +57,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             return _report_skipped(args.ids, changed, "missing, or not failed or conflict")
         changed = await outbox.discard_rows(conn, args.ids)
         emit(f"discarded {len(changed)} row(s)" + (f": {_ids(changed)}" if changed else ""))
-        return _report_skipped(args.ids, changed, "missing, or in flight")
+        return _report_skipped(args.ids, changed, "missing, in flight, done, or a create whose "
+                                "earlier request may have reached Kantata")
     finally:
         await conn.close()
 
@@ -110,7 +111,9 @@ def register(sub: Any) -> None:
     rt.set_defaults(func=_cmd, parser=rt)
     dc = actions.add_parser(
         "discard", help="delete rows that will not be pushed",
-        description="Deletes the given rows from the outbox (any status except in_flight): "
-                    "the change is dropped, Kantata is not touched.")
+        description="Deletes the given pending, failed or conflict rows from the outbox: the "
+                    "change is dropped, Kantata is not touched. Rows in flight, done rows "
+                    "(history) and creates whose earlier request may have reached Kantata are "
+                    "left alone.")
     dc.add_argument("ids", nargs="+", type=int, metavar="ID", help="outbox row ids")
     dc.set_defaults(func=_cmd, parser=dc)

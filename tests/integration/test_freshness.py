@@ -62,9 +62,11 @@ async def test_freshness_reports_watermark_runs_windows_and_outbox(
 async def test_a_failed_attempt_keeps_the_time_of_the_last_success(
         conn: asyncpg.Connection) -> None:
     w = Window(date(2025, 1, 1), date(2025, 1, 31))
+    await store.ensure_windows(conn, "backfill", [w])
     await store.start_window(conn, "reconcile", w, restart=True)
     await store.finish_window(conn, "reconcile", w, status="done", remote_count=3)
-    done_at = await conn.fetchval("SELECT last_done_at FROM syncd.windows")
+    done_at = await conn.fetchval("SELECT last_done_at FROM syncd.windows "
+                                  "WHERE purpose = 'reconcile'")
     assert done_at is not None
     await store.start_window(conn, "reconcile", w, restart=True)
     await store.finish_window(conn, "reconcile", w, status="failed", remote_count=None,
@@ -152,3 +154,22 @@ async def test_reconcile_due_retries_a_failed_window_at_the_next_check(
                        w.start)
     again = await reconcile_job.reconcile_due(deps, now=now + timedelta(minutes=1))
     assert [r.window for r in again] == [w]
+
+
+async def test_windows_never_reconciled_make_freshness_claim_nothing(
+        conn: asyncpg.Connection) -> None:
+    """A fresh install (or a partial manual reconcile) has not checked deletions everywhere."""
+    ws = [Window(date(2025, m, 1), date(2025, m, 28)) for m in (1, 2, 3)]
+    await store.ensure_windows(conn, "backfill", ws)
+    fresh = await conn.fetchrow("SELECT * FROM syncd.freshness")
+    assert fresh["oldest_window_reconciled_at"] is None and fresh["windows_not_reconciled"] == 3
+    for w in ws[:2]:
+        await store.start_window(conn, "reconcile", w, restart=True)
+        await store.finish_window(conn, "reconcile", w, status="done", remote_count=0)
+    fresh = await conn.fetchrow("SELECT * FROM syncd.freshness")
+    assert fresh["oldest_window_reconciled_at"] is None and fresh["windows_not_reconciled"] == 1
+    await store.start_window(conn, "reconcile", ws[2], restart=True)
+    await store.finish_window(conn, "reconcile", ws[2], status="done", remote_count=0)
+    fresh = await conn.fetchrow("SELECT * FROM syncd.freshness")
+    assert fresh["oldest_window_reconciled_at"] is not None
+    assert fresh["windows_not_reconciled"] == 0

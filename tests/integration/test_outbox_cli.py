@@ -81,7 +81,8 @@ async def test_discarding_twice_says_why_in_plain_words(db_dsn: str, sim_url: st
     assert code == 0 and f"discarded 1 row(s): {row}" in out
     code, out, _ = await syncd(env, "outbox", "discard", str(row))
     assert code == 1
-    assert out.strip() == f"discarded 0 row(s)\nleft alone (missing, or in flight): {row}"
+    assert out.strip() == (f"discarded 0 row(s)\nleft alone (missing, in flight, done, or a "
+                           f"create whose earlier request may have reached Kantata): {row}")
 
 
 async def test_list_into_a_pipe_closed_early_ends_quietly(db_dsn: str, sim_url: str,

@@ -232,7 +232,8 @@ async def test_operator_list_retry_discard_and_counts(conn: asyncpg.Connection) 
     assert (r2["status"], r2["attempts"], r2["last_error"]) == ("pending", 0, None)
     assert r2["base_updated_at"] == remote_at   # retried on top of the version it met
     assert await outbox.retry_rows(conn, all_failed=True) == [1]
-    assert await outbox.discard_rows(conn, [1, 3]) == [1, 3]
+    assert await outbox.discard_rows(conn, [1, 3]) == [1]  # done rows are history: kept
+    assert await conn.fetchval("SELECT status FROM syncd.outbox WHERE id = 3") == "done"
     snap = await outbox.status_counts(conn)
     assert snap["counts"]["pending"] == 1 and snap["oldest_pending_seconds"] >= 0
 
@@ -351,3 +352,17 @@ async def test_rows_back_from_a_lost_or_released_lease_say_why_they_wait(
     shown = render_rows(await outbox.list_rows(conn), T0 + timedelta(seconds=100))
     line = next(x for x in shown.splitlines() if x.split()[0] == "1")
     assert "(retry in 80s) the lease of host:1:aa expired" in line
+
+
+async def test_an_unknown_op_is_named_by_the_op_constraint(conn: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="outbox_op_valid"):
+        await conn.execute("""INSERT INTO syncd.outbox (op, payload)
+                              VALUES ('upsert', '{"time_in_minutes": 1}')""")
+
+
+async def test_a_create_whose_request_may_have_reached_kantata_is_not_discarded(
+        conn: asyncpg.Connection) -> None:
+    await insert(conn, f"('create', NULL, '{CREATE}'), ('create', NULL, '{CREATE}')")
+    await conn.execute("UPDATE syncd.outbox SET sent_at = now(), attempts = 1 WHERE id = 1")
+    assert await outbox.discard_rows(conn, [1, 2]) == [2]
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox WHERE id = 1") == 1
