@@ -301,9 +301,8 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
     an incremental pass. Returns the run's figures; raises on a fatal error."""
     now = now or datetime.now(UTC)
     job = "backfill" if since or until else "pull"
-    today = now.date()
-    lo = since or deps.settings.backfill_from(today)
-    hi = until or (today + timedelta(days=deps.settings.lookahead_days))
+    default_lo, default_hi = deps.settings.backfill_range(now.date())
+    lo, hi = since or default_lo, until or default_hi
     if hi < lo:  # refused before anything is recorded
         raise ValueError(f"nothing to backfill: {lo} is after {hi} (check --since/--until)")
     async with job_run(deps, job) as stats:
@@ -321,6 +320,5 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
 
 def windows_for(deps: Deps, today: date) -> Sequence[Window]:
     """The backfill windows configured for `today`."""
-    return month_windows(deps.settings.backfill_from(today),
-                         today + timedelta(days=deps.settings.lookahead_days),
+    return month_windows(*deps.settings.backfill_range(today),
                          deps.settings.backfill_window_months)

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     def dsn(self) -> str | None:
         """The database URL, or None to let asyncpg use libpq PG* variables."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+    def backfill_range(self, today: date) -> tuple[date, date]:
+        """The default `date_performed` range of backfill, reconcile and verify: the backfill
+        start .. today + `lookahead_days` (both inclusive)."""
+        return self.backfill_from(today), today + timedelta(days=self.lookahead_days)
 
     def backfill_from(self, today: date) -> date:
         """First date of the backfill: `backfill_start`, or ten years before `today`."""

@@ -4,7 +4,7 @@ deleted, upsert missing or older ones, and print per-window figures."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from syncd import migrate, reconcile_job
@@ -34,9 +34,8 @@ def render(reports: list[WindowReport]) -> str:
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    today = datetime.now(UTC).date()
-    since = args.since or settings.backfill_from(today)
-    until = args.until or today + timedelta(days=settings.lookahead_days)
+    lo, hi = settings.backfill_range(datetime.now(UTC).date())
+    since, until = args.since or lo, args.until or hi
     async with open_deps(settings) as deps:
         async with deps.pool.acquire() as conn:
             await migrate.check_current(conn)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -98,9 +98,8 @@ def render_json(res: VerifyResult, since: date, until: date) -> str:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    today = datetime.now(UTC).date()
-    since = args.since or settings.backfill_from(today)
-    until = args.until or today + timedelta(days=settings.lookahead_days)
+    lo, hi = settings.backfill_range(datetime.now(UTC).date())
+    since, until = args.since or lo, args.until or hi
     async with open_deps(settings) as deps:
         async with deps.pool.acquire() as conn:
             await migrate.check_current(conn)
