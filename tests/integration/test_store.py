@@ -3,6 +3,7 @@ instants under any session time zone, revival of rows marked deleted."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -105,3 +106,30 @@ async def test_runs_abandoned_by_a_killed_process_are_closed(conn: asyncpg.Conne
     rows = {r["run_id"]: r for r in await conn.fetch("SELECT * FROM syncd.sync_runs")}
     assert rows[old]["status"] == "interrupted" and "without closing" in rows[old]["error"]
     assert rows[fresh]["status"] == "running"
+
+
+@pytest.mark.parametrize("datestyle", ["ISO, MDY", "SQL, DMY", "German", "Postgres, YMD"])
+async def test_every_column_round_trips_exactly(conn: asyncpg.Connection,
+                                                datestyle: str) -> None:
+    """The page travels as JSON text and PostgreSQL types it: whatever the session's DateStyle,
+    every value read back equals the parsed entry's, text with quotes, backslashes, escapes,
+    control characters and astral-plane characters included."""
+    await conn.execute(f"SET DateStyle = '{datestyle}'")
+    notes = 'a "quoted" \\ back\\slash, \\u0000 as text, \x01\x1f tab\t, é, 漢字, 🚀\n end'
+    entry = te(2**63 - 1, "2026-12-31T23:59:59+14:00", date_performed="2026-02-03",
+               notes=notes, rate_in_cents=-2**63 + 1, cost_rate_in_cents=0,
+               currency="EUR", currency_symbol="€", currency_base_unit=100, billable=None,
+               approved=True, is_invoiced=False, taxable=None, location="Zürich",
+               story_id="123456789012345678", role_id="7",
+               created_at="1900-01-01T00:00:00-07:53")
+    plain = te(12, "2026-06-01T12:00:00.250000+05:45", created_at=None, notes=None,
+               workspace_id=None, user_id=None)
+    assert await store.upsert_entries(conn, [entry, plain]) == 2
+    for want in (entry, plain):
+        row = await conn.fetchrow(
+            f"SELECT {', '.join(store.ENTRY_COLUMNS)} FROM kantata.time_entries WHERE id = $1",
+            want.id)
+        got = dict(row)
+        assert json.loads(got.pop("raw")) == json.loads(want.raw)  # jsonb: the same document
+        expected = {c: getattr(want, c) for c in store.ENTRY_COLUMNS if c != "raw"}
+        assert got == expected
