@@ -31,7 +31,7 @@ MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
 MIN_YEAR, MAX_YEAR = 1900, 2200
 MISSING_FROM_KEYED = "listed in `results` but absent from the `time_entries` object"
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
-SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~2 MB at most)
+SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~0.5 KB each)
 
 
 def decode_json_storable(body: bytes) -> tuple[Any, bool]:
@@ -307,11 +307,15 @@ def parse_side_object(kind: str, raw: Mapping[str, Any], *, storable: bool = Fal
 
 
 @functools.lru_cache(maxsize=SIDE_MEMO_SIZE)
-def _storable_side(kind: str, text: bytes) -> SideObject:
-    """`parse_side_object` of a storable object given as its JSON bytes, memoised: every page
+def _storable_side(kind: str, text: str) -> SideObject:
+    """`parse_side_object` of a storable object given as its JSON text, memoised: every page
     side-loads the same few hundred workspaces/users/stories/roles, and an identical object
-    always parses to the same (frozen) SideObject. Raises InvalidRecord (never cached)."""
-    return parse_side_object(kind, orjson.loads(text), storable=True, text=text.decode())
+    always parses to the same (frozen) SideObject. Raises InvalidRecord (never cached).
+
+    The key is text, not the bytes `orjson.dumps` returns: those keep orjson's whole output
+    buffer (~4 KB for a 250-byte object), which made this memo 7 MB at 1,750 objects; the text
+    is exact-size and is also the SideObject's `raw`, so key and value share it (issue #7)."""
+    return parse_side_object(kind, orjson.loads(text), storable=True, text=text)
 
 
 def _json_type(v: object) -> str:
@@ -395,7 +399,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         for raw in objs.values():
             try:
                 if storable and isinstance(raw, Mapping):
-                    side.append(_storable_side(kind, orjson.dumps(raw)))
+                    side.append(_storable_side(kind, orjson.dumps(raw).decode()))
                 else:
                     side.append(parse_side_object(kind, raw))
             except InvalidRecord as exc:

@@ -66,6 +66,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="the bearer token accepted on /api/v1 (default sim-token)")
     p.add_argument("--entries", type=_non_negative, default=10_000,
                    help="number of time entries to seed (default 10000; 1000000 works)")
+    p.add_argument("--reference-entries", type=_non_negative, default=None,
+                   help="size workspaces, users and stories as for this many entries (default: "
+                        "--entries); holds a page's side-loads constant across --entries")
     p.add_argument("--seed", type=int, default=1, help="seed of the deterministic data (default 1)")
     p.add_argument("--timezone", type=_zone, default="America/Los_Angeles",
                    help="IANA zone of the account; timestamps carry its UTC offset "
@@ -86,7 +89,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def build_simulator(args: argparse.Namespace) -> Simulator:
     """Create the Simulator described by parsed ``args``."""
     return Simulator(SimConfig(
-        token=args.token, entries=args.entries, seed=args.seed, timezone=args.timezone,
+        token=args.token, entries=args.entries, reference_entries=args.reference_entries,
+        seed=args.seed, timezone=args.timezone,
         max_per_page=args.max_per_page, lock_date=args.lock_date,
         rate_limit_per_minute=args.rate_limit_per_minute, retry_after=args.retry_after,
         hang_seconds=args.hang_seconds))

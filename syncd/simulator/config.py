@@ -24,6 +24,9 @@ class SimConfig:
     Attributes:
         token: the only bearer token accepted on ``/api/v1`` (``Authorization: Bearer <token>``).
         entries: number of time entries generated at start-up (deterministic given ``seed``).
+        reference_entries: size the workspaces, users and stories as for an account with this
+            many entries (``None``: as for ``entries``). The side-loads of a page grow with
+            them, so a memory benchmark can vary ``entries`` with the page shape held constant.
         seed: seed of the deterministic data generator.
         timezone: IANA zone used to render ``created_at``/``updated_at`` offsets and to interpret
             offset-less filter input (api-notes §11, §14 Q3). Default US Pacific.
@@ -42,6 +45,7 @@ class SimConfig:
 
     token: str = "sim-token"
     entries: int = 1000
+    reference_entries: int | None = None
     seed: int = 1
     timezone: str = "America/Los_Angeles"
     max_per_page: int = 200

@@ -143,7 +143,8 @@ class Simulator:
         self.fmt_ts: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._fmt_ts)
         rng = random.Random(self.config.seed)
         now = self.now()
-        seed_reference_data(self, self.config.entries, rng, now)
+        ref = self.config.reference_entries
+        seed_reference_data(self, self.config.entries if ref is None else ref, rng, now)
         self.locations: list[str] = list(self.store.location_names)
         if self.config.entries:
             seed_entries(self, self.config.entries, rng, now, self.tz)

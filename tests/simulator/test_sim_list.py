@@ -382,3 +382,16 @@ async def test_seeded_paging_walk_is_complete(seeded_api: Api, seeded_sim: Simul
     ups = [seeded_sim.get_entry(int(i))["updated_at"] for i in seen]  # type: ignore[index]
     inst = [datetime.fromisoformat(u).astimezone(timezone.utc) for u in ups]
     assert inst == sorted(inst)
+
+
+def test_reference_entries_sizes_the_side_loads_independently_of_entries() -> None:
+    """`reference_entries` (the memory benchmark's control) gives a 2,000-entry account the
+    workspaces, users and stories of a 1,000,000-entry one; the entries stay 2,000."""
+    from syncd.simulator import SimConfig
+    small = Simulator(SimConfig(entries=2000, seed=3))
+    shaped = Simulator(SimConfig(entries=2000, seed=3, reference_entries=1_000_000))
+    big = Simulator(SimConfig(entries=0, seed=3, reference_entries=1_000_000))
+    assert (len(small.workspaces), len(small.users)) == (8, 6)
+    assert (len(shaped.workspaces), len(shaped.users), len(shaped.stories)) == (300, 250, 1200)
+    assert len(big.stories) == len(shaped.stories)
+    assert shaped.store.live_count == small.store.live_count == 2000
