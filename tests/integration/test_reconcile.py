@@ -262,7 +262,9 @@ async def test_reconcile_due_schedules_recent_windows_often_and_old_ones_rarely(
     runs = await conn.fetchval("SELECT count(*) FROM syncd.sync_runs WHERE job = 'reconcile'")
     assert runs == 1  # nothing due: no run recorded
     later = await reconcile_job.reconcile_due(deps, now=now + timedelta(hours=2))
-    cutoff = now.date() - timedelta(days=deps.settings.reconcile_recent_days)
+    # "recent" is counted from the day of the call (after 22:00 UTC, now + 2 h is tomorrow)
+    cutoff = ((now + timedelta(hours=2)).date()
+              - timedelta(days=deps.settings.reconcile_recent_days))
     assert later and all(r.window.end >= cutoff for r in later)
     assert len(later) == sum(1 for w in windows if w.end >= cutoff)
     # the checkpoints are real wall-clock times, so look "8 days later" from now
