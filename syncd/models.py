@@ -1,10 +1,11 @@
-"""Domain values shared by the pure core and the IO modules: frozen dataclasses and id types."""
+"""Domain values shared by the pure core and the IO modules: immutable records (frozen dataclasses,
+and a NamedTuple for the high-volume `TimeEntry`) and id types."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal, NewType
+from typing import Literal, NamedTuple, NewType
 
 EntryId = NewType("EntryId", int)
 OutboxId = NewType("OutboxId", int)
@@ -13,13 +14,18 @@ OutboxStatus = Literal["pending", "in_flight", "done", "failed", "conflict"]
 Priority = Literal["push", "reconcile", "pull"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimeEntry:
-    """One Kantata time entry as stored in `kantata.time_entries`.
+class TimeEntry(NamedTuple):
+    """One Kantata time entry as stored in `kantata.time_entries`, immutable.
 
     Money is in cents of `currency` per hour; `time_in_minutes` in minutes; `date_performed` is a
     calendar date (never a point in time); `created_at`/`updated_at` are aware instants.
     `raw` is the entry exactly as received, as JSON text (api-notes §5).
+
+    A NamedTuple rather than a frozen dataclass: its fields are the columns of the
+    `syncd.time_entry_in` record type in order (migrations/0005), so a page of entries goes to
+    PostgreSQL as one array of records with no copying (`store.upsert_entries`), and it is built
+    in 0.6 instead of 2.5 µs (a frozen dataclass sets each of 21 fields through
+    `object.__setattr__`; issue #7). Construct it with keywords.
     """
 
     id: int

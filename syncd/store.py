@@ -1,8 +1,9 @@
 """The asyncpg boundary for the mirror (`kantata.*`) and syncd's pull state (`syncd.*`).
 
-Every write is batch-shaped: one statement per page via `unnest` arrays. The upsert never lets an
-older version overwrite a newer one (`updated_at` compared as instants) and revives a row marked
-deleted when Kantata shows it again. `date_performed` travels as a `date`, so no time zone (the
+Every write is batch-shaped: one statement per page via `unnest` of arrays (entries as one
+array of `syncd.time_entry_in` records). The upsert never lets an older version overwrite a
+newer one (`updated_at` compared as instants) and revives a row marked deleted when Kantata
+shows it again. `date_performed` travels as a `date`, so no time zone (the
 process's, the session's or Kantata's) can shift it.
 """
 
@@ -26,26 +27,20 @@ __all__ = [
     "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
 
-ENTRY_COLUMNS = (
-    "id", "workspace_id", "user_id", "story_id", "role_id", "date_performed", "time_in_minutes",
-    "billable", "notes", "rate_in_cents", "cost_rate_in_cents", "currency", "currency_symbol",
-    "currency_base_unit", "approved", "is_invoiced", "taxable", "location", "created_at",
-    "updated_at", "raw",
-)
-ENTRY_TYPES = (
-    "bigint", "bigint", "bigint", "bigint", "bigint", "date", "integer", "boolean", "text",
-    "bigint", "bigint", "text", "text", "integer", "boolean", "boolean", "boolean", "text",
-    "timestamptz", "timestamptz", "jsonb",
-)
+#: The mirror's entry columns, in the order of `TimeEntry`'s fields and of the
+#: `syncd.time_entry_in` record type (migrations/0005).
+ENTRY_COLUMNS: tuple[str, ...] = TimeEntry._fields
 
-# One statement per page. The WHERE keeps a newer stored version (a re-sent older page never
-# wins) and lets a row marked deleted come back when Kantata lists it again. Kantata's updated_at
-# has whole seconds, so two edits in one second share it: at equal updated_at the content read
-# later wins when it differs (the overlap re-read is what delivers it).
+# One statement per page: the entries travel as one array of `syncd.time_entry_in` records (a
+# `TimeEntry` is a tuple in that column order). The WHERE keeps a newer stored version (a
+# re-sent older page never wins) and lets a row marked deleted come back when Kantata lists it
+# again. Kantata's updated_at has whole seconds, so two edits in one second share it: at equal
+# updated_at the content read later wins when it differs (the overlap re-read is what
+# delivers it).
 UPSERT_ENTRIES = f"""
 INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at)
 SELECT u.*, NULL::timestamptz, now()
-FROM unnest({", ".join(f"${i}::{ty}[]" for i, ty in enumerate(ENTRY_TYPES, start=1))}) AS u
+FROM unnest($1::syncd.time_entry_in[]) AS u
 ON CONFLICT (id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in ENTRY_COLUMNS[1:])},
     deleted_at = NULL,
@@ -80,8 +75,7 @@ async def upsert_entries(conn: asyncpg.Connection, entries: Sequence[TimeEntry])
     rows = sorted(newest_per_id(entries), key=lambda e: e.id)
     if not rows:
         return 0
-    columns: list[list[Any]] = [[getattr(e, c) for e in rows] for c in ENTRY_COLUMNS]
-    status = await conn.execute(UPSERT_ENTRIES, *columns)
+    status = await conn.execute(UPSERT_ENTRIES, rows)
     return int(status.rsplit(" ", 1)[-1])
 
 

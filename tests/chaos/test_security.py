@@ -237,8 +237,6 @@ SQL_START = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|GRAN
 ALLOWED: dict[str, dict[str, str]] = {
     "syncd/store.py": {
         "', '.join(ENTRY_COLUMNS)": "column names from the ENTRY_COLUMNS constant",
-        "', '.join((f'${i}::{ty}[]' for i, ty in enumerate(ENTRY_TYPES, start=1)))":
-            "$n placeholders typed from the ENTRY_TYPES constant",
         "', '.join((f'{c} = excluded.{c}' for c in ENTRY_COLUMNS[1:]))":
             "SET list from the ENTRY_COLUMNS constant",
         "table": "table name from the SIDE_SQL constant", "label": "column from SIDE_SQL",
