@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-__all__ = ["PullRequest", "first_request", "initial_watermark", "next_step", "Step"]
+__all__ = ["PullRequest", "Step", "first_request", "initial_watermark", "next_step",
+           "settled_through"]
 
 SECOND = timedelta(seconds=1)
 MAX_SECOND_RESTARTS = 3
@@ -59,9 +60,33 @@ def initial_watermark(run_started: datetime, overlap: timedelta) -> datetime:
     return floor_second(run_started) - overlap
 
 
-def first_request(watermark: datetime, overlap: timedelta) -> PullRequest:
-    """The first incremental request: `updated_after = watermark - overlap` (second precision)."""
-    return PullRequest(updated_after=floor_second(watermark - overlap))
+def first_request(watermark: datetime, overlap: timedelta,
+                  settled: datetime | None = None) -> PullRequest:
+    """The first incremental request: `updated_after = watermark - overlap` (second precision),
+    or `settled` when that is later (nothing at or before it can still appear, see
+    `settled_through`)."""
+    start = floor_second(watermark - overlap)
+    if settled is not None and floor_second(settled) > start:
+        start = floor_second(settled)
+    return PullRequest(updated_after=start)
+
+
+def settled_through(watermark: datetime, pass_started: datetime, overlap: timedelta,
+                    settled: datetime | None = None) -> datetime | None:
+    """The new `settled` point after a complete pass that started at `pass_started` (syncd's
+    clock, aware) and left the watermark at `watermark`; None when it does not move.
+
+    The overlap exists because an entry can become visible some time after its `updated_at`
+    (a late commit, clocks apart). A pass that read everything after its first `updated_after`
+    at `pass_started` saw every entry whose `updated_at` is at least `overlap` before that
+    moment, so every entry up to `min(watermark, pass_started - overlap)` is stored and no
+    later pass can find one there. Assumes Kantata's visibility delay plus the clock difference
+    stays under `overlap` (the same assumption the overlap itself makes); reconciliation
+    repairs anything that breaks it."""
+    point = floor_second(min(watermark, pass_started - overlap))
+    if settled is not None and point <= settled:
+        return None
+    return point
 
 
 def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,

@@ -259,18 +259,21 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
 
 
 async def incremental(deps: Deps, started: datetime, stats: RunStats,
-                      watermark: datetime | None = None) -> int:
-    """One incremental pass from the watermark (read from the database unless given);
-    returns pages read. Raises RetriableError / FatalError when a page cannot be read (the
-    watermark then stays where it was)."""
+                      watermark: datetime | None = None,
+                      settled: datetime | None = None) -> int:
+    """One incremental pass from the watermark and its settled point (read from the database
+    unless `watermark` is given); returns pages read. `started` is when the pass began
+    (aware, syncd's clock). Raises RetriableError / FatalError when a page cannot be read (the
+    watermark then stays where it was). A pass that reads to the end moves `settled`
+    (`cursor.settled_through`), so the next one skips what cannot change any more."""
     wm = watermark
     if wm is None:
         async with deps.pool.acquire() as conn:
-            wm = await store.get_watermark(conn)
+            wm, settled = await store.get_cursor(conn)
     if wm is None:
         raise FatalError("no watermark yet: run a backfill first (syncd sync)")
     overlap = timedelta(seconds=deps.settings.overlap)
-    req: cursor.PullRequest | None = cursor.first_request(wm, overlap)
+    req: cursor.PullRequest | None = cursor.first_request(wm, overlap, settled)
     pages = 0
     side_seen: SideSeen = {}
     while req is not None:
@@ -288,10 +291,15 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
         mark = min(step.complete_through, started) if step.complete_through else None
         await store_page(deps, page, stats, watermark=mark, side_seen=side_seen)
         if mark is not None:
+            wm = max(wm, mark)
             deps.metrics.watermark_lag.set(max(0.0, (started - mark).total_seconds()))
         req = step.next
-        if deps.should_stop():
-            break
+        if deps.should_stop() and req is not None:
+            return pages
+    point = cursor.settled_through(wm, started, overlap, settled)
+    if point is not None:  # read to the end: nothing at or before `point` can still appear
+        async with deps.pool.acquire() as conn:
+            await store.set_settled(conn, point)
     return pages
 
 
@@ -307,14 +315,15 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
         raise ValueError(f"nothing to backfill: {lo} is after {hi} (check --since/--until)")
     async with job_run(deps, job) as stats:
         async with deps.pool.acquire() as conn:
-            wm = await store.get_watermark(conn)
+            wm, settled = await store.get_cursor(conn)
             if wm is None:  # first run: anything changed from now on is caught incrementally
                 wm = cursor.initial_watermark(now, timedelta(seconds=deps.settings.overlap))
                 await store.set_watermark(conn, wm)
         await backfill(deps, lo, hi, force=since is not None or until is not None, stats=stats)
         if not deps.should_stop():
             # the watermark only moves inside this run's own transactions: no need to re-read
-            stats.details["incremental_pages"] = await incremental(deps, now, stats, wm)
+            stats.details["incremental_pages"] = await incremental(deps, now, stats, wm,
+                                                                   settled)
     return stats
 
 

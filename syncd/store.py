@@ -22,8 +22,9 @@ from syncd.reconcile import RowVersion
 from syncd.windows import Window
 
 __all__ = [
-    "daily_summary", "finish_run", "finish_window", "get_watermark", "newest_per_id",
-    "prune_windows", "record_rejects", "set_watermark", "start_run", "start_window",
+    "daily_summary", "finish_run", "finish_window", "get_cursor", "get_watermark",
+    "newest_per_id", "prune_windows", "record_rejects", "set_settled", "set_watermark",
+    "start_run", "start_window",
     "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
 
@@ -137,6 +138,24 @@ async def get_watermark(conn: asyncpg.Connection, stream: str = "time_entries"
     """The incremental watermark, or None before the first backfill started."""
     return await conn.fetchval("SELECT watermark FROM syncd.watermarks WHERE stream = $1",
                                stream)  # type: ignore[no-any-return]
+
+
+async def get_cursor(conn: asyncpg.Connection, stream: str = "time_entries"
+                     ) -> tuple[datetime | None, datetime | None]:
+    """The incremental watermark and its `settled` point (migrations/0006); (None, None) before
+    the first backfill started."""
+    row = await conn.fetchrow(
+        "SELECT watermark, settled FROM syncd.watermarks WHERE stream = $1", stream)
+    return (None, None) if row is None else (row["watermark"], row["settled"])
+
+
+async def set_settled(conn: asyncpg.Connection, value: datetime,
+                      stream: str = "time_entries") -> None:
+    """Move `settled` forward to `value` (never backwards, never past the watermark)."""
+    await conn.execute(
+        """UPDATE syncd.watermarks
+           SET settled = LEAST(watermark, GREATEST(settled, $2::timestamptz))
+           WHERE stream = $1""", stream, value)
 
 
 async def set_watermark(conn: asyncpg.Connection, value: datetime,

@@ -122,6 +122,52 @@ async def test_same_second_edit_after_read_is_caught_by_the_overlap(
                                eid) == "second, same second"
 
 
+async def test_an_idle_cycle_once_settled_rereads_nothing_and_new_changes_still_arrive(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    # ten minutes later (both clocks): the newest change is older than `overlap` (5 s)
+    clock = [datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)]
+    sim._clock = lambda: clock[0]
+    await pull.sync_once(deps, now=clock[0])
+    wm, settled = await conn.fetchrow("SELECT watermark, settled FROM syncd.watermarks")
+    assert settled == wm  # everything up to the watermark can no longer change behind it
+
+    clock[0] += timedelta(minutes=1)
+    sim.requests.clear()
+    stats = await pull.sync_once(deps, now=clock[0])
+    [req] = [r for r in sim.requests if r["path"].endswith("/time_entries")]
+    assert datetime.fromisoformat(req["query"]["updated_after"]) == wm  # not wm - overlap
+    assert (stats.pages, stats.rows_upserted) == (0, 0)  # an empty page: nothing stored
+    assert await conn.fetchval("SELECT settled FROM syncd.watermarks") == settled
+
+    eid = int(sim.list_entries()[5]["id"])
+    sim.edit_entry(eid, {"notes": "edited after settling"})
+    await pull.sync_once(deps, now=clock[0] + timedelta(seconds=1))
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                               eid) == "edited after settling"
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_a_late_commit_within_the_overlap_is_caught_before_it_settles(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """An entry that becomes visible after newer ones were read, with an updated_at behind the
+    watermark: the next pass still re-reads `overlap` behind it while that span is recent."""
+    await pull.sync_once(deps)
+    clock = [datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)]
+    sim._clock = lambda: clock[0]
+    first, second = (int(e["id"]) for e in sim.list_entries()[:2])
+    sim.edit_entry(second, {"notes": "newer, seen first"})
+    await pull.sync_once(deps, now=clock[0] + timedelta(seconds=1))
+    # an edit stamped 3 s earlier that only shows up now (a late commit)
+    clock[0] -= timedelta(seconds=3)
+    sim.edit_entry(first, {"notes": "older, committed late"})
+    clock[0] += timedelta(seconds=3)
+    await pull.sync_once(deps, now=clock[0] + timedelta(seconds=2))
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                               first) == "older, committed late"
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
 async def test_timeouts_and_lost_answers_are_survived(db_dsn: str, sim_url: str, sim: Simulator,
                                                       conn: asyncpg.Connection) -> None:
     from syncd.app import open_deps

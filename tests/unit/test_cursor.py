@@ -23,6 +23,44 @@ def test_first_request_subtracts_overlap_at_second_precision() -> None:
     assert req == PullRequest(updated_after=T0 - timedelta(seconds=120))
 
 
+OVERLAP = timedelta(seconds=120)
+
+
+def test_first_request_starts_after_the_settled_point_when_it_is_later() -> None:
+    assert cursor.first_request(T0, OVERLAP, settled=T0 - 300 * S) == PullRequest(
+        updated_after=T0 - 120 * S)  # settled long ago: the overlap decides
+    assert cursor.first_request(T0, OVERLAP, settled=T0 - 30 * S) == PullRequest(
+        updated_after=T0 - 30 * S)
+    assert cursor.first_request(T0, OVERLAP, settled=T0) == PullRequest(updated_after=T0)
+
+
+def test_a_pass_settles_what_it_saw_at_least_overlap_after_it_changed() -> None:
+    # the newest change is 10 minutes old when the pass starts: everything up to it is settled
+    assert cursor.settled_through(T0, T0 + 600 * S, OVERLAP) == T0
+    # a change 30 s before the pass may still have company committing late: settle up to
+    # `overlap` before the pass only
+    assert cursor.settled_through(T0, T0 + 30 * S, OVERLAP) == T0 - 90 * S
+    # second precision, and never backwards
+    assert cursor.settled_through(T0, T0 + timedelta(seconds=150, microseconds=5), OVERLAP,
+                                  settled=T0 - 90 * S) == T0 + 0 * S
+    assert cursor.settled_through(T0, T0 + 600 * S, OVERLAP, settled=T0) is None
+    assert cursor.settled_through(T0, T0 + 60 * S, OVERLAP, settled=T0 - 30 * S) is None
+
+
+def test_idle_cycles_after_settling_ask_only_for_what_is_new() -> None:
+    """The daemon's steady state: the newest change is old, so after one pass the next one
+    starts at the watermark itself and an empty page ends it (no re-read, no write)."""
+    settled = None
+    for minute in range(1, 5):
+        req = cursor.first_request(T0, OVERLAP, settled)
+        step = cursor.next_step(req, [] if settled else ts(-100, -5, 0), 200, 0 if settled else 3)
+        assert step.next is None
+        point = cursor.settled_through(T0, T0 + minute * 300 * S, OVERLAP, settled)
+        settled = point or settled
+        assert settled == T0
+    assert cursor.first_request(T0, OVERLAP, settled) == PullRequest(updated_after=T0)
+
+
 def test_short_page_ends_and_completes_through_newest() -> None:
     step = cursor.next_step(PullRequest(T0), ts(1, 2, 5), page_size=200, count=3)
     assert step.next is None
