@@ -1,9 +1,14 @@
 """`syncd demo`: the main job end to end on an embedded default.
 
-Starts a throwaway PostgreSQL from the local server binaries (unless SYNCD_DATABASE_URL is set),
-starts the simulator with seeded, real-shaped data on a loopback port, migrates, backfills,
-shows a few incremental cycles with remote edits, checks the mirror against the simulator and
-prints how to connect with psql. `syncd demo --stop` stops the demo's PostgreSQL.
+Starts a throwaway PostgreSQL from the local server binaries (or uses the empty database given
+with --database-url), starts the simulator with seeded, real-shaped data on a loopback port,
+migrates, backfills, shows a few incremental cycles with remote edits, checks the mirror against
+the simulator and prints how to connect with psql. `syncd demo --stop` stops the demo's
+PostgreSQL.
+
+The demo writes simulated entries, so it never takes SYNCD_DATABASE_URL from the environment
+(the variable that names a real mirror), and it refuses a database that already holds mirrored
+entries.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -71,23 +77,54 @@ async def _remote_activity(sim: Any, cycle: int) -> str:
     return f"{len(edited)} entries edited, 2 created remotely"
 
 
+def _without_password(dsn: str) -> str:
+    """`dsn` with its password left out, for printing."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+    except ValueError:
+        return "<the --database-url you gave>"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
+
+async def _holds_entries(dsn: str) -> bool:
+    """Whether the database at `dsn` already has rows in kantata.time_entries."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT to_regclass('kantata.time_entries') IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM kantata.time_entries)"))
+    finally:
+        await conn.close()
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from syncd.simulator import SimConfig, Simulator
     from syncd.simulator.testing import running_simulator
 
     started = time.monotonic()
     logs.configure("WARNING", "auto")  # the demo prints its own summary lines
-    url = os.environ.get("SYNCD_DATABASE_URL")
+    url = args.database_url
     pg: TempPostgres | None = None
+    if os.environ.get("SYNCD_DATABASE_URL") and not url:
+        _say("    (SYNCD_DATABASE_URL is ignored: the demo writes simulated entries; give it an "
+             "empty database with --database-url to use your own server)")
     if url:
-        _say("1/5 using the database in SYNCD_DATABASE_URL")
+        if await _holds_entries(url):
+            _say("syncd demo: the database given with --database-url already holds mirrored "
+                 "time entries; the demo writes simulated ones and would mix them in. Give it "
+                 "an empty database (CREATE DATABASE syncd_demo).")
+            return 2
+        _say("1/5 using the empty database given with --database-url")
         db_dsn = url
     else:
         if find_bin_dir() is None:
             _say("syncd demo needs PostgreSQL. Either install the server binaries "
                  "(Debian/Ubuntu: sudo apt-get install postgresql) and run `syncd demo` again, "
-                 "or point it at a database you own: "
-                 "SYNCD_DATABASE_URL=postgresql://user:password@host:5432/dbname syncd demo")
+                 "or give it an empty database you own: syncd demo --database-url "
+                 "postgresql://user:password@host:5432/syncd_demo")
             return 2
         _say(f"1/5 starting a throwaway PostgreSQL in {args.dir} ...")
         pg = _start_postgres(args.dir)
@@ -127,7 +164,7 @@ async def _demo(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     _say()
     _say(f"Done in {elapsed:.1f} s. The mirror is in PostgreSQL; try:")
-    _say(f"  psql '{db_dsn}'")
+    _say(f"  psql '{_without_password(db_dsn)}'")
     _say("  SELECT w.title, sum(t.time_in_minutes) / 60.0 AS hours")
     _say("    FROM kantata.time_entries t JOIN kantata.workspaces w ON w.id = t.workspace_id")
     _say("    WHERE t.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 5;")
@@ -183,4 +220,7 @@ def register(sub: Any) -> None:
     p.add_argument("--dir", type=Path, default=_default_dir(),
                    help="where the throwaway PostgreSQL lives (default: %(default)s)")
     p.add_argument("--stop", action="store_true", help="stop the demo PostgreSQL and exit")
+    p.add_argument("--database-url", default=None, metavar="URL",
+                   help="use this empty database instead of a throwaway server (it must hold "
+                        "no mirrored entries; SYNCD_DATABASE_URL is never used by the demo)")
     p.set_defaults(func=_cmd, needs_settings=False)

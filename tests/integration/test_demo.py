@@ -17,15 +17,20 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_demo_mirrors_and_says_how_to_connect(db_dsn: str) -> None:
+async def _run_demo(*args: str, env_url: str | None = None) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-    env["SYNCD_DATABASE_URL"] = db_dsn
+    if env_url:
+        env["SYNCD_DATABASE_URL"] = env_url
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncd", "demo", "--entries", "1500", "--cycles", "2", env=env,
+        sys.executable, "-m", "syncd", "demo", *args, env=env,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
-    out = out_b.decode()
-    assert proc.returncode == 0, out + err_b.decode()[-2000:]
+    return proc.returncode or 0, out_b.decode() + err_b.decode()[-2000:]
+
+
+async def test_demo_mirrors_and_says_how_to_connect(db_dsn: str) -> None:
+    code, out = await _run_demo("--entries", "1500", "--cycles", "2", "--database-url", db_dsn)
+    assert code == 0, out
     assert "backfill: 1500 entries" in out
     assert "cycle 2:" in out
     assert "exact mirror: 1504 live entries" in out
@@ -44,4 +49,38 @@ def test_demo_without_postgres_says_exactly_what_to_do(
     assert cli.main(["demo", "--entries", "10"]) == 2
     out = capsys.readouterr().out
     assert "apt-get install postgresql" in out
-    assert "SYNCD_DATABASE_URL=postgresql://" in out
+    assert "syncd demo --database-url postgresql://" in out
+
+
+async def test_demo_refuses_a_database_that_holds_entries(db_dsn: str) -> None:
+    """A database given explicitly is refused once it holds entries: nothing is written."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO kantata.time_entries (id, date_performed, time_in_minutes, updated_at,"
+            " raw) VALUES (8000010, '2026-01-05', 30, now(), '{\"id\": \"8000010\"}')")
+        code, out = await _run_demo("--entries", "10", "--database-url", db_dsn)
+        assert code == 2 and "already holds mirrored time entries" in out, out
+        rows = await conn.fetch("SELECT id, raw FROM kantata.time_entries")
+        assert [(r["id"], r["raw"]) for r in rows] == [(8000010, '{"id": "8000010"}')]
+        assert await conn.fetchval("SELECT count(*) FROM kantata.workspaces") == 0
+    finally:
+        await conn.close()
+
+
+def test_demo_ignores_syncd_database_url(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A shell that exported SYNCD_DATABASE_URL for the real mirror (as the rehearsal section
+    does) must not get simulated entries in it: with no server binaries and the variable set,
+    the demo still stops and asks for an explicit, empty --database-url."""
+    monkeypatch.setattr(demo, "find_bin_dir", lambda: None)
+    monkeypatch.setenv("SYNCD_DATABASE_URL", "postgresql://u:pw@127.0.0.1:1/real_mirror")
+    assert cli.main(["demo", "--entries", "10"]) == 2
+    out = capsys.readouterr().out
+    assert "SYNCD_DATABASE_URL is ignored" in out and "pw" not in out
+
+
+def test_the_printed_psql_command_leaves_the_password_out() -> None:
+    assert demo._without_password("postgresql://bi:s3cret@db.internal:5432/mirror") == \
+        "postgresql://bi@db.internal:5432/mirror"
+    assert demo._without_password("postgresql:///syncd") == "postgresql:///syncd"
