@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -84,7 +85,8 @@ class OpsState:
 @dataclass(frozen=True, slots=True)
 class Readiness:
     """`reason` is one of ok, shutting_down, starting, database_unavailable,
-    migrations_pending, no_successful_pull, pull_stale; `detail` is a sentence."""
+    migrations_pending, schema_mismatch, no_successful_pull, pull_stale; `detail` is a
+    sentence."""
 
     ready: bool
     reason: str
@@ -145,7 +147,14 @@ async def check_readiness(state: OpsState, now: datetime) -> Readiness:
                 last_pull = await conn.fetchval(LAST_PULL)
                 last_error = await conn.fetchval(LAST_PULL_ERROR)
     except MigrationError as exc:
-        return Readiness(False, "migrations_pending", str(exc))
+        # the schema is newer than this syncd (the old replica of a rolling upgrade) or an
+        # applied migration file changed: `syncd migrate` is not the remedy here
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
+                last_pull = await conn.fetchval(LAST_PULL)
+        except (asyncpg.PostgresError, *DB_UNAVAILABLE, TimeoutError):
+            last_pull = None
+        return Readiness(False, "schema_mismatch", str(exc), last_pull)
     except (*DB_UNAVAILABLE, TimeoutError) as exc:
         db_error = f"database unavailable: {type(exc).__name__}"
     s = state.settings

@@ -3,6 +3,8 @@ the readiness decision and the /status renderer as pure functions."""
 
 from __future__ import annotations
 
+import asyncio
+
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -103,6 +105,27 @@ async def test_readyz_follows_the_pull_through_a_kantata_outage_and_metrics_say_
     for body in (text, status_page, body):
         assert TOKEN not in body and "Bearer" not in body and "Authorization" not in body
     assert_clean_output(d)
+
+
+@pytest.mark.integration
+async def test_readyz_of_the_old_replica_after_a_newer_migrate_says_schema_mismatch(
+        db_dsn: str, sim_url: str, port: int, daemons: Any, conn: Any) -> None:
+    """A rolling upgrade: the new replica has migrated, the old one still runs. Its /readyz
+    must not advise `syncd migrate` (that does nothing) and keeps its last pull."""
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port))
+    await d.wait_http("/readyz", 200)
+    await conn.execute("INSERT INTO syncd.schema_migrations (version, name, sha256) "
+                       "VALUES (999, '0999_from_a_newer_syncd.sql', 'x')")
+    deadline = time.monotonic() + 15
+    while True:
+        status, body = await d.get("/readyz")
+        if status == 503 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    doc = orjson.loads(body)
+    assert status == 503 and doc["reason"] == "schema_mismatch", body
+    assert "migration 999" in doc["detail"] and "downgrade" in doc["detail"]
+    assert doc["last_successful_pull"] is not None
 
 
 @pytest.mark.integration
