@@ -247,10 +247,11 @@ async def close_abandoned_runs(conn: asyncpg.Connection, older_than_hours: float
 
 
 async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[str, Any]:
-    """Figures for `syncd status`, /status and /readyz: watermark, row counts, window progress,
-    recent runs, last success per job, dead letters, and outbox counts when the outbox exists."""
+    """Figures for `syncd status`, /status and /readyz: watermark and its settled point, row
+    counts, window progress, recent runs, last success per job, dead letters, and outbox counts
+    when the outbox exists."""
     snap: dict[str, Any] = {}
-    snap["watermark"] = await get_watermark(conn)
+    snap["watermark"], snap["settled"] = await get_cursor(conn)
     row = await conn.fetchrow(
         """SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
                   count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,

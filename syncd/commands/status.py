@@ -25,6 +25,7 @@ def render_text(snap: dict[str, Any]) -> str:
     e = snap.get("entries", {})
     lines = [
         f"watermark:        {_fmt(snap.get('watermark'))}",
+        f"settled through:  {_fmt(snap.get('settled'))}",
         f"entries:          {e.get('live', 0)} live, {e.get('deleted', 0)} marked deleted "
         f"(last write {_fmt(e.get('last_write'))})",
         "windows:          " + (", ".join(f"{k}={v}" for k, v in snap["windows"].items())

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from syncd import pull
+from syncd import pull, store
+from syncd.commands.status import render_text
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.conftest import make_settings
@@ -131,6 +132,9 @@ async def test_an_idle_cycle_once_settled_rereads_nothing_and_new_changes_still_
     await pull.sync_once(deps, now=clock[0])
     wm, settled = await conn.fetchrow("SELECT watermark, settled FROM syncd.watermarks")
     assert settled == wm  # everything up to the watermark can no longer change behind it
+    snap = await store.status_snapshot(conn)
+    assert (snap["watermark"], snap["settled"]) == (wm, settled)
+    assert f"settled through:  {settled.isoformat()}" in render_text(snap)  # `syncd status`
 
     clock[0] += timedelta(minutes=1)
     sim.requests.clear()
