@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from syncd import __version__, logs, migrate, pull, store
+from syncd import __version__, logs, migrate, outbox, pull, store
 from syncd.app import open_deps, open_pool
 from syncd.control import ControlConnection
 from syncd.errors import FatalError
@@ -113,15 +113,20 @@ def push_deadline(s: Settings) -> float:
 
 
 async def prune_history(deps: Deps) -> int:
-    """Delete `syncd.sync_runs` rows older than `run_history_days` and close runs left
-    `running` by a killed process; return how many rows were deleted."""
+    """Delete `syncd.sync_runs` rows older than `run_history_days` and `done` outbox rows older
+    than `outbox_done_retention_days` (0: kept), and close runs left `running` by a killed
+    process; return how many run rows were deleted."""
+    s = deps.settings
     async with job_run(deps, "prune") as stats:
         async with deps.pool.acquire() as conn:
-            n = await store.prune_runs(conn, deps.settings.run_history_days)
+            n = await store.prune_runs(conn, s.run_history_days)
             closed = await store.close_abandoned_runs(conn)
+            done = await outbox.prune_done(conn, s.outbox_done_retention_days)
         stats.details["runs_deleted"] = n
         stats.details["abandoned_runs_closed"] = closed
-        log.info("run_history_pruned", rows=n, older_than_days=deps.settings.run_history_days)
+        stats.details["outbox_done_deleted"] = done
+        log.info("run_history_pruned", rows=n, older_than_days=s.run_history_days,
+                 outbox_done_deleted=done, outbox_older_than_days=s.outbox_done_retention_days)
     return n
 
 

@@ -25,7 +25,8 @@ from syncd.batching import Decision, OutboxRow
 
 __all__ = [
     "CHANNEL", "Claim", "claim_batch", "db_now", "discard_rows", "finish_rows", "list_rows",
-    "mark_sent", "rebase_pending", "reclaim_expired", "release_leases", "retry_rows",
+    "mark_sent", "prune_done", "rebase_pending", "reclaim_expired", "release_leases",
+    "retry_rows",
     "status_counts", "stop_listening", "wait_for_notify",
 ]
 
@@ -339,6 +340,19 @@ async def discard_rows(conn: asyncpg.Connection, ids: Sequence[int]) -> list[int
     still unknown); returns the ids deleted."""
     rows = await conn.fetch(DISCARD, list(ids))
     return sorted(r["id"] for r in rows)
+
+
+async def prune_done(conn: asyncpg.Connection, older_than_days: int) -> int:
+    """Delete `done` rows whose `done_at` is more than `older_than_days` days ago (history an
+    application no longer looks at); `failed` and `conflict` rows wait for a person and are
+    kept. Returns rows deleted; `older_than_days` 0 deletes nothing."""
+    if older_than_days <= 0:
+        return 0
+    status = await conn.execute(
+        """DELETE FROM syncd.outbox
+           WHERE status = 'done' AND done_at < now() - make_interval(days => $1)""",
+        older_than_days)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 # ------------------------------------------------------------------------ LISTEN / NOTIFY

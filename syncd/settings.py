@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(30.0, ge=0)
     ready_max_pull_age_intervals: float = Field(3.0, gt=0)
     run_history_days: int = Field(90, ge=1)
+    outbox_done_retention_days: int = Field(
+        90, ge=0, description="done outbox rows older than this are deleted daily; 0 keeps them")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     leader_lock_key: int = 0x53594E43  # "SYNC"

@@ -24,10 +24,27 @@ async def test_run_history_older_than_run_history_days_is_pruned(
         SELECT gen_random_uuid(), 'pull', now() - make_interval(days => d),
                now() - make_interval(days => d), 'ok'
         FROM unnest(ARRAY[400, 31, 29, 1]) AS d""")
+    # outbox history: done rows 40 and 10 days old, a failed one 40 days old (kept: it waits
+    # for a person), and a pending one
+    async with conn.transaction():
+        ids = [await conn.fetchval(
+            "INSERT INTO syncd.outbox (op, entry_id) VALUES ('delete', $1) RETURNING id", i)
+            for i in (8000001, 8000002, 8000003, 8000004)]
+        await conn.execute(
+            """UPDATE syncd.outbox o SET status = v.status, done_at = now() - v.age
+               FROM (VALUES ($1::bigint, 'done', interval '40 days'),
+                            ($2::bigint, 'done', interval '10 days'),
+                            ($3::bigint, 'failed', interval '40 days')) AS v(id, status, age)
+               WHERE o.id = v.id""", *ids[:3])
     d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port,
-                                             SYNCD_RUN_HISTORY_DAYS="30"))
+                                             SYNCD_RUN_HISTORY_DAYS="30",
+                                             SYNCD_OUTBOX_DONE_RETENTION_DAYS="30",
+                                             SYNCD_PUSH_INTERVAL="3600"))
     pruned = await d.wait_event("run_history_pruned")
     assert pruned["rows"] == 2 and pruned["job"] == "prune" and pruned["run_id"]
+    assert pruned["outbox_done_deleted"] == 1
+    left = await conn.fetch("SELECT id FROM syncd.outbox ORDER BY id")
+    assert [r["id"] for r in left] == ids[1:]  # the 40-day-old done row only
     ages = await conn.fetch("""SELECT extract(day FROM now() - started_at)::int AS days
                                FROM syncd.sync_runs WHERE started_at < now() - interval '1 hour'
                                ORDER BY 1""")
