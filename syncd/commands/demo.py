@@ -170,7 +170,8 @@ async def _demo(args: argparse.Namespace) -> int:
     _say("    WHERE t.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 5;")
     _say("  SELECT job, status, pages, requests, rows_upserted FROM syncd.sync_runs;")
     if pg is not None:
-        _say(f"Stop the demo database with: syncd demo --stop   (data in {args.dir})")
+        where = "" if args.dir == _default_dir() else f" --dir {args.dir}"
+        _say(f"Stop the demo database with: syncd demo --stop{where}   (data in {args.dir})")
     return 0 if check.startswith("exact mirror") else 1
 
 
