@@ -65,3 +65,26 @@ async def test_concurrent_migrate_applies_once(empty_db_dsn: str) -> None:
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_upgrading_the_outbox_id_to_an_identity_never_reuses_an_id(
+        empty_db_dsn: str) -> None:
+    """0007 turns `syncd.outbox.id` into GENERATED ALWAYS AS IDENTITY on a live outbox: the
+    next id follows the last one ever handed out, even when that row was deleted."""
+    conn = await asyncpg.connect(empty_db_dsn)
+    try:
+        every = migrate.discover()
+        assert every[6].name == "0007_outbox_writer_role.sql"
+        await migrate.apply(conn, every[:6])
+        for i in range(5):
+            await conn.execute("INSERT INTO syncd.outbox (op, entry_id) VALUES ('delete', $1)",
+                               100 + i)
+        await conn.execute("DELETE FROM syncd.outbox WHERE id = 5")
+        await migrate.apply(conn, every)
+        assert await conn.fetchval("INSERT INTO syncd.outbox (op, entry_id) "
+                                   "VALUES ('delete', 200) RETURNING id") == 6
+        with pytest.raises(asyncpg.GeneratedAlwaysError):
+            await conn.execute("INSERT INTO syncd.outbox (id, op, entry_id) "
+                               "VALUES (7, 'delete', 201)")
+    finally:
+        await conn.close()

@@ -93,6 +93,47 @@ async def test_insert_records_the_base_version_and_resets_syncd_columns(
         ("pending", 0, None, None)}
 
 
+async def test_a_writer_role_with_the_documented_grants_can_enqueue_and_no_more(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """README, the outbox's writer role: INSERT (and SELECT of the outcome columns) is enough,
+    the insert trigger still records the base version from the mirror it cannot read, and an
+    INSERT naming its own id is refused."""
+    role = f"outbox_writer_{uuid.uuid4().hex[:8]}"
+    await conn.execute(
+        """INSERT INTO kantata.time_entries (id, date_performed, time_in_minutes, updated_at, raw)
+           VALUES (7, '2026-03-01', 5, '2026-03-01T10:00:00Z', '{}')""")
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await conn.execute(f"""
+            GRANT USAGE ON SCHEMA syncd TO {role};
+            GRANT INSERT ON syncd.outbox TO {role};
+            GRANT SELECT (id, op, entry_id, status, result, last_error, correlation_key)
+                ON syncd.outbox TO {role};""")
+        host_part = db_dsn.split("@", 1)[1]
+        writer = await asyncpg.connect(f"postgresql://{role}@{host_part}")
+        try:
+            ids = [await writer.fetchval(
+                "INSERT INTO syncd.outbox (op, entry_id, payload) VALUES ($1, $2, $3::jsonb) "
+                "RETURNING id", op, eid, payload)
+                for op, eid, payload in (("update", 7, '{"notes": "x"}'),
+                                         ("delete", 7, None), ("create", None, CREATE))]
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await writer.fetchval("SELECT count(*) FROM kantata.time_entries")
+            with pytest.raises(asyncpg.GeneratedAlwaysError):
+                await writer.execute("INSERT INTO syncd.outbox (id, op, entry_id) "
+                                     "VALUES (999999, 'delete', 7)")
+        finally:
+            await writer.close()
+        rows = await conn.fetch("SELECT id, status, base_updated_at FROM syncd.outbox "
+                                "ORDER BY id")
+        assert [r["id"] for r in rows] == ids and ids == sorted(ids)
+        assert [r["base_updated_at"] for r in rows] == [
+            datetime(2026, 3, 1, 10, tzinfo=UTC)] * 2 + [None]
+        assert {r["status"] for r in rows} == {"pending"}
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
 async def test_insert_notifies_listeners_at_commit(db_dsn: str, conn: asyncpg.Connection) -> None:
     listener = await asyncpg.connect(db_dsn)
     try:
