@@ -93,9 +93,11 @@ async def _holds_entries(dsn: str) -> bool:
     """Whether the database at `dsn` already has rows in kantata.time_entries."""
     conn = await asyncpg.connect(dsn)
     try:
-        return bool(await conn.fetchval(
-            "SELECT to_regclass('kantata.time_entries') IS NOT NULL "
-            "AND EXISTS (SELECT 1 FROM kantata.time_entries)"))
+        # two statements: PostgreSQL resolves a table name before it evaluates anything, so
+        # one query naming kantata.time_entries fails on a database that has no such table
+        if await conn.fetchval("SELECT to_regclass('kantata.time_entries')") is None:
+            return False
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM kantata.time_entries)"))
     finally:
         await conn.close()
 

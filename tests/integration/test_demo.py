@@ -84,3 +84,12 @@ def test_the_printed_psql_command_leaves_the_password_out() -> None:
     assert demo._without_password("postgresql://bi:s3cret@db.internal:5432/mirror") == \
         "postgresql://bi@db.internal:5432/mirror"
     assert demo._without_password("postgresql:///syncd") == "postgresql:///syncd"
+
+
+async def test_demo_into_a_new_empty_database(empty_db_dsn: str) -> None:
+    """`CREATE DATABASE x` and nothing else, as a user without server binaries would do."""
+    code, out = await _run_demo("--entries", "300", "--cycles", "1", "--database-url",
+                                empty_db_dsn)
+    assert code == 0, out
+    assert "1/5 using the empty database given with --database-url" in out
+    assert "exact mirror: 302 live entries" in out
