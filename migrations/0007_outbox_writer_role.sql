@@ -26,3 +26,27 @@ END $$;
 
 ALTER FUNCTION syncd.outbox_before_insert() SECURITY DEFINER;
 ALTER FUNCTION syncd.outbox_before_insert() SET search_path = pg_catalog, pg_temp;
+
+-- `OVERRIDING SYSTEM VALUE` (and COPY) can still name an id. A row whose id is not the one the
+-- identity just drew for it in this session is refused by a trigger that runs before the
+-- bookkeeping one (triggers fire in name order). A full pg_restore creates triggers after
+-- loading the data, so restores are unaffected.
+CREATE FUNCTION syncd.outbox_id_from_identity() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    drawn bigint;
+BEGIN
+    BEGIN
+        drawn := currval(pg_get_serial_sequence('syncd.outbox', 'id'));
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN  -- no id drawn in this session
+        drawn := NULL;
+    END;
+    IF NEW.id IS DISTINCT FROM drawn THEN
+        RAISE EXCEPTION 'syncd.outbox: id is assigned by the database; leave it out of the INSERT (got %)', NEW.id
+            USING ERRCODE = 'generated_always', COLUMN = 'id';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER outbox_a_id_from_identity BEFORE INSERT ON syncd.outbox
+    FOR EACH ROW EXECUTE FUNCTION syncd.outbox_id_from_identity();

@@ -405,8 +405,8 @@ def check_update(row: OutboxRow, remote: Mapping[str, Any] | None,
     # both as UTC instants: Kantata answers in the account's offset, the mirror holds UTC
     reason = (f"Kantata's entry changed since this edit was based on it: base updated_at "
               f"{row.base_updated_at.astimezone(UTC).isoformat()}, Kantata updated_at "
-              f"{remote_updated_at.astimezone(UTC).isoformat()}; fields that differ: "
-              f"{', '.join(diff)}")
+              f"{remote_updated_at.astimezone(UTC).isoformat()}; this edit and Kantata's current "
+              f"entry differ in: {', '.join(diff)}")
     if policy == "local_wins":
         return UpdateCheck("push", reason, local_wins=True)
     return UpdateCheck("conflict", reason)

@@ -46,7 +46,7 @@ async def test_remote_change_parks_the_update_as_conflict_with_both_versions(
     assert row["base_updated_at"] == base
     assert row["remote_updated_at"] == datetime.fromisoformat(remote["updated_at"])
     assert orjson.loads(row["remote_entry"])["notes"] == "remote edit"
-    assert "fields that differ: notes, time_in_minutes" in row["last_error"]
+    assert "this edit and Kantata's current entry differ in: notes, time_in_minutes" in row["last_error"]
     assert requests_of(sim, "PUT") == []
     assert sim.get_entry(eid)["notes"] == "remote edit"  # type: ignore[index]
 

@@ -122,10 +122,29 @@ async def test_a_writer_role_with_the_documented_grants_can_enqueue_and_no_more(
             with pytest.raises(asyncpg.GeneratedAlwaysError):
                 await writer.execute("INSERT INTO syncd.outbox (id, op, entry_id) "
                                      "VALUES (999999, 'delete', 7)")
+            # naming an id anyway (OVERRIDING SYSTEM VALUE, COPY) is refused by the trigger,
+            # before it could collide with the ids other writers draw
+            for taken in (ids[-1] + 1, 10**9, ids[0]):
+                with pytest.raises(asyncpg.GeneratedAlwaysError, match="assigned by the database"):
+                    await writer.execute(
+                        "INSERT INTO syncd.outbox (id, op, entry_id) OVERRIDING SYSTEM VALUE "
+                        f"VALUES ({taken}, 'delete', 7)")
+            with pytest.raises(asyncpg.UniqueViolationError):  # the id this session just drew
+                await writer.execute("INSERT INTO syncd.outbox (id, op, entry_id) OVERRIDING "
+                                     f"SYSTEM VALUE VALUES ({ids[-1]}, 'delete', 7)")
+            with pytest.raises(asyncpg.GeneratedAlwaysError):
+                await conn.copy_records_to_table("outbox", schema_name="syncd",
+                                                 columns=["id", "op", "entry_id"],
+                                                 records=[(ids[-1] + 2, "delete", 7)])
+            # bulk enqueues draw and check one id per row, whatever the plan
+            n = await writer.execute(
+                "INSERT INTO syncd.outbox (op, entry_id) SELECT 'delete', g "
+                "FROM generate_series(100, 140) g ORDER BY g DESC")
+            assert n == "INSERT 0 41"
         finally:
             await writer.close()
         rows = await conn.fetch("SELECT id, status, base_updated_at FROM syncd.outbox "
-                                "ORDER BY id")
+                                "WHERE entry_id = 7 OR op = 'create' ORDER BY id")
         assert [r["id"] for r in rows] == ids and ids == sorted(ids)
         assert [r["base_updated_at"] for r in rows] == [
             datetime(2026, 3, 1, 10, tzinfo=UTC)] * 2 + [None]

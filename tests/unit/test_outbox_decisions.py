@@ -47,4 +47,5 @@ def test_a_conflict_names_both_versions_as_utc_instants() -> None:
     chk = batching.check_update(r, {"id": "5", "notes": "remote"}, remote_at, "park")
     assert chk.action == "conflict"
     assert ("base updated_at 2026-10-04T01:02:08+00:00, Kantata updated_at "
-            "2026-11-29T20:05:50+00:00; fields that differ: notes") in chk.reason
+            "2026-11-29T20:05:50+00:00; this edit and Kantata's current entry differ in: "
+            "notes") in chk.reason
