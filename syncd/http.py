@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 import structlog
 from aiohttp import web
@@ -140,23 +139,22 @@ async def check_readiness(state: OpsState, now: datetime) -> Readiness:
     if state.pool is None:
         return Readiness(False, "starting", "waiting for the database")
     db_error, pending, last_pull, last_error = None, [], None, None
+    mismatch: str | None = None
     try:
         async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
-            pending = [m.name for m in await migrate.pending(conn, state.migrations)]
+            try:
+                pending = [m.name for m in await migrate.pending(conn, state.migrations)]
+            except MigrationError as exc:
+                # the schema is newer than this syncd (the old replica of a rolling upgrade)
+                # or an applied migration file changed: `syncd migrate` is not the remedy
+                mismatch = str(exc)
             if not pending:
                 last_pull = await conn.fetchval(LAST_PULL)
                 last_error = await conn.fetchval(LAST_PULL_ERROR)
-    except MigrationError as exc:
-        # the schema is newer than this syncd (the old replica of a rolling upgrade) or an
-        # applied migration file changed: `syncd migrate` is not the remedy here
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
-                last_pull = await conn.fetchval(LAST_PULL)
-        except (asyncpg.PostgresError, *DB_UNAVAILABLE, TimeoutError):
-            last_pull = None
-        return Readiness(False, "schema_mismatch", str(exc), last_pull)
     except (*DB_UNAVAILABLE, TimeoutError) as exc:
         db_error = f"database unavailable: {type(exc).__name__}"
+    if mismatch is not None and db_error is None:
+        return Readiness(False, "schema_mismatch", mismatch, last_pull)
     s = state.settings
     return decide_readiness(now=now, stopping=False, db_error=db_error, pending=pending,
                             last_pull=last_pull, last_error=last_error,

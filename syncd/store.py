@@ -3,8 +3,8 @@
 Every write is batch-shaped: one statement per page via `unnest` of arrays (entries as one
 array of `syncd.time_entry_in` records). The upsert never lets an older version overwrite a
 newer one (`updated_at` compared as instants) and revives a row marked deleted when Kantata
-shows it again. `date_performed` travels as a `date`, so no time zone (the
-process's, the session's or Kantata's) can shift it.
+shows it again. `date_performed` travels as a `date`, so no time zone (the process's, the
+session's or Kantata's) can shift it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from syncd.reconcile import RowVersion
 from syncd.windows import Window
 
 __all__ = [
-    "daily_summary", "finish_run", "finish_window", "get_cursor", "get_watermark",
-    "newest_per_id", "prune_windows", "record_rejects", "set_settled", "set_watermark",
-    "start_run", "start_window",
-    "upsert_entries", "upsert_side", "window_rows", "window_states",
+    "daily_summary", "finish_run", "finish_window", "get_cursor", "newest_per_id",
+    "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
+    "start_window", "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
 
 #: The mirror's entry columns, in the order of `TimeEntry`'s fields and of the
@@ -133,13 +132,6 @@ async def record_rejects(conn: asyncpg.Connection, rejects: Sequence[Rejected],
 
 
 # ---------------------------------------------------------------- watermark
-async def get_watermark(conn: asyncpg.Connection, stream: str = "time_entries"
-                        ) -> datetime | None:
-    """The incremental watermark, or None before the first backfill started."""
-    return await conn.fetchval("SELECT watermark FROM syncd.watermarks WHERE stream = $1",
-                               stream)  # type: ignore[no-any-return]
-
-
 async def get_cursor(conn: asyncpg.Connection, stream: str = "time_entries"
                      ) -> tuple[datetime | None, datetime | None]:
     """The incremental watermark and its `settled` point (migrations/0006); (None, None) before

@@ -43,7 +43,7 @@ async def test_freshness_reports_watermark_runs_windows_and_outbox(
     await conn.execute("UPDATE syncd.outbox SET created_at = now() - interval '10 minutes' "
                        "WHERE op = 'delete'")
     row = await conn.fetchrow("SELECT * FROM syncd.freshness")
-    assert row["data_as_of"] == await store.get_watermark(conn)
+    assert row["data_as_of"] == (await store.get_cursor(conn))[0]
     assert row["last_pull_at"] is not None and row["last_pull_status"] == "ok"
     assert row["last_reconcile_at"] is not None
     assert row["oldest_window_reconciled_at"] is not None

@@ -75,12 +75,12 @@ async def test_raw_keeps_the_entry_as_received(conn: asyncpg.Connection) -> None
 
 async def test_watermark_only_moves_forward(conn: asyncpg.Connection) -> None:
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert await store.get_watermark(conn) is None
+    assert (await store.get_cursor(conn))[0] is None
     await store.set_watermark(conn, t)
     await store.set_watermark(conn, t - timedelta(hours=1))
-    assert await store.get_watermark(conn) == t
+    assert (await store.get_cursor(conn))[0] == t
     await store.set_watermark(conn, t + timedelta(seconds=1))
-    assert await store.get_watermark(conn) == t + timedelta(seconds=1)
+    assert (await store.get_cursor(conn))[0] == t + timedelta(seconds=1)
 
 
 async def test_a_rejected_record_is_resolved_when_a_valid_version_is_stored(
@@ -133,3 +133,21 @@ async def test_every_column_round_trips_exactly(conn: asyncpg.Connection,
         assert json.loads(got.pop("raw")) == json.loads(want.raw)  # jsonb: the same document
         expected = {c: getattr(want, c) for c in store.ENTRY_COLUMNS if c != "raw"}
         assert got == expected
+
+
+async def test_the_upsert_record_type_matches_the_mirror_table(conn: asyncpg.Connection) -> None:
+    """`syncd.time_entry_in` (migration 0005) repeats the entry columns of
+    `kantata.time_entries`: same names, same order as `TimeEntry`, same types. A column added to
+    one and not the other fails here, not in production."""
+    def shape(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
+        return [(r["attname"], r["t"]) for r in rows]
+    record = shape(await conn.fetch(
+        """SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute
+           WHERE attrelid = 'syncd.time_entry_in'::regclass AND attnum > 0
+             AND NOT attisdropped ORDER BY attnum"""))
+    table = dict(shape(await conn.fetch(
+        """SELECT attname, format_type(atttypid, atttypmod) AS t FROM pg_attribute
+           WHERE attrelid = 'kantata.time_entries'::regclass AND attnum > 0
+             AND NOT attisdropped""")))
+    assert [name for name, _ in record] == list(store.ENTRY_COLUMNS)
+    assert record == [(name, table[name]) for name, _ in record]
