@@ -4,8 +4,11 @@
 * ``sim``: an empty account (reference data only, no entries); ``seeded_sim``: 300 entries.
 * ``api`` / ``seeded_api``: an HTTP helper over an aiohttp test server. EVERY response of a public
   route (``/api/v1``) obtained through it is validated against the published OpenAPI contract
-  (``KANTATA_OPENAPI_PATH``, default ``<repo>/../shared/kantata/time-entries.openapi.yml``)
-  unless the test deliberately asks for a corrupted page (``validate=False``).
+  (``KANTATA_OPENAPI_PATH``; by default the published file beside the repository,
+  ``<repo>/../shared/kantata/time-entries.openapi.yml``, or, in a clone that has no such folder
+  beside it, the pinned copy ``tests/simulator/contract/`` that test_sim_contract.py proves
+  byte-identical to the published file whenever that is present) unless the test deliberately
+  asks for a corrupted page (``validate=False``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from openapi_schema_validator import OAS31Validator
 from syncd.simulator import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OPENAPI = REPO.parent / "shared" / "kantata" / "time-entries.openapi.yml"
+PUBLISHED_OPENAPI = REPO.parent / "shared" / "kantata" / "time-entries.openapi.yml"
+PINNED_OPENAPI = REPO / "tests" / "simulator" / "contract" / "time-entries.openapi.yml"
 TOKEN = "test-token"
 SPEC_HOST = "https://api.mavenlink.com"
 
@@ -44,7 +48,8 @@ NULLABLE_TIME_ENTRY_PROPS = ("story_id", "role_id", "notes", "location")
 def openapi_path() -> Path:
     """Where the contract lives; a missing file is a hard failure, never a skip."""
     raw = os.environ.get("KANTATA_OPENAPI_PATH")
-    path = Path(raw) if raw else DEFAULT_OPENAPI
+    path = Path(raw) if raw else (
+        PUBLISHED_OPENAPI if PUBLISHED_OPENAPI.is_file() else PINNED_OPENAPI)
     if not path.is_file():
         origin = "KANTATA_OPENAPI_PATH" if raw else "the default location"
         raise FileNotFoundError(

@@ -2,8 +2,10 @@
 
 Every public response obtained through the ``api`` fixture in this package is validated (see
 conftest.Api); this module adds a sweep over every public operation and proves the validator
-really rejects violations. The document is read from KANTATA_OPENAPI_PATH (default
-<repo>/../shared/kantata/time-entries.openapi.yml); a missing file fails, never skips.
+really rejects violations. The document is read from KANTATA_OPENAPI_PATH (default: the
+published <repo>/../shared/kantata/time-entries.openapi.yml, or the pinned copy in
+tests/simulator/contract/ where the clone has no shared folder beside it); a missing file
+fails, never skips.
 """
 
 from __future__ import annotations
@@ -16,12 +18,31 @@ from openapi_core.testing import MockRequest, MockResponse
 
 from syncd.simulator import Simulator
 
-from .conftest import SPEC_HOST, Api, Contract, Ref, openapi_path
+from .conftest import (
+    PINNED_OPENAPI,
+    PUBLISHED_OPENAPI,
+    SPEC_HOST,
+    Api,
+    Contract,
+    Ref,
+    openapi_path,
+)
 
 
 def test_contract_file_is_found_and_loaded(contract: Contract) -> None:
     assert openapi_path().is_file()
     assert {"/time_entries", "/time_entries/{id}"} <= set(contract.spec["paths"])
+
+
+def test_the_pinned_copy_is_the_published_contract() -> None:
+    """The copy a lone clone validates against is the published file, byte for byte (checked
+    wherever the published file is beside the repository, as on the project's machines)."""
+    assert PINNED_OPENAPI.is_file()
+    if not PUBLISHED_OPENAPI.is_file():
+        pytest.skip("the published contract is not beside this clone; nothing to compare")
+    assert PINNED_OPENAPI.read_bytes() == PUBLISHED_OPENAPI.read_bytes(), (
+        "the published Kantata contract changed: copy it to tests/simulator/contract/ and "
+        "re-run the contract tests")
 
 
 def test_missing_contract_fails_with_clear_message(monkeypatch: pytest.MonkeyPatch,
