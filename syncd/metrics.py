@@ -31,6 +31,10 @@ class Metrics:
         self.rows_rejected = Counter("syncd_rows_rejected_total",
                                      "Records from Kantata that could not be stored", ["job"],
                                      registry=r)
+        self.rows_altered = Counter("syncd_rows_altered_total",
+                                    "Records from Kantata stored with text replaced that "
+                                    "PostgreSQL cannot hold (kantata.text_alterations)",
+                                    ["job"], registry=r)
         self.rows_marked_deleted = Counter("syncd_rows_marked_deleted_total",
                                            "Mirror rows marked deleted by reconciliation",
                                            registry=r)

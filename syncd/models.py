@@ -65,6 +65,18 @@ class SideObject:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Altered:
+    """A record stored with some strings changed so that PostgreSQL can hold them (issue #12):
+    `kind` is "time_entries" or a side-load kind, `fields` the paths in `raw` (`notes`,
+    `a.b[2]`, `x.<key>`), `reasons` the distinct reasons (nul, unpaired_surrogate, too_long)."""
+
+    kind: str
+    id: int
+    fields: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rejected:
     """A record that could not be stored: which id (if known), why, and the raw text."""
 
@@ -89,3 +101,6 @@ class Page:
     entries: tuple[TimeEntry, ...]
     side: tuple[SideObject, ...]
     rejected: tuple[Rejected, ...]
+    #: Records (entries and side-loaded objects) stored with text altered to be storable
+    #: (`pagination.sanitise`; the originals are in each record's `raw`).
+    altered: tuple[Altered, ...] = ()

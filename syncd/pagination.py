@@ -5,12 +5,21 @@ by string id in `time_entries`; ids are strings; timestamps are ISO 8601 with an
 second precision; `date_performed` is a plain date. A record that breaks these rules becomes a
 `Rejected` with a specific reason and the rest of the page goes on. A page that is not the
 documented envelope at all raises `MalformedResponseError`.
+
+Text is never a reason to drop a record (issue #12): a string that PostgreSQL `text`/`jsonb`
+cannot hold (NUL, an unpaired UTF-16 surrogate, over `MAX_TEXT` characters) is stored with the
+offending characters replaced by U+FFFD (or cut), and the record's `raw` document says so
+under `ALTERED_KEY`: one item per altered string with its path, the reasons and the original
+(base64 of its UTF-8 bytes, surrogates kept with `surrogatepass`), see `sanitise`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
@@ -18,20 +27,25 @@ from typing import Any
 import orjson
 
 from syncd.errors import InvalidRecord, MalformedResponseError
-from syncd.models import Page, Rejected, SideObject, TimeEntry
+from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
-    "decode_json", "decode_json_storable", "decode_page", "parse_side_object", "parse_time_entry",
+    "ALTERED_KEY", "decode_json", "decode_json_storable", "decode_page", "make_storable", "parse_side_object",
+    "parse_time_entry", "sanitise",
 ]
 
 MAX_BIGINT = 2**63 - 1
 MAX_INT = 2**31 - 1  # PostgreSQL `integer` columns (currency_base_unit)
 MAX_ID_TEXT = 100  # longest id string quoted back in a reject reason
-MAX_TEXT = 1_000_000  # characters; larger notes are rejected, not truncated
+MAX_TEXT = 4_000_000  # characters per string; a longer one is cut (an alteration), never dropped
+#: Key added to a record's `raw` when strings in it were altered to be storable (see `sanitise`).
+ALTERED_KEY = "_syncd_altered"
+REPLACEMENT = "\ufffd"
 MIN_YEAR, MAX_YEAR = 1900, 2200
 MISSING_FROM_KEYED = "listed in `results` but absent from the `time_entries` object"
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
 SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~0.5 KB each)
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str can hold them unpaired; UTF-8 cannot
 
 
 def decode_json_storable(body: bytes) -> tuple[Any, bool]:
@@ -95,27 +109,93 @@ def _text(v: object, field: str) -> str | None:
         return None
     if not isinstance(v, str):
         raise ValueError(f"{field} must be a string, got {type(v).__name__}")
-    if len(v) > MAX_TEXT:
-        raise ValueError(f"{field} is {len(v)} characters, over the {MAX_TEXT} limit")
     return v
 
 
-def _check_storable(v: object, path: str = "entry") -> None:
-    """PostgreSQL text/jsonb cannot hold NUL or unpaired surrogates; find them anywhere."""
+def _clean_string(v: str) -> tuple[str, list[str]]:
+    """`v` made storable, and the reasons it had to change (empty when it did not)."""
+    reasons: list[str] = []
+    if "\x00" in v:
+        reasons.append("nul")
+        v = v.replace("\x00", REPLACEMENT)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        reasons.append("unpaired_surrogate")
+        v = _SURROGATE.sub(REPLACEMENT, v)
+    if len(v) > MAX_TEXT:
+        reasons.append("too_long")
+        v = v[:MAX_TEXT]
+    return v, reasons
+
+
+def _original(v: str, reasons: list[str]) -> dict[str, Any]:
+    raw = v.encode("utf-8", "surrogatepass")
+    if "too_long" in reasons:  # a copy of an over-long text would be over-long too
+        return {"original_length": len(v), "original_sha256": hashlib.sha256(raw).hexdigest()}
+    return {"original_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def sanitise(v: Any, path: str = "") -> tuple[Any, list[dict[str, Any]]]:
+    """`v` (decoded JSON) with every string, object key included, made storable in PostgreSQL
+    `text`/`jsonb`, and the list of alterations: `{"path": "notes", "reasons": ["nul"],
+    "original_b64": "..."}`, path as `a.b[2]` (a key that was altered itself: `a.<key>`),
+    reasons among `nul` (U+0000 → U+FFFD), `unpaired_surrogate` (each → U+FFFD) and
+    `too_long` (cut to MAX_TEXT characters; then `original_length` and `original_sha256`
+    instead of the copy). `original_b64` decodes with `base64` then
+    `.decode("utf-8", "surrogatepass")` to the exact original. Unchanged parts are returned as
+    they were (no copy when nothing changed). Never raises."""
+    alterations: list[dict[str, Any]] = []
+    return _sanitise(v, path, alterations), alterations
+
+
+def _sanitise(v: Any, path: str, out: list[dict[str, Any]]) -> Any:
     if isinstance(v, str):
-        if "\x00" in v:
-            raise ValueError(f"{path} contains a NUL character, which PostgreSQL cannot store")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path} contains invalid Unicode (unpaired surrogate)") from None
-    elif isinstance(v, dict):
+        clean, reasons = _clean_string(v)
+        if reasons:
+            out.append({"path": path or "$", "reasons": reasons, **_original(v, reasons)})
+        return clean
+    if isinstance(v, dict):
+        changed = False
+        result: dict[str, Any] = {}
         for k, item in v.items():
-            _check_storable(k, path)
-            _check_storable(item, f"{path}.{k}")
-    elif isinstance(v, list):
-        for item in v:
-            _check_storable(item, path)
+            key = k
+            if isinstance(k, str):
+                key, reasons = _clean_string(k)
+                if reasons:
+                    out.append({"path": f"{path}.<key>" if path else "<key>",
+                                "key": key, "reasons": reasons, **_original(k, reasons)})
+            sub = f"{path}.{key}" if path else str(key)
+            clean = _sanitise(item, sub, out)
+            changed |= key is not k or clean is not item
+            result[key] = clean
+        return result if changed else v
+    if isinstance(v, list):
+        items = [_sanitise(item, f"{path}[{i}]", out) for i, item in enumerate(v)]
+        return items if any(a is not b for a, b in zip(items, v, strict=True)) else v
+    return v
+
+
+def _storable(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`raw` sanitised, with the alterations recorded under ALTERED_KEY; and the alterations."""
+    clean, alterations = sanitise(dict(raw))
+    if alterations:
+        clean[ALTERED_KEY] = alterations
+    return clean, alterations
+
+
+def make_storable(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON object made storable in `jsonb` (`sanitise`), the alterations recorded under
+    ALTERED_KEY when there were any. Never raises."""
+    return _storable(raw)[0]
+
+
+def _altered(kind: str, ident: int, alterations: list[dict[str, Any]]) -> Altered | None:
+    if not alterations:
+        return None
+    reasons = dict.fromkeys(r for a in alterations for r in a["reasons"])
+    return Altered(kind=kind, id=ident, fields=tuple(a["path"] for a in alterations),
+                   reasons=tuple(reasons))
 
 
 def _instant(v: object, field: str, *, nullable: bool) -> datetime | None:
@@ -147,22 +227,31 @@ def _date(v: object, field: str) -> date:
 
 
 def parse_time_entry(raw: Mapping[str, Any], *, storable: bool = False) -> TimeEntry:
-    """Validate one TimeEntry object (api-notes §5) and type it. Raises InvalidRecord(id, reason).
+    """Validate one TimeEntry object (api-notes §5) and type it. Raises InvalidRecord(id, reason)
+    only for what cannot be a row (no id, an id or a number that is not an integer, a date or
+    timestamp that is not one): text is made storable instead (`sanitise`, recorded in `raw`).
 
-    Unknown fields are kept in `raw` and otherwise ignored. `storable=True` skips the walk for
-    NUL and unpaired surrogates (the caller proved there are none, `decode_json_storable`).
+    Unknown fields are kept in `raw` and otherwise ignored. `storable=True` lets the fast path
+    skip the walk for NUL and unpaired surrogates (the caller proved there are none,
+    `decode_json_storable`).
     """
+    return _parse_entry(raw, storable=storable)[0]
+
+
+def _parse_entry(raw: Mapping[str, Any], *, storable: bool
+                 ) -> tuple[TimeEntry, Altered | None]:
+    """`parse_time_entry`, plus what of the entry was altered to be storable (or None)."""
     if storable and type(raw) is dict:
         fast = _common_time_entry(raw)
         if fast is not None:
-            return fast
+            return fast, None
     rid = raw.get("id") if isinstance(raw, Mapping) else None
     entry_id = rid if isinstance(rid, str) else None
     try:
         if not isinstance(raw, Mapping):
             raise ValueError(f"entry is not a JSON object but {_json_type(raw)}")
-        if not storable:
-            _check_storable(dict(raw))
+        raw, alterations = _storable(raw)
+        rid = raw.get("id")
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
         minutes = _int(raw.get("time_in_minutes"), "time_in_minutes", nullable=False,
@@ -195,7 +284,7 @@ def parse_time_entry(raw: Mapping[str, Any], *, storable: bool = False) -> TimeE
             created_at=_instant(raw.get("created_at"), "created_at", nullable=True),
             updated_at=updated,
             raw=orjson.dumps(raw).decode(),
-        )
+        ), _altered("time_entries", ident, alterations)
     except ValueError as exc:
         raise InvalidRecord(entry_id, str(exc)) from None
 
@@ -282,14 +371,23 @@ def _common_time_entry(raw: dict[str, Any]) -> TimeEntry | None:
 
 def parse_side_object(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
                       text: str | None = None) -> SideObject:
-    """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord. `storable` as
-    for `parse_time_entry`; `text` is `raw` already serialised (kept as `SideObject.raw`)."""
+    """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord (no id, or an id
+    that is not an integer); text is made storable as for `parse_time_entry`. `storable` as for
+    `parse_time_entry`; `text` is `raw` already serialised (kept as `SideObject.raw`)."""
+    return _parse_side(kind, raw, storable=storable, text=text)[0]
+
+
+def _parse_side(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
+                text: str | None = None) -> tuple[SideObject, Altered | None]:
     rid = raw.get("id") if isinstance(raw, Mapping) else None
+    alterations: list[dict[str, Any]] = []
     try:
         if not isinstance(raw, Mapping):
             raise ValueError(f"{kind} object is not a JSON object")
         if not storable:
-            _check_storable(dict(raw))
+            raw, alterations = _storable(raw)
+            text = None if alterations else text
+            rid = raw.get("id")
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
         label = raw.get(SIDE_KINDS[kind])
@@ -301,7 +399,7 @@ def parse_side_object(kind: str, raw: Mapping[str, Any], *, storable: bool = Fal
             parent_id=_int(parent, "workspace_id", nullable=True),
             updated_at=_instant(raw.get("updated_at"), "updated_at", nullable=True),
             raw=text if text is not None else orjson.dumps(raw).decode(),
-        )
+        ), _altered(kind, ident, alterations)
     except ValueError as exc:
         raise InvalidRecord(rid if isinstance(rid, str) else None, f"{kind}: {exc}") from None
 
@@ -364,6 +462,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
     entries: list[TimeEntry] = []
     rejected: list[Rejected] = []
     ids: list[str] = []
+    altered: list[Altered] = []
     for ref in results:
         if not isinstance(ref, Mapping) or not isinstance(ref.get("id"), str | int):
             # counted as a listed row so a page with one bad reference is still a full page
@@ -380,7 +479,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
             rejected.append(Rejected(entry_id=rid, raw="null", reason=MISSING_FROM_KEYED))
             continue
         try:
-            entry = parse_time_entry(raw, storable=storable)
+            entry, alt = _parse_entry(raw, storable=storable)
         except InvalidRecord as exc:
             rejected.append(Rejected(entry_id=exc.entry_id or rid, reason=exc.reason,
                                      raw=_raw_text(raw)))
@@ -391,6 +490,8 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
                 f"{entry.id}")))
             continue
         entries.append(entry)
+        if alt is not None:
+            altered.append(alt)
     side: list[SideObject] = []
     for kind in SIDE_KINDS:
         objs = doc.get(kind)
@@ -401,7 +502,10 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
                 if storable and isinstance(raw, Mapping):
                     side.append(_storable_side(kind, orjson.dumps(raw).decode()))
                 else:
-                    side.append(parse_side_object(kind, raw))
+                    obj, alt = _parse_side(kind, raw)
+                    side.append(obj)
+                    if alt is not None:
+                        altered.append(alt)
             except InvalidRecord as exc:
                 rejected.append(Rejected(entry_id=None, reason=exc.reason, raw=_raw_text(raw)))
     count = _envelope_int(doc, meta, "count", len(ids))
@@ -414,4 +518,5 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         entries=tuple(entries),
         side=tuple(side),
         rejected=tuple(rejected),
+        altered=tuple(altered),
     )

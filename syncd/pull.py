@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from syncd import cursor, store
 from syncd.errors import AuthError, FatalError, MalformedResponseError, RetriableError
-from syncd.models import Page
+from syncd.models import Altered, Page
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
 
@@ -118,8 +118,21 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
     deps.metrics.rows_rejected.labels(stats.job).inc(len(page.rejected))
     for r in page.rejected:
         log.warning("record_rejected", entry_id=r.entry_id, reason=r.reason)
+    note_altered(deps, stats, page.altered)
     deps.made_progress()
     return changed
+
+
+def note_altered(deps: Deps, stats: RunStats, altered: Sequence[Altered]) -> None:
+    """Count and log records stored with text made storable (after their transaction)."""
+    if not altered:
+        return
+    stats.rows_altered += len(altered)
+    stats.details["rows_altered"] = stats.rows_altered
+    deps.metrics.rows_altered.labels(stats.job).inc(len(altered))
+    for a in altered:
+        log.warning("record_altered", kind=a.kind, id=a.id, fields=list(a.fields),
+                    reasons=list(a.reasons))
 
 
 async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",

@@ -22,7 +22,7 @@ import structlog
 
 from syncd import pull, reconcile, store
 from syncd.errors import AuthError, FatalError, RetriableError
-from syncd.models import Rejected, SideObject, TimeEntry
+from syncd.models import Altered, Rejected, SideObject, TimeEntry
 from syncd.reconcile import RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
@@ -56,6 +56,7 @@ class WindowRead:
     listed: set[int] = field(default_factory=set)
     side: dict[tuple[str, int], SideObject] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    altered: dict[int, Altered] = field(default_factory=dict)  # entries, by id
     first_count: int | None = None
     last_count: int | None = None
     pages: int = 0
@@ -129,6 +130,7 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
                 read.entries[e.id] = e
         read.side.update({(o.kind, o.id): o for o in page.side})
         read.rejected.extend(page.rejected)
+        read.altered.update({a.id: a for a in page.altered if a.kind == "time_entries"})
         if page_no >= page.page_count or len(page.result_ids) < page.page_size:
             break
         if deps.should_stop():
@@ -192,6 +194,7 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
         await store.finish_window(conn, PURPOSE, read.window, status=status,
                                   remote_count=read.last_count, error=rep.error)
     rep.checked, rep.revived = plan.checked, len(plan.revive)
+    pull.note_altered(deps, stats, [read.altered[e.id] for e in upserts if e.id in read.altered])
     if gone:
         log.info("entries_marked_deleted", window=read.window.param, ids=list(gone)[:50],
                  count=rep.marked_deleted)

@@ -57,6 +57,7 @@ class RunStats:
     pages: int = 0
     rows_upserted: int = 0
     rows_rejected: int = 0
+    rows_altered: int = 0  # records stored with text made storable (issue #12)
     errors: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     requests_at_start: int = 0
@@ -109,4 +110,5 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                                 error=f"{type(exc).__name__}: {exc}")
             log.info("job_finished", status=status, seconds=round(elapsed, 3),
                      pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
-                     rows_rejected=stats.rows_rejected, error=error)
+                     rows_rejected=stats.rows_rejected, rows_altered=stats.rows_altered,
+                     error=error)

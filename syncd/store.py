@@ -197,7 +197,7 @@ async def finish_window(conn: asyncpg.Connection, purpose: str, w: Window, *, st
         """UPDATE syncd.windows SET status = $4, remote_count = $5, last_error = $6,
                finished_at = now()
            WHERE purpose = $1 AND window_start = $2 AND window_end = $3""",
-        purpose, w.start, w.end, status, remote_count, error)
+        purpose, w.start, w.end, status, remote_count, pg_text(error))
 
 
 # ---------------------------------------------------------------- run history
@@ -215,7 +215,7 @@ async def finish_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, status: str
                requests = $4, rows_upserted = $5, rows_rejected = $6, error = $7,
                details = $8::jsonb
            WHERE run_id = $1""",
-        run_id, status, pages, requests, rows_upserted, rows_rejected, error,
+        run_id, status, pages, requests, rows_upserted, rows_rejected, pg_text(error),
         orjson.dumps(details or {}).decode())
 
 

@@ -1032,6 +1032,16 @@ class Simulator:
         """Undo :meth:`archive_workspace`."""
         return self._set_archived(id, False)
 
+    def rename_workspace(self, id: int, title: str) -> dict[str, Any]:  # noqa: A002
+        """Rename a workspace as a Kantata user would (any text, NUL included); its
+        ``updated_at`` moves to now. Raises NotFound."""
+        ws = self._workspace(id)
+        ws.title = title
+        ws.updated_at = max(self.now(), ws.updated_at)
+        self._ref_cache.pop(("workspaces", ws.id), None)
+        self._bump()
+        return self._ws_dict(ws)
+
     def _set_archived(self, id: int, archived: bool) -> dict[str, Any]:  # noqa: A002
         ws = self._workspace(id)
         ws.archived = archived

@@ -142,11 +142,6 @@ RECORD_CASES: list[tuple[str, Mutation, str]] = [
     ("rate_beyond_bigint", field(rate_in_cents=2**70), "rate_in_cents must be an integer"),
     ("billable_text", field(billable="yes"), "billable must be true, false or null"),
     ("notes_number", field(notes=42), "notes must be a string"),
-    ("notes_nul", field(notes="bad\x00nul"), "NUL character"),
-    ("notes_lone_surrogate", raw_notes(b'"x\\ud800y"'), "unpaired surrogate"),
-    ("notes_invalid_utf8", raw_notes(b'"x\xff\xfey"'), "unpaired surrogate"),
-    ("notes_over_limit", field(notes="n" * 1_000_001), "over the 1000000 limit"),
-    ("unknown_field_nul", field(custom={"k": "v\x00"}), "NUL character"),
     ("id_missing", field(id=DROP), "id is missing"),
     ("id_text", id_with("abc"), "id must be an integer"),
     ("id_beyond_bigint", id_with(str(2**64)), "is outside 1.."),
@@ -157,9 +152,8 @@ RECORD_CASES: list[tuple[str, Mutation, str]] = [
     ("key_and_id_disagree", id_with("8000002"), "holds an entry with id 8000002"),
     ("currency_unit_beyond_integer", field(currency_base_unit=2**40),
      "currency_base_unit 1099511627776 is outside 0..2147483647"),
-    ("id_with_nul", id_with("12\x0034"), "NUL character"),
+    ("id_with_nul", id_with("12\x0034"), "id must be an integer"),
     ("id_of_100_kb", id_with("9" * 100_000), "id is not a 64-bit integer (100000 characters)"),
-    ("nul_in_a_key_name", field(**{"bad\x00key": 1}), "NUL character"),
 ]
 
 
@@ -259,21 +253,106 @@ async def test_unknown_fields_are_kept_in_raw(deps: Deps, sim: Simulator, tamper
     assert diffs == [f"{eid}.raw differs in ['brand_new_flag', 'custom_fields']"]
 
 
-async def test_nul_written_by_a_kantata_user_is_rejected_not_fatal(
+async def test_nul_written_by_a_kantata_user_is_stored_not_rejected(
         deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
-    """Real remote data (no tampering): Kantata stores the NUL, PostgreSQL cannot."""
+    """Real remote data (no tampering): Kantata stores the NUL, PostgreSQL cannot; the entry is
+    live with U+FFFD in its place and flagged (issue #12)."""
     before = await baseline(deps, sim, conn)
     a, b = sorted(before)[:2]
-    sim.edit_entry(a, {"notes": "pasted\x00from a terminal"})
+    sim.edit_entry(a, {"notes": "pasted\x00from a terminal", "time_in_minutes": 77})
     sim.edit_entry(b, {"notes": "fine"})
     with capture_logs() as logs:
-        await pull.sync_once(deps)
-    assert events(logs, "record_rejected")[0]["entry_id"] == str(a)
-    assert "NUL character" in await conn.fetchval(
-        "SELECT reason FROM syncd.rejected_records WHERE entry_id = $1", str(a))
+        stats = await pull.sync_once(deps)
+    assert not events(logs, "record_rejected") and stats.rows_rejected == 0
+    assert [(e["id"], e["fields"], e["reasons"]) for e in events(logs, "record_altered")] == [
+        (a, ["notes"], ["nul"])]
+    assert tuple(await conn.fetchrow(
+        "SELECT notes, time_in_minutes FROM kantata.time_entries WHERE id = $1", a)) == (
+        "pasted\ufffdfrom a terminal", 77)
     assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
                                b) == "fine"
-    await assert_nothing_lost(conn, before, changed={b})
+    await assert_nothing_lost(conn, before, changed={a, b})
+
+
+ALTERATIONS_SEEN = (
+    "SELECT record_kind, record_id, field, reasons, original_utf8 FROM kantata.text_alterations "
+    "ORDER BY record_kind, record_id, field")
+
+
+async def test_every_entry_reaches_the_mirror_whatever_its_text(
+        deps: Deps, sim: Simulator, tamper: Tamper, conn: asyncpg.Connection) -> None:
+    """Issue #12: NUL in notes, in location, in a side-loaded workspace title, in an unknown
+    field and in a key; a lone surrogate; a megabyte of notes; emoji. Every entry is a live row
+    with exact numbers and dates, the altered ones are flagged with their original text, and the
+    BI total equals Kantata's to the minute."""
+    await baseline(deps, sim, conn)
+    ids = sorted(int(e["id"]) for e in sim.list_entries())
+    nul_notes, nul_loc, extra, key, surrogate, big, emoji = ids[3:10]
+    megabyte = ("ünïcödé ✓ 🎉 " * 80_000)[:1_000_000]
+    sim.edit_entry(nul_notes, {"notes": "tab\x00separated", "time_in_minutes": 95})
+    sim.edit_entry(nul_loc, {"location": "Berlin\x00Mitte"})
+    sim.edit_entry(big, {"notes": megabyte})
+    sim.edit_entry(emoji, {"notes": "done 🎉 ✓ 𝄞 👩‍💻"})
+    for i in (extra, key, surrogate):
+        sim.edit_entry(i, {"notes": f"tampered {i}"})
+    tamper.entry(str(extra), custom_fields={"po": "PO\x007"})
+    tamper.entry(str(key), **{"bad\x00key": 1})
+    raw_notes(b'"half \\ud83d of an emoji"')(tamper, str(surrogate))
+    ws = int(sim.get_entry(ids[20])["workspace_id"])
+    sim.rename_workspace(ws, "Project\x00Zero")
+
+    with capture_logs() as logs:
+        stats = await pull.sync_once(deps)
+
+    assert stats.errors == [] and stats.rows_rejected == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records") == 0
+    remote = {int(e["id"]): e for e in sim.list_entries()}
+    rows = {r["id"]: r for r in await conn.fetch(
+        "SELECT * FROM kantata.time_entries WHERE deleted_at IS NULL")}
+    assert rows.keys() == remote.keys()
+    for i, e in remote.items():
+        r = rows[i]
+        assert (r["time_in_minutes"], r["date_performed"].isoformat(), r["rate_in_cents"],
+                r["billable"], r["approved"], r["workspace_id"]) == (
+            e["time_in_minutes"], e["date_performed"], e["rate_in_cents"], e["billable"],
+            e["approved"], int(e["workspace_id"])), i
+        assert r["updated_at"] == datetime.fromisoformat(e["updated_at"]), i
+    assert await conn.fetchval(
+        "SELECT sum(time_in_minutes) FROM kantata.time_entries WHERE deleted_at IS NULL"
+    ) == sum(e["time_in_minutes"] for e in remote.values())
+    assert rows[nul_notes]["notes"] == "tab\ufffdseparated"
+    assert rows[nul_loc]["location"] == "Berlin\ufffdMitte"
+    assert rows[surrogate]["notes"] == "half \ufffd of an emoji"
+    assert rows[big]["notes"] == megabyte and rows[emoji]["notes"] == "done 🎉 ✓ 𝄞 👩‍💻"
+    assert orjson.loads(rows[extra]["raw"])["custom_fields"] == {"po": "PO\ufffd7"}
+    assert orjson.loads(rows[key]["raw"])["bad\ufffdkey"] == 1
+    assert await conn.fetchval("SELECT title FROM kantata.workspaces WHERE id = $1",
+                               ws) == "Project\ufffdZero"
+
+    expected = [
+        ("time_entry", nul_notes, "notes", ["nul"], b"tab\x00separated"),
+        ("time_entry", nul_loc, "location", ["nul"], b"Berlin\x00Mitte"),
+        ("time_entry", extra, "custom_fields.po", ["nul"], b"PO\x007"),
+        ("time_entry", key, "<key>", ["nul"], b"bad\x00key"),
+        ("time_entry", surrogate, "notes", ["unpaired_surrogate"],
+         "half \ud83d of an emoji".encode("utf-8", "surrogatepass")),
+        ("workspace", ws, "title", ["nul"], b"Project\x00Zero"),
+    ]
+    assert [tuple(r) for r in await conn.fetch(ALTERATIONS_SEEN)] == sorted(expected)
+    fresh = await conn.fetchrow("SELECT records_altered, records_rejected FROM syncd.freshness")
+    assert tuple(fresh) == (6, 0)
+    altered = events(logs, "record_altered")
+    assert {(e["kind"], e["id"]) for e in altered} >= {
+        ("time_entries", i) for i in (nul_notes, nul_loc, extra, key, surrogate)} | {
+        ("workspaces", ws)}
+    assert stats.rows_altered == len(altered) and stats.details["rows_altered"] == len(altered)
+    assert deps.metrics.rows_altered.labels("pull")._value.get() == len(altered)
+
+    # the overlap re-read stores the same versions again: nothing new, nothing rejected
+    again = await pull.sync_once(deps)
+    assert again.rows_rejected == 0
+    assert [tuple(r) for r in await conn.fetch(ALTERATIONS_SEEN)] == sorted(expected)
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == len(remote)
 
 
 async def test_results_naming_an_id_missing_from_the_keyed_object(
@@ -709,12 +788,12 @@ async def test_daemon_stays_up_through_bad_pages_and_bad_records(
             assert len(failed) >= 2 and all("response body is HTML" in r["error"]
                                             for r in failed)
             tamper.rules.clear()
-            await d.wait_event("record_rejected", timeout=40,
-                               where=lambda e: e.get("entry_id") == str(ids[0]))
+            await d.wait_event("record_altered", timeout=40,
+                               where=lambda e: e.get("id") == ids[0])
             await d.wait_event("job_finished", job="pull", status="ok", timeout=40,
-                               where=lambda e: e.get("rows_rejected", 0) >= 1)
-            assert "NUL character" in await conn.fetchval(
-                "SELECT reason FROM syncd.rejected_records WHERE entry_id = $1", str(ids[0]))
+                               where=lambda e: e.get("rows_altered", 0) >= 1)
+            assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
+                                       ids[0]) == "nul\ufffdinside"
             assert await conn.fetchval("SELECT notes FROM kantata.time_entries WHERE id = $1",
                                        ids[1]) == "waiting for a good page"
             diffs = await mirror_diff(conn, sim.list_entries())

@@ -5,6 +5,7 @@ or `failed` with a reason, and never blocks the rows behind it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -47,6 +48,40 @@ async def test_lone_surrogate_in_a_payload_is_refused_at_insert(
     with pytest.raises(asyncpg.PostgresError, match="(?i)unicode|surrogate"):
         await conn.execute("INSERT INTO syncd.outbox (op, entry_id, payload) VALUES "
                            "('update', 1, $1::jsonb)", '{"notes": "a\\ud800b"}')
+
+
+INSERT_VIA_FUNCTION = ("INSERT INTO syncd.outbox (op, entry_id, payload) "
+                       "VALUES ('update', 1, syncd.outbox_payload($1))")
+
+
+@pytest.mark.parametrize(("doc", "error", "message"), [
+    ({"notes": "a\x00b", "location": "🎉"}, asyncpg.UntranslatableCharacterError,
+     "U+0000 (NUL) in notes, which PostgreSQL cannot store"),
+    ({"location": "x\ud800", "notes": "\U0001f600 ok"}, asyncpg.InvalidTextRepresentationError,
+     "an unpaired UTF-16 surrogate in location,"),
+    ({"custom": {"po": ["ok", "\udc00"]}}, asyncpg.InvalidTextRepresentationError,
+     "surrogate in custom.po[1],"),
+    ({"bad\x00key": 1}, asyncpg.UntranslatableCharacterError, "U+0000 (NUL) in bad?key,"),
+])
+async def test_outbox_payload_names_the_field_postgres_cannot_store(
+        conn: asyncpg.Connection, doc: dict, error: type[Exception], message: str) -> None:
+    """The write path is symmetric with the pull (issue #12): what jsonb cannot hold is refused
+    at insert, and `syncd.outbox_payload` says which field (json.dumps escapes it as \\u0000)."""
+    with pytest.raises(error) as exc:
+        await conn.execute(INSERT_VIA_FUNCTION, json.dumps(doc))
+    assert message in str(exc.value)
+    assert exc.value.column_name == "payload"  # type: ignore[attr-defined]
+    assert "replace it" in exc.value.hint  # type: ignore[attr-defined]
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox") == 0
+
+
+async def test_outbox_payload_converts_good_json_as_the_cast_does(
+        conn: asyncpg.Connection) -> None:
+    doc = json.dumps({"notes": "emoji \U0001f600 and \\u0000 as text", "time_in_minutes": 5})
+    await conn.execute(INSERT_VIA_FUNCTION, doc)
+    assert await conn.fetchval("SELECT payload = $1::jsonb FROM syncd.outbox", doc)
+    with pytest.raises(asyncpg.InvalidTextRepresentationError, match="invalid input syntax"):
+        await conn.execute(INSERT_VIA_FUNCTION, '{"notes": ')  # not JSON: the cast's error
 
 
 async def test_refused_update_then_good_update_of_the_same_entry(
@@ -112,7 +147,8 @@ async def test_absurd_date_in_an_update_is_not_sent(
     ({"date_performed": "2026-03-01", "notes": "ok"}, None),
     ({"date_performed": "2026-02-30"}, None),  # Kantata names this one itself
     ({"date_performed": "2201-01-01"}, "outside years 1900..2200"),
-    ({"notes": "n" * 1_000_001}, "notes are 1000001 characters"),
+    ({"notes": "n" * 1_000_001}, None),  # a megabyte of notes is mirrored whole
+    ({"notes": "n" * 4_000_001}, "notes are 4000001 characters"),
     (None, None),
 ])
 def test_mirror_refusal_decision(payload: dict | None, refusal: str | None) -> None:
@@ -120,3 +156,27 @@ def test_mirror_refusal_decision(payload: dict | None, refusal: str | None) -> N
 
     got = mirror_refusal(payload)
     assert (got is None) if refusal is None else (got is not None and refusal in got)
+
+
+async def test_an_entry_with_nul_in_kantata_is_updated_without_losing_its_text(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Someone wrote U+0000 into an entry in Kantata; an outbox edit of another field goes
+    through, Kantata keeps the original text, and the mirror holds it flagged (issue #12)."""
+    eid = editable_ids(sim)[2]
+    sim.edit_entry(eid, {"notes": "keep\x00this", "location": "Room\x001"})
+    await mirror_from_sim(conn, sim)
+    rid = await enqueue(conn, "update", eid, {"time_in_minutes": 42})
+    await drain(deps, conn)
+    row = (await rows(conn))[rid]
+    assert (row["status"], row["result"]) == ("done", "updated"), row["last_error"]
+    remote = sim.get_entry(eid)
+    assert remote is not None
+    assert (remote["time_in_minutes"], remote["notes"], remote["location"]) == (
+        42, "keep\x00this", "Room\x001")
+    assert tuple(await conn.fetchrow(
+        "SELECT time_in_minutes, notes, location FROM kantata.time_entries WHERE id = $1",
+        eid)) == (42, "keep\ufffdthis", "Room\ufffd1")
+    assert [tuple(r) for r in await conn.fetch(
+        "SELECT field, original_utf8 FROM kantata.text_alterations WHERE record_id = $1 "
+        "ORDER BY field", eid)] == [("location", b"Room\x001"), ("notes", b"keep\x00this")]
+    assert len([e for e in sim.list_entries() if e["id"] == str(eid)]) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -9,7 +11,8 @@ import orjson
 import pytest
 
 from syncd.errors import MalformedResponseError
-from syncd.pagination import decode_page, parse_time_entry
+from syncd.models import Altered, TimeEntry
+from syncd.pagination import ALTERED_KEY, MAX_TEXT, decode_page, parse_time_entry, sanitise
 
 
 def entry(i: int, **over: Any) -> dict[str, Any]:
@@ -70,13 +73,11 @@ def test_side_loads_are_decoded() -> None:
     ({"updated_at": "2026-03-08T03:00:00"}, "has no UTC offset"),
     ({"updated_at": "yesterday"}, "is not ISO 8601"),
     ({"updated_at": None}, "updated_at must be an ISO 8601 string"),
-    ({"notes": "bad\x00nul"}, "NUL character"),
-    ({"notes": "x" * 1_000_001}, "over the 1000000 limit"),
     ({"notes": 42}, "notes must be a string"),
     ({"billable": "yes"}, "billable must be true, false or null"),
     ({"workspace_id": "ten"}, "workspace_id must be an integer"),
     ({"id": "-3"}, "id -3 is outside"),
-    ({"extra": {"k": "v\x00"}}, "NUL character"),
+    ({"id": "12\x0034"}, "id must be an integer"),
 ])
 def test_bad_entries_are_rejected_with_a_specific_reason(over: dict[str, Any],
                                                          reason: str) -> None:
@@ -94,11 +95,83 @@ def test_results_id_missing_from_keyed_object_is_rejected_not_fatal() -> None:
     assert "absent from the `time_entries` object" in p.rejected[0].reason
 
 
-def test_lone_surrogate_rejects_one_record_not_the_page() -> None:
-    body = page(entry(1), entry(2, notes="PLACEHOLDER")).replace(b"PLACEHOLDER", b"\\ud800")
+def altered(e: TimeEntry) -> list[dict[str, Any]]:
+    return orjson.loads(e.raw)[ALTERED_KEY]
+
+
+def original(item: dict[str, Any]) -> str:
+    return base64.b64decode(item["original_b64"]).decode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize(("over", "path", "reason", "stored"), [
+    ({"notes": "bad\x00nul"}, "notes", "nul", "bad\ufffdnul"),
+    ({"location": "\x00Berlin"}, "location", "nul", "\ufffdBerlin"),
+    ({"currency_symbol": "$\x00"}, "currency_symbol", "nul", "$\ufffd"),
+    ({"extra": {"k": ["ok", "v\x00"]}}, "extra.k[1]", "nul", None),
+])
+def test_text_postgres_cannot_hold_is_replaced_and_recorded_never_rejected(
+        over: dict[str, Any], path: str, reason: str, stored: str | None) -> None:
+    p = decode_page(page(entry(1), entry(2, **over), entry(3)))
+    assert [e.id for e in p.entries] == [1, 2, 3] and p.rejected == () and len(p.altered) == 1
+    assert p.altered == (Altered(kind="time_entries", id=2, fields=(path,), reasons=(reason,)),)
+    e = p.entries[1]
+    assert (e.time_in_minutes, e.date_performed, e.rate_in_cents) == (60, date(2026, 3, 7), 15000)
+    [item] = altered(e)
+    assert item["path"] == path and item["reasons"] == [reason]
+    field, value = next(iter(over.items()))
+    if stored is not None:
+        assert orjson.loads(e.raw)[field] == stored
+        if field in ("notes", "location"):
+            assert getattr(e, field) == stored
+    # the original is recoverable exactly from raw
+    inner = value if isinstance(value, str) else value["k"][1]
+    assert original(item) == inner
+    assert ALTERED_KEY not in orjson.loads(p.entries[0].raw)
+
+
+def test_lone_surrogate_is_replaced_and_the_record_kept() -> None:
+    body = page(entry(1), entry(2, notes="PLACEHOLDER")).replace(b"PLACEHOLDER", b"a\\ud800b")
     p = decode_page(body)
-    assert [e.id for e in p.entries] == [1]
-    assert "unpaired surrogate" in p.rejected[0].reason
+    assert [e.id for e in p.entries] == [1, 2] and p.rejected == ()
+    assert p.entries[1].notes == "a\ufffdb"
+    [item] = altered(p.entries[1])
+    assert item["reasons"] == ["unpaired_surrogate"] and original(item) == "a\ud800b"
+
+
+def test_an_altered_key_is_recorded_with_its_clean_name() -> None:
+    p = decode_page(page(entry(1, **{"bad\x00key": 1})))
+    [e] = p.entries
+    doc = orjson.loads(e.raw)
+    assert doc["bad\ufffdkey"] == 1
+    [item] = doc[ALTERED_KEY]
+    assert item["path"] == "<key>" and item["key"] == "bad\ufffdkey"
+    assert original(item) == "bad\x00key"
+
+
+def test_a_megabyte_of_notes_and_emoji_are_stored_as_they_are() -> None:
+    big = "n" * 1_000_001
+    p = decode_page(page(entry(1, notes=big), entry(2, notes="🎉 ✓ 𝄞 ok")))
+    assert [e.notes for e in p.entries] == [big, "🎉 ✓ 𝄞 ok"] and p.altered == ()
+    assert all(ALTERED_KEY not in orjson.loads(e.raw) for e in p.entries)
+
+
+def test_only_text_beyond_what_postgres_can_hold_is_cut_with_its_hash() -> None:
+    huge = "x" * (MAX_TEXT + 5)
+    [e] = decode_page(page(entry(1, notes=huge))).entries
+    assert e.notes == huge[:MAX_TEXT]
+    [item] = altered(e)
+    assert item["reasons"] == ["too_long"] and item["original_length"] == MAX_TEXT + 5
+    assert item["original_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
+
+
+def test_sanitise_returns_clean_input_itself_and_lists_every_alteration() -> None:
+    doc = {"a": "ok", "b": [1, {"c": "✓"}]}
+    clean, alterations = sanitise(doc)
+    assert clean is doc and alterations == []
+    clean, alterations = sanitise({"a": "x\x00", "b": [{"c": "\udfff\x00"}]})
+    assert clean == {"a": "x\ufffd", "b": [{"c": "\ufffd\ufffd"}]}
+    assert [(a["path"], a["reasons"]) for a in alterations] == [
+        ("a", ["nul"]), ("b[0].c", ["nul", "unpaired_surrogate"])]
 
 
 @pytest.mark.parametrize(("body", "message"), [

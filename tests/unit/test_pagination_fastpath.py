@@ -43,14 +43,15 @@ def test_fast_and_slow_paths_decode_a_real_page_identically() -> None:
     assert fast == slow
 
 
-def test_nul_anywhere_still_rejects_only_its_record() -> None:
+def test_nul_anywhere_takes_the_careful_path_and_keeps_every_record() -> None:
     body = page(entry(1), entry(2, notes="bad\x00"), workspaces={"10": WS},
                 users={"20": {**USER, "full_name": "x\x00"}})
     p = decode_page(body)
-    assert [e.id for e in p.entries] == [1]
-    reasons = sorted(r.reason for r in p.rejected)
-    assert len(reasons) == 2 and all("NUL" in r for r in reasons)
-    assert [o.kind for o in p.side] == ["workspaces"]
+    assert [e.id for e in p.entries] == [1, 2] and p.rejected == () and len(p.altered) == 2
+    assert p.entries[1].notes == "bad\ufffd"
+    assert sorted(o.kind for o in p.side) == ["users", "workspaces"]
+    user = next(o for o in p.side if o.kind == "users")
+    assert user.label == "x\ufffd" and "_syncd_altered" in user.raw
 
 
 def test_identical_side_objects_parse_to_the_same_object_and_changes_are_seen() -> None:
