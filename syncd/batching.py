@@ -413,7 +413,7 @@ def check_update(row: OutboxRow, remote: Mapping[str, Any] | None,
 
 
 # ------------------------------------------------------------------------ outcomes
-OutcomeKind = Literal["ok", "rejected", "conflict", "transient", "not_sent"]
+OutcomeKind = Literal["ok", "rejected", "conflict", "transient", "not_sent", "unresolved"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -423,7 +423,9 @@ class Outcome:
     `ok`: Kantata has the change (`result` says how); `rejected`: a permanent 4xx with
     Kantata's `message`; `conflict`: the remote changed (`message`, `remote`); `transient`:
     429/5xx/timeout/reset or an unreadable answer (`message`, optional `retry_after` seconds);
-    `not_sent`: nothing was sent in this attempt (shutdown), so the attempt does not count.
+    `not_sent`: nothing was sent in this attempt (shutdown), so the attempt does not count;
+    `unresolved`: a create whose earlier answer was lost is not found by its lookup yet and
+    must not be re-sent before `min_delay` seconds (nothing sent, attempt given back).
     `min_delay` (seconds, not capped by the back-off cap) holds a retry back until a request
     whose outcome is unknown can no longer be running at Kantata. `sent` False: certainly
     nothing of this attempt reached Kantata (the connection was refused), so the row's
@@ -462,6 +464,15 @@ class Decision:
     sent_at: datetime | None = None
 
 
+def settle_wait(sent_at: datetime | None, now: datetime, settle_seconds: float) -> float:
+    """Seconds until a request sent at `sent_at` can no longer be running at Kantata (0 when
+    it cannot already, or nothing was sent). Both instants aware; `settle_seconds` is Kantata's
+    request time limit (api-notes §10)."""
+    if sent_at is None:
+        return 0.0
+    return max(0.0, settle_seconds - (now - sent_at).total_seconds())
+
+
 def backoff_seconds(attempts: int, base: float, cap: float,
                     retry_after: float | None = None) -> float:
     """Delay before the next attempt: `retry_after` when Kantata gave one (capped at `cap`),
@@ -482,6 +493,7 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
     | conflict  | conflict, reason + remote version  | conflict                 |
     | transient | pending, back-off, message kept    | failed (dead letter)     |
     | not_sent  | pending now, attempt refunded      | pending, refunded        |
+    | unresolved| pending for min_delay, refunded    | pending, refunded        |
 
     An attempt that sent nothing (`not_sent`, or `sent` False) is `unsent`: the row's
     `sent_at` returns to its value at the claim.
@@ -508,6 +520,9 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
                        retry_in=max(delay, outcome.min_delay))
     if kind == "not_sent":
         return replace(base, status="pending", keep_error=True, refund=True)
+    if kind == "unresolved":
+        return replace(base, status="pending", refund=True, retry_in=outcome.min_delay,
+                       last_error=outcome.message, unsent=True, sent_at=row.sent_at)
     raise AssertionError(f"unknown outcome kind {kind!r}")
 
 

@@ -52,6 +52,7 @@ __all__ = ["Daemon", "entry_point", "process_owner", "prune_history", "push_dead
 log = structlog.get_logger(__name__)
 
 LEADER_RETRY = 2.0  # seconds between leader-lock attempts of a standby replica
+MIN_PUSH_REWAKE = 0.5  # seconds: the soonest a push re-runs for rows it left due
 RECONCILE_CHECK_MAX = 300.0  # seconds: reconcile_due decides which windows are due
 PRUNE_INTERVAL = 86400.0
 PRUNE_DEADLINE = 600.0
@@ -282,7 +283,11 @@ class Daemon:
                          leader_only=True)]
         push_once = entry_point("syncd.push", "push_once")
         if push_once is not None:
-            specs.append(JobSpec(name="push", func=lambda: push_once(deps, owner=self.owner),
+            async def push_and_plan() -> None:
+                report = await push_once(deps, owner=self.owner)
+                self._plan_push(report, s.push_interval)
+
+            specs.append(JobSpec(name="push", func=push_and_plan,
                                  interval=s.push_interval, deadline=push_deadline(s),
                                  may_outlast_interval=True))
         reconcile_due = entry_point("syncd.reconcile_job", "reconcile_due")
@@ -333,6 +338,18 @@ class Daemon:
             self.scheduler.wake("pull")
         self._notify_status()
 
+    def _plan_push(self, report: Any, interval: float) -> None:
+        """Wake the push when its earliest pending row falls due, if that is before the next
+        poll: a create whose answer was lost is looked up LOOKUP_SECONDS later, not at the
+        next poll. Rows due now that this drain could not claim (an earlier row of the same
+        entry is in flight elsewhere) wait for the poll, so this never spins."""
+        due = getattr(report, "next_due_seconds", None)
+        if self.scheduler is None or due is None or due >= interval:
+            return
+        if due <= 0 and not getattr(report, "claimed", 0):
+            return
+        self.scheduler.wake("push", delay=max(due, MIN_PUSH_REWAKE))
+
     def _wake_push(self) -> None:
         if self.scheduler is not None:
             self.scheduler.wake("push")
@@ -360,9 +377,9 @@ class Daemon:
         release = entry_point("syncd.outbox", "release_leases")
         if release is None:
             return
-        # Rows whose request may have reached Kantata wait as long as push itself lets them
-        # settle before they are looked up and re-sent.
-        settle = getattr(sys.modules.get("syncd.push"), "SETTLE_SECONDS", 0.0)
+        # Rows whose request may have reached Kantata are looked up as soon as push itself
+        # looks up a lost answer (the lookup, not this delay, holds back any re-send).
+        settle = getattr(sys.modules.get("syncd.push"), "LOOKUP_SECONDS", 0.0)
         try:
             async with asyncio.timeout(LEASE_RELEASE_TIMEOUT), deps.pool.acquire() as conn:
                 rows = await release(conn, self.owner, settle_seconds=settle)

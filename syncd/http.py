@@ -256,6 +256,8 @@ def render_status(view: Mapping[str, Any], *, now: datetime, owner: str, is_lead
         ("last-write", "Last write to the mirror", _e(_age(now, entries.get("last_write")))),
         ("entries-live", "Time entries (live)", _e(entries.get("live", 0))),
         ("entries-deleted", "Marked deleted", _e(entries.get("deleted", 0))),
+        ("records-altered", "Stored with text replaced (kantata.text_alterations)",
+         _e(view.get("altered_records", 0))),
         *((f"last-ok-{_e(job)}", f"Last successful {job}", f"{_e(at)} ({_e(_age(now, at))})")
           for job, at in sorted((view.get("last_success") or {}).items())),
         ("windows", "Backfill/reconcile windows",

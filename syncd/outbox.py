@@ -154,7 +154,8 @@ WHERE status = 'in_flight' AND lease_owner = $1
 
 STATUS_COUNTS = """
 SELECT status, count(*) AS n,
-       extract(epoch FROM coalesce($1, now()) - min(created_at)) AS oldest
+       extract(epoch FROM coalesce($1, now()) - min(created_at)) AS oldest,
+       extract(epoch FROM min(next_attempt_at) - coalesce($1, now())) AS next_due
 FROM syncd.outbox GROUP BY status
 """
 
@@ -301,15 +302,18 @@ async def release_leases(conn: asyncpg.Connection, owner: str, *, now: datetime 
 
 async def status_counts(conn: asyncpg.Connection, *,
                         now: datetime | None = None) -> dict[str, Any]:
-    """{"counts": {status: n for every status}, "oldest_pending_seconds": float | None}
-    (for metrics and `syncd status`)."""
+    """{"counts": {status: n for every status}, "oldest_pending_seconds": float | None,
+    "next_due_seconds": float | None} (for metrics, `syncd status` and the push's next wake:
+    seconds until the earliest pending row may be claimed, 0 when one is due now)."""
     counts = dict.fromkeys(STATUSES, 0)
     oldest: float | None = None
+    next_due: float | None = None
     for r in await conn.fetch(STATUS_COUNTS, now):
         counts[r["status"]] = r["n"]
         if r["status"] == "pending":
             oldest = max(float(r["oldest"]), 0.0)
-    return {"counts": counts, "oldest_pending_seconds": oldest}
+            next_due = max(float(r["next_due"]), 0.0)
+    return {"counts": counts, "oldest_pending_seconds": oldest, "next_due_seconds": next_due}
 
 
 async def list_rows(conn: asyncpg.Connection, *, statuses: Sequence[str] | None = None,

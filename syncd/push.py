@@ -32,15 +32,19 @@ from syncd.kantata import ApiResponse, classify, error_messages
 from syncd.models import TimeEntry
 from syncd.runs import Deps
 
-__all__ = ["SETTLE_SECONDS", "PushReport", "default_owner", "push_once"]
+__all__ = ["LOOKUP_SECONDS", "SETTLE_SECONDS", "PushReport", "default_owner", "push_once"]
 
 log = structlog.get_logger(__name__)
 
 #: Kantata ends every request after 3 minutes (api-notes §10). A create sent without a clear
 #: answer (no answer, or a 5xx that a gateway may have produced while Kantata kept working) is
-#: looked up no sooner than this, so a request still running there cannot be missed by the
-#: lookup and duplicated by a re-send.
+#: re-sent no sooner than this after its send, so a request still running there cannot be
+#: missed by the lookup and duplicated by the re-send.
 SETTLE_SECONDS = 180.0
+#: ...but it is looked up (by its external reference) this soon: a create that landed, the
+#: usual case of a lost answer, is done within seconds. Not found yet, the row waits until
+#: SETTLE_SECONDS after its send for the final lookup and the re-send (`_lookup_sent`).
+LOOKUP_SECONDS = 2.0
 #: Seconds a failed or cancelled run may spend giving its leases back; after that they expire
 #: on their own (SYNCD_OUTBOX_LEASE).
 RELEASE_TIMEOUT = 5.0
@@ -68,6 +72,9 @@ class PushReport:
     mirror_rows: int = 0
     tally: Tally = field(default_factory=Tally)
     counts_after: dict[str, int] = field(default_factory=dict)
+    #: seconds until the earliest pending row is due (None: nothing pending); the daemon wakes
+    #: the push then instead of at its next poll, so a lost answer is looked up in seconds
+    next_due_seconds: float | None = None
 
     @property
     def done(self) -> int:
@@ -166,11 +173,15 @@ def _entry(raw: dict[str, Any] | None) -> TimeEntry | None:
 
 def _transient(exc: RetriableError, *, sent: bool) -> Outcome:
     """A temporary failure; `sent`: a create went out and its outcome is unknown, so the
-    retry (which looks it up first) waits until Kantata cannot still be working on it.
-    A request the client knows never left (`exc.sent` False: the connection was refused)
-    has no unknown outcome: the row is retried after its back-off, without a lookup."""
-    reached = getattr(exc, "sent", True)
-    settle = SETTLE_SECONDS if sent and reached and getattr(exc, "status", None) != 429 else 0.0
+    retry looks it up first, LOOKUP_SECONDS later (and re-sends only once Kantata cannot
+    still be working on it, `_lookup_sent`).
+    A request the client knows never left (`exc.sent` False: the connection was refused) or
+    that Kantata refused unprocessed (429) has no unknown outcome: the row is retried after
+    its back-off, without a lookup."""
+    # a 429 is Kantata's rate limiter refusing the request ("simply retry your request",
+    # api-notes §10): as certain as a refused connection that nothing of it was applied
+    reached = getattr(exc, "sent", True) and getattr(exc, "status", None) != 429
+    settle = LOOKUP_SECONDS if sent and reached else 0.0
     return Outcome(kind="transient", message=str(exc),
                    retry_after=getattr(exc, "retry_after", None), min_delay=settle,
                    sent=reached)
@@ -184,7 +195,13 @@ def _raise_if_fatal(resp: ApiResponse) -> None:
 # ------------------------------------------------------------------------ creates
 async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
     """Rows whose earlier send had an unknown outcome: find them in Kantata by correlation key;
-    finish the found ones; return the rows that must (still) be sent."""
+    finish the found ones; return the rows that must (still) be sent.
+
+    A row not found yet whose send is less than SETTLE_SECONDS old is not sent: the request may
+    still be running at Kantata (api-notes §10, requests end after 3 minutes), so it waits,
+    its attempt given back, until SETTLE_SECONDS after the send, when the final lookup decides
+    (`batching.settle_wait`). Never a duplicate: a create is re-sent only when a lookup made
+    after Kantata must have finished the first request did not find it."""
     unsure = [r for r in rows if r.sent_at is not None]
     if not unsure:
         return rows
@@ -194,12 +211,24 @@ async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
     except RetriableError as exc:
         await b.finish([(r, _transient(exc, sent=False)) for r in unsure])
         return [r for r in rows if r.sent_at is None]
+    if b.now is not None:
+        now = b.now
+    else:
+        async with b.deps.pool.acquire() as conn:
+            now = await outbox.db_now(conn)
     live = {e.id: e for e in page.entries}
     found: list[tuple[OutboxRow, Outcome]] = []
+    waiting: list[tuple[OutboxRow, Outcome]] = []
     entries: list[TimeEntry] = []
     for r in unsure:
         ids = [i for i in by_ref.get(r.correlation_key, []) if i in live]
         if not ids:
+            wait = batching.settle_wait(r.sent_at, now, SETTLE_SECONDS)
+            if wait > 0:
+                waiting.append((r, Outcome(kind="unresolved", min_delay=wait, message=(
+                    "the answer to this create was lost and Kantata does not list it yet; "
+                    f"looked up again {wait:.0f} s from now, when the request cannot still be "
+                    "running there, and sent again only if it is still not found"))))
             continue
         if len(ids) > 1:
             log.error("outbox_duplicate_create", row=r.id, entry_ids=ids)
@@ -208,10 +237,11 @@ async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
         entries += [entry] if entry else []
         found.append((r, Outcome(kind="ok", result="found_existing", entry_id=ids[0],
                                  remote=raw, remote_updated_at=live[ids[0]].updated_at)))
-    await b.finish(found, entries=entries)
-    done = {r.id for r, _ in found}
-    log.info("outbox_outcomes_looked_up", rows=len(unsure), found=len(done))
-    return [r for r in rows if r.id not in done]
+    await b.finish(found + waiting, entries=entries)
+    settled = {r.id for r, _ in found} | {r.id for r, _ in waiting}
+    log.info("outbox_outcomes_looked_up", rows=len(unsure), found=len(found),
+             waiting=len(waiting))
+    return [r for r in rows if r.id not in settled]
 
 
 async def _refuse_unmirrorable(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
@@ -426,6 +456,7 @@ async def _publish_counts(deps: Deps, report: PushReport, now: datetime | None) 
         log.warning("outbox_counts_failed", error=type(exc).__name__)
         return
     report.counts_after = snap["counts"]
+    report.next_due_seconds = snap["next_due_seconds"]
     for status, n in snap["counts"].items():
         deps.metrics.outbox_rows.labels(status).set(n)
     deps.metrics.outbox_oldest_pending.set(snap["oldest_pending_seconds"] or 0.0)
@@ -436,7 +467,7 @@ async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
     """Give back at once the rows this run claimed and has not finished (the run failed, or
     was cancelled at its deadline or by a shutdown), instead of leaving them in_flight until
     their lease expires. A row whose request may have reached Kantata keeps sent_at and waits
-    SETTLE_SECONDS, so it is looked up, never re-sent blindly. Shielded from a further
+    LOOKUP_SECONDS, so it is looked up, never re-sent blindly. Shielded from a further
     cancellation and bounded by RELEASE_TIMEOUT; a failure only leaves the leases to expire."""
     if not batches:
         return
@@ -444,7 +475,7 @@ async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
     async def release() -> int:
         async with deps.pool.acquire() as conn:
             return await outbox.release_leases(conn, owner, now=now,
-                                               settle_seconds=SETTLE_SECONDS, batch_ids=batches)
+                                               settle_seconds=LOOKUP_SECONDS, batch_ids=batches)
 
     task = asyncio.ensure_future(asyncio.wait_for(release(), RELEASE_TIMEOUT))
     # cancelled again while waiting: the release goes on alone; its outcome is still consumed
@@ -480,7 +511,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
         try:
             async with deps.pool.acquire() as conn:
                 rec = await outbox.reclaim_expired(conn, max_attempts=s.outbox_max_attempts,
-                                                   now=now, settle_seconds=SETTLE_SECONDS)
+                                                   now=now, settle_seconds=LOOKUP_SECONDS)
                 # a drain pushes what was due when it started: a row backing off now waits for
                 # the next drain instead of being retried in a tight loop
                 due_by = now or await outbox.db_now(conn)

@@ -225,14 +225,20 @@ class JobScheduler:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ wake-ups
-    def wake(self, name: str) -> None:
-        """Run job `name` now (debounced; bypasses back-off; no-op before `start()` and
-        when stopping)."""
+    def wake(self, name: str, *, delay: float = 0.0) -> None:
+        """Run job `name` now, or in `delay` seconds (debounced; bypasses back-off; no-op
+        before `start()` and when stopping). A wake already planned sooner wins; a later one
+        is replaced by this one."""
         st = self._state.get(name)
-        if (st is None or self._stopping.is_set() or st.wake_handle is not None
-                or not self._aps.running):
+        if st is None or self._stopping.is_set() or not self._aps.running:
             return
-        st.wake_handle = asyncio.get_running_loop().call_later(WAKE_DEBOUNCE, self._fire, name)
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, WAKE_DEBOUNCE)
+        if st.wake_handle is not None:
+            if st.wake_handle.when() <= when:
+                return
+            st.wake_handle.cancel()
+        st.wake_handle = loop.call_at(when, self._fire, name)
 
     def _fire(self, name: str) -> None:
         st = self._state[name]

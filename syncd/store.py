@@ -238,10 +238,17 @@ async def close_abandoned_runs(conn: asyncpg.Connection, older_than_hours: float
     return int(status.rsplit(" ", 1)[-1])
 
 
+# Mirrored records stored with text made storable (issue #12); served by the partial indexes
+# of migration 0008, so it costs nothing while there are none.
+ALTERED_COUNT = "SELECT " + " + ".join(
+    f"(SELECT count(*) FROM kantata.{t} WHERE raw ? '_syncd_altered')"
+    for t in ("time_entries", "workspaces", "users", "stories", "roles"))
+
+
 async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[str, Any]:
     """Figures for `syncd status`, /status and /readyz: watermark and its settled point, row
-    counts, window progress, recent runs, last success per job, dead letters, and outbox counts
-    when the outbox exists."""
+    counts, window progress, recent runs, last success per job, dead letters (count and the 10
+    most recent), records stored with altered text, and outbox counts when the outbox exists."""
     snap: dict[str, Any] = {}
     snap["watermark"], snap["settled"] = await get_cursor(conn)
     row = await conn.fetchrow(
@@ -260,6 +267,10 @@ async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[s
                   rows_upserted, rows_rejected, error
            FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1""", runs)]
     snap["rejected_records"] = await conn.fetchval("SELECT count(*) FROM syncd.rejected_records")
+    snap["rejected"] = [dict(r) for r in await conn.fetch(
+        """SELECT entry_id, reason, occurrences, last_seen FROM syncd.rejected_records
+           ORDER BY last_seen DESC, id DESC LIMIT 10""")]
+    snap["altered_records"] = await conn.fetchval(ALTERED_COUNT)
     if await conn.fetchval("SELECT to_regclass('syncd.outbox') IS NOT NULL"):
         snap["outbox"] = {r["status"]: r["n"] for r in await conn.fetch(
             "SELECT status, count(*) AS n FROM syncd.outbox GROUP BY status")}

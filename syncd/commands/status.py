@@ -30,8 +30,16 @@ def render_text(snap: dict[str, Any]) -> str:
         f"(last write {_fmt(e.get('last_write'))})",
         "windows:          " + (", ".join(f"{k}={v}" for k, v in snap["windows"].items())
                                  or "none yet"),
-        f"rejected records: {snap.get('rejected_records', 0)}",
+        f"altered records:  {snap.get('altered_records', 0)}"
+        + (" (text PostgreSQL cannot hold was replaced: kantata.text_alterations)"
+           if snap.get("altered_records") else ""),
+        f"rejected records: {snap.get('rejected_records', 0)}"
+        + (" (not in the mirror: totals may be short; syncd.rejected_records)"
+           if snap.get("rejected_records") else ""),
     ]
+    for r in snap.get("rejected", []):
+        lines.append(f"  entry {_fmt(r['entry_id'])}: {r['reason']} "
+                     f"(seen {r['occurrences']}x, last {_fmt(r['last_seen'])})")
     if "outbox" in snap:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(snap["outbox"].items())) or "empty"
         lines.append(f"outbox:           {counts} (oldest pending "

@@ -18,8 +18,9 @@ async def _sync(settings: Settings, args: argparse.Namespace) -> int:
             await migrate.check_current(conn)
         stats = await pull.sync_once(deps, since=args.since, until=args.until)
     print(f"sync {stats.run_id}: {stats.pages} pages, {stats.rows_upserted} rows upserted, "
-          f"{stats.rows_rejected} rejected" + (f", errors: {'; '.join(stats.errors)}"
-                                               if stats.errors else ""))
+          f"{stats.rows_altered} stored with text replaced, {stats.rows_rejected} rejected"
+          + (f", errors: {'; '.join(stats.errors)}"
+             if stats.errors else ""))
     return 1 if stats.errors else 0
 
 

@@ -63,3 +63,20 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     names = {t["target"].split(" ")[0] for t in res["targets"]}
     assert {"backfill", "peak", "idle", "push:", "full"} <= names
     assert "| bare limit" in proc.stdout and "| target |" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_lost_answer_creates_are_done_in_seconds_without_duplicates(tmp_path: Path) -> None:
+    """tests/benchmarks/ambiguous.py at a small size: a create whose answer was lost but which
+    landed is found by the first lookup seconds later (it waited 180 s before issue #12), and
+    no policy ever creates an entry twice."""
+    out = tmp_path / "ambiguous.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.ambiguous", "--creates", "120", "--repeat",
+         "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    s = orjson.loads(out.read_bytes())["summary"]
+    assert s["before"]["duplicates_free"] and s["after"]["duplicates_free"]
+    assert s["after"]["rows"] == s["before"]["rows"] == 240
+    assert s["after"]["found_existing"] > 0  # some answers were lost, and found
+    assert s["after"]["max_s"] < 15 <= s["before"]["max_s"]

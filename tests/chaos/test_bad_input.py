@@ -23,7 +23,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from syncd import pull
+from syncd import pull, store
+from syncd.commands.status import render_text
 from syncd.app import open_deps
 from syncd.errors import MalformedResponseError
 from syncd.runs import Deps
@@ -188,6 +189,11 @@ async def test_bad_record_is_rejected_and_the_rest_syncs(
                                    i) == f"edited remotely {i}"
     # the stored version of the bad entry is kept, untouched
     await assert_nothing_lost(conn, before, changed=set(others))
+    # and `syncd status` names it, so an operator knows totals may be short
+    text = render_text(await store.status_snapshot(conn))
+    assert "rejected records: 1 (not in the mirror: totals may be short" in text
+    shown = await conn.fetchval("SELECT coalesce(entry_id, '-') FROM syncd.rejected_records")
+    assert f"  entry {shown}: " in text and reason in text
 
 
 async def test_new_bad_record_is_rejected_and_its_page_still_stored(
@@ -341,6 +347,8 @@ async def test_every_entry_reaches_the_mirror_whatever_its_text(
     assert [tuple(r) for r in await conn.fetch(ALTERATIONS_SEEN)] == sorted(expected)
     fresh = await conn.fetchrow("SELECT records_altered, records_rejected FROM syncd.freshness")
     assert tuple(fresh) == (6, 0)
+    assert "altered records:  6 (text PostgreSQL cannot hold was replaced" in render_text(
+        await store.status_snapshot(conn))
     altered = events(logs, "record_altered")
     assert {(e["kind"], e["id"]) for e in altered} >= {
         ("time_entries", i) for i in (nul_notes, nul_loc, extra, key, surrogate)} | {

@@ -131,13 +131,13 @@ async def test_database_failure_after_sending_then_rerun(
         await push.push_once(deps, owner="a", now=t0)
     monkeypatch.setattr(outbox, "finish_rows", real_finish)
     state = await rows(conn)
-    # leases given back at once; the rows wait until the sent request cannot still be running
+    # leases given back at once; the rows are looked up seconds later (they landed: done)
     assert {state[i]["status"] for i in ids} == {"pending"}
     assert {state[i]["next_attempt_at"] for i in ids} == {
-        t0 + timedelta(seconds=push.SETTLE_SECONDS)}
-    assert (await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=60))).claimed == 0
+        t0 + timedelta(seconds=push.LOOKUP_SECONDS)}
+    assert (await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=1))).claimed == 0
     sim.clear_requests()
-    await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=181))
+    await push.push_once(deps, owner="a", now=t0 + timedelta(seconds=push.LOOKUP_SECONDS))
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
     assert requests_of(sim, "POST") == []
     assert {(await rows(conn))[i]["result"] for i in ids} == {"found_existing"}
@@ -159,10 +159,10 @@ async def test_unreadable_answer_to_a_create_is_looked_up_not_resent(
     assert report.retry == 3
     state = await rows(conn)
     assert {state[i]["next_attempt_at"] for i in ids} == {
-        t0 + timedelta(seconds=push.SETTLE_SECONDS)}
+        t0 + timedelta(seconds=push.LOOKUP_SECONDS)}
     monkeypatch.undo()
     sim.clear_requests()
-    await push.push_once(deps, now=t0 + timedelta(seconds=push.SETTLE_SECONDS))
+    await push.push_once(deps, now=t0 + timedelta(seconds=push.LOOKUP_SECONDS))
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
     assert requests_of(sim, "POST") == []
 
@@ -232,11 +232,11 @@ async def test_a_push_run_cut_by_its_deadline_gives_its_rows_back_at_once(
     # the owner is alive and gave its rows back: nothing waits for SYNCD_OUTBOX_LEASE
     assert {(state[i]["status"], state[i]["lease_owner"]) for i in ids + upd} == {
         ("pending", None)}
-    # the POST may have reached Kantata: kept as sent, looked up after the settle (no blind
-    # re-POST); the update never went out, so its attempt is given back and it is due now
+    # the POST may have reached Kantata: kept as sent, looked up first (no blind re-POST);
+    # the update never went out, so its attempt is given back and it is due now
     for i in ids:
         assert state[i]["sent_at"] is not None and state[i]["attempts"] == 1
-        assert state[i]["next_attempt_at"] == t0 + timedelta(seconds=push.SETTLE_SECONDS)
+        assert state[i]["next_attempt_at"] == t0 + timedelta(seconds=push.LOOKUP_SECONDS)
         assert "stopped while a request for this row was in flight" in state[i]["last_error"]
     u = state[upd[0]]
     assert (u["attempts"], u["sent_at"], u["next_attempt_at"]) == (0, None, t0)
@@ -244,9 +244,18 @@ async def test_a_push_run_cut_by_its_deadline_gives_its_rows_back_at_once(
         == "interrupted"
     sim.clear_faults()
     sim.clear_requests()
+    # looked up seconds later: the hung POSTs never landed, and they may still be running at
+    # Kantata, so nothing is sent before 3 minutes after the send
+    await push.push_once(deps, now=t0 + timedelta(seconds=push.LOOKUP_SECONDS))
+    assert requests_of(sim, "POST") == []
+    state = await rows(conn)
+    for i in ids:
+        assert (state[i]["status"], state[i]["attempts"]) == ("pending", 1)
+        assert state[i]["next_attempt_at"] == t0 + timedelta(seconds=push.SETTLE_SECONDS)
+        assert "does not list it yet" in state[i]["last_error"]
     await push.push_once(deps, now=t0 + timedelta(seconds=push.SETTLE_SECONDS))
     lookups = [r for r in sim.requests if "external_reference_service_model_refs" in r["query"]]
-    assert len(lookups) == 1
+    assert len(lookups) == 2
     assert [len(p["body"]["time_entries"]) for p in requests_of(sim, "POST")] == [3]
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
     assert sim.get_entry(eid)["notes"] == "after the deadline"  # type: ignore[index]

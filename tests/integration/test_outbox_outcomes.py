@@ -248,8 +248,8 @@ async def test_throttling_backs_off_without_counting_as_failure_then_succeeds(
     await drain(deps, conn)
     row = (await rows(conn))[rid]
     assert (row["status"], row["attempts"], row["last_error"]) == ("done", 2, None)
-    # the earlier POST was refused with 429, but sent_at makes syncd look before re-sending
-    assert [r["method"] for r in sim.requests] == ["GET", "POST"]
+    # the earlier POST was refused with 429 (nothing done): sent again without a lookup
+    assert [r["method"] for r in sim.requests] == ["POST"] and row["sent_at"] is not None
 
 
 async def test_repeated_server_errors_end_in_the_dead_letter(

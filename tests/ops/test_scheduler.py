@@ -187,6 +187,30 @@ async def test_wakes_are_debounced_and_never_lost() -> None:
         await sched.shutdown()
 
 
+async def test_a_timed_wake_runs_the_job_then_and_the_sooner_wake_wins() -> None:
+    """The push is woken when its earliest pending row falls due (a lost answer is looked up
+    seconds later, not at the next 60 s poll); a later wake never postpones a sooner one."""
+    at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def push() -> None:
+        at.append(loop.time())
+
+    sched = JobScheduler([spec("push", push, interval=60, deadline=5, first_delay=60)],
+                         is_leader=lambda: True, stopping=asyncio.Event())
+    sched.start()
+    try:
+        t0 = loop.time()
+        sched.wake("push", delay=0.6)
+        sched.wake("push", delay=5.0)  # later: ignored
+        sched.wake("push", delay=0.4)  # sooner: replaces the 0.6 s wake
+        await asyncio.sleep(0.3)
+        assert at == []
+        await asyncio.sleep(0.6)
+        assert len(at) == 1 and 0.35 <= at[0] - t0 < 0.6
+    finally:
+        await sched.shutdown()
+
 async def test_drain_waits_for_runs_in_progress_then_reports_leftovers() -> None:
     stopping = asyncio.Event()
     finished: list[str] = []

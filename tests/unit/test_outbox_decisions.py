@@ -49,3 +49,16 @@ def test_a_conflict_names_both_versions_as_utc_instants() -> None:
     assert ("base updated_at 2026-10-04T01:02:08+00:00, Kantata updated_at "
             "2026-11-29T20:05:50+00:00; this edit and Kantata's current entry differ in: "
             "notes") in chk.reason
+
+
+def test_a_lost_create_not_found_yet_waits_out_the_request_limit_without_an_attempt() -> None:
+    """Issue #12: looked up seconds after the lost answer and not found, the create is not
+    re-sent before Kantata's 3-minute request limit has passed since its send."""
+    assert batching.settle_wait(T, T + timedelta(seconds=2), 180) == 178
+    assert batching.settle_wait(T, T + timedelta(seconds=180), 180) == 0
+    assert batching.settle_wait(T, T + timedelta(hours=1), 180) == 0
+    assert batching.settle_wait(None, T, 180) == 0
+    d = decide(row(sent_at=T, attempts=3),
+               Outcome(kind="unresolved", min_delay=178, message="not listed yet"))
+    assert (d.status, d.retry_in, d.refund, d.unsent, d.sent_at, d.last_error) == (
+        "pending", 178, True, True, T, "not listed yet")  # never a dead letter for waiting
