@@ -11,6 +11,16 @@ the same second, api-notes §11) we page by number inside that single second
 (`updated_after = M-1s`, `updated_before = M+1s`) and restart that second if its `count` changes.
 
 `updated_after`/`updated_before` are strict and second-precise (api-notes §14 Q1).
+
+Request count (issue #12). A page is the last one when it lists fewer than `per_page` rows or
+as many as its `count` says match. When a crowded second starts a keyset page, that page stands
+in for the second's page 1 as long as the second's `count` equals the keyset page's `count`
+(nothing after the second, and nothing left it since), and the request after the second is
+made only when the keyset page's `count` said more entries follow it; an entry written later is
+read by the next pass (the watermark never passes the second). A repeat pass over N entries
+therefore costs max(1, ceil((N + S) / per_page)) requests, where S is the number of entries
+read twice: those of the second a full page ends in, re-read at the start of the next page (0
+when a page ends at a second's end or inside a crowded second). See README, "Cost".
 """
 
 from __future__ import annotations
@@ -34,14 +44,21 @@ def floor_second(dt: datetime) -> datetime:
 @dataclass(frozen=True, slots=True)
 class PullRequest:
     """One incremental request: `updated_after` (exclusive), optional `updated_before`
-    (exclusive; set only while paging inside one crowded second), `page` (1-based), and the
-    `count` that second had when we started it (to detect rows moving out mid-scan)."""
+    (exclusive; set only while paging inside one crowded second), `page` (1-based), the
+    `count` that second had when we started it (to detect rows moving out mid-scan), and
+    `stand_in_count` (see the field)."""
 
     updated_after: datetime
     updated_before: datetime | None = None
     page: int = 1
     second_count: int | None = None
     restarts: int = 0
+    #: set on page 2 of a crowded second whose page 1 is the keyset page before it: that
+    #: page's `count` (entries after its `updated_after`), which the second's count must equal
+    stand_in_count: int | None = None
+    #: the second is known to be the last one with entries (its count equalled the keyset
+    #: page's): no request after it
+    last_second: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,32 +119,42 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
     seconds = [floor_second(t) for t in updated_ats]
     if any(b < a for a, b in zip(seconds, seconds[1:], strict=False)):
         raise ValueError("page is not ordered by updated_at ascending; refusing to page")
-    full = (len(seconds) if listed is None else listed) >= page_size
+    n_listed = len(seconds) if listed is None else listed
+    full = n_listed >= page_size
     if req.updated_before is not None:
-        return _next_in_second(req, seconds, full, count)
+        return _next_in_second(req, seconds, full, count, page_size)
     if not seconds:
         return Step(None, None)
     newest, oldest = seconds[-1], seconds[0]
-    if not full:
+    if not full or count <= n_listed:  # the count says nothing else matched
         return Step(None, newest)
     if oldest < newest:
         nxt = PullRequest(updated_after=newest - SECOND)
         if nxt.updated_after <= req.updated_after:  # cannot happen with ascending pages
             raise ValueError("incremental cursor did not advance")
         return Step(nxt, newest - SECOND)
-    # A full page inside one second: page by number within that second.
-    # Page 1 of that second is fetched again so its `count` is known from the start.
-    return Step(PullRequest(updated_after=newest - SECOND, updated_before=newest + SECOND),
-                newest - SECOND)
+    # A full page inside one second: page by number within that second. This page stands in
+    # for the second's page 1 if the second's count, learnt on page 2, equals this page's.
+    return Step(PullRequest(updated_after=newest - SECOND, updated_before=newest + SECOND,
+                            page=2, stand_in_count=count), newest - SECOND)
 
 
 def _next_in_second(req: PullRequest, seconds: Sequence[datetime], full: bool,
-                    count: int) -> Step:
+                    count: int, page_size: int) -> Step:
     second = req.updated_after + SECOND
+    if req.stand_in_count is not None:
+        if count != req.stand_in_count:  # entries follow the second, or some left it: the
+            # keyset page cannot stand in for page 1; read the second from its page 1
+            return Step(PullRequest(req.updated_after, req.updated_before, page=1), None)
+        req = replace(req, stand_in_count=None, second_count=count, last_second=True)
+        if not full or req.page * page_size >= count:
+            return Step(None, second)  # the second was all there was: nothing follows it
+        return Step(replace(req, page=req.page + 1), None)
     if req.second_count is not None and count != req.second_count:
         if req.restarts >= MAX_SECOND_RESTARTS:
             raise ValueError(f"entries keep moving inside {second.isoformat()}; giving up")
-        return Step(replace(req, page=1, second_count=count, restarts=req.restarts + 1), None)
-    if not full:
-        return Step(PullRequest(updated_after=second), second)
+        return Step(replace(req, page=1, second_count=count, restarts=req.restarts + 1,
+                            last_second=False), None)
+    if not full or req.page * page_size >= count:
+        return Step(None if req.last_second else PullRequest(updated_after=second), second)
     return Step(replace(req, page=req.page + 1, second_count=count), None)

@@ -114,20 +114,24 @@ def push_deadline(s: Settings) -> float:
 
 
 async def prune_history(deps: Deps) -> int:
-    """Delete `syncd.sync_runs` rows older than `run_history_days` and `done` outbox rows older
-    than `outbox_done_retention_days` (0: kept), and close runs left `running` by a killed
-    process; return how many run rows were deleted."""
+    """Delete `syncd.sync_runs` rows older than `run_history_days`, `done` outbox rows older
+    than `outbox_done_retention_days` and entry versions replaced more than
+    `history_retention_days` ago (0: kept), and close runs left `running` by a killed process;
+    return how many run rows were deleted."""
     s = deps.settings
     async with job_run(deps, "prune") as stats:
         async with deps.pool.acquire() as conn:
             n = await store.prune_runs(conn, s.run_history_days)
             closed = await store.close_abandoned_runs(conn)
             done = await outbox.prune_done(conn, s.outbox_done_retention_days)
+            versions = await store.prune_versions(conn, s.history_retention_days)
         stats.details["runs_deleted"] = n
+        stats.details["versions_deleted"] = versions
         stats.details["abandoned_runs_closed"] = closed
         stats.details["outbox_done_deleted"] = done
         log.info("run_history_pruned", rows=n, older_than_days=s.run_history_days,
-                 outbox_done_deleted=done, outbox_older_than_days=s.outbox_done_retention_days)
+                 outbox_done_deleted=done, outbox_older_than_days=s.outbox_done_retention_days,
+                 versions_deleted=versions)
     return n
 
 

@@ -99,6 +99,10 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
         with attempt:
             async with deps.pool.acquire() as conn, conn.transaction():
+                if page.entries:
+                    await store.set_write_context(
+                        conn, "backfill" if purpose == "backfill" else "pull",
+                        history=deps.settings.history)
                 changed = await store.upsert_entries(conn, page.entries)
                 if side:
                     await store.upsert_side(conn, side)

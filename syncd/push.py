@@ -144,6 +144,8 @@ class _Batch:
                      for r, o in pairs]
         async with self.deps.pool.acquire() as conn, conn.transaction():
             held = await outbox.finish_rows(conn, self.batch_id, decisions, now=self.now)
+            if entries or deleted:
+                await store.set_write_context(conn, "push", history=s.history)
             if entries:
                 self.report.mirror_rows += await store.upsert_entries(conn, entries)
             if deleted:

@@ -185,6 +185,8 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
                      f"ids listed, count {read.first_count} then {read.last_count}); nothing "
                      "marked deleted, will retry")
     async with deps.pool.acquire() as conn, conn.transaction():
+        if upserts or gone:
+            await store.set_write_context(conn, "reconcile", history=deps.settings.history)
         rep.upserted = await store.upsert_entries(conn, upserts)
         if read.side:
             await store.upsert_side(conn, list(read.side.values()))

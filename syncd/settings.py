@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     run_history_days: int = Field(90, ge=1)
     outbox_done_retention_days: int = Field(
         90, ge=0, description="done outbox rows older than this are deleted daily; 0 keeps them")
+    history: bool = Field(
+        True, description="history mode: every version of every entry in "
+                          "kantata.time_entry_versions (on/off)")
+    history_retention_days: int = Field(
+        0, ge=0, description="versions replaced more than this many days ago are deleted "
+                             "daily; 0 keeps them forever (the current versions always stay)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     leader_lock_key: int = 0x53594E43  # "SYNC"

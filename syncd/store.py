@@ -58,6 +58,33 @@ SIDE_SQL = {
 }
 
 
+LEARNED_VIA = ("backfill", "pull", "push", "reconcile")
+
+
+async def set_write_context(conn: asyncpg.Connection, learned_via: str, *,
+                            history: bool) -> None:
+    """Tell the history triggers of migration 0009, for the rest of this transaction, how
+    syncd learned what it writes next (`LEARNED_VIA`) and whether history mode is on
+    (SYNCD_HISTORY). Call inside the transaction that writes kantata.time_entries."""
+    if learned_via not in LEARNED_VIA:
+        raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
+    await conn.execute("SELECT set_config('syncd.learned_via', $1, true), "
+                       "set_config('syncd.history', $2, true)",
+                       learned_via, "on" if history else "off")
+
+
+async def prune_versions(conn: asyncpg.Connection, older_than_days: int) -> int:
+    """Delete entry versions replaced more than `older_than_days` days ago (0: none); the
+    current version of every entry always stays. Returns rows deleted."""
+    if older_than_days <= 0:
+        return 0
+    status = await conn.execute(
+        """DELETE FROM kantata.time_entry_versions
+           WHERE valid_to IS NOT NULL AND valid_to < now() - make_interval(days => $1)""",
+        older_than_days)
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def newest_per_id(entries: Iterable[TimeEntry]) -> list[TimeEntry]:
     """Keep one version per id, the newest by `updated_at` (a batch may list an id twice and
     Postgres refuses to upsert the same key twice in one statement). Order: first appearance."""
@@ -240,9 +267,13 @@ async def close_abandoned_runs(conn: asyncpg.Connection, older_than_hours: float
 
 # Mirrored records stored with text made storable (issue #12); served by the partial indexes
 # of migration 0008, so it costs nothing while there are none.
-ALTERED_COUNT = "SELECT " + " + ".join(
-    f"(SELECT count(*) FROM kantata.{t} WHERE raw ? '_syncd_altered')"
-    for t in ("time_entries", "workspaces", "users", "stories", "roles"))
+ALTERED_COUNT = """
+SELECT (SELECT count(*) FROM kantata.time_entries WHERE raw ? '_syncd_altered')
+     + (SELECT count(*) FROM kantata.workspaces WHERE raw ? '_syncd_altered')
+     + (SELECT count(*) FROM kantata.users WHERE raw ? '_syncd_altered')
+     + (SELECT count(*) FROM kantata.stories WHERE raw ? '_syncd_altered')
+     + (SELECT count(*) FROM kantata.roles WHERE raw ? '_syncd_altered')
+"""
 
 
 async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[str, Any]:

@@ -62,6 +62,46 @@ async def test_second_cycle_with_no_changes_costs_one_request(
     assert lists[0]["query"]["on_my_account"] == "false"
 
 
+def _list_requests(sim: Simulator) -> list[dict]:
+    return [r for r in sim.requests if r["method"] == "GET"
+            and r["path"].endswith("/time_entries")]
+
+
+@pytest.mark.parametrize(("per_second", "expected"), [
+    # 360 changes in one second: max(1, ceil((360 + 0) / 200)) = 2 (it was 4)
+    (360, 2),
+    # 120 a second for 3 seconds: each full page ends 80 entries into a second, which the next
+    # page reads again: S = 160, ceil((360 + 160) / 200) = 3
+    (120, 3),
+    # 360 seconds with one change each: S = 1 (the last entry of page 1), ceil(361 / 200) = 2
+    (1, 2),
+])
+async def test_a_repeat_cycle_costs_what_the_readme_formula_says(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection, per_second: int,
+        expected: int) -> None:
+    """README, "Cost": the pass right after one that saw N recent changes re-reads them (they
+    are inside the overlap) in max(1, ceil((N + S) / 200)) list requests."""
+    await pull.sync_once(deps)
+    ids = sorted(int(e["id"]) for e in sim.list_entries())[:360]
+    newest = datetime.now(UTC).replace(microsecond=0)
+    span = 360 // per_second
+    for k, i in enumerate(ids):
+        at = newest - timedelta(seconds=span - 1 - k // per_second)
+        sim.edit_entry(i, {"notes": f"burst {i}", "updated_at": at.isoformat()})
+    # the changes are back-dated over `span` seconds: the watermark goes back before them, and
+    # the overlap (5 s in these tests) covers them, as it covers changes of the last seconds
+    deps.settings = deps.settings.model_copy(update={"overlap": span + 5})
+    await conn.execute("UPDATE syncd.watermarks SET settled = NULL, watermark = $1",
+                       newest - timedelta(seconds=span + 1))
+    await pull.sync_once(deps)
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    sim.clear_requests()
+    await pull.sync_once(deps)  # the repeat cycle: every change is inside the overlap
+    assert len(_list_requests(sim)) == expected, [r["query"] for r in _list_requests(sim)]
+    sim.clear_requests()
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
 async def test_faults_are_survived(db_dsn: str, sim_url: str, sim: Simulator,
                                    conn: asyncpg.Connection) -> None:
     from syncd.app import open_deps

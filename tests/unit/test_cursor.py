@@ -81,15 +81,49 @@ def test_full_page_continues_from_one_second_before_newest() -> None:
 
 def test_full_page_in_one_second_pages_by_number_inside_that_second() -> None:
     step = cursor.next_step(PullRequest(T0), ts(7, 7, 7), page_size=3, count=50)
-    assert step.next == PullRequest(updated_after=T0 + 6 * S, updated_before=T0 + 8 * S, page=1)
+    # the keyset page is the second's page 1 if the second turns out to hold all 50
+    assert step.next == PullRequest(updated_after=T0 + 6 * S, updated_before=T0 + 8 * S,
+                                    page=2, stand_in_count=50)
     inside = step.next
     assert inside is not None
+    # it holds 5: entries follow the second (or left it), so its page 1 is read after all
     s2 = cursor.next_step(inside, ts(7, 7, 7), page_size=3, count=5)
-    assert s2.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=2, second_count=5)
+    assert s2.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=1)
     assert s2.complete_through is None
-    s3 = cursor.next_step(s2.next, ts(7, 7), page_size=3, count=5)  # type: ignore[arg-type]
-    assert s3.next == PullRequest(updated_after=T0 + 7 * S)
-    assert s3.complete_through == T0 + 7 * S
+    s3 = cursor.next_step(s2.next, ts(7, 7, 7), page_size=3, count=5)  # type: ignore[arg-type]
+    assert s3.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=2, second_count=5)
+    s4 = cursor.next_step(s3.next, ts(7, 7), page_size=3, count=5)  # type: ignore[arg-type]
+    assert s4.next == PullRequest(updated_after=T0 + 7 * S)
+    assert s4.complete_through == T0 + 7 * S
+
+
+def test_a_crowded_second_that_is_all_there_is_costs_ceil_n_over_page_size() -> None:
+    """Issue #12: 360 entries written in one second, re-read by the next pass: 2 requests."""
+    req = PullRequest(T0)
+    step = cursor.next_step(req, ts(*[7] * 200), page_size=200, count=360)
+    assert step.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=2, stand_in_count=360)
+    last = cursor.next_step(step.next, ts(*[7] * 160), page_size=200, count=360)
+    assert last == cursor.Step(None, T0 + 7 * S)
+    # 400 in one second: page 2 is full, and the count says it is the last one
+    step = cursor.next_step(req, ts(*[7] * 200), page_size=200, count=400)
+    assert cursor.next_step(step.next, ts(*[7] * 200), page_size=200,  # type: ignore[arg-type]
+                            count=400) == cursor.Step(None, T0 + 7 * S)
+    # 500: page 3 follows, and after it nothing more is asked for
+    s2 = cursor.next_step(PullRequest(T0), ts(*[7] * 200), page_size=200, count=500)
+    s3 = cursor.next_step(s2.next, ts(*[7] * 200), page_size=200,  # type: ignore[arg-type]
+                          count=500)
+    assert s3.next == PullRequest(T0 + 6 * S, T0 + 8 * S, page=3, second_count=500,
+                                  last_second=True)
+    assert cursor.next_step(s3.next, ts(*[7] * 100), page_size=200,  # type: ignore[arg-type]
+                            count=500) == cursor.Step(None, T0 + 7 * S)
+
+
+def test_a_full_page_whose_count_says_it_is_all_ends_the_pass() -> None:
+    assert cursor.next_step(PullRequest(T0), ts(1, 2, 3), page_size=3, count=3) == cursor.Step(
+        None, T0 + 3 * S)
+    inside = PullRequest(T0, T0 + 2 * S, page=2, second_count=6)
+    assert cursor.next_step(inside, ts(1, 1, 1), page_size=3, count=6) == cursor.Step(
+        PullRequest(updated_after=T0 + S), T0 + S)
 
 
 def test_rows_leaving_a_crowded_second_restart_it() -> None:

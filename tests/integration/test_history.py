@@ -1,0 +1,244 @@
+"""History mode (issue #13): kantata.time_entry_versions, time_entries_as_of and
+time_entry_changes, against the simulator and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd import pull, push, reconcile_job, store
+from syncd.app import open_deps
+from syncd.runs import Deps
+from syncd.simulator import SimConfig, Simulator
+from syncd.simulator.testing import running_simulator
+from tests.integration.conftest import TOKEN, make_settings
+from tests.integration.outbox_helpers import drain, editable_ids, enqueue, new_entry, rows
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = ("id, workspace_id, user_id, story_id, role_id, date_performed, time_in_minutes, "
+           "billable, notes, rate_in_cents, cost_rate_in_cents, currency, currency_symbol, "
+           "currency_base_unit, approved, is_invoiced, taxable, location, created_at, updated_at")
+
+
+async def versions(conn: asyncpg.Connection, eid: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM kantata.time_entry_versions WHERE id = $1 ORDER BY version_id", eid)
+
+
+async def count_versions(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM kantata.time_entry_versions")
+
+
+async def assert_history_agrees(conn: asyncpg.Connection) -> None:
+    """Every mirror row has exactly one open version, equal to it (deleted iff deleted_at),
+    and no open version lacks a mirror row."""
+    bad = await conn.fetch(f"""
+        SELECT coalesce(t.id, v.id) AS id, t.id IS NULL AS no_mirror_row, v.id IS NULL AS no_open
+        FROM (SELECT {COLUMNS}, deleted_at IS NOT NULL AS deleted FROM kantata.time_entries) t
+        FULL JOIN (SELECT {COLUMNS}, deleted FROM kantata.time_entry_versions
+                   WHERE valid_to IS NULL) v
+          ON (t.*) = (v.*)
+        WHERE t.id IS NULL OR v.id IS NULL""")
+    assert [dict(r) for r in bad] == []
+    assert await conn.fetchval("""SELECT count(*) FROM (SELECT id FROM kantata.time_entry_versions
+                                  WHERE valid_to IS NULL GROUP BY id HAVING count(*) > 1) x""") == 0
+
+
+def at(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0).isoformat()
+
+
+async def test_three_edits_and_a_delete_are_four_versions_and_a_deletion(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    eid = next(i for i in editable_ids(sim) if not sim.get_entry(i)["approved"])  # type: ignore[index]
+    e = sim.get_entry(eid)
+    assert e is not None
+    minutes = [e["time_in_minutes"]]
+    stamps = [datetime.fromisoformat(e["updated_at"])]
+    for k in (1, 2, 3):
+        minutes.append(minutes[-1] + 30)
+        stamps.append(datetime.fromisoformat(at(k)))
+        sim.edit_entry(eid, {"time_in_minutes": minutes[-1],
+                             "updated_at": stamps[-1].isoformat()} | (
+                                 {"approved": True} if k == 2 else {}))
+        await pull.sync_once(deps)
+    sim.delete_entry(eid)
+    day = date.fromisoformat(e["date_performed"])
+    await reconcile_job.reconcile_range(deps, day, day)
+    deleted_at = await conn.fetchval("SELECT deleted_at FROM kantata.time_entries WHERE id = $1",
+                                     eid)
+    assert deleted_at is not None
+
+    vs = await versions(conn, eid)
+    assert [(v["time_in_minutes"], v["deleted"], v["first_seen"], v["learned_via"]) for v in vs] == [
+        (minutes[0], False, True, "backfill"), (minutes[1], False, False, "pull"),
+        (minutes[2], False, False, "pull"), (minutes[3], False, False, "pull"),
+        (minutes[3], True, False, "reconcile")]
+    # the edits are stamped up to 3 s ahead of the clock; a deletion never starts before the
+    # version it ends
+    gone = max(deleted_at, stamps[3])
+    assert [(v["valid_from"], v["valid_to"]) for v in vs] == [
+        (stamps[0], stamps[1]), (stamps[1], stamps[2]), (stamps[2], stamps[3]),
+        (stamps[3], gone), (gone, None)]
+    changes = await conn.fetch(
+        "SELECT change, fields, diff, learned_via FROM kantata.time_entry_changes "
+        "WHERE entry_id = $1 ORDER BY version_id", eid)
+    assert [tuple(c) for c in changes] == [
+        ("first_seen", None, None, "backfill"),
+        ("edited", ["time_in_minutes"], f"time_in_minutes {minutes[0]} → {minutes[1]}", "pull"),
+        ("edited", ["time_in_minutes", "approved"],
+         f"time_in_minutes {minutes[1]} → {minutes[2]}; approved false → true", "pull"),
+        ("edited", ["time_in_minutes"], f"time_in_minutes {minutes[2]} → {minutes[3]}", "pull"),
+        ("deleted", None, None, "reconcile")]
+    await assert_history_agrees(conn)
+
+
+async def test_rereading_the_overlap_and_reconciling_twice_add_no_version(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    first = await count_versions(conn)
+    assert first == len(sim.list_entries())  # one first-seen version per entry
+    ids = editable_ids(sim)[:5]
+    for i in ids:
+        sim.edit_entry(i, {"notes": f"edited {i}"})
+    await pull.sync_once(deps)
+    assert await count_versions(conn) == first + 5
+    await pull.sync_once(deps)  # the overlap re-reads the five edits
+    days = sorted(date.fromisoformat(e["date_performed"]) for e in sim.list_entries())
+    for _ in range(2):
+        await reconcile_job.reconcile_range(deps, days[0], days[-1])
+    assert await count_versions(conn) == first + 5
+    await assert_history_agrees(conn)
+
+
+async def test_as_of_equals_the_mirror_as_it_was_at_five_moments(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A scripted history: after each step the mirror is snapshot at t; afterwards,
+    time_entries_as_of(t) must give exactly that snapshot, for each of the five moments."""
+    snapshots: list[tuple[datetime, set[tuple[Any, ...]]]] = []
+    ids = editable_ids(sim)
+    days = sorted(date.fromisoformat(e["date_performed"]) for e in sim.list_entries())
+    ws = int(sim.list_entries()[0]["workspace_id"])
+
+    async def snapshot() -> None:
+        t = await conn.fetchval("SELECT now()")
+        rows_ = await conn.fetch(
+            f"SELECT {COLUMNS} FROM kantata.time_entries WHERE deleted_at IS NULL")
+        snapshots.append((t, {tuple(r) for r in rows_}))
+        # the next step's changes must carry a later updated_at (Kantata: whole seconds)
+        await asyncio.sleep(1.05 - (time.time() % 1))
+
+    steps = [
+        lambda: None,  # the backfill
+        lambda: [sim.edit_entry(i, {"time_in_minutes": 11 + n}) for n, i in enumerate(ids[:3])],
+        lambda: (sim.delete_entry(ids[3]), sim.create_entry(
+            {"workspace_id": ws, "date_performed": days[-1].isoformat(),
+             "time_in_minutes": 42})),
+        lambda: [sim.edit_entry(i, {"approved": True, "notes": "approved"}) for i in ids[:2]],
+        lambda: (sim.edit_entry(ids[0], {"time_in_minutes": 99}), sim.delete_entry(ids[1])),
+    ]
+    for step in steps:
+        step()
+        await pull.sync_once(deps)
+        await reconcile_job.reconcile_range(deps, days[0], days[-1])
+        await snapshot()
+    for t, snap in snapshots:
+        as_of = await conn.fetch(f"SELECT {COLUMNS} FROM kantata.time_entries_as_of($1)", t)
+        assert {tuple(r) for r in as_of} == snap, t
+    assert len({frozenset(s) for _, s in snapshots}) == 5  # every step changed something
+    await assert_history_agrees(conn)
+
+
+async def test_a_push_is_recorded_once_not_again_when_the_pull_sees_it(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    eid = editable_ids(sim)[7]
+    upd = await enqueue(conn, "update", eid, {"time_in_minutes": 77})
+    new = await enqueue(conn, "create", None, new_entry(sim, 3))
+    await drain(deps, conn)
+    state = await rows(conn)
+    created = state[new]["entry_id"]
+    assert state[upd]["status"] == state[new]["status"] == "done"
+    before = await count_versions(conn)
+    await pull.sync_once(deps)
+    await pull.sync_once(deps)
+    assert await count_versions(conn) == before
+    assert [(v["time_in_minutes"], v["learned_via"]) for v in await versions(conn, eid)][-1] == (
+        77, "push")
+    assert [(v["first_seen"], v["learned_via"]) for v in await versions(conn, created)] == [
+        (True, "push")]
+    await assert_history_agrees(conn)
+
+
+async def test_history_off_records_nothing_and_pruning_keeps_current_versions(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    async with open_deps(make_settings(db_dsn, sim_url, history=False)) as off:
+        await pull.sync_once(off)
+        assert await count_versions(conn) == 0
+    async with open_deps(make_settings(db_dsn, sim_url)) as on:
+        eid = editable_ids(sim)[0]
+        sim.edit_entry(eid, {"notes": "history is on now"})
+        await pull.sync_once(on)
+        # an entry changed while history was off starts its history as first seen
+        assert [(v["notes"], v["first_seen"]) for v in await versions(conn, eid)] == [
+            ("history is on now", True)]
+        sim.edit_entry(eid, {"notes": "and again"})
+        await pull.sync_once(on)
+    await conn.execute("UPDATE kantata.time_entry_versions SET valid_to = now() - interval "
+                       "'40 days', valid_from = now() - interval '41 days' "
+                       "WHERE id = $1 AND valid_to IS NOT NULL", eid)
+    assert await store.prune_versions(conn, 0) == 0  # 0 keeps everything
+    assert await store.prune_versions(conn, 60) == 0
+    assert await store.prune_versions(conn, 30) == 1
+    assert [v["notes"] for v in await versions(conn, eid)] == ["and again"]
+
+
+async def test_bi_role_reads_the_history(deps: Deps, sim: Simulator,
+                                         conn: asyncpg.Connection) -> None:
+    await pull.sync_once(deps)
+    if not await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = 'syncd_bi'"):
+        pytest.skip("no syncd_bi role on this server")
+    async with conn.transaction():
+        await conn.execute("SET LOCAL ROLE syncd_bi")
+        n = await conn.fetchval("SELECT count(*) FROM kantata.time_entries_as_of(now())")
+        assert n == len(sim.list_entries())
+        assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_changes") == n
+
+
+async def test_kill_9_never_leaves_mirror_and_history_disagreeing(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """`syncd sync` killed at three moments of a backfill, then run to the end: after every
+    kill, each mirror row has exactly its open version (one transaction for both)."""
+    sim = Simulator(SimConfig(token=TOKEN, entries=30_000, seed=3, lock_date=None))
+    async with running_simulator(sim) as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+        env.update(SYNCD_DATABASE_URL=db_dsn, SYNCD_KANTATA_BASE_URL=url,
+                   SYNCD_KANTATA_TOKEN=TOKEN, SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK="true",
+                   SYNCD_BACKFILL_START="2020-01-01", SYNCD_RATE_LIMIT_PER_MINUTE="60000",
+                   SYNCD_LOG_LEVEL="WARNING")
+        kills = 0
+        for delay in (0.8, 1.2, 1.6, None):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "syncd", "sync", env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            if delay is None:
+                assert await asyncio.wait_for(proc.wait(), 120) == 0
+            else:
+                await asyncio.sleep(delay)
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                await proc.wait()
+            await assert_history_agrees(conn)
+        assert kills >= 1
+        assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == 30_000
