@@ -21,14 +21,14 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from syncd import logs, migrate, pull
+from syncd import logs, migrate, pull, reconcile_job
 from syncd.app import open_deps
 from syncd.pgserver import PgServerError, TempPostgres, find_bin_dir
 from syncd.settings import Settings
@@ -63,9 +63,12 @@ def _start_postgres(directory: Path) -> TempPostgres:
     return pg.start(durable=True)
 
 
-async def _remote_activity(sim: Any, cycle: int) -> str:
+async def _remote_activity(sim: Any, cycle: int) -> tuple[str, list[str]]:
+    """Edits, creates and (from cycle 2) one approved and one invoiced entry changed, one entry
+    deleted, as Kantata users would; returns the summary and the dates to reconcile."""
     entries = sim.list_entries()
-    edited = entries[cycle * 7: cycle * 7 + 5]
+    open_entries = [e for e in entries if not e["approved"] and not e["is_invoiced"]]
+    edited = open_entries[cycle * 7: cycle * 7 + 5]
     for e in edited:
         sim.edit_entry(int(e["id"]), {"notes": f"edited in demo cycle {cycle} ✓",
                                       "time_in_minutes": int(e["time_in_minutes"]) + 15})
@@ -74,7 +77,23 @@ async def _remote_activity(sim: Any, cycle: int) -> str:
     for n in range(2):
         sim.create_entry({"workspace_id": ws, "date_performed": today.isoformat(),
                           "time_in_minutes": 30 + n, "notes": f"new in cycle {cycle}"})
-    return f"{len(edited)} entries edited, 2 created remotely"
+    what = f"{len(edited)} entries edited, 2 created remotely"
+    if cycle != 2:
+        return what, []
+    # for the history queries (README, history mode): time changed after approval and after
+    # invoicing, and a deletion
+    approved = next((e for e in entries if e["approved"] and not e["is_invoiced"]), None)
+    if approved is not None:
+        sim.edit_entry(int(approved["id"]), {
+            "time_in_minutes": int(approved["time_in_minutes"]) + 60,
+            "notes": "corrected after approval"})
+    invoiced = next((e for e in entries if e["is_invoiced"]), None)
+    if invoiced is not None:
+        sim.edit_entry(int(invoiced["id"]), {"billable": not invoiced["billable"]})
+    gone = open_entries[len(open_entries) // 2]
+    sim.delete_entry(int(gone["id"]))
+    return (what + "; an approved and an invoiced entry changed, one entry deleted",
+            [gone["date_performed"]])
 
 
 def _without_password(dsn: str) -> str:
@@ -155,12 +174,18 @@ async def _demo(args: argparse.Namespace) -> int:
                  f"{deps.client.requests_sent} requests, {secs:.1f} s "
                  f"({stats.rows_upserted / max(secs, 1e-9):,.0f} rows/s)")
             for cycle in range(1, args.cycles + 1):
-                what = await _remote_activity(sim, cycle)
+                what, deleted_on = await _remote_activity(sim, cycle)
                 before = deps.client.requests_sent
                 now = datetime.now(UTC) + timedelta(seconds=1)
                 s = await pull.sync_once(deps, now=now)
+                pulled = deps.client.requests_sent - before
+                gone = 0
+                for day in map(date.fromisoformat, deleted_on):
+                    reports = await reconcile_job.reconcile_range(deps, day, day)
+                    gone += sum(r.marked_deleted for r in reports)
                 _say(f"    cycle {cycle}: {what}; incremental pull wrote {s.rows_upserted} rows "
-                     f"with {deps.client.requests_sent - before} request(s)")
+                     f"with {pulled} request(s)"
+                     + (f", reconciliation marked {gone} deleted" if deleted_on else ""))
             check = await _check(deps, sim)
         _say(f"5/5 check: {check}")
     elapsed = time.monotonic() - started
@@ -171,6 +196,8 @@ async def _demo(args: argparse.Namespace) -> int:
     _say("    FROM kantata.time_entries t JOIN kantata.workspaces w ON w.id = t.workspace_id")
     _say("    WHERE t.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 5;")
     _say("  SELECT job, status, pages, requests, rows_upserted FROM syncd.sync_runs;")
+    _say("  SELECT entry_id, changed_at, change, diff FROM kantata.time_entry_changes")
+    _say("    WHERE change <> 'first_seen' ORDER BY changed_at DESC LIMIT 10;")
     if pg is not None:
         where = "" if args.dir == _default_dir() else f" --dir {args.dir}"
         _say(f"Stop the demo database with: syncd demo --stop{where}   (data in {args.dir})")

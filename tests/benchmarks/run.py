@@ -114,6 +114,22 @@ class Databases:
                 await conn.close()
         return asyncio.run(go())
 
+    def versions(self, name: str) -> dict[str, int]:
+        """Rows and bytes (table, indexes, TOAST) of kantata.time_entry_versions (history)."""
+        async def go() -> dict[str, int]:
+            conn = await asyncpg.connect(self.dsn(name))
+            try:
+                if await conn.fetchval(
+                        "SELECT to_regclass('kantata.time_entry_versions')") is None:
+                    return {"rows": 0, "bytes": 0}
+                r = await conn.fetchrow(
+                    "SELECT count(*) AS n, pg_total_relation_size("
+                    "'kantata.time_entry_versions') AS b FROM kantata.time_entry_versions")
+                return {"rows": int(r["n"]), "bytes": int(r["b"])}
+            finally:
+                await conn.close()
+        return asyncio.run(go())
+
     def postmaster_pid(self) -> int:
         return int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
 
@@ -146,6 +162,10 @@ def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
                                       "--until", until.isoformat()], None)),
         Contender("syncd", "syncd sync (default settings)", "kantata.time_entries",
                   lambda dsn, work: ([PY, "-m", "syncd", "sync"], syncd_env(dsn, sim, since))),
+        Contender("syncd_history_off", "syncd sync, history mode off (SYNCD_HISTORY=off)",
+                  "kantata.time_entries",
+                  lambda dsn, work: ([PY, "-m", "syncd", "sync"],
+                                     syncd_env(dsn, sim, since, SYNCD_HISTORY="off"))),
     ]
     if unthrottled:
         out.append(Contender(
@@ -184,7 +204,8 @@ def measure(c: Contender, dbs: Databases, sim: SimProcess, work: Path, tag: str,
     sim_cpu, pg_cpu = sim.cpu() - sim_cpu0, postgres_cpu_seconds(pm) - pg_cpu0
     requests = len(orjson.loads(sim.control("GET", "/requests"))["requests"])
     rows = dbs.count(db, c.table)
-    out = {"wall_s": res.wall, "client_cpu_s": res.cpu, "client_user_s": res.user,
+    hist = dbs.versions(db)
+    out = {"versions": hist["rows"], "versions_bytes": hist["bytes"], "wall_s": res.wall, "client_cpu_s": res.cpu, "client_user_s": res.user,
            "client_system_s": res.system, "server_cpu_s": sim_cpu,
            "postgres_cpu_s": pg_cpu, "peak_rss_mb": res.peak_rss_mb, "requests": requests,
            "rows": rows, "rows_per_s": rows / res.wall if res.wall else 0.0,
@@ -440,6 +461,25 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     if syncd_ and "summary" not in bf.get("dlt", {}):
         out.append({"target": "backfill ≥ 6 × dlt", "measured": "dlt did not run: "
                     + str(bf.get("dlt", {}).get("reason", "skipped")), "met": None})
+    hist = ratio("syncd", "syncd_history_off")
+    if hist is not None:
+        on = bf["syncd"]["runs"]
+        off = bf["syncd_history_off"]["runs"]
+        rss = statistics.median(x["peak_rss_mb"] - y["peak_rss_mb"]
+                                for x, y in zip(on, off, strict=False))
+        out.append({"target": "history mode on: ≤ 15 % slower backfill than off",
+                    "measured": hist[1] + " of the throughput with history off",
+                    "met": hist[0] >= 0.85})
+        out.append({"target": "history mode on: ≤ 5 MB more peak RSS than off",
+                    "measured": f"{rss:+.1f} MB (median of per-repetition differences)",
+                    "met": rss <= 5})
+        sized = [x for x in on if x.get("versions")]
+        if sized:
+            per_m = statistics.median(x["versions_bytes"] / x["versions"] * 1e6 for x in sized)
+            out.append({"target": "history table size per 1M versions (reported)",
+                        "measured": f"{per_m / 2**20:.0f} MiB per 1M versions (table, indexes, "
+                                    f"TOAST; {sized[0]['versions']:,} versions measured)",
+                        "met": None})
     for key, what in (("rss_ladder", "peak RSS ≤ 80 MB, flat across sizes"),
                       ("rss_ladder_same_shape", "peak RSS flat across sizes, same page shape")):
         ladder = res.get(key, [])

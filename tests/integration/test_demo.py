@@ -33,12 +33,22 @@ async def test_demo_mirrors_and_says_how_to_connect(db_dsn: str) -> None:
     assert code == 0, out
     assert "backfill: 1500 entries" in out
     assert "cycle 2:" in out
-    assert "exact mirror: 1504 live entries" in out
+    assert "reconciliation marked 1 deleted" in out
+    assert "exact mirror: 1503 live entries" in out  # 1500 + 2 x 2 created - 1 deleted
     assert f"psql '{db_dsn}'" in out
     conn = await asyncpg.connect(db_dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == 1504
         assert await conn.fetchval("SELECT count(*) FROM kantata.workspaces") > 0
+        # the history queries of the README have something to show
+        after_approval = await conn.fetch(
+            """SELECT c.diff FROM kantata.time_entry_changes c
+               JOIN kantata.time_entry_versions p ON p.version_id = c.previous_version_id
+               WHERE c.change = 'edited' AND (p.approved OR p.is_invoiced)""")
+        assert len(after_approval) == 2, after_approval
+        assert any("corrected after approval" in r["diff"] for r in after_approval)
+        assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_changes "
+                                   "WHERE change = 'deleted'") == 1
     finally:
         await conn.close()
 

@@ -110,10 +110,20 @@ async def test_one_slow_kantata_request_does_not_strand_outbox_rows(
         await asyncio.sleep(0.05)
     assert r["lease_owner"] is None and r["sent_at"] is not None
     assert "POST /time_entries timed out" in r["last_error"]
-    # looked up (not re-sent) once Kantata cannot still be working on it
-    assert (r["next_attempt_at"] - r["sent_at"]).total_seconds() >= 180
+    # looked up (not re-sent) seconds later: the daemon wakes the push when the row is due
+    assert (r["next_attempt_at"] - r["sent_at"]).total_seconds() < 10
     assert not d.find("job_deadline_exceeded", job="push")
+    posts = len([q for q in sim.requests if q["method"] == "POST"])
     sim.clear_faults()
+    while "does not list it yet" not in (r["last_error"] or ""):
+        assert time.monotonic() - queued < 20, (dict(r), d.output[-3000:])
+        await asyncio.sleep(0.1)
+        r = await conn.fetchrow("SELECT * FROM syncd.outbox WHERE id = $1", row)
+    # not found (the hung POST did nothing): it is sent again only once Kantata cannot still
+    # be working on the first one, 3 minutes after it, and the wait costs no attempt
+    assert (r["status"], r["attempts"]) == ("pending", 1)
+    assert (r["next_attempt_at"] - r["sent_at"]).total_seconds() >= 179
+    assert len([q for q in sim.requests if q["method"] == "POST"]) == posts
     d.send(signal.SIGTERM)
     assert await d.wait_exit() == 0
     assert_clean_output(d)
