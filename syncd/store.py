@@ -38,13 +38,15 @@ ENTRY_COLUMNS: tuple[str, ...] = TimeEntry._fields
 # updated_at the content read later wins when it differs (the overlap re-read is what
 # delivers it).
 UPSERT_ENTRIES = f"""
-INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at)
-SELECT u.*, NULL::timestamptz, now()
+INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                      learned_via)
+SELECT u.*, NULL::timestamptz, now(), syncd.history_source()
 FROM unnest($1::syncd.time_entry_in[]) AS u
 ON CONFLICT (id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in ENTRY_COLUMNS[1:])},
     deleted_at = NULL,
-    synced_at = excluded.synced_at
+    synced_at = excluded.synced_at,
+    learned_via = excluded.learned_via
 WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
        AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM excluded.raw))
@@ -63,9 +65,10 @@ LEARNED_VIA = ("backfill", "pull", "push", "reconcile")
 
 async def set_write_context(conn: asyncpg.Connection, learned_via: str, *,
                             history: bool) -> None:
-    """Tell the history triggers of migration 0009, for the rest of this transaction, how
-    syncd learned what it writes next (`LEARNED_VIA`) and whether history mode is on
-    (SYNCD_HISTORY). Call inside the transaction that writes kantata.time_entries."""
+    """Tell the mirror writes and the history trigger of migration 0009, for the rest of this
+    transaction, how syncd learned what it writes next (`LEARNED_VIA`, stored in
+    kantata.time_entries.learned_via) and whether history mode is on (SYNCD_HISTORY). Call
+    inside the transaction that writes kantata.time_entries."""
     if learned_via not in LEARNED_VIA:
         raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
     await conn.execute("SELECT set_config('syncd.learned_via', $1, true), "
@@ -79,8 +82,8 @@ async def prune_versions(conn: asyncpg.Connection, older_than_days: int) -> int:
     if older_than_days <= 0:
         return 0
     status = await conn.execute(
-        """DELETE FROM kantata.time_entry_versions
-           WHERE valid_to IS NOT NULL AND valid_to < now() - make_interval(days => $1)""",
+        """DELETE FROM kantata.time_entry_history
+           WHERE valid_to < now() - make_interval(days => $1)""",
         older_than_days)
     return int(status.rsplit(" ", 1)[-1])
 
@@ -317,7 +320,8 @@ async def mark_deleted(conn: asyncpg.Connection, ids: Sequence[int],
     if not ids:
         return 0
     status = await conn.execute(
-        """UPDATE kantata.time_entries SET deleted_at = coalesce($2, now()), synced_at = now()
+        """UPDATE kantata.time_entries SET deleted_at = coalesce($2, now()), synced_at = now(),
+               learned_via = syncd.history_source()
            WHERE id = ANY($1::bigint[]) AND deleted_at IS NULL""", list(ids), at)
     return int(status.rsplit(" ", 1)[-1])
 

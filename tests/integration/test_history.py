@@ -31,7 +31,8 @@ COLUMNS = ("id, workspace_id, user_id, story_id, role_id, date_performed, time_i
 
 async def versions(conn: asyncpg.Connection, eid: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT * FROM kantata.time_entry_versions WHERE id = $1 ORDER BY version_id", eid)
+        "SELECT * FROM kantata.time_entry_versions WHERE id = $1 "
+        "ORDER BY version_id NULLS LAST", eid)
 
 
 async def count_versions(conn: asyncpg.Connection) -> int:
@@ -39,18 +40,20 @@ async def count_versions(conn: asyncpg.Connection) -> int:
 
 
 async def assert_history_agrees(conn: asyncpg.Connection) -> None:
-    """Every mirror row has exactly one open version, equal to it (deleted iff deleted_at),
-    and no open version lacks a mirror row."""
-    bad = await conn.fetch(f"""
-        SELECT coalesce(t.id, v.id) AS id, t.id IS NULL AS no_mirror_row, v.id IS NULL AS no_open
-        FROM (SELECT {COLUMNS}, deleted_at IS NOT NULL AS deleted FROM kantata.time_entries) t
-        FULL JOIN (SELECT {COLUMNS}, deleted FROM kantata.time_entry_versions
-                   WHERE valid_to IS NULL) v
-          ON (t.*) = (v.*)
-        WHERE t.id IS NULL OR v.id IS NULL""")
-    assert [dict(r) for r in bad] == []
-    assert await conn.fetchval("""SELECT count(*) FROM (SELECT id FROM kantata.time_entry_versions
-                                  WHERE valid_to IS NULL GROUP BY id HAVING count(*) > 1) x""") == 0
+    """Every mirror row has exactly one current version, and each entry's versions form one
+    chain: every replaced version ends where the next one starts."""
+    assert await conn.fetchval("""
+        SELECT count(*) FROM kantata.time_entries t
+        WHERE (SELECT count(*) FROM kantata.time_entry_versions v
+               WHERE v.id = t.id AND v.valid_to IS NULL) <> 1""") == 0
+    breaks = await conn.fetch("""
+        SELECT id, valid_to, next_from FROM (
+            SELECT id, valid_to, lead(valid_from) OVER (PARTITION BY id
+                                                        ORDER BY version_id NULLS LAST)
+                   AS next_from
+            FROM kantata.time_entry_versions) x
+        WHERE valid_to IS DISTINCT FROM next_from""")
+    assert [dict(r) for r in breaks] == []
 
 
 def at(seconds: float) -> str:
@@ -182,24 +185,25 @@ async def test_a_push_is_recorded_once_not_again_when_the_pull_sees_it(
 
 async def test_history_off_records_nothing_and_pruning_keeps_current_versions(
         db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    eid = editable_ids(sim)[0]
     async with open_deps(make_settings(db_dsn, sim_url, history=False)) as off:
         await pull.sync_once(off)
-        assert await count_versions(conn) == 0
+        sim.edit_entry(eid, {"notes": "while history is off"})
+        await pull.sync_once(off)
+        assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_history") == 0
     async with open_deps(make_settings(db_dsn, sim_url)) as on:
-        eid = editable_ids(sim)[0]
         sim.edit_entry(eid, {"notes": "history is on now"})
         await pull.sync_once(on)
-        # an entry changed while history was off starts its history as first seen
-        assert [(v["notes"], v["first_seen"]) for v in await versions(conn, eid)] == [
-            ("history is on now", True)]
         sim.edit_entry(eid, {"notes": "and again"})
         await pull.sync_once(on)
-    await conn.execute("UPDATE kantata.time_entry_versions SET valid_to = now() - interval "
-                       "'40 days', valid_from = now() - interval '41 days' "
-                       "WHERE id = $1 AND valid_to IS NOT NULL", eid)
+    # the version of the off period is the first one history knows
+    assert [(v["notes"], v["first_seen"]) for v in await versions(conn, eid)] == [
+        ("while history is off", True), ("history is on now", False), ("and again", False)]
+    await conn.execute("UPDATE kantata.time_entry_history SET valid_to = now() - interval "
+                       "'40 days', valid_from = now() - interval '41 days' WHERE id = $1", eid)
     assert await store.prune_versions(conn, 0) == 0  # 0 keeps everything
     assert await store.prune_versions(conn, 60) == 0
-    assert await store.prune_versions(conn, 30) == 1
+    assert await store.prune_versions(conn, 30) == 2
     assert [v["notes"] for v in await versions(conn, eid)] == ["and again"]
 
 
@@ -215,10 +219,28 @@ async def test_bi_role_reads_the_history(deps: Deps, sim: Simulator,
         assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_changes") == n
 
 
+async def _sync_killed(env: dict[str, str], delays: tuple[float | None, ...]) -> int:
+    kills = 0
+    for delay in delays:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "syncd", "sync", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        if delay is None:
+            assert await asyncio.wait_for(proc.wait(), 120) == 0
+            continue
+        await asyncio.sleep(delay)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        await proc.wait()
+    return kills
+
+
 async def test_kill_9_never_leaves_mirror_and_history_disagreeing(
         db_dsn: str, conn: asyncpg.Connection) -> None:
-    """`syncd sync` killed at three moments of a backfill, then run to the end: after every
-    kill, each mirror row has exactly its open version (one transaction for both)."""
+    """`syncd sync` killed during a backfill and during an incremental pass over 20,000 edits,
+    then run to the end: after every kill each entry's mirror row and history agree (an entry
+    has the edit in the mirror exactly when its replaced version is in the history)."""
     sim = Simulator(SimConfig(token=TOKEN, entries=30_000, seed=3, lock_date=None))
     async with running_simulator(sim) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
@@ -226,19 +248,18 @@ async def test_kill_9_never_leaves_mirror_and_history_disagreeing(
                    SYNCD_KANTATA_TOKEN=TOKEN, SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK="true",
                    SYNCD_BACKFILL_START="2020-01-01", SYNCD_RATE_LIMIT_PER_MINUTE="60000",
                    SYNCD_LOG_LEVEL="WARNING")
-        kills = 0
-        for delay in (0.8, 1.2, 1.6, None):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "syncd", "sync", env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            if delay is None:
-                assert await asyncio.wait_for(proc.wait(), 120) == 0
-            else:
-                await asyncio.sleep(delay)
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGKILL)
-                    kills += 1
-                await proc.wait()
-            await assert_history_agrees(conn)
-        assert kills >= 1
+        kills = await _sync_killed(env, (0.8, 1.4, None))
+        await assert_history_agrees(conn)
         assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == 30_000
+        edited = sorted(int(e["id"]) for e in sim.list_entries())[:20_000]
+        for i in edited:
+            sim.edit_entry(i, {"notes": "edited before the kill"})
+        for delay in (0.7, 1.0, None):
+            kills += await _sync_killed(env, (delay,))
+            await assert_history_agrees(conn)
+            assert await conn.fetchval("""
+                SELECT count(*) FROM kantata.time_entries t
+                WHERE (t.notes = 'edited before the kill') <> EXISTS (
+                    SELECT 1 FROM kantata.time_entry_history h WHERE h.id = t.id)""") == 0
+        assert kills >= 2
+        assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_history") == 20_000
