@@ -26,6 +26,26 @@ def _command_modules() -> list[str]:
                   if not m.name.startswith("_"))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default" in text.lower() else super()._get_help_string(action)
+
+
+def _polish(parser: argparse.ArgumentParser, purpose: str | None) -> None:
+    """Every (sub)command's --help: one line of purpose and the defaults."""
+    parser.formatter_class = HelpFormatter
+    if not parser.description and purpose:
+        parser.description = purpose[0].upper() + purpose[1:] + "."
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                _polish(child, helps.get(name))
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser. Given `argv` whose first positional word names a command, only that
     command's module is imported and registered: each module imports its implementation (the
@@ -42,6 +62,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name in [word] if word in names else names:
         module = importlib.import_module(f"syncd.commands.{name}")
         module.register(sub)
+    _polish(parser, None)
     return parser
 
 

@@ -304,6 +304,8 @@ class Daemon:
         specs.append(JobSpec(name="prune", func=lambda: prune_history(deps),
                              interval=PRUNE_INTERVAL, deadline=PRUNE_DEADLINE,
                              leader_only=True))
+        for sp in specs:
+            deps.metrics.job_interval.labels(sp.name).set(sp.interval)
         missing = [n for n, f in (("push", push_once), ("reconcile", reconcile_due)) if f is None]
         if missing:
             log.warning("jobs_unavailable", jobs=missing)

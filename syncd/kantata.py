@@ -160,6 +160,8 @@ class KantataClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
         self._slots = asyncio.Semaphore(max_connections)
         self.metrics = metrics or Metrics()
+        self.metrics.rate_limit.set(budget.rate_per_minute / 60)
+        self.metrics.rate_limit_floor.set(budget.aimd.floor / 60)
         self.requests_sent = 0
 
     def __repr__(self) -> str:  # never show the header dict
@@ -199,7 +201,7 @@ class KantataClient:
             self.metrics.throttled.inc()
         elif status < 500:
             self.budget.succeeded()
-        self.metrics.rate_limit.set(self.budget.rate_per_minute)
+        self.metrics.rate_limit.set(self.budget.rate_per_minute / 60)
         body: Any = None
         storable = False
         if raw and status != 204:

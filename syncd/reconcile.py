@@ -23,7 +23,8 @@ from syncd.windows import Window
 
 __all__ = [
     "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan", "bucket_summaries",
-    "confirm_deletions", "diff_window", "due_windows", "is_recent", "plan_window",
+    "confirm_deletions", "diff_window", "due_windows", "is_recent", "overdue_seconds",
+    "plan_window",
     "read_trusted", "summarize",
 ]
 
@@ -104,6 +105,22 @@ def read_trusted(first_count: int | None, last_count: int | None, distinct_ids: 
 def is_recent(w: Window, today: date, recent_days: int) -> bool:
     """A window is recent when it ends within the last `recent_days` days (or in the future)."""
     return w.end >= today - timedelta(days=recent_days)
+
+
+def overdue_seconds(windows: Sequence[Window], last_done: Mapping[Window, datetime | None], *,
+                    now: datetime, today: date, recent_days: int, recent_interval: float,
+                    old_interval: float) -> float:
+    """Seconds the most overdue window is past its due time (its last success plus its
+    interval, as in `due_windows`), 0.0 when none is. Windows never reconciled count from no
+    known time and are left out (`syncd.freshness.windows_not_reconciled` counts them)."""
+    worst = 0.0
+    for w in windows:
+        last = last_done.get(w)
+        if last is None:
+            continue
+        interval = recent_interval if is_recent(w, today, recent_days) else old_interval
+        worst = max(worst, (now - last).total_seconds() - interval)
+    return worst
 
 
 def due_windows(windows: Sequence[Window], last_done: Mapping[Window, datetime | None], *,

@@ -284,9 +284,11 @@ async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[Wind
         states = await store.window_states(conn, PURPOSE)
     last_done = {w: r["finished_at"] if r["status"] == "done" else None
                  for w, r in states.items()}
-    due = reconcile.due_windows(
-        windows, last_done, now=now, today=now.date(), recent_days=s.reconcile_recent_days,
+    policy: dict[str, Any] = dict(
+        now=now, today=now.date(), recent_days=s.reconcile_recent_days,
         recent_interval=s.reconcile_recent_interval, old_interval=s.reconcile_old_interval)
+    due = reconcile.due_windows(windows, last_done, **policy)
+    deps.metrics.reconcile_overdue.set(reconcile.overdue_seconds(windows, last_done, **policy))
     if not due:
         return []
     async with job_run(deps, "reconcile") as stats:

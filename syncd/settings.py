@@ -35,7 +35,8 @@ from pydantic_settings import (
 
 from syncd.errors import ConfigError
 
-__all__ = ["Settings", "format_validation_error", "is_loopback_url", "load_settings"]
+__all__ = ["Settings", "describe", "format_validation_error", "is_loopback_url", "load_settings",
+           "reference_table"]
 
 
 def is_loopback_url(url: str) -> bool:
@@ -62,72 +63,116 @@ class Settings(BaseSettings):
 
     # --- connections -------------------------------------------------------------------------
     database_url: SecretStr | None = Field(
-        None, description="postgresql:// URL; None falls back to libpq PG* variables")
-    kantata_base_url: str = "https://api.mavenlink.com/api/v1"
-    kantata_token: SecretStr | None = None
+        None, description="`postgresql://user:pass@host:5432/db`; unset: libpq's `PGHOST`, "
+                          "`PGUSER`, … variables")
+    kantata_base_url: str = Field("https://api.mavenlink.com/api/v1",
+                                  description="Kantata API base URL")
+    kantata_token: SecretStr | None = Field(
+        None, description="OAuth bearer token; this or `SYNCD_KANTATA_TOKEN_FILE`, exactly one")
     kantata_token_file: Path | None = Field(
-        None, description="file holding the token (systemd LoadCredential, Docker secrets)")
-    kantata_tls_verify: bool = True
+        None, description="file holding the token (systemd `LoadCredential=`, Docker secrets)")
+    kantata_tls_verify: bool = Field(
+        True, description="verify Kantata's TLS certificate; `false` only for a loopback "
+                          "simulator")
     kantata_allow_insecure_loopback: bool = Field(
-        False, description="allow plain http (or tls_verify=false) to a loopback simulator only")
+        False, description="allow `http://` (or no TLS verification) to 127.0.0.1, ::1 or "
+                           "localhost only")
 
     # --- pull --------------------------------------------------------------------------------
     pull_interval: float = Field(300.0, gt=0, description="seconds between incremental pulls")
-    overlap: float = Field(120.0, ge=0, description="seconds re-read behind the watermark")
+    overlap: float = Field(
+        120.0, ge=0, description="seconds re-read behind the watermark (lookback), for entries "
+                                 "Kantata makes visible late; once a complete pass has run this "
+                                 "long after a change it is settled and not read again")
     backfill_start: date | None = Field(
-        None, description="first date_performed to backfill; default: 10 years before today")
-    backfill_window_months: int = Field(1, ge=1, le=12)
-    lookahead_days: int = Field(31, ge=0, le=3660)
-    per_page: int = Field(200, ge=1, le=200)
-    window_concurrency: int = Field(4, ge=1, le=32, description="windows fetched at once")
-    sideload: bool = Field(True, description="include workspace,user,story,role on pulls")
+        None, description="first `date_performed` to backfill (YYYY-MM-DD); unset: 10 years "
+                          "before today")
+    backfill_window_months: int = Field(
+        1, ge=1, le=12, description="months per `date_performed_between` window")
+    lookahead_days: int = Field(31, ge=0, le=3660,
+                                description="the backfill also covers dates up to today + this")
+    per_page: int = Field(200, ge=1, le=200,
+                          description="page size asked for (Kantata's documented maximum)")
+    window_concurrency: int = Field(
+        4, ge=1, le=32, description="windows read at once by backfill and reconciliation")
+    sideload: bool = Field(
+        True, description="include workspaces, users, stories and roles (names for BI)")
 
     # --- HTTP --------------------------------------------------------------------------------
-    max_connections: int = Field(8, ge=1, le=64, description="concurrent HTTP requests")
-    connect_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(8, ge=1, le=64, description="HTTP requests in flight at once")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to Kantata")
     request_timeout: float = Field(
-        90.0, gt=0, description="seconds per request once it has a connection")
-    max_retries: int = Field(6, ge=0, le=30)
-    backoff_base: float = Field(1.0, gt=0, description="seconds; doubled per attempt")
-    backoff_cap: float = Field(60.0, gt=0)
-    retry_after_cap: float = Field(120.0, gt=0)
+        90.0, gt=0, description="seconds per request, counted once it holds a connection slot")
+    max_retries: int = Field(
+        6, ge=0, le=30, description="retries of a read on 429, 5xx, timeouts, resets and "
+                                    "malformed pages")
+    backoff_base: float = Field(
+        1.0, gt=0, description="seconds; full-jitter exponential back-off, doubled per attempt")
+    backoff_cap: float = Field(60.0, gt=0, description="longest back-off, seconds")
+    retry_after_cap: float = Field(120.0, gt=0,
+                                   description="longest `Retry-After` honoured, seconds")
     rate_limit_per_minute: float = Field(
-        9000.0, gt=0, description="request ceiling per token; lowered on 429, raised slowly")
-    rate_limit_floor_per_minute: float = Field(6.0, gt=0)
+        9000.0, gt=0, description="request ceiling per token, shared by all jobs; halved on "
+                                  "each 429, raised 5 % per 20 successes")
+    rate_limit_floor_per_minute: float = Field(
+        6.0, gt=0, description="the ceiling never drops below this")
 
     # --- push (outbox) -----------------------------------------------------------------------
-    push_interval: float = Field(30.0, gt=0, description="fallback poll when no NOTIFY arrives")
-    push_batch_size: int = Field(100, ge=1, le=100)
-    push_concurrency: int = Field(4, ge=1, le=64, description="PUTs in flight at once")
+    push_interval: float = Field(
+        30.0, gt=0, description="outbox polling fallback, seconds (a NOTIFY wakes syncd at "
+                                "once)")
+    push_batch_size: int = Field(100, ge=1, le=100,
+                                 description="items per bulk create or delete (Kantata's maximum)")
+    push_concurrency: int = Field(
+        4, ge=1, le=64, description="PUTs in flight at once (Kantata has no bulk update)")
     outbox_lease: float = Field(
-        300.0, gt=0, description="seconds before a claim expires; longer than one request "
-                                 "(request_timeout + connect_timeout)")
-    outbox_max_attempts: int = Field(10, ge=1)
-    conflict_policy: Literal["park", "local_wins"] = "park"
-    external_reference_service_name: str = Field("syncd", min_length=1, max_length=100)
+        300.0, gt=0, description="seconds before another syncd may reclaim an in-flight row; "
+                                 "longer than `SYNCD_REQUEST_TIMEOUT` + "
+                                 "`SYNCD_CONNECT_TIMEOUT`")
+    outbox_max_attempts: int = Field(
+        10, ge=1, description="attempts before a row is dead-lettered as `failed`")
+    conflict_policy: Literal["park", "local_wins"] = Field(
+        "park", description="`park` (the row becomes `conflict`) or `local_wins`")
+    external_reference_service_name: str = Field(
+        "syncd", min_length=1, max_length=100,
+        description="`external_reference.service_name` stamped on creates")
 
     # --- reconciliation ----------------------------------------------------------------------
-    reconcile_recent_days: int = Field(60, ge=0)
-    reconcile_recent_interval: float = Field(3600.0, gt=0)
-    reconcile_old_interval: float = Field(7 * 86400.0, gt=0)
+    reconcile_recent_days: int = Field(
+        60, ge=0, description="windows ending this recently are reconciled often")
+    reconcile_recent_interval: float = Field(
+        3600.0, gt=0, description="seconds between reconciliations of a recent window")
+    reconcile_old_interval: float = Field(
+        7 * 86400.0, gt=0, description="seconds between reconciliations of an older window")
 
     # --- operations --------------------------------------------------------------------------
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(9187, ge=0, le=65535)
-    shutdown_grace: float = Field(30.0, ge=0)
-    ready_max_pull_age_intervals: float = Field(3.0, gt=0)
-    run_history_days: int = Field(90, ge=1)
+    http_host: str = Field("127.0.0.1", description="address of `/healthz`, `/readyz`, "
+                                                     "`/metrics`, `/status`")
+    http_port: int = Field(9187, ge=0, le=65535, description="port of that endpoint")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="seconds in-flight work may take to finish after SIGTERM")
+    ready_max_pull_age_intervals: float = Field(
+        3.0, gt=0, description="`/readyz` fails when the last good pull is older than this "
+                               "many pull intervals")
+    run_history_days: int = Field(
+        90, ge=1, description="`syncd.sync_runs` rows older than this are pruned daily")
     outbox_done_retention_days: int = Field(
-        90, ge=0, description="done outbox rows older than this are deleted daily; 0 keeps them")
+        90, ge=0, description="`done` outbox rows older than this are deleted daily "
+                              "(`failed` and `conflict` rows are kept); 0 keeps them")
     history: bool = Field(
-        True, description="history mode: every version of every entry in "
-                          "kantata.time_entry_versions (on/off)")
+        True, description="history mode: every version of every entry "
+                          "(`kantata.time_entry_versions`), `on` or `off`")
     history_retention_days: int = Field(
         0, ge=0, description="versions replaced more than this many days ago are deleted "
-                             "daily; 0 keeps them forever (the current versions always stay)")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    leader_lock_key: int = 0x53594E43  # "SYNC"
+                             "daily; 0 keeps them forever (current versions always stay)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto` = JSON lines unless stderr is a terminal")
+    leader_lock_key: int = Field(
+        0x53594E43, description="advisory lock electing the replica that pulls and "
+                                "reconciles; replicas of one installation share it, separate "
+                                "installations on one database need different keys")
 
     @classmethod
     def settings_customise_sources(
@@ -256,3 +301,63 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 def load_settings(**overrides: object) -> Settings:
     """Build Settings from the environment (and overrides); ValidationError propagates."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def reference_table() -> str:
+    """The settings reference as a markdown table (variable, default, meaning), generated from
+    the field descriptions of `Settings`; deploy/README.md holds it, checked by a test."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `SYNCD_{name.upper()}` | `{_shown(field.default)}` | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def _masked_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username or ''}:********@{host}").geturl()
+
+
+def describe(settings: Settings, environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(variable, effective value, source) for every setting; source is `env`, `file <path>`
+    (SYNCD_CONFIG_FILE) or `default`. Secrets are masked: the token as `********`, the
+    password in the database URL likewise; values never leave this function unmasked."""
+    file_keys: set[str] = set()
+    path = environ.get("SYNCD_CONFIG_FILE")
+    if path:
+        try:
+            file_keys = set(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError):
+            file_keys = set()
+    out = []
+    for name in Settings.model_fields:
+        var = f"SYNCD_{name.upper()}"
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            shown = _masked_url(secret) if name == "database_url" else "********"
+        else:
+            shown = _shown(value)
+        if var in environ:
+            source = "env"
+        elif name in file_keys:
+            source = f"file {path}"
+        elif name == "database_url" and value is None:
+            source = "default (libpq PG* variables)"
+        else:
+            source = "default"
+        out.append((var, shown, source))
+    return out

@@ -31,7 +31,9 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("sync", help="run one pull cycle (backfill what is missing, then "
                                     "incremental) and exit")
-    p.add_argument("--since", type=parse_date, help="backfill date_performed from this date "
-                                                     "(YYYY-MM-DD), re-reading its windows")
-    p.add_argument("--until", type=parse_date, help="backfill up to this date (inclusive)")
+    p.add_argument("--since", type=parse_date,
+                   help="re-read the windows of date_performed from this date (YYYY-MM-DD), "
+                        "then run the incremental pass")
+    p.add_argument("--until", type=parse_date,
+                   help="re-read up to this date (inclusive); default: today + lookahead")
     p.set_defaults(func=_cmd)

@@ -4,7 +4,7 @@ Usage::
 
     from syncd.simulator import Simulator, SimConfig, FaultConfig
     sim = Simulator(SimConfig(token="t", entries=1000, seed=1))
-    app = sim.make_app()          # /api/v1 (public, Bearer t) and /_sim (control, no auth)
+    app = build_app(sim)          # (syncd.simulator.app) /api/v1 (public, Bearer t) and /_sim (control, no auth)
 
 See ``core.Simulator`` for the in-process API and ``testing.running_simulator`` for a live server.
 """

@@ -13,9 +13,7 @@ import asyncio
 import logging
 import math
 import re
-import time
 import uuid
-from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -24,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from .errors import MISSING_PARAMS, ApiError, InvalidInput, NotFound
+from .faults import SERVER_MESSAGES, corrupt_page
 
 if TYPE_CHECKING:
     from .core import Simulator
@@ -138,24 +137,6 @@ def _route(sim: Simulator, request: web.Request, body_raw: bytes) -> tuple[web.R
         return _error(e), False
 
 
-def _corrupt(body: bytes, kind: str) -> web.Response:
-    """Build a bad page of ``kind`` from a good list body (fault ``bad_page``)."""
-    if kind == "truncated":
-        return _json(200, body[: max(1, len(body) // 2)])
-    if kind == "html":
-        return web.Response(status=200, content_type="text/html", charset="utf-8",
-                            text="<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
-                                 "<body><h1>Bad Gateway</h1><p>upstream hiccup</p></body></html>")
-    doc = orjson.loads(body)
-    entries = doc.get("time_entries", {})
-    if doc.get("results"):
-        missing = doc["results"][-1]["id"]
-        entries.pop(missing, None)
-    else:
-        doc.setdefault("results", []).append({"key": "time_entries", "id": "999999999"})
-    return _json(200, orjson.dumps(doc))
-
-
 async def public_handler(request: web.Request) -> web.StreamResponse:
     """Every ``/api/v1/*`` request (auth, rate limit, faults, routing, request log)."""
     sim = request.app[SIM_KEY]
@@ -166,46 +147,35 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
         "time": datetime.fromtimestamp(sim.now(), sim.tz).isoformat(), "fault": None,
         "request_id": request[REQUEST_ID],
     }
-    sim.requests.append(record)
-    cap = sim.config.max_logged_requests
-    if len(sim.requests) > cap + cap // 10:
-        del sim.requests[: len(sim.requests) - cap]
+    sim.requests.record(record)
 
     if not _authorized(request, sim.config.token):
         record["status"] = 401
         return _json(401, UNAUTHORIZED)
 
-    faults = sim.faults
-    limit = faults.rate_limit_per_minute or sim.config.rate_limit_per_minute
-    if limit:
-        window = sim.rate_windows.setdefault(sim.config.token, deque())
-        mono = time.monotonic()
-        while window and window[0] <= mono - 60.0:
-            window.popleft()
-        if len(window) >= limit:
-            record["status"], record["fault"] = 429, "rate_limit"
-            resp = _json(429, orjson.dumps({"errors": [{
-                "type": "system",
-                "message": f"Too many requests: limit is {limit} per minute. "
-                           "Retry after a small delay."}]}))
-            retry_after = faults.retry_after if faults.retry_after is not None \
-                else sim.config.retry_after
-            if retry_after is not None:
-                resp.headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
-            return resp
-        window.append(mono)
+    faults = sim.fault_injector
+    over = faults.throttle(sim.config.token, sim.config.rate_limit_per_minute)
+    if over is not None:
+        limit, retry_after = over
+        record["status"], record["fault"] = 429, "rate_limit"
+        resp = _json(429, orjson.dumps({"errors": [{
+            "type": "system",
+            "message": f"Too many requests: limit is {limit} per minute. "
+                       "Retry after a small delay."}]}))
+        if retry_after is None and sim.config.retry_after is not None:
+            retry_after = max(0, math.ceil(sim.config.retry_after))
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after)
+        return resp
 
-    rng = sim.fault_rng
-    r_main, r_status, r_bad, r_kind = rng.random(), rng.random(), rng.random(), rng.random()
-    if faults.latency_ms:
-        await asyncio.sleep(faults.latency_ms / 1000.0)
-    edge = faults.reset_rate
-    if r_main < edge:
+    draw = faults.draw()
+    if faults.config.latency_ms:
+        await asyncio.sleep(faults.config.latency_ms / 1000.0)
+    if draw.kind == "reset":
         record["fault"] = "reset"
         _drop(request)
         return web.Response(status=500)
-    edge += faults.timeout_rate
-    if r_main < edge:
+    if draw.kind == "timeout":
         record["fault"] = "timeout"
         stop = request.app[STOP_KEY]
         try:
@@ -214,14 +184,11 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
             pass
         _drop(request)
         return web.Response(status=504)
-    edge += faults.error_rate
-    if r_main < edge:
-        status = faults.statuses[int(r_status * len(faults.statuses)) % len(faults.statuses)]
+    if draw.kind == "error":
+        status = draw.status or 500
         record["status"], record["fault"] = status, "error"
-        message = {503: "Service is unavailable", 502: "Bad Gateway"}.get(
-            status, "A server error has occurred.")
+        message = SERVER_MESSAGES.get(status, "A server error has occurred.")
         return _json(status, orjson.dumps({"errors": [{"type": "system", "message": message}]}))
-    lost = r_main < edge + faults.lost_response_rate
 
     try:
         resp, is_list = _route(sim, request, raw)
@@ -230,16 +197,18 @@ async def public_handler(request: web.Request) -> web.StreamResponse:
         resp, is_list = _json(500, b'{"errors":[{"type":"system","message":'
                                    b'"A server error has occurred."}]}'), False
     record["status"] = resp.status
-    if lost:
+    if draw.lost:
         record["fault"] = "lost_response"
         _drop(request)
         return resp
-    if is_list and resp.status == 200 and r_bad < faults.bad_page_rate:
-        kinds = faults.bad_page_kinds
-        kind = kinds[int(r_kind * len(kinds)) % len(kinds)]
-        record["fault"] = f"bad_page:{kind}"
+    if is_list and resp.status == 200 and draw.bad_page is not None:
+        record["fault"] = f"bad_page:{draw.bad_page}"
         assert isinstance(resp.body, bytes)
-        return _corrupt(resp.body, kind)
+        content_type, body = corrupt_page(resp.body, draw.bad_page)
+        if content_type == "text/html":
+            return web.Response(status=200, content_type="text/html", charset="utf-8",
+                                text=body.decode())
+        return _json(200, body)
     return resp
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from .config import SimConfig
 from .core import Simulator
+from .app import build_app
 
 log = logging.getLogger("syncd.simulator")
 
@@ -100,7 +101,7 @@ async def _serve(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sim = build_simulator(args)
     seeded = time.perf_counter() - started
-    runner = web.AppRunner(sim.make_app(), handle_signals=False, access_log=None,
+    runner = web.AppRunner(build_app(sim), handle_signals=False, access_log=None,
                            shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

@@ -12,7 +12,7 @@ import math
 import random
 from array import array
 from bisect import bisect_left
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from .config import FaultConfig, SimConfig
+from .faults import FaultInjector
+from .request_log import RequestLog
 from .errors import MISSING_PARAMS, ApiError, InvalidInput, NotFound
 from .models import (
     CURRENCIES,
@@ -55,7 +57,7 @@ from .seed import (
 )
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    pass
 
 MAX_BULK = 100
 QUERY_CACHE_SIZE = 16
@@ -136,18 +138,19 @@ class Simulator:
         self._next_ext_ref_id = FIRST_EXT_REF_ID
         self._qcache: OrderedDict[tuple[Any, ...], tuple[int, array]] = OrderedDict()
         self._ref_cache: dict[tuple[str, int], bytes] = {}
-        self.requests: list[dict[str, Any]] = []
-        self.faults = FaultConfig()
-        self.fault_rng = random.Random(self.faults.seed)
-        self.rate_windows: dict[str, deque[float]] = {}
+        self.requests = RequestLog(self.config.max_logged_requests)
+        self.fault_injector = FaultInjector()
         self.fmt_ts: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._fmt_ts)
         rng = random.Random(self.config.seed)
         now = self.now()
         ref = self.config.reference_entries
-        seed_reference_data(self, self.config.entries if ref is None else ref, rng, now)
+        seed_reference_data(self.roles, self.workspaces, self.stories, self.users, self.store,
+                            self.config.entries if ref is None else ref, rng, now)
         self.locations: list[str] = list(self.store.location_names)
         if self.config.entries:
-            seed_entries(self, self.config.entries, rng, now, self.tz)
+            self._next_id, self._next_ext_ref_id = seed_entries(
+                self.store, self.workspaces, self.stories, self.users, self.config.entries, rng,
+                now, self.tz, next_id=self._next_id, next_ext_ref_id=self._next_ext_ref_id)
         ld = self.config.lock_date
         if ld == "auto":
             self.lock_date: date | None = auto_lock_date(self.today())
@@ -1070,9 +1073,12 @@ class Simulator:
         """Replace the fault configuration and reseed the fault RNG (deterministic)."""
         cfg = faults if isinstance(faults, FaultConfig) else FaultConfig.from_dict(faults)
         cfg.validate()
-        self.faults = cfg
-        self.fault_rng = random.Random(cfg.seed)
-        self.rate_windows.clear()
+        self.fault_injector.configure(cfg)
+
+    @property
+    def faults(self) -> FaultConfig:
+        """The current fault configuration (set with `set_faults`)."""
+        return self.fault_injector.config
 
     def clear_faults(self) -> None:
         """Back to no faults (rate limit falls back to ``SimConfig``)."""
@@ -1105,9 +1111,3 @@ class Simulator:
         if kind == "roles":
             return [self._role_dict(r) for r in sorted(self.roles.values(), key=lambda r: r.id)]
         raise NotFound(kind)
-
-    def make_app(self) -> web.Application:
-        """The aiohttp application serving ``/api/v1`` and ``/_sim`` for this simulator."""
-        from .app import build_app
-
-        return build_app(self)

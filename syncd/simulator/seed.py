@@ -24,20 +24,17 @@ from __future__ import annotations
 import bisect
 import random
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from .models import (
     CURRENCY_INDEX,
+    EntryStore,
     ExternalReference,
     Role,
     Story,
     User,
     Workspace,
 )
-
-if TYPE_CHECKING:
-    from .core import Simulator
 
 MY_ACCOUNT_ID = 1001
 OTHER_ACCOUNT_ID = 2002
@@ -95,12 +92,14 @@ def auto_lock_date(today: date) -> date:
     return d - timedelta(days=(d.weekday() - 5) % 7)
 
 
-def seed_reference_data(sim: Simulator, entries: int, rng: random.Random, now: int) -> None:
+def seed_reference_data(roles: dict[int, Role], workspaces: dict[int, Workspace],
+                        stories: dict[int, Story], users: dict[int, User], store: EntryStore,
+                        entries: int, rng: random.Random, now: int) -> None:
     """Create workspaces, users, stories and roles (sizes scale with ``entries``)."""
     start = now - 800 * 86400
     for i, name in enumerate(_ROLE_NAMES):
         rid = FIRST_ROLE_ID + i
-        sim.roles[rid] = Role(id=rid, name=name, created_at=start, updated_at=start)
+        roles[rid] = Role(id=rid, name=name, created_at=start, updated_at=start)
     n_ws = max(8, min(300, 8 + entries // 2500))
     currencies = ["USD", "USD", "USD", "EUR", "USD", "GBP", "USD", "JPY", "USD", "EUR"]
     for i in range(n_ws):
@@ -109,7 +108,7 @@ def seed_reference_data(sim: Simulator, entries: int, rng: random.Random, now: i
         title = _PROJECT_NAMES[i % len(_PROJECT_NAMES)]
         if i >= len(_PROJECT_NAMES):
             title = f"{title} #{i // len(_PROJECT_NAMES) + 1}"
-        sim.workspaces[wid] = Workspace(
+        workspaces[wid] = Workspace(
             id=wid,
             title=title,
             account_id=OTHER_ACCOUNT_ID if other else MY_ACCOUNT_ID,
@@ -122,7 +121,7 @@ def seed_reference_data(sim: Simulator, entries: int, rng: random.Random, now: i
         )
         for k in range(4):
             sid = FIRST_STORY_ID + i * 4 + k
-            sim.stories[sid] = Story(
+            stories[sid] = Story(
                 id=sid,
                 title=_STORY_NAMES[(i + k) % len(_STORY_NAMES)],
                 workspace_id=wid,
@@ -131,13 +130,13 @@ def seed_reference_data(sim: Simulator, entries: int, rng: random.Random, now: i
                 updated_at=start + i * 3600 + k,
             )
     n_users = max(6, min(250, 6 + entries // 4000))
-    role_ids = list(sim.roles)
+    role_ids = list(roles)
     for i in range(n_users):
         uid = FIRST_USER_ID + i
         name = _USER_NAMES[i % len(_USER_NAMES)]
         if i >= len(_USER_NAMES):
             name = f"{name} {i // len(_USER_NAMES) + 1}"
-        sim.users[uid] = User(
+        users[uid] = User(
             id=uid,
             full_name=name,
             email_address=f"user{i}@example.com",
@@ -147,17 +146,19 @@ def seed_reference_data(sim: Simulator, entries: int, rng: random.Random, now: i
             cost_rate_in_cents=5000 + 1000 * (i % 5),
         )
     for name in LOCATIONS:
-        sim.store.location_code(name)
+        store.location_code(name)
 
 
-def seed_entries(sim: Simulator, n: int, rng: random.Random, now: int, tz: ZoneInfo) -> None:
-    """Append ``n`` entries to ``sim.store`` (see module docstring for the distribution)."""
-    store = sim.store
-    ws_list = list(sim.workspaces.values())
+def seed_entries(store: EntryStore, workspaces: dict[int, Workspace], stories: dict[int, Story],
+                 users: dict[int, User], n: int, rng: random.Random, now: int, tz: ZoneInfo, *,
+                 next_id: int, next_ext_ref_id: int) -> tuple[int, int]:
+    """Append ``n`` entries to ``store`` (see module docstring for the distribution), ids from
+    ``next_id`` on; returns the next free entry id and external reference id."""
+    ws_list = list(workspaces.values())
     stories_by_ws: dict[int, list[Story]] = {}
-    for s in sim.stories.values():
+    for s in stories.values():
         stories_by_ws.setdefault(s.workspace_id, []).append(s)
-    users = list(sim.users.values())
+    users = list(users.values())
     span = 730 * 86400
     start = now - span
     today = datetime.fromtimestamp(now, tz).date()
@@ -178,7 +179,7 @@ def seed_entries(sim: Simulator, n: int, rng: random.Random, now: int, tz: ZoneI
     b_cur, b_loc, b_alive = store.currency, store.location, store.alive
     l_notes, l_cache, slot_of = store.notes, store.cache, store.slot_of
     cur_index = CURRENCY_INDEX
-    base_id = max(FIRST_ENTRY_ID, sim._next_id)
+    base_id = max(FIRST_ENTRY_ID, next_id)
     for i in range(n):
         eid = base_id + i
         created = start + (i * span) // n + int(rnd() * 600)
@@ -243,5 +244,4 @@ def seed_entries(sim: Simulator, n: int, rng: random.Random, now: int, tz: ZoneI
                 created_at=created, updated_at=created)]
             next_ref += 1
     store.live_count += n
-    sim._next_id = base_id + n
-    sim._next_ext_ref_id = max(sim._next_ext_ref_id, next_ref)
+    return base_id + n, max(next_ext_ref_id, next_ref)

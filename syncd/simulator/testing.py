@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from .core import Simulator
+from .app import build_app
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -20,10 +21,10 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 @asynccontextmanager
 async def running_simulator(sim: Simulator, host: str = "127.0.0.1",
                             port: int = 0) -> AsyncIterator[str]:
-    """Serve ``sim.make_app()`` on ``host:port`` (loopback only) and yield the API base URL."""
+    """Serve ``app.build_app(sim)`` on ``host:port`` (loopback only) and yield the API base URL."""
     if host not in _LOOPBACK:
         raise ValueError(f"running_simulator binds loopback only, not {host!r}")
-    runner = web.AppRunner(sim.make_app(), handle_signals=False, access_log=None,
+    runner = web.AppRunner(build_app(sim), handle_signals=False, access_log=None,
                            shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from syncd.simulator import Simulator
+from syncd.simulator.app import build_app
 
 __all__ = ["DROP", "Tamper", "serve_tampered"]
 
@@ -130,7 +131,7 @@ async def serve_tampered(sim: Simulator, tamper: Tamper) -> AsyncIterator[str]:
                 return new
         return resp
 
-    app = sim.make_app()
+    app = build_app(sim)
     app.middlewares.append(rewrite)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -31,6 +31,7 @@ from syncd.simulator import SimConfig, Simulator
 from syncd.simulator.testing import running_simulator
 from tests.chaos.fakes import Tamper, serve_tampered
 from tests.oracle import mirror_diff
+from syncd.simulator.app import build_app
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +176,7 @@ async def https_sim(self_signed: tuple[Path, Path]) -> AsyncIterator[tuple[str, 
     sim = Simulator(SimConfig(token=TOKEN, entries=30, seed=2, lock_date=None))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*self_signed)
-    runner = web.AppRunner(sim.make_app(), handle_signals=False, access_log=None)
+    runner = web.AppRunner(build_app(sim), handle_signals=False, access_log=None)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)

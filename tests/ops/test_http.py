@@ -92,10 +92,10 @@ async def test_readyz_follows_the_pull_through_a_kantata_outage_and_metrics_say_
     assert value(ok) >= 4
     assert value(ok.replace('"200"', '"503"')) >= 2
     assert value('syncd_kantata_retries_total{endpoint="/time_entries"}') >= 1
-    assert value('syncd_rows_upserted_total{job="pull"}') == 300
-    assert value('syncd_job_failures_total{job="pull"}') >= 1
-    assert value('syncd_job_duration_seconds_count{job="pull"}') >= 2
-    assert value('syncd_job_last_success_timestamp_seconds{job="pull"}') >= started
+    assert value('syncd_rows_upserted_total{syncd_job="pull"}') == 300
+    assert value('syncd_job_failures_total{syncd_job="pull"}') >= 1
+    assert value('syncd_job_duration_seconds_count{syncd_job="pull"}') >= 2
+    assert value('syncd_job_last_success_timestamp_seconds{syncd_job="pull"}') >= started
     assert value("syncd_leader") == 1
     assert 0 < value("syncd_watermark_lag_seconds") < 600
     assert value('syncd_outbox_rows{status="pending"}') == 0

@@ -31,6 +31,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS31Validator
 
 from syncd.simulator import SimConfig, Simulator
+from syncd.simulator.app import build_app
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED_OPENAPI = REPO.parent / "shared" / "kantata" / "time-entries.openapi.yml"
@@ -221,13 +222,13 @@ class Api:
 
 @pytest.fixture
 async def api(sim: Simulator, contract: Contract) -> AsyncIterator[Api]:
-    async with TestClient(TestServer(sim.make_app())) as client:
+    async with TestClient(TestServer(build_app(sim))) as client:
         yield Api(client, contract, sim)
 
 
 @pytest.fixture
 async def seeded_api(seeded_sim: Simulator, contract: Contract) -> AsyncIterator[Api]:
-    async with TestClient(TestServer(seeded_sim.make_app())) as client:
+    async with TestClient(TestServer(build_app(seeded_sim))) as client:
         yield Api(client, contract, seeded_sim)
 
 

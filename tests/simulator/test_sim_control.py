@@ -21,6 +21,7 @@ from syncd.simulator.cli import configure_parser
 from syncd.simulator.testing import running_simulator
 
 from .conftest import REPO, TOKEN, Api, FakeClock, Ref, iter_ids, make_sim
+from syncd.simulator.app import build_app
 
 
 # ----------------------------------------------------------------------- control API
@@ -144,7 +145,7 @@ async def test_timestamps_use_account_offset(contract: Any, tz: str, instant: da
     from aiohttp.test_utils import TestClient, TestServer
 
     s = make_sim(FakeClock(instant), timezone=tz)
-    async with TestClient(TestServer(s.make_app())) as client:
+    async with TestClient(TestServer(build_app(s))) as client:
         a = Api(client, contract, s)
         r = await a.post("/time_entries", json={"time_entry": {
             "workspace_id": Ref(s).ws, "date_performed": "2025-01-01", "time_in_minutes": 1}})

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from syncd.simulator import FaultConfig, Simulator
 
 from .conftest import TOKEN, Api, Contract, FakeClock, Ref, iter_ids, make_sim
+from syncd.simulator.app import build_app
 
 NEW = {"time_entry": {"date_performed": "2025-06-02", "time_in_minutes": 60}}
 
@@ -81,7 +82,7 @@ async def test_rate_limit_without_retry_after(api: Api, sim: Simulator) -> None:
 async def test_rate_limit_with_retry_after_from_config(clock: FakeClock,
                                                        contract: Contract) -> None:
     s = make_sim(clock, rate_limit_per_minute=2, retry_after=7)
-    async with TestClient(TestServer(s.make_app())) as client:
+    async with TestClient(TestServer(build_app(s))) as client:
         a = Api(client, contract, s)
         assert (await a.get("/time_entries")).status == 200
         assert (await a.post("/time_entries", json={"time_entry": {}})).status == 422
@@ -150,7 +151,7 @@ async def test_lost_response_applies_write(api: Api, sim: Simulator, ref: Ref) -
 async def test_timeout_fault_hangs_then_closes(clock: FakeClock, contract: Contract) -> None:
     s = make_sim(clock, hang_seconds=0.3)
     ref = Ref(s)
-    async with TestClient(TestServer(s.make_app())) as client:
+    async with TestClient(TestServer(build_app(s))) as client:
         a = Api(client, contract, s)
         s.set_faults({"timeout_rate": 1.0})
         t0 = time.monotonic()
@@ -239,7 +240,7 @@ async def test_request_log(api: Api, sim: Simulator, ref: Ref) -> None:
 
 async def test_request_log_is_capped(clock: FakeClock, contract: Contract) -> None:
     s = make_sim(clock, max_logged_requests=10)
-    async with TestClient(TestServer(s.make_app())) as client:
+    async with TestClient(TestServer(build_app(s))) as client:
         a = Api(client, contract, s)
         for i in range(25):
             await a.get("/time_entries", params={"n": str(i)})

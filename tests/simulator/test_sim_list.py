@@ -10,6 +10,7 @@ import pytest
 from syncd.simulator import Simulator
 
 from .conftest import Api, Ref, iter_ids
+from syncd.simulator.app import build_app
 
 ENTRY_FIELDS = {
     "id", "created_at", "updated_at", "date_performed", "time_in_minutes", "billable", "notes",
@@ -100,7 +101,7 @@ async def test_max_per_page_configurable(clock: Any, contract: Any) -> None:
     s = make_sim(clock, max_per_page=5)
     r = Ref(s)
     mk(s, r, 8)
-    async with TestClient(TestServer(s.make_app())) as client:
+    async with TestClient(TestServer(build_app(s))) as client:
         a = Api(client, contract, s)
         doc = (await a.get("/time_entries", params={"per_page": "50"})).json
         assert doc["meta"]["page_size"] == 5 and len(doc["results"]) == 5

@@ -16,6 +16,8 @@ def test_import_contracts_hold() -> None:
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "broken" in res.stdout and "0 broken" in res.stdout
+    assert "the simulator imports one way: entry points -> HTTP app -> state -> data KEPT" \
+        in res.stdout
 
 
 def test_lint_is_clean() -> None:

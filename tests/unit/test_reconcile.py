@@ -14,6 +14,7 @@ from syncd.reconcile import (
     confirm_deletions,
     diff_window,
     due_windows,
+    overdue_seconds,
     is_recent,
     plan_window,
     read_trusted,
@@ -120,6 +121,19 @@ def test_recent_windows_are_due_after_the_recent_interval_old_after_the_old_inte
     todo = due({w: NOW - timedelta(hours=2) for w in WINDOWS})
     assert [w.start for w in todo] == [date(2026, 3, 1), date(2026, 2, 1), date(2026, 1, 1)]
     assert len(due({w: NOW - timedelta(days=8) for w in WINDOWS})) == len(WINDOWS)
+
+
+def test_overdue_is_how_far_the_worst_window_is_past_its_due_time() -> None:
+    """syncd_reconcile_overdue_seconds, which the SyncdReconciliationOverdue alert reads."""
+    def overdue(last: dict[Window, datetime | None]) -> float:
+        return overdue_seconds(WINDOWS, last, now=NOW, today=TODAY, recent_days=60,
+                               recent_interval=3600.0, old_interval=7 * 86400.0)
+    assert overdue({}) == 0.0  # never reconciled: counted by windows_not_reconciled instead
+    assert overdue({w: NOW - timedelta(minutes=30) for w in WINDOWS}) == 0.0
+    recent = WINDOWS[-1]
+    assert overdue({w: NOW for w in WINDOWS} | {recent: NOW - timedelta(hours=3)}) == 7200.0
+    old = WINDOWS[0]
+    assert overdue({w: NOW for w in WINDOWS} | {old: NOW - timedelta(days=8)}) == 86400.0
 
 
 def test_old_windows_least_recently_reconciled_first_and_failed_ones_are_due() -> None:
