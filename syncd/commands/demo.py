@@ -188,6 +188,13 @@ async def _demo(args: argparse.Namespace) -> int:
                      + (f", reconciliation marked {gone} deleted" if deleted_on else ""))
             check = await _check(deps, sim)
         _say(f"5/5 check: {check}")
+        if args.keep:
+            _keep_serving_help(db_dsn, sim_url, token)
+            try:
+                await asyncio.Event().wait()  # until Ctrl-C or SIGTERM
+            except asyncio.CancelledError:
+                pass
+            return 0 if check.startswith("exact mirror") else 1
     elapsed = time.monotonic() - started
     _say()
     _say(f"Done in {elapsed:.1f} s. The mirror is in PostgreSQL; try:")
@@ -202,6 +209,22 @@ async def _demo(args: argparse.Namespace) -> int:
         where = "" if args.dir == _default_dir() else f" --dir {args.dir}"
         _say(f"Stop the demo database with: syncd demo --stop{where}   (data in {args.dir})")
     return 0 if check.startswith("exact mirror") else 1
+
+
+def _keep_serving_help(db_dsn: str, sim_url: str, token: str) -> None:
+    """What `--keep` prints: the exports that point syncd at the demo, and a recipe."""
+    _say()
+    _say("The demo's simulator keeps running (Ctrl-C stops it; the data stays until "
+         "`syncd demo --stop`).")
+    _say("In another shell, point syncd at the demo and try the outbox:")
+    _say(f"  export SYNCD_DATABASE_URL='{db_dsn}' SYNCD_KANTATA_BASE_URL='{sim_url}'")
+    _say(f"  export SYNCD_KANTATA_TOKEN='{token}' SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true")
+    _say("  psql \"$SYNCD_DATABASE_URL\" -c \"INSERT INTO syncd.outbox (op, entry_id, payload) "
+         "SELECT 'update', id, '{\\\"time_in_minutes\\\": 45}' FROM kantata.time_entries "
+         "WHERE deleted_at IS NULL AND NOT is_invoiced AND date_performed > current_date - 30 "
+         "ORDER BY id LIMIT 1\"")
+    _say("  syncd push && syncd outbox list --status done")
+    _say("  syncd run    # or the daemon: pull, push and reconcile on schedule, /status on :9187")
 
 
 async def _check(deps: Any, sim: Any) -> str:
@@ -244,12 +267,15 @@ def register(sub: Any) -> None:
                                     "simulator, then show how to query it",
                        description=__doc__)
     p.add_argument("--entries", type=int, default=20_000,
-                   help="time entries to seed in the simulator (default 20000)")
+                   help="time entries to seed in the simulator")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated data")
     p.add_argument("--cycles", type=int, default=3, help="incremental cycles to show")
     p.add_argument("--dir", type=Path, default=_default_dir(),
-                   help="where the throwaway PostgreSQL lives (default: %(default)s)")
+                   help="where the throwaway PostgreSQL lives")
     p.add_argument("--stop", action="store_true", help="stop the demo PostgreSQL and exit")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the simulator running after the demo and print the SYNCD_* "
+                        "exports and a recipe to try the outbox against it (Ctrl-C stops)")
     p.add_argument("--database-url", default=None, metavar="URL",
                    help="use this empty database instead of a throwaway server (it must hold "
                         "no mirrored entries; SYNCD_DATABASE_URL is never used by the demo)")

@@ -102,3 +102,44 @@ async def test_demo_into_a_new_empty_database(empty_db_dsn: str) -> None:
     assert code == 0, out
     assert "1/5 using the empty database given with --database-url" in out
     assert "exact mirror: 302 live entries" in out
+
+
+async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(db_dsn: str) -> None:
+    """The new-user trial: after `syncd demo` nothing could be pushed against its data. With
+    --keep the simulator stays up, and the printed exports and recipe, pasted into a shell,
+    push an outbox edit that lands in Kantata and in the mirror."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", "demo", "--keep", "--entries", "800", "--cycles", "1",
+        "--database-url", db_dsn, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    out: list[str] = []
+    try:
+        while not any(line.lstrip().startswith("syncd run") for line in out):
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert line, "".join(out)
+            out.append(line.decode())
+        recipe = [line.strip() for line in out
+                  if line.startswith(("  export ", "  psql ", "  syncd push"))]
+        assert len(recipe) == 4, out
+        shell_env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+        shell = await asyncio.create_subprocess_exec(
+            "bash", "-euc", "\n".join(recipe), env=shell_env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        text, _ = await asyncio.wait_for(shell.communicate(), 120)
+        assert shell.returncode == 0, text.decode()
+        assert "done" in text.decode()
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            row = await conn.fetchrow("SELECT status, entry_id FROM syncd.outbox")
+            assert row["status"] == "done"
+            assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries "
+                                       "WHERE id = $1", row["entry_id"]) == 45
+        finally:
+            await conn.close()
+        assert proc.returncode is None  # still serving
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(2)  # Ctrl-C
+            await asyncio.wait_for(proc.wait(), 30)
