@@ -122,7 +122,7 @@ END $$;
 -- does not say which field. Writers pass their JSON text through this function instead of
 -- `$1::jsonb`; a good payload converts exactly as the cast does, a bad one is refused with the
 -- same SQLSTATE (22P05 for NUL, 22P02 for a surrogate) and a message naming every field that
--- holds such text (README, "The outbox", writing a row).
+-- holds such text (migrations/README.md, "Examples").
 CREATE FUNCTION syncd.outbox_payload(doc text) RETURNS jsonb
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp AS $$

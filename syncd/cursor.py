@@ -20,7 +20,7 @@ made only when the keyset page's `count` said more entries follow it; an entry w
 read by the next pass (the watermark never passes the second). A repeat pass over N entries
 therefore costs max(1, ceil((N + S) / per_page)) requests, where S is the number of entries
 read twice: those of the second a full page ends in, re-read at the start of the next page (0
-when a page ends at a second's end or inside a crowded second). See README, "Cost".
+when a page ends at a second's end or inside a crowded second). See migrations/README.md, "Cost in Kantata requests".
 """
 
 from __future__ import annotations

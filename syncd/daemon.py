@@ -211,6 +211,8 @@ class Daemon:
                 self._job_specs(deps), is_leader=lambda: control.is_leader,
                 stopping=self.stopping, on_alive=self._progress)
             stack.push_async_callback(sched.shutdown)
+            for spec in sched.specs.values():
+                self.metrics.job_interval.labels(spec.name).set(spec.interval)
             state.is_leader = lambda: control.is_leader
             state.running_jobs = sched.running_jobs
             await control.start()
@@ -304,8 +306,6 @@ class Daemon:
         specs.append(JobSpec(name="prune", func=lambda: prune_history(deps),
                              interval=PRUNE_INTERVAL, deadline=PRUNE_DEADLINE,
                              leader_only=True))
-        for sp in specs:
-            deps.metrics.job_interval.labels(sp.name).set(sp.interval)
         missing = [n for n, f in (("push", push_once), ("reconcile", reconcile_due)) if f is None]
         if missing:
             log.warning("jobs_unavailable", jobs=missing)

@@ -1,7 +1,7 @@
 """Prometheus metrics (prometheus-client), in one registry per process so tests can make their own.
 
 Names are stable and carry base units (`_seconds`, `_total`, `_requests_per_second`); the
-README explains each. Labels never carry ids, tokens or messages, and none is called `job` or
+deploy/README.md explains each. Labels never carry ids, tokens or messages, and none is called `job` or
 `instance` (Prometheus's own target labels): syncd's job is `syncd_job`.
 """
 

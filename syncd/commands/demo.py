@@ -80,7 +80,7 @@ async def _remote_activity(sim: Any, cycle: int) -> tuple[str, list[str]]:
     what = f"{len(edited)} entries edited, 2 created remotely"
     if cycle != 2:
         return what, []
-    # for the history queries (README, history mode): time changed after approval and after
+    # for the history queries (migrations/README.md, history mode): time changed after approval and after
     # invoicing, and a deletion
     approved = next((e for e in entries if e["approved"] and not e["is_invoiced"]), None)
     if approved is not None:

@@ -1,4 +1,4 @@
-"""`syncd simulator`: serve the Kantata OX time-entries simulator (see README, Rehearsing)."""
+"""`syncd simulator`: serve the Kantata OX time-entries simulator (see syncd/simulator/README.md)."""
 
 from __future__ import annotations
 
