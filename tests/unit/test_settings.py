@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -31,3 +34,26 @@ def test_the_command_line_refuses_it_with_exit_2(monkeypatch: pytest.MonkeyPatch
     assert main(["outbox", "list"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("syncd: invalid setting SYNCD_OUTBOX_LEASE: ") and "\n" not in err
+
+
+def test_syncd_config_says_where_each_value_came_from_and_masks_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from syncd import cli
+
+    toml = tmp_path / "syncd.toml"
+    toml.write_text("pull_interval = 600\n")
+    for k in [k for k in os.environ if k.startswith("SYNCD_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SYNCD_CONFIG_FILE", str(toml))
+    monkeypatch.setenv("SYNCD_KANTATA_TOKEN", "tok-secret-0123456789")
+    monkeypatch.setenv("SYNCD_DATABASE_URL", "postgresql://app:pw-secret@127.0.0.1:5432/db")
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert lines["SYNCD_PULL_INTERVAL"].split(None, 1)[1] == f"600  (file {toml})"
+    assert lines["SYNCD_KANTATA_TOKEN"].split()[1:] == ["********", "(env)"]
+    assert "postgresql://app:********@127.0.0.1:5432/db" in lines["SYNCD_DATABASE_URL"]
+    assert lines["SYNCD_OVERLAP"].split()[1:] == ["120", "(default)"]
+    assert "tok-secret" not in out and "pw-secret" not in out
+    assert len(lines) == len(Settings.model_fields)
