@@ -224,6 +224,38 @@ class _Progress:
             sys.stderr.flush()
 
 
+async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
+                                           stats: RunStats) -> list[Window]:
+    """One request (the earliest entry of the whole range, `per_page=1`) tells which windows
+    end before any entry: they are recorded `done` with 0 rows instead of costing a request
+    each (the default range starts 10 years back). Safe: an entry created later with an old
+    date is read by the incremental pull, whose watermark predates this backfill, like any
+    other change. Returns the windows still to read; all of them when the probe tells
+    nothing (an error, or a first record that could not be decoded)."""
+    params = {"per_page": "1", "page": "1", "order": "date_performed:asc",
+              "date_performed_between": Window(todo[0].start, todo[-1].end).param}
+    try:
+        page = await deps.client.list_page(params)
+    except (RetriableError, MalformedResponseError):
+        return todo
+    if page.rejected:
+        return todo
+    first = page.entries[0].date_performed if page.entries else None
+    if first is None and page.count:
+        return todo
+    empty = [w for w in todo if first is None or w.end < first]
+    if not empty:
+        return todo
+    async with deps.pool.acquire() as conn, conn.transaction():
+        for w in empty:
+            await store.start_window(conn, "backfill", w, restart=True)
+            await store.finish_window(conn, "backfill", w, status="done", remote_count=0)
+    stats.details["windows_known_empty"] = len(empty)
+    log.info("backfill_windows_known_empty", windows=len(empty),
+             first_date_performed=first.isoformat() if first else None)
+    return [w for w in todo if w not in set(empty)]
+
+
 async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                    stats: RunStats) -> list[WindowResult]:
     """Read all windows between `since` and `until` (inclusive). Windows already `done` are
@@ -234,6 +266,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
         states = await store.window_states(conn, "backfill")
         todo = [w for w in windows if force or states.get(w, {}).get("status") != "done"]
         await store.ensure_windows(conn, "backfill", [w for w in todo if w not in states])
+    if not force and len(todo) > 1:
+        todo = await _skip_windows_before_first_entry(deps, todo, stats)
     progress = _Progress(len(todo))
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from syncd import pull, store
+from syncd.app import open_deps
 from syncd.commands.status import render_text
 from syncd.runs import Deps
 from syncd.simulator import Simulator
@@ -284,3 +285,30 @@ async def test_pages_naming_missing_ids_are_asked_again(db_dsn: str, sim_url: st
     assert stats.rows_rejected == 0
     assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records") == 0
     assert await mirror_diff(conn, sim.list_entries()) == []
+
+
+async def test_windows_before_the_first_entry_cost_one_request_and_nothing_is_missed(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Issue #16: the default range starts years before the first entry; one probe tells
+    which windows are empty. An entry dated before all others and created afterwards still
+    reaches the mirror (the incremental pull reads it, as any change)."""
+    first = min(date.fromisoformat(e["date_performed"]) for e in sim.list_entries())
+    async with open_deps(make_settings(db_dsn, sim_url, backfill_start=date(2016, 1, 1))) as d:
+        stats = await pull.sync_once(d)
+        lists = [r for r in sim.requests if r["method"] == "GET"]
+        windows = await conn.fetch("SELECT window_start, window_end, status, remote_count "
+                                   "FROM syncd.windows WHERE purpose = 'backfill'")
+        empty = [w for w in windows if w["window_end"] < first]
+        assert len(empty) >= 40 and {(w["status"], w["remote_count"]) for w in empty} == {
+            ("done", 0)}
+        assert stats.details["windows_known_empty"] == len(empty)
+        probes = [r for r in lists if r["query"].get("per_page") == "1"]
+        assert len(probes) == 1
+        read = {r["query"]["date_performed_between"] for r in lists
+                if "date_performed_between" in r["query"] and r["query"].get("per_page") != "1"}
+        assert not any(w["window_start"].isoformat() in p for w in empty for p in read)
+        assert await mirror_diff(conn, sim.list_entries()) == []
+        old = sim.create_entry({"date_performed": "2017-03-01", "time_in_minutes": 33})
+        await pull.sync_once(d)
+        assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries "
+                                   "WHERE id = $1", int(old["id"])) == 33
