@@ -160,7 +160,8 @@ EXCEPTION WHEN untranslatable_character OR invalid_text_representation THEN
                                                ELSE '[]'::jsonb END) WITH ORDINALITY a(value, n)
             ) c
         )
-        SELECT string_agg(DISTINCT replace(path, mark, '?'), ', ') INTO fields
+        SELECT string_agg(DISTINCT coalesce(nullif(replace(path, mark, '?'), ''),
+                                            'the payload itself'), ', ') INTO fields
         FROM walk
         WHERE path LIKE '%' || mark || '%'
            OR (jsonb_typeof(v) = 'string' AND v #>> '{}' LIKE '%' || mark || '%');

@@ -8,6 +8,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        return text if "default" in text.lower() else super()._get_help_string(action)
+        if ("default" in text.lower() or action.const is not None and action.nargs == 0
+                or re.search(r"\(\S+\)$", text)):
+            return text  # says it already, or a flag (its default is "not given")
+        return super()._get_help_string(action)
 
 
 def _polish(parser: argparse.ArgumentParser, purpose: str | None) -> None:
@@ -91,3 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `syncd config | head`: the reader has what it wanted
+        from syncd.commands._util import discard_stdout
+
+        discard_stdout()
+        return 0

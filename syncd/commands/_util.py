@@ -60,6 +60,11 @@ def emit(text: str) -> None:
         raise StdoutClosed from None
 
 
+def discard_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so nothing complains at exit."""
+    _discard_stdout()
+
+
 def _discard_stdout() -> None:
     # what is still buffered can never be written: point stdout at /dev/null so the
     # interpreter's final flush does not complain about the broken pipe
@@ -78,7 +83,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         print("syncd: stopped by SIGTERM; the next run resumes where this one stopped",
               file=sys.stderr)
         return 143
-    except StdoutClosed:  # the reader has what it wanted (`| head`): not an error
+    except (StdoutClosed, BrokenPipeError):  # the reader has what it wanted (`| head`)
         _discard_stdout()
         return 0
     except ValueError as exc:  # missing token and similar configuration problems

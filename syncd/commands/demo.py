@@ -18,6 +18,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -150,7 +151,8 @@ async def _demo(args: argparse.Namespace) -> int:
         _say(f"1/5 starting a throwaway PostgreSQL in {args.dir} ...")
         pg = _start_postgres(args.dir)
         db_dsn = await _fresh_database(pg.dsn)
-        _say(f"    PostgreSQL listening on 127.0.0.1:{pg.port}, database {DEMO_DB}")
+        _say(f"    PostgreSQL listening on 127.0.0.1:{pg.port}, database {DEMO_DB} (a previous "
+             "demo's database there is replaced)")
 
     token = "demo-" + secrets.token_hex(8)
     _say(f"2/5 seeding the Kantata simulator with {args.entries} time entries ...")
@@ -190,10 +192,18 @@ async def _demo(args: argparse.Namespace) -> int:
         _say(f"5/5 check: {check}")
         if args.keep:
             _keep_serving_help(db_dsn, sim_url, token)
+            pid_file = args.dir / "keep.pid"
+            args.dir.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(str(os.getpid()))
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
             try:
-                await asyncio.Event().wait()  # until Ctrl-C or SIGTERM
-            except asyncio.CancelledError:
-                pass
+                await stop.wait()  # Ctrl-C, SIGTERM, or `syncd demo --stop`
+            finally:
+                pid_file.unlink(missing_ok=True)
+            _say("demo simulator stopped")
             return 0 if check.startswith("exact mirror") else 1
     elapsed = time.monotonic() - started
     _say()
@@ -211,20 +221,31 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0 if check.startswith("exact mirror") else 1
 
 
+def _syncd_command() -> str:
+    """How to call syncd from another shell: `syncd` when it is on PATH, else its full path
+    (the README installs into .venv/bin, which is not on PATH unless activated)."""
+    found = shutil.which("syncd")
+    beside = Path(sys.executable).parent / "syncd"
+    if found and Path(found).resolve() == beside.resolve():
+        return "syncd"
+    return str(beside) if beside.exists() else "syncd"
+
+
 def _keep_serving_help(db_dsn: str, sim_url: str, token: str) -> None:
     """What `--keep` prints: the exports that point syncd at the demo, and a recipe."""
+    syncd = _syncd_command()
     _say()
-    _say("The demo's simulator keeps running (Ctrl-C stops it; the data stays until "
-         "`syncd demo --stop`).")
+    _say("The demo's simulator keeps running (Ctrl-C or `syncd demo --stop` stops it).")
     _say("In another shell, point syncd at the demo and try the outbox:")
     _say(f"  export SYNCD_DATABASE_URL='{db_dsn}' SYNCD_KANTATA_BASE_URL='{sim_url}'")
     _say(f"  export SYNCD_KANTATA_TOKEN='{token}' SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true")
     _say("  psql \"$SYNCD_DATABASE_URL\" -c \"INSERT INTO syncd.outbox (op, entry_id, payload) "
-         "SELECT 'update', id, '{\\\"time_in_minutes\\\": 45}' FROM kantata.time_entries "
-         "WHERE deleted_at IS NULL AND NOT is_invoiced AND date_performed > current_date - 30 "
-         "ORDER BY id LIMIT 1\"")
-    _say("  syncd push && syncd outbox list --status done")
-    _say("  syncd run    # or the daemon: pull, push and reconcile on schedule, /status on :9187")
+         "SELECT 'update', id, jsonb_build_object('time_in_minutes', time_in_minutes + 15) "
+         "FROM kantata.time_entries WHERE deleted_at IS NULL AND NOT is_invoiced AND "
+         "date_performed > current_date - 30 ORDER BY id LIMIT 1\"")
+    _say(f"  {syncd} push && {syncd} outbox list --status done")
+    _say(f"  {syncd} run    # or the daemon: pull, push and reconcile on schedule, /status on "
+         ":9187")
 
 
 async def _check(deps: Any, sim: Any) -> str:
@@ -246,11 +267,32 @@ async def _check(deps: Any, sim: Any) -> str:
             f"(e.g. {sorted(missing | extra | set(stale))[:5]})")
 
 
+def _stop_kept_demo(directory: Path) -> None:
+    """End a `syncd demo --keep` still serving from `directory` (its pid file)."""
+    pid_file = directory / "keep.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    _say(f"stopped the demo's simulator (pid {pid})")
+
+
 def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     if args.stop:
         if not args.dir.exists():
             _say(f"no demo PostgreSQL in {args.dir}; nothing to stop")
             return 0
+        _stop_kept_demo(args.dir)
         TempPostgres(args.dir / "pg").stop(remove=True)
         shutil.rmtree(args.dir, ignore_errors=True)
         _say(f"stopped the demo PostgreSQL and removed {args.dir}")

@@ -62,9 +62,10 @@ INSERT_VIA_FUNCTION = ("INSERT INTO syncd.outbox (op, entry_id, payload) "
     ({"custom": {"po": ["ok", "\udc00"]}}, asyncpg.InvalidTextRepresentationError,
      "surrogate in custom.po[1],"),
     ({"bad\x00key": 1}, asyncpg.UntranslatableCharacterError, "U+0000 (NUL) in bad?key,"),
+    ("a\x00", asyncpg.UntranslatableCharacterError, "U+0000 (NUL) in the payload itself,"),
 ])
 async def test_outbox_payload_names_the_field_postgres_cannot_store(
-        conn: asyncpg.Connection, doc: dict, error: type[Exception], message: str) -> None:
+        conn: asyncpg.Connection, doc: object, error: type[Exception], message: str) -> None:
     """The write path is symmetric with the pull (issue #12): what jsonb cannot hold is refused
     at insert, and `syncd.outbox_payload` says which field (json.dumps escapes it as \\u0000)."""
     with pytest.raises(error) as exc:

@@ -104,26 +104,28 @@ async def test_demo_into_a_new_empty_database(empty_db_dsn: str) -> None:
     assert "exact mirror: 302 live entries" in out
 
 
-async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(db_dsn: str) -> None:
+async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(
+        db_dsn: str, tmp_path: Path) -> None:
     """The new-user trial: after `syncd demo` nothing could be pushed against its data. With
     --keep the simulator stays up, and the printed exports and recipe, pasted into a shell,
     push an outbox edit that lands in Kantata and in the mirror."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "syncd", "demo", "--keep", "--entries", "800", "--cycles", "1",
-        "--database-url", db_dsn, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        "--database-url", db_dsn, "--dir", str(tmp_path), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
     out: list[str] = []
     try:
-        while not any(line.lstrip().startswith("syncd run") for line in out):
+        while not any(" run    # " in line for line in out):
             line = await asyncio.wait_for(proc.stdout.readline(), 120)
             assert line, "".join(out)
             out.append(line.decode())
         recipe = [line.strip() for line in out
-                  if line.startswith(("  export ", "  psql ", "  syncd push"))]
+                  if line.startswith(("  export ", "  psql ")) or " push && " in line]
         assert len(recipe) == 4, out
-        shell_env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+        # pasted into a shell whose PATH does not have syncd (the README installs into .venv)
+        shell_env = {**env, "PATH": "/usr/bin:/bin"}
         shell = await asyncio.create_subprocess_exec(
             "bash", "-euc", "\n".join(recipe), env=shell_env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
@@ -132,13 +134,21 @@ async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(db_dsn: 
         assert "done" in text.decode()
         conn = await asyncpg.connect(db_dsn)
         try:
-            row = await conn.fetchrow("SELECT status, entry_id FROM syncd.outbox")
-            assert row["status"] == "done"
+            row = await conn.fetchrow("SELECT status, result, entry_id, "
+                                      "(payload->>'time_in_minutes')::int AS m FROM syncd.outbox")
+            assert (row["status"], row["result"]) == ("done", "updated")  # a real change
             assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries "
-                                       "WHERE id = $1", row["entry_id"]) == 45
+                                       "WHERE id = $1", row["entry_id"]) == row["m"]
         finally:
             await conn.close()
         assert proc.returncode is None  # still serving
+        # `syncd demo --stop` ends the kept demo too
+        stop = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "syncd", "demo", "--stop", "--dir", str(tmp_path), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        said, _ = await asyncio.wait_for(stop.communicate(), 60)
+        assert "stopped the demo's simulator" in said.decode(), said.decode()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
         if proc.returncode is None:
             proc.send_signal(2)  # Ctrl-C

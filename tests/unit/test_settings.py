@@ -57,3 +57,16 @@ def test_syncd_config_says_where_each_value_came_from_and_masks_secrets(
     assert lines["SYNCD_OVERLAP"].split()[1:] == ["120", "(default)"]
     assert "tok-secret" not in out and "pw-secret" not in out
     assert len(lines) == len(Settings.model_fields)
+
+
+@pytest.mark.parametrize("argv", [["config", "--reference"], ["config"], ["--help"]])
+def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
+    """`syncd config | head -c0`: exit 0 and no traceback (found by a new-user trial)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    res = subprocess.run(f"{sys.executable} -m syncd {' '.join(argv)} | head -c0; "
+                         "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
