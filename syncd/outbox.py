@@ -22,7 +22,8 @@ import asyncpg
 import orjson
 
 from syncd.batching import Decision, OutboxRow
-from syncd.pagination import make_storable, sanitise
+from syncd import store
+from syncd.pagination import make_storable
 
 __all__ = [
     "CHANNEL", "Claim", "claim_batch", "db_now", "discard_rows", "finish_rows", "list_rows",
@@ -255,9 +256,7 @@ def _json(v: Mapping[str, Any] | None) -> str | None:
     return orjson.dumps(make_storable(v)).decode() if v is not None else None
 
 
-def _text(v: str | None) -> str | None:
-    """An error message (it may quote Kantata's text) made storable in a text column."""
-    return sanitise(v)[0] if v is not None else None
+
 
 
 async def finish_rows(conn: asyncpg.Connection, batch_id: uuid.UUID,
@@ -270,7 +269,7 @@ async def finish_rows(conn: asyncpg.Connection, batch_id: uuid.UUID,
     d = decisions
     rows = await conn.fetch(
         FINISH, batch_id, now, [x.row_id for x in d], [x.status for x in d],
-        [x.result for x in d], [_text(x.last_error) for x in d], [x.keep_error for x in d],
+        [x.result for x in d], [store.pg_text(x.last_error) for x in d], [x.keep_error for x in d],
         [float(x.retry_in) for x in d], [x.refund for x in d], [x.entry_id for x in d],
         [x.remote_updated_at for x in d], [_json(x.remote) for x in d],
         [x.unsent for x in d], [x.sent_at for x in d])

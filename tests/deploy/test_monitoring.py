@@ -18,6 +18,8 @@ import orjson
 import pytest
 import yaml
 
+from tests.unit.test_docs import anchors
+
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -73,16 +75,6 @@ def test_the_main_alerts_have_unit_tests_and_every_alert_its_annotations() -> No
         assert r["labels"]["severity"] in ("critical", "warning", "info"), r["alert"]
         assert {"summary", "description", "runbook"} <= set(r["annotations"]), r["alert"]
         assert "for" in r, r["alert"]
-
-
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a markdown heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def anchors(md: Path) -> set[str]:
-    return {github_anchor(m) for m in re.findall(r"^#{1,6} (.+)$", md.read_text(), re.M)}
 
 
 def test_every_runbook_link_resolves_to_a_heading() -> None:
