@@ -60,7 +60,12 @@ if TYPE_CHECKING:
     pass
 
 MAX_BULK = 100
-QUERY_CACHE_SIZE = 16
+#: The per-query cache keeps at most this many filtered+sorted lists, and at most
+#: `QUERY_CACHE_SLOTS_PER_ENTRY` slots per seeded entry over all of them: enough for a backfill's
+#: monthly windows (26 for two years, 4 read at once) beside a whole-account listing, so a
+#: windowed reader is not charged a full scan per window that a single-listing reader is not.
+QUERY_CACHE_SIZE = 64
+QUERY_CACHE_SLOTS_PER_ENTRY = 4
 #: Fields writable through PUT (api-notes §7); ``external_reference`` handled separately.
 PUT_FIELDS = ("workspace_id", "date_performed", "time_in_minutes", "billable", "rate_in_cents",
               "notes", "role_id", "story_id", "user_id", "location")
@@ -440,8 +445,11 @@ class Simulator:
         arr = array("q", out)
         self._qcache[key] = (self.version, arr)
         self._qcache.move_to_end(key)
-        while len(self._qcache) > QUERY_CACHE_SIZE:
-            self._qcache.popitem(last=False)
+        budget = QUERY_CACHE_SLOTS_PER_ENTRY * len(self.store.ids) + 10_000
+        held = sum(len(a) for _, a in self._qcache.values())
+        while len(self._qcache) > QUERY_CACHE_SIZE or (held > budget and len(self._qcache) > 1):
+            _, (_, dropped) = self._qcache.popitem(last=False)
+            held -= len(dropped)
         return arr
 
     # ------------------------------------------------------------ public API

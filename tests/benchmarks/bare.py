@@ -1,17 +1,26 @@
-"""The bare limit: the fastest honest pipeline from the list endpoint into
-`kantata.time_entries`, written for the benchmark only (never used by syncd).
+"""Reference clients for the backfill benchmark (never used by syncd): the plain listing a new
+user would write (issue #16), and the same client shaped step by step like syncd's requests so
+that the cost of each difference is measured on its own.
 
-aiohttp with 4 concurrent page fetches, orjson decode, one batched `unnest` upsert per page
-into the same table (same columns, same `raw` jsonb, same newer-wins conflict rule). It asks for
-exactly the URLs syncd's backfill asks for (the same monthly `date_performed_between` windows,
-`per_page=200`, the same `include` side-loads and visibility filters), so both move the same bytes
-through the same server. Unlike syncd it fetches pages 2..page_count of a window as soon as page 1
-told it how many there are, and it has no retries, no validation, no checkpoints, no run history
-and no side-loaded tables. Type conversion is left to PostgreSQL (every column travels as text).
+All shapes: aiohttp with 4 concurrent page fetches (pages 2..page_count are queued as soon as a
+page 1 gives `meta.page_count`), orjson decode, one set-based `unnest` upsert per page, every
+column sent as text and cast by PostgreSQL, no retries, validation, checkpoints or run history.
+
+- `--listing plain`: `GET /time_entries?per_page=200&from_archived_workspaces=true&
+  on_my_account=false` (Kantata's default order), one listing for the whole account.
+  (`on_my_account=false` as well as the issue's `from_archived_workspaces=true`: without it the
+  listing leaves out entries of other accounts' projects, api-notes §4, and the row counts
+  would differ.) `--listing windows`: the calendar-month `date_performed_between` windows and
+  `order=date_performed:asc` syncd's backfill asks for.
+- `--include`: side-load `workspace,user,story,role` on every page as syncd does (the side-loaded
+  objects are parsed with the page and otherwise ignored).
+- `--table own`: a table of the mirror's columns with only its primary key (created before the
+  clock starts); `--table mirror`: `kantata.time_entries` itself, with its indexes and triggers.
 
     python -m tests.benchmarks.bare --base-url URL --token T --dsn DSN --since D --until D
+        [--listing plain|windows] [--include] [--table own|mirror]
 
-prints one JSON line: {"rows", "pages", "requests", "seconds"}.
+prints one JSON line: {"rows", "pages", "requests", "bytes", "seconds"}.
 """
 
 from __future__ import annotations
@@ -34,9 +43,21 @@ COLUMNS = ("id", "workspace_id", "user_id", "story_id", "role_id", "date_perform
 TYPES = ("bigint", "bigint", "bigint", "bigint", "bigint", "date", "integer", "boolean", "text",
          "bigint", "bigint", "text", "text", "integer", "boolean", "boolean", "boolean", "text",
          "timestamptz", "timestamptz")
-# Every column arrives as text[]; PostgreSQL casts (cheaper than building Python datetimes).
-UPSERT = f"""
-INSERT INTO kantata.time_entries AS t ({", ".join(COLUMNS)}, raw, synced_at)
+OWN_TABLE = "bench_plain.time_entries"
+OWN_DDL = f"""
+DROP SCHEMA IF EXISTS bench_plain CASCADE;
+CREATE SCHEMA bench_plain;
+CREATE TABLE {OWN_TABLE} (
+    {", ".join(f"{c} {t}" for c, t in zip(COLUMNS, TYPES, strict=True))},
+    raw jsonb NOT NULL, deleted_at timestamptz, synced_at timestamptz NOT NULL,
+    PRIMARY KEY (id))
+"""
+
+
+def upsert_sql(table: str) -> str:
+    """The one set-based upsert per page (newer `updated_at` wins, as in the mirror)."""
+    return f"""
+INSERT INTO {table} AS t ({", ".join(COLUMNS)}, raw, synced_at)
 SELECT {", ".join(f"u.c{i}::{ty}" for i, ty in enumerate(TYPES))}, u.raw::jsonb, now()
 FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(COLUMNS) + 1))})
      AS u({", ".join(f"c{i}" for i in range(len(COLUMNS)))}, raw)
@@ -45,9 +66,10 @@ ON CONFLICT (id) DO UPDATE SET
     deleted_at = NULL, synced_at = excluded.synced_at
 WHERE t.updated_at < excluded.updated_at
 """
-PARAMS = {"per_page": "200", "include": "workspace,user,story,role",
-          "order": "date_performed:asc", "from_archived_workspaces": "true",
-          "on_my_account": "false"}
+
+
+PLAIN = {"per_page": "200", "from_archived_workspaces": "true", "on_my_account": "false"}
+INCLUDE = "workspace,user,story,role"
 
 
 def month_windows(since: date, until: date) -> list[str]:
@@ -62,6 +84,15 @@ def month_windows(since: date, until: date) -> list[str]:
     return out
 
 
+def listings(listing: str, include: bool, since: date, until: date) -> list[dict[str, str]]:
+    """The query of page 1 of every listing the client reads."""
+    base = dict(PLAIN, include=INCLUDE) if include else dict(PLAIN)
+    if listing == "plain":
+        return [base]
+    return [{**base, "order": "date_performed:asc", "date_performed_between": w}
+            for w in month_windows(since, until)]
+
+
 def _text(v: object) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -70,15 +101,21 @@ def _text(v: object) -> str | None:
     return str(v)
 
 
-async def run(base_url: str, token: str, dsn: str, since: date, until: date) -> dict[str, float]:
-    """Copy every entry of the windows into the database; return the figures."""
-    queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
-    for w in month_windows(since, until):
-        queue.put_nowait((w, 1))
-    figures = {"rows": 0, "pages": 0, "requests": 0}
+async def run(base_url: str, token: str, dsn: str, since: date, until: date, *,
+              listing: str = "plain", include: bool = False, table: str = "own"
+              ) -> dict[str, float]:
+    """Copy every entry of the listings into the database; return the figures (seconds)."""
+    queue: asyncio.Queue[tuple[dict[str, str], int] | None] = asyncio.Queue()
+    for q in listings(listing, include, since, until):
+        queue.put_nowait((q, 1))
+    figures = {"rows": 0, "pages": 0, "requests": 0, "bytes": 0}
     pending = queue.qsize()  # pages queued or in progress
     done = asyncio.Event()
     pool = await asyncpg.create_pool(dsn, min_size=CONCURRENCY, max_size=CONCURRENCY)
+    if table == "own":
+        async with pool.acquire() as conn:
+            await conn.execute(OWN_DDL)
+    upsert = upsert_sql(OWN_TABLE if table == "own" else "kantata.time_entries")
     headers = {"Authorization": f"Bearer {token}"}
     url = base_url.rstrip("/") + "/time_entries"
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
@@ -89,16 +126,16 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date) -> 
             item = await queue.get()
             if item is None:
                 return
-            window, page = item
-            async with session.get(url, params={**PARAMS, "date_performed_between": window,
-                                                "page": str(page)}) as resp:
+            query, page = item
+            async with session.get(url, params={**query, "page": str(page)}) as resp:
                 resp.raise_for_status()
                 body = await resp.read()
             figures["requests"] += 1
+            figures["bytes"] += len(body)
             doc = orjson.loads(body)
             if page == 1:
                 for p in range(2, doc["meta"]["page_count"] + 1):
-                    queue.put_nowait((window, p))
+                    queue.put_nowait((query, p))
                     pending += 1
             keyed = doc["time_entries"]
             entries = [keyed[r["id"]] for r in doc["results"]]
@@ -106,7 +143,7 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date) -> 
                 cols = [[_text(e.get(c)) for e in entries] for c in COLUMNS]
                 cols.append([orjson.dumps(e).decode() for e in entries])
                 async with pool.acquire() as conn:
-                    await conn.execute(UPSERT, *cols)
+                    await conn.execute(upsert, *cols)
                 figures["rows"] += len(entries)
                 figures["pages"] += 1
             pending -= 1
@@ -132,14 +169,19 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line wrapper; prints the figures as one JSON line."""
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-url", required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--dsn", required=True)
     p.add_argument("--since", type=date.fromisoformat, required=True)
     p.add_argument("--until", type=date.fromisoformat, required=True)
+    p.add_argument("--listing", choices=("plain", "windows"), default="plain")
+    p.add_argument("--include", action="store_true", help="side-load workspace,user,story,role")
+    p.add_argument("--table", choices=("own", "mirror"), default="own")
     a = p.parse_args(argv)
-    figures = asyncio.run(run(a.base_url, a.token, a.dsn, a.since, a.until))
+    figures = asyncio.run(run(a.base_url, a.token, a.dsn, a.since, a.until,
+                              listing=a.listing, include=a.include, table=a.table))
     sys.stdout.write(orjson.dumps(figures).decode() + "\n")
     return 0
 
