@@ -179,7 +179,7 @@ class KantataClient:
             headers["Content-Type"] = "application/json"
         endpoint = _endpoint(path)
         async with self._slots:
-            await self.budget.acquire(priority)
+            started = await self.budget.acquire(priority)
             self.requests_sent += 1
             try:
                 async with self._session.request(
@@ -197,10 +197,10 @@ class KantataClient:
                                            f"{type(exc).__name__}", sent=sent) from None
         self.metrics.requests.labels(endpoint, method, str(status)).inc()
         if status == 429:
-            self.budget.throttled()
+            self.budget.throttled(started)
             self.metrics.throttled.inc()
         elif status < 500:
-            self.budget.succeeded()
+            self.budget.succeeded(started)
         self.metrics.rate_limit.set(self.budget.rate_per_minute / 60)
         body: Any = None
         storable = False

@@ -27,7 +27,8 @@ class Metrics:
         self.throttled = Counter("syncd_kantata_throttled_total", "429 answers received",
                                  registry=r)
         self.rate_limit = Gauge("syncd_kantata_rate_limit_requests_per_second",
-                                "Current adaptive request ceiling", registry=r)
+                                "Current adaptive request ceiling (+Inf until the first 429 when none is set)",
+                                registry=r)
         self.rate_limit_floor = Gauge("syncd_kantata_rate_limit_floor_requests_per_second",
                                       "The lowest the adaptive ceiling goes after 429s",
                                       registry=r)

@@ -111,9 +111,11 @@ class Settings(BaseSettings):
     backoff_cap: float = Field(60.0, gt=0, description="longest back-off, seconds")
     retry_after_cap: float = Field(120.0, gt=0,
                                    description="longest `Retry-After` honoured, seconds")
-    rate_limit_per_minute: float = Field(
-        9000.0, gt=0, description="request ceiling per token, shared by all jobs; halved on "
-                                  "each 429, raised 5 % per 20 successes")
+    rate_limit_per_minute: float | None = Field(
+        None, gt=0, description="request ceiling per token, shared by all jobs; unset: none "
+                                "until Kantata's first 429, which sets it to the rate refused "
+                                "(Kantata publishes no number); halved on each 429, raised "
+                                "5 % per 20 successes")
     rate_limit_floor_per_minute: float = Field(
         6.0, gt=0, description="the ceiling never drops below this")
 

@@ -75,6 +75,9 @@ class FaultConfig:
         reset_rate: close the connection abruptly without a response, nothing done.
         lost_response_rate: apply the request, then drop the connection without answering.
         rate_limit_per_minute: overrides ``SimConfig.rate_limit_per_minute`` when not ``None``.
+        rate_limit_window: seconds of the sliding window the rate limit counts requests in
+            (default 60: "per minute"; 1 models a per-second limit, so a test of the client's
+            adaptation does not wait a minute per window).
         retry_after: overrides ``SimConfig.retry_after`` when not ``None``.
         seed: RNG seed for the fault draws.
         bad_page_rate: probability that a successful list page is corrupted.
@@ -90,6 +93,7 @@ class FaultConfig:
     reset_rate: float = 0.0
     lost_response_rate: float = 0.0
     rate_limit_per_minute: int | None = None
+    rate_limit_window: float = 60.0
     retry_after: float | None = None
     seed: int = 0
     bad_page_rate: float = 0.0
@@ -134,6 +138,9 @@ class FaultConfig:
                 or not isinstance(self.rate_limit_per_minute, int)
                 or self.rate_limit_per_minute < 1):
             raise ValueError("rate_limit_per_minute must be a positive integer or null")
+        if isinstance(self.rate_limit_window, bool) or not isinstance(
+                self.rate_limit_window, (int, float)) or not 0 < self.rate_limit_window <= 3600:
+            raise ValueError("rate_limit_window must be a number of seconds in (0, 3600]")
         if self.retry_after is not None and (
                 isinstance(self.retry_after, bool) or not isinstance(self.retry_after, (int, float))
                 or self.retry_after < 0):

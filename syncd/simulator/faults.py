@@ -44,14 +44,15 @@ class FaultInjector:
         self.windows: dict[str, deque[float]] = {}
 
     def throttle(self, token: str, default_limit: int | None) -> tuple[int, int | None] | None:
-        """(limit per minute, Retry-After seconds or None) when this request is over the
-        token's limit (a sliding 60 s window); None when it may go on (and is counted)."""
+        """(limit, Retry-After seconds or None) when this request is over the token's limit
+        (requests per sliding `rate_limit_window` seconds, 60 by default); None when it may go
+        on (and is counted)."""
         limit = self.config.rate_limit_per_minute or default_limit
         if not limit:
             return None
         window = self.windows.setdefault(token, deque())
         mono = time.monotonic()
-        while window and window[0] <= mono - 60.0:
+        while window and window[0] <= mono - self.config.rate_limit_window:
             window.popleft()
         if len(window) >= limit:
             after = self.config.retry_after

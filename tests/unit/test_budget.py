@@ -4,6 +4,7 @@ asyncio driver's priority order."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -98,3 +99,55 @@ async def test_waiters_are_served_by_priority_then_arrival() -> None:
     await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
     await budget.close()
     assert order == ["push", "reconcile", "pull-1", "pull-2"]
+
+
+def test_no_preset_ceiling_learns_it_from_the_rate_kantata_refused() -> None:
+    """The default (issue #16): no pacing until the first 429, which sets the ceiling to the rate
+    that was refused and halves from there; AIMD as with a preset ceiling afterwards."""
+    aimd = Aimd(ceiling=None, floor=6)
+    assert aimd.rate == math.inf and aimd.interval == 0.0
+    for _ in range(100):
+        assert aimd.on_success() == math.inf  # successes alone never invent a ceiling
+    assert aimd.on_throttle(observed=12_000) == 6000 and aimd.ceiling == 12_000
+    for _ in range(20):
+        aimd.on_success()
+    assert aimd.rate == 6600  # + 5 % of the learned ceiling
+    assert aimd.on_throttle(observed=1) == 3300  # later 429s halve; the ceiling stays
+    assert aimd.ceiling == 12_000
+    assert Aimd(ceiling=None, floor=6).on_throttle(observed=None) == 6  # nothing observed
+
+
+async def test_first_429_halves_the_rate_requests_were_started_at() -> None:
+    budget = RequestBudget(None)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for _ in range(300):  # unpaced: 300 starts as fast as the loop goes
+        await budget.acquire("pull")
+    assert loop.time() - t0 < 1.0
+    budget.throttled()
+    # 300 starts within the 1-second minimum span: 18,000/minute refused -> 9,000
+    assert budget.aimd.ceiling == pytest.approx(18_000)
+    assert budget.rate_per_minute == pytest.approx(9_000)
+    await budget.close()
+
+
+async def test_a_run_of_refusals_halves_the_rate_once() -> None:
+    """Four requests in flight when Kantata starts refusing come back 429 together, and a
+    retry sent before any success is refused by the same full window: one decrease, not five
+    (rate / 2, not / 32). After a success, the next 429 is a new event and halves again."""
+    budget = RequestBudget(6000)
+    together = [await budget.acquire("pull") for _ in range(4)]
+    for started in together:
+        budget.throttled(started)
+    assert budget.throttles == 4 and budget.rate_per_minute == 3000
+    await asyncio.sleep(0.001)
+    retry = await budget.acquire("pull")
+    budget.throttled(retry)  # started after the decrease, but nothing has succeeded since
+    assert budget.rate_per_minute == 3000
+    budget.succeeded(together[0])  # a success from before the decrease tells nothing new
+    budget.throttled(await budget.acquire("pull"))
+    assert budget.rate_per_minute == 3000
+    budget.succeeded(await budget.acquire("pull"))
+    budget.throttled(await budget.acquire("pull"))
+    assert budget.rate_per_minute == 1500
+    await budget.close()
