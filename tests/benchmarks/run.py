@@ -46,7 +46,6 @@ SEED = 1
 LOOKAHEAD_DAYS = 31  # syncd's default `lookahead_days`: the backfill reads up to today + 31
 PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES = 10_000, 2_000, 2_000
 SMOKE_PUSH = (100, 20, 20)
-UNTHROTTLED = "1000000"
 #: What asyncpg's pool sends in one round trip when a connection is released
 #: (`Connection.reset()`); pg_stat_statements counts it as four statements.
 POOL_RESET = {"SELECT pg_advisory_unlock_all()", "CLOSE ALL", "UNLISTEN *", "RESET ALL"}  # requests/minute for the labelled non-default syncd row
@@ -154,7 +153,7 @@ REFERENCES = (
 
 
 def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
-               unthrottled: bool, history_off: bool = False) -> list[Contender]:
+               former_ceiling: bool, history_off: bool = False) -> list[Contender]:
     """Every backfill contender in the order they run in each repetition: the reference
     clients, syncd with its defaults (the backfill start too: 10 years back), then the
     labelled non-default syncd rows and dlt."""
@@ -165,14 +164,13 @@ def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
                                    *args], None)
 
     out = [Contender(name, label, table, ref(args)) for name, label, args, table in REFERENCES]
-    if unthrottled:
+    if former_ceiling:
         out.append(Contender(
-            "syncd_unthrottled",
-            f"syncd sync, rate limit lifted (SYNCD_RATE_LIMIT_PER_MINUTE={UNTHROTTLED}, "
-            "not default)",
+            "syncd_ceiling_9000",
+            "syncd sync, the former default ceiling (SYNCD_RATE_LIMIT_PER_MINUTE=9000)",
             "kantata.time_entries",
             lambda dsn, work: ([PY, "-m", "syncd", "sync"],
-                               syncd_env(dsn, sim, SYNCD_RATE_LIMIT_PER_MINUTE=UNTHROTTLED))))
+                               syncd_env(dsn, sim, SYNCD_RATE_LIMIT_PER_MINUTE="9000"))))
     out.append(Contender("syncd", "syncd sync (default settings)", "kantata.time_entries",
                          lambda dsn, work: ([PY, "-m", "syncd", "sync"], syncd_env(dsn, sim))))
     if history_off:
@@ -403,7 +401,7 @@ def rss_point(n: int, dbs: Databases, work: Path, since: date, until: date,
                      reference_entries=shape)
     try:
         sim.wait_ready()
-        c = next(c for c in contenders(sim, since, until, dlt=False, unthrottled=False)
+        c = next(c for c in contenders(sim, since, until, dlt=False, former_ceiling=False)
                  if c.name == "syncd")
         runs = [measure(c, dbs, sim, work, f"rss{n}_{i}") for i in range(repeat)]
     finally:
@@ -424,6 +422,243 @@ def extras(res: dict[str, Any], dbs: Databases, db: str, sim: SimProcess, since:
     say("push through the outbox")
     sizes = SMOKE_PUSH if smoke else (PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES)
     res["push"] = push_outbox(dbs, db, sim, since, sizes)
+
+
+# ------------------------------------------------------------------ accounting (issue #16)
+def _walls(argv: list[str], work: Path, name: str, n: int = 3,
+           env: dict[str, str] | None = None) -> float:
+    """Median wall seconds of `n` runs of `argv`."""
+    out = []
+    for i in range(n):
+        r = run_child(argv, env=env, cwd=REPO, log_dir=work, name=f"{name}{i}")
+        if r.code != 0:
+            raise RuntimeError(f"{name} failed: {r.stderr[-500:]}")
+        out.append(r.wall)
+    return statistics.median(out)
+
+
+def _sample_pages(sim: SimProcess, since: date, until: date, n: int = 40) -> list[bytes]:
+    """Page bodies as syncd's backfill receives them (first pages of its monthly windows)."""
+    import urllib.parse
+    import urllib.request
+
+    from tests.benchmarks.bare import INCLUDE, PLAIN, month_windows
+
+    out = []
+    for w in month_windows(since, until):
+        for page in (1, 2):
+            q = urllib.parse.urlencode({**PLAIN, "include": INCLUDE, "page": page,
+                                        "order": "date_performed:asc",
+                                        "date_performed_between": w})
+            req = urllib.request.Request(f"{sim.base_url}/time_entries?{q}",
+                                         headers={"Authorization": f"Bearer {sim.token}"})
+            with urllib.request.urlopen(req) as resp:
+                body = resp.read()
+            if b'"results":[]' not in body:
+                out.append(body)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def _cpu_ms_per_page(fn: Callable[[bytes], object], pages: list[bytes], reps: int = 5) -> float:
+    """Median CPU milliseconds of `fn(page)` over the sample."""
+    per = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        for b in pages:
+            fn(b)
+        per.append((time.process_time() - t0) * 1000 / len(pages))
+    return statistics.median(per)
+
+
+def validation_cost(sim: SimProcess, since: date, until: date) -> dict[str, float]:
+    """Client CPU per page: what the bare client does with a page (orjson, columns as text)
+    against syncd's decode and validation (`pagination.decode_page`: types, ranges, dates,
+    text PostgreSQL cannot hold, side-loaded objects) and the per-entry upsert arguments."""
+    from syncd import pagination
+    from tests.benchmarks.bare import COLUMNS, _text
+
+    pages = _sample_pages(sim, since, until)
+
+    def bare(b: bytes) -> object:
+        doc = orjson.loads(b)
+        keyed = doc["time_entries"]
+        entries = [keyed[r["id"]] for r in doc["results"]]
+        cols = [[_text(e.get(c)) for e in entries] for c in COLUMNS]
+        cols.append([orjson.dumps(e).decode() for e in entries])
+        return cols
+
+    def syncd_decode(b: bytes) -> object:
+        return pagination.decode_page(b)
+
+    return {"pages_sampled": len(pages),
+            "bytes_per_page": statistics.mean(len(b) for b in pages),
+            "bare_ms": _cpu_ms_per_page(bare, pages),
+            "syncd_decode_ms": _cpu_ms_per_page(syncd_decode, pages)}
+
+
+async def _statement_costs(dbs: Databases, db: str) -> list[dict[str, Any]]:
+    """pg_stat_statements of database `db`: calls and total execution ms per statement."""
+    conn = await asyncpg.connect(dbs.server_dsn)
+    try:
+        rows = await conn.fetch(
+            """SELECT s.calls, s.total_exec_time AS ms, s.query FROM pg_stat_statements s
+               JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1
+               ORDER BY s.total_exec_time DESC""", db)
+    finally:
+        await conn.close()
+    return [{"calls": r["calls"], "ms": float(r["ms"]), "query": " ".join(r["query"].split())}
+            for r in rows]
+
+
+def statement_groups(stmts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Statements of a syncd run grouped by what they do: calls and server ms per group."""
+    groups: dict[str, dict[str, float]] = {}
+    for st in stmts:
+        q = st["query"].lower()
+        if "kantata.time_entries" in q and ("insert" in q or "update" in q) \
+                and "syncd.windows" not in q:
+            g = "entry upserts"
+        elif any(f"kantata.{t}" in q for t in ("workspaces", "users", "stories", "roles")):
+            g = "side-loaded objects"
+        elif "syncd.windows" in q:
+            g = "window checkpoints"
+        elif "sync_runs" in q or "syncd.cursor" in q or "watermark" in q:
+            g = "run history and watermark"
+        elif "set_config" in q or " set " in f" {q}"[:6]:
+            g = "write context (history mode)"
+        elif " ".join(q.split()).upper() in POOL_RESET or q.startswith(("begin", "commit")):
+            g = "transactions and pool resets"
+        else:
+            g = "other"
+        acc = groups.setdefault(g, {"calls": 0, "ms": 0.0})
+        acc["calls"] += st["calls"]
+        acc["ms"] += st["ms"]
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
+               since: date, until: date, keep_db: str) -> dict[str, Any]:
+    """Issue #16: where syncd's backfill time goes compared with the plain-listing reference,
+    one measured figure per item. Uses the backfill rows already measured (medians of their
+    per-repetition differences) and measures the rest here: process start, `syncd migrate`, a
+    syncd process with nothing to do, the validation CPU per page, and the SQL of one syncd
+    backfill (pg_stat_statements)."""
+    bf = res["backfill"]
+
+    def diff(a: str, b: str, key: str = "wall_s") -> float | None:
+        ra, rb = bf.get(a, {}).get("runs", []), bf.get(b, {}).get("runs", [])
+        ds = [x[key] - y[key] for x, y in zip(ra, rb, strict=False)
+              if x["exit_code"] == 0 and y["exit_code"] == 0]
+        return statistics.median(ds) if ds else None
+
+    def med(a: str, key: str) -> float | None:
+        s = bf.get(a, {}).get("summary", {})
+        return s[key]["median"] if key in s else None
+
+    out: dict[str, Any] = {}
+    # first, before anything else touches the kept database: the backfill's own statements
+    out["statements"] = statement_groups(asyncio.run(_statement_costs(dbs, keep_db)))
+    out["python_start_s"] = _walls([PY, "-c", "pass"], work, "py_start")
+    out["syncd_imports_s"] = _walls(
+        [PY, "-c", "import syncd.cli, syncd.commands.sync, syncd.app, syncd.pull"],
+        work, "imports") - out["python_start_s"]
+    dbs.drop("bench_acct_migrate")
+    asyncio.run(dbs._admin('CREATE DATABASE "bench_acct_migrate"'))
+    out["migrate_s"] = _walls([PY, "-m", "syncd", "migrate"], work, "migrate", n=1,
+                              env=syncd_env(dbs.dsn("bench_acct_migrate"), sim))
+    dbs.drop("bench_acct_migrate")
+    out["idle_process_s"] = _walls([PY, "-m", "syncd", "sync"], work, "idle", n=3,
+                                   env=syncd_env(dbs.dsn(keep_db), sim))
+    out["validation"] = validation_cost(sim, since, until)
+
+    async def run_details() -> dict[str, Any]:
+        conn = await asyncpg.connect(dbs.dsn(keep_db))
+        try:
+            row = await conn.fetchrow(
+                """SELECT details, requests, pages FROM syncd.sync_runs
+                   WHERE job IN ('pull', 'backfill') ORDER BY started_at LIMIT 1""")
+            windows = await conn.fetchval(
+                "SELECT count(*) FROM syncd.windows WHERE purpose = 'backfill'")
+        finally:
+            await conn.close()
+        d = orjson.loads(row["details"]) if isinstance(row["details"], str) else row["details"]
+        return {"details": d, "requests": row["requests"], "pages": row["pages"],
+                "windows_total": windows}
+    out["syncd_run"] = asyncio.run(run_details())
+
+    items: list[dict[str, Any]] = []
+
+    def item(name: str, figure: str, cost: float | None, how: str) -> None:
+        items.append({"item": name, "figure": figure, "cost_s": cost, "how": how})
+
+    ref_pages = med("plain", "requests") or 1
+    item("process start and imports",
+         f"interpreter {out['python_start_s']:.2f} s + syncd's imports "
+         f"{out['syncd_imports_s']:.2f} s; a whole `syncd sync` with nothing to do "
+         f"{out['idle_process_s']:.2f} s", out["idle_process_s"],
+         "median of 3 runs each; the reference client pays its own interpreter start too")
+    item("`syncd migrate` (once per database; not in the backfill rows)",
+         f"{out['migrate_s']:.2f} s", None, "one run into an empty database")
+    item("the mirror table (indexes for BI, jsonb `raw`, history trigger) instead of a "
+         "table with only a primary key", f"Postgres CPU "
+         f"{diff('plain_mirror', 'plain', 'postgres_cpu_s') or 0:+.1f} s",
+         diff("plain_mirror", "plain"), "plain listing → kantata.time_entries − → own table")
+    side_bytes = None
+    rb_inc, rb_plain = bf.get("plain_include", {}).get("runs", []), bf.get(
+        "plain_mirror", {}).get("runs", [])
+    if rb_inc and rb_plain and "bytes" in rb_inc[0] and "bytes" in rb_plain[0]:
+        side_bytes = (rb_inc[0]["bytes"] / rb_inc[0]["requests"],
+                      rb_plain[0]["bytes"] / rb_plain[0]["requests"])
+    item("side-loads on every page (`include=workspace,user,story,role`)",
+         (f"{side_bytes[0] / 1024:.0f} KiB a page instead of {side_bytes[1] / 1024:.0f} KiB; "
+          if side_bytes else "")
+         + f"client CPU {diff('plain_include', 'plain_mirror', 'client_cpu_s') or 0:+.1f} s, "
+           f"simulator CPU {diff('plain_include', 'plain_mirror', 'server_cpu_s') or 0:+.1f} s",
+         diff("plain_include", "plain_mirror"), "… + side-loads − plain listing → mirror")
+    item("monthly `date_performed_between` windows (checkpoints per window, a bounded request "
+         "per page)", f"{(med('bare', 'requests') or 0) - (med('plain_include', 'requests') or 0):+.0f}"
+         f" requests (each window ends with a partial page)",
+         diff("bare", "plain_include"), "… + monthly windows − … + side-loads")
+    run = out["syncd_run"]
+    empty = run["details"].get("windows_known_empty", 0)
+    item("the windows before the first entry (`SYNCD_BACKFILL_START` = 10 years back)",
+         f"{run['windows_total']} windows, {empty} known empty from 1 probe request "
+         f"(without the probe: {empty} requests)", None,
+         "syncd's run record; its cost is inside the syncd row")
+    item("the request ceiling", "none by default until the first 429 (none came); the former "
+         "default 9,000/minute: "
+         f"{diff('syncd_ceiling_9000', 'syncd') or 0:+.1f} s, its floor "
+         f"{(med('syncd', 'requests') or 0) / 150:.1f} s for "
+         f"{med('syncd', 'requests') or 0:.0f} requests at 150/s",
+         diff("syncd_ceiling_9000", "syncd"), "syncd at 9,000/minute − syncd default")
+    v = out["validation"]
+    pages = med("bare", "requests") or ref_pages
+    item("validation and decoding",
+         f"{v['syncd_decode_ms']:.2f} ms a page against {v['bare_ms']:.2f} ms for the bare "
+         f"client's orjson and columns ({v['pages_sampled']} pages of "
+         f"{v['bytes_per_page'] / 1024:.0f} KiB)",
+         (v["syncd_decode_ms"] - v["bare_ms"]) * pages / 1000,
+         "CPU per page × pages (client CPU, not wall: the client runs beside PostgreSQL and "
+         "the simulator on the same cores)")
+    st = out["statements"]
+    for g in ("window checkpoints", "run history and watermark", "side-loaded objects",
+              "write context (history mode)"):
+        if g in st:
+            item(f"SQL: {g}", f"{st[g]['calls']:.0f} statements, {st[g]['ms'] / 1000:.2f} s "
+                 "of PostgreSQL execution", st[g]["ms"] / 1000,
+                 "pg_stat_statements of the last syncd backfill")
+    item("everything syncd does beyond the bare client asking its requests",
+         f"client CPU {diff('syncd', 'bare', 'client_cpu_s') or 0:+.1f} s, Postgres CPU "
+         f"{diff('syncd', 'bare', 'postgres_cpu_s') or 0:+.1f} s, simulator CPU "
+         f"{diff('syncd', 'bare', 'server_cpu_s') or 0:+.1f} s",
+         diff("syncd", "bare"), "syncd default − … + monthly windows (the rows above, "
+         "measured in the same repetitions)")
+    item("total: syncd default − the plain-listing reference", "", diff("syncd", "plain"),
+         "the same repetitions")
+    out["items"] = items
+    return out
 
 
 # ------------------------------------------------------------------ report
@@ -459,14 +694,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     syncd_ = med("syncd")
     for a, b, want, what in (("syncd", "plain", 0.75,
                               "≥ 0.75 × the plain-listing reference (default settings)"),
-                             ("syncd_unthrottled", "plain", 0.75,
-                              "≥ 0.75 × the plain-listing reference (rate limit lifted, "
-                              "not default)"),
                              ("syncd", "bare", None,
                               "against a bare client asking syncd's requests (reported)"),
-                             ("syncd", "dlt", 6.0, "≥ 6 × dlt (default settings)"),
-                             ("syncd_unthrottled", "dlt", 6.0,
-                              "≥ 6 × dlt (rate limit lifted, not default)")):
+                             ("syncd", "dlt", 6.0, "≥ 6 × dlt (default settings)")):
         r = ratio(a, b)
         if r is not None:
             out.append({"target": f"backfill {what}", "measured": r[1],
@@ -568,6 +798,15 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {p['entries']:,} entries | {p.get('shape', p['entries']):,} "
                          f"| {_mm(p, 'peak_rss_mb', '{:.0f}')} "
                          f"| {_mm(p, 'wall_s')} |")
+    acct = res.get("accounting")
+    if acct:
+        lines += ["", "Where the time goes: syncd (default settings) against the plain-listing "
+                  "reference, item by item (seconds of backfill wall time; medians of the "
+                  "per-repetition differences):", "",
+                  "| item | measured | wall s | how |", "|---|---|---|---|"]
+        for it in acct["items"]:
+            cost = "–" if it["cost_s"] is None else f"{it['cost_s']:+.2f}"
+            lines.append(f"| {it['item']} | {it['figure']} | {cost} | {it['how']} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in res["targets"]:
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
@@ -604,8 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dlt", action="store_true", help="skip dlt")
     p.add_argument("--history-off", action="store_true",
                    help="add a syncd row with SYNCD_HISTORY=off (history mode's cost)")
-    p.add_argument("--no-unthrottled", action="store_true",
-                   help="skip the syncd row with the rate limit lifted")
+    p.add_argument("--no-former-ceiling", action="store_true",
+                   help="skip the syncd row with the former default ceiling (9,000/minute)")
     p.add_argument("--rss-sizes", default=None,
                    help="comma-separated sizes for the peak-RSS ladder (default 10000,200000 "
                         "and 1000000 with --full)")
@@ -665,7 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         if use_dlt and importlib.util.find_spec("dlt") is None:
             dlt_reason = "dlt is not installed (pip install -e '.[bench]')"
         cs = contenders(sim, since, until, dlt=use_dlt and dlt_reason is None,
-                        unthrottled=not args.no_unthrottled, history_off=args.history_off)
+                        former_ceiling=not args.no_former_ceiling,
+                        history_off=args.history_off)
         say("warm-up: unmeasured plain and windowed passes render every entry and page "
             "in the simulator")
         warm = [measure(c, dbs, sim, work, "warmup") for c in cs if c.name in ("plain", "bare")]
@@ -675,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(repeat):
             for c in cs:
                 keep = c.name == "syncd" and i == repeat - 1
+                if keep:  # its SQL is accounted for statement by statement
+                    asyncio.run(_statements(dbs, "", reset=True))
                 say(f"run {i + 1}/{repeat}: {c.label}")
                 r = measure(c, dbs, sim, work, str(i), keep=keep)
                 say(f"  {r['rows']:,} rows in {r['wall_s']:.2f} s "
@@ -696,6 +938,8 @@ def main(argv: list[str] | None = None) -> int:
             res["backfill"]["dlt"] = {"label": "dlt rest_api → postgres", "reason": dlt_reason}
 
         syncd_db = runs["syncd"][-1]["db"]
+        say("accounting: process start, migrate, validation, SQL by kind")
+        res["accounting"] = accounting(res, dbs, sim, work, since, until, syncd_db)
         if args.backfill_only:
             ladder_sizes = [entries]
         else:

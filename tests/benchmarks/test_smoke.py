@@ -29,7 +29,8 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     n = res["config"]["entries"]
     assert n == 2000 and res["config"]["repeat"] == 1
 
-    for name in ("bare", "syncd", "syncd_unthrottled"):
+    for name in ("plain", "plain_mirror", "plain_include", "bare", "syncd",
+                 "syncd_ceiling_9000"):
         b = res["backfill"][name]
         assert "summary" in b, b.get("reason")
         s = b["summary"]
@@ -62,7 +63,20 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert all(10 < p["peak_rss_mb"]["max"] < 500 for p in res["rss_ladder"])
     names = {t["target"].split(" ")[0] for t in res["targets"]}
     assert {"backfill", "peak", "idle", "push:", "full"} <= names
-    assert "| bare limit" in proc.stdout and "| target |" in proc.stdout
+    assert "| plain listing → own table (**reference**)" in proc.stdout
+    assert "| target |" in proc.stdout
+
+    # issue #16: the difference from the reference is accounted for item by item
+    acct = res["accounting"]
+    items = {i["item"].split(" (")[0]: i for i in acct["items"]}
+    for want in ("process start and imports", "side-loads on every page", "the request ceiling",
+                 "monthly `date_performed_between` windows", "validation and decoding",
+                 "SQL: window checkpoints", "total: syncd default − the plain-listing reference"):
+        assert want in items, sorted(items)
+    assert acct["syncd_run"]["details"]["windows_known_empty"] > 0  # 10 years back by default
+    assert acct["statements"]["window checkpoints"]["calls"] > 0
+    assert 0 < acct["validation"]["syncd_decode_ms"] and 0 < acct["validation"]["bare_ms"]
+    assert "Where the time goes" in proc.stdout
 
 
 @pytest.mark.timeout(120)
