@@ -20,7 +20,8 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
@@ -30,8 +31,9 @@ from syncd.errors import InvalidRecord, MalformedResponseError
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
-    "ALTERED_KEY", "decode_json", "decode_json_storable", "decode_page", "make_storable", "parse_side_object",
-    "parse_time_entry", "sanitise",
+    "ALTERED_KEY", "SideRef", "decode_json", "decode_json_storable", "decode_page",
+    "make_storable", "parse_side_object", "parse_time_entry", "sanitise", "side_part",
+    "side_refs", "sideload_plan",
 ]
 
 MAX_BIGINT = 2**63 - 1
@@ -520,3 +522,50 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         rejected=tuple(rejected),
         altered=tuple(altered),
     )
+
+
+# ------------------------------------------------------------------ side-loads once per run
+#: A side-loaded object's key: (kind, id), kind as the include's top-level key.
+SideRef = tuple[str, int]
+_REF_FIELDS = (("workspaces", "workspace_id"), ("users", "user_id"), ("stories", "story_id"),
+               ("roles", "role_id"))
+
+
+def side_refs(entries: Iterable[TimeEntry]) -> dict[SideRef, int]:
+    """The side-loaded objects `entries` reference: (kind, id) -> the first entry's id that
+    references it, in order of first reference (api-notes §2 Includes: `workspace` ->
+    `workspaces` keyed by `workspace_id`, and so on)."""
+    out: dict[SideRef, int] = {}
+    for e in entries:
+        for kind, ref in ((k, getattr(e, f)) for k, f in _REF_FIELDS):
+            if ref is not None and (kind, ref) not in out:
+                out[(kind, ref)] = e.id
+    return out
+
+
+def sideload_plan(entries: Iterable[TimeEntry], known: Container[SideRef], *,
+                  max_ids: int = 200) -> tuple[list[list[int]], set[SideRef]]:
+    """Which entries to ask for again with `include=` so that every object `entries`
+    reference and `known` lacks is side-loaded once: ([chunks of at most `max_ids` entry ids,
+    for `only=`], the refs those requests cover). Greedy, in entry order: an entry is chosen
+    when it references an object not yet covered, and then covers all four of its references,
+    so a page of 200 entries whose objects are all new takes one request of at most 200 ids
+    (api-notes §14 Q18: at most 200 ids in `only=`)."""
+    chosen: list[int] = []
+    covered: set[SideRef] = set()
+    for e in entries:
+        refs = [(k, r) for k, r in ((k, getattr(e, f)) for k, f in _REF_FIELDS) if r is not None]
+        if any(ref not in known and ref not in covered for ref in refs):
+            chosen.append(e.id)
+            covered.update(refs)
+    covered = {ref for ref in covered if ref not in known}
+    return [chosen[i:i + max_ids] for i in range(0, len(chosen), max_ids)], covered
+
+
+def side_part(page: Page) -> Page:
+    """`page` with only its side-loaded part: the objects, and the rejects and alterations of
+    side-loaded objects (a side-load request's entries are not what it is for)."""
+    return replace(page, entries=(), result_ids=(),
+                   rejected=tuple(r for r in page.rejected if r.entry_id is None
+                                  and r.reason.split(":", 1)[0] in SIDE_KINDS),
+                   altered=tuple(a for a in page.altered if a.kind in SIDE_KINDS))

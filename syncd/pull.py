@@ -14,16 +14,16 @@ import asyncio
 import sys
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from syncd import cursor, store
+from syncd import cursor, pagination, store
 from syncd.errors import AuthError, FatalError, MalformedResponseError, RetriableError
-from syncd.models import Altered, Page
+from syncd.models import Altered, Page, SideObject
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
 
@@ -67,15 +67,92 @@ class WindowResult:
     error: str | None = None
 
 
-def _base_params(deps: Deps) -> dict[str, str]:
+def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
     params = {"per_page": str(deps.settings.per_page)}
-    if deps.settings.sideload:
+    if include and deps.settings.sideload:
         params["include"] = INCLUDE
     return params
 
 
 #: Side-loaded objects this run has stored: (kind, id) -> raw JSON text.
 SideSeen = dict[tuple[str, int], str]
+
+
+class SideLoads:
+    """The side-loaded workspaces, users, stories and roles of one backfill run, each asked of
+    Kantata once (issue #16): the backfill's pages come without `include=`, and for the objects
+    a page references that this run has not loaded yet, the entries that reference them are
+    asked for again by id (`only=`, at most 200 ids, with `include=`; api-notes §2 Includes,
+    §12 `only` probes with the visibility overrides). A 200k-entry backfill side-loaded ~270
+    objects on each of its 1,000 pages for ~500 distinct ones.
+
+    `for_page(page)` returns `page` with `side` set to every object its entries reference
+    (those another window is loading are waited for), so each page's transaction still holds
+    its entries' objects unless an earlier one of this run committed them (`SideSeen`), as
+    with a side-load on every page. Objects Kantata does not return (an invisible workspace)
+    are remembered as absent and not asked for again this run. Raises what
+    `KantataClient.list_page` raises; a failed request's objects are asked for again by the
+    next page that needs them."""
+
+    ATTEMPTS = 3
+
+    def __init__(self, deps: Deps, priority: str = "pull") -> None:
+        self.deps, self.priority = deps, priority
+        self.objects: dict[pagination.SideRef, SideObject] = {}
+        self.absent: set[pagination.SideRef] = set()
+        self.inflight: dict[pagination.SideRef, asyncio.Future[None]] = {}
+        self.requests = 0
+
+    def _known(self, ref: pagination.SideRef) -> bool:
+        return ref in self.objects or ref in self.absent or ref in self.inflight
+
+    async def _load(self, ids: list[int], covered: set[pagination.SideRef]) -> Page:
+        params = {"only": ",".join(map(str, ids)), "include": INCLUDE}  # `only` is unpaged
+        self.requests += 1
+        got = pagination.side_part(await self.deps.client.list_page(
+            params, priority=self.priority))  # type: ignore[arg-type]
+        for o in got.side:
+            self.objects[(o.kind, o.id)] = o
+        self.absent.update(ref for ref in covered if ref not in self.objects)
+        return got
+
+    async def for_page(self, page: Page) -> Page:
+        if not page.entries:
+            return page
+        needed = pagination.side_refs(page.entries)
+        rejected, altered = list(page.rejected), list(page.altered)
+        for _ in range(self.ATTEMPTS):
+            chunks, covered = pagination.sideload_plan(page.entries, _KnownView(self))
+            waits = {self.inflight[r] for r in needed if r in self.inflight}
+            if chunks:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                for ref in covered:
+                    self.inflight[ref] = done
+                try:
+                    for chunk in chunks:
+                        got = await self._load(chunk, covered)
+                        rejected += got.rejected
+                        altered += got.altered
+                finally:
+                    for ref in covered:
+                        self.inflight.pop(ref, None)
+                    done.set_result(None)
+            if waits:
+                await asyncio.gather(*waits)
+            if all(r in self.objects or r in self.absent for r in needed):
+                break  # else another window's request failed: ask for its objects ourselves
+        side = tuple(self.objects[r] for r in needed if r in self.objects)
+        return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
+
+
+class _KnownView:
+    """`ref in view`: loaded, known absent or being loaded (for `pagination.sideload_plan`)."""
+
+    def __init__(self, loads: SideLoads) -> None:
+        self._loads = loads
+
+    def __contains__(self, ref: object) -> bool:
+        return self._loads._known(ref)  # type: ignore[arg-type]
 
 
 async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,
@@ -141,16 +218,22 @@ def note_altered(deps: Deps, stats: RunStats, altered: Sequence[Altered]) -> Non
 
 async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",
                       first_page: int = 1, priority: str = "pull",
-                      side_seen: SideSeen | None = None) -> WindowResult:
+                      side_seen: SideSeen | None = None,
+                      side_loads: SideLoads | None = None) -> WindowResult:
     """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
     final count shows entries were skipped. Errors are returned in the result, not raised.
     Page n+1 is requested while page n is stored (at most two requests in flight per window).
-    `side_seen` as for `store_page`."""
+    `side_seen` as for `store_page`; with `side_loads` the pages are asked for without
+    `include=` and their objects come from it (once per run)."""
+    async def get(page_no: int) -> Page:
+        params = {**_base_params(deps, include=side_loads is None),
+                  "date_performed_between": w.param, "order": "date_performed:asc",
+                  "page": str(page_no)}
+        page = await deps.client.list_page(params, priority=priority)  # type: ignore[arg-type]
+        return page if side_loads is None else await side_loads.for_page(page)
+
     def fetch(page_no: int) -> asyncio.Task[Page]:
-        params = {**_base_params(deps), "date_performed_between": w.param,
-                  "order": "date_performed:asc", "page": str(page_no)}
-        return asyncio.ensure_future(
-            deps.client.list_page(params, priority=priority))  # type: ignore[arg-type]
+        return asyncio.ensure_future(get(page_no))
 
     res = WindowResult(w)
     for attempt in range(MAX_WINDOW_READS):
@@ -272,6 +355,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []
     side_seen: SideSeen = {}
+    side_loads = SideLoads(deps) if deps.settings.sideload else None
 
     async def one(w: Window) -> None:
         async with sem:
@@ -281,7 +365,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             async with deps.pool.acquire() as conn:
                 pages_done = await store.start_window(conn, "backfill", w, restart=not resume)
             res = await read_window(deps, w, stats, first_page=pages_done + 1,
-                                    side_seen=side_seen)
+                                    side_seen=side_seen, side_loads=side_loads)
             if res.error and deps.should_stop():
                 return  # left 'running': the next run resumes at its next page
             status = "failed" if res.error else "done"
@@ -302,6 +386,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     except BaseExceptionGroup as group:  # report the cause itself, not a group of one
         raise group.exceptions[0] from None
     stats.details["windows"] = len(todo)
+    if side_loads is not None:
+        stats.details["side_load_requests"] = side_loads.requests
     unfinished = len(todo) - len(results)
     if unfinished and deps.should_stop():
         stats.errors.append(f"stopped before the backfill finished: {unfinished} of "

@@ -12,7 +12,8 @@ import pytest
 
 from syncd.errors import MalformedResponseError
 from syncd.models import Altered, TimeEntry
-from syncd.pagination import ALTERED_KEY, MAX_TEXT, decode_page, parse_time_entry, sanitise
+from syncd.pagination import (ALTERED_KEY, MAX_TEXT, decode_page, parse_time_entry, sanitise,
+                              side_part, side_refs, sideload_plan)
 
 
 def entry(i: int, **over: Any) -> dict[str, Any]:
@@ -194,3 +195,54 @@ def test_empty_page_past_the_end() -> None:
                          "results": [], "time_entries": {}})
     p = decode_page(body)
     assert p.entries == () and p.count == 5 and p.page_number == 9
+
+
+# ------------------------------------------------------------------ side-loads once per run
+def _entries(*refs: tuple[int, int | None, int | None, int | None, int | None]) -> list[TimeEntry]:
+    out = []
+    for i, ws, user, story, role in refs:
+        out.append(parse_time_entry(entry(i, workspace_id=None if ws is None else str(ws),
+                                          user_id=None if user is None else str(user),
+                                          story_id=None if story is None else str(story),
+                                          role_id=None if role is None else str(role))))
+    return out
+
+
+def test_side_refs_name_each_object_once_with_its_first_entry() -> None:
+    es = _entries((1, 10, 20, None, 40), (2, 10, 21, 30, None), (3, 11, 20, 30, 40))
+    assert side_refs(es) == {("workspaces", 10): 1, ("users", 20): 1, ("roles", 40): 1,
+                             ("users", 21): 2, ("stories", 30): 2, ("workspaces", 11): 3}
+
+
+def test_sideload_plan_asks_only_for_entries_that_bring_something_new() -> None:
+    es = _entries((1, 10, 20, None, 40), (2, 10, 20, None, 40), (3, 10, 21, None, 40),
+                  (4, 11, 21, 30, 40))
+    chunks, covered = sideload_plan(es, known=set())
+    assert chunks == [[1, 3, 4]]  # entry 2 references nothing entry 1 did not
+    assert covered == {("workspaces", 10), ("users", 20), ("roles", 40), ("users", 21),
+                       ("workspaces", 11), ("stories", 30)}
+    # what the run already knows is neither asked for nor claimed as covered
+    chunks, covered = sideload_plan(es, known={("workspaces", 10), ("users", 20),
+                                                ("roles", 40), ("users", 21)})
+    assert chunks == [[4]] and covered == {("workspaces", 11), ("stories", 30)}
+    assert sideload_plan(es, known=covered | {("workspaces", 10), ("users", 20),
+                                              ("roles", 40), ("users", 21)}) == ([], set())
+
+
+def test_sideload_plan_chunks_at_the_only_limit() -> None:
+    es = _entries(*[(i, i, None, None, None) for i in range(1, 451)])
+    chunks, covered = sideload_plan(es, known=set(), max_ids=200)
+    assert [len(c) for c in chunks] == [200, 200, 50] and len(covered) == 450
+    assert [i for c in chunks for i in c] == list(range(1, 451))
+
+
+def test_side_part_keeps_only_side_objects_and_their_problems() -> None:
+    body = page(entry(1, notes="a\u0000b"), entry(2, time_in_minutes="x"),
+                workspaces={"5": {"id": "5", "title": "W\u0000"}, "6": {"title": "no id"}})
+    full = decode_page(body)
+    assert full.entries and full.rejected and full.altered
+    part = side_part(full)
+    assert part.entries == () and part.result_ids == ()
+    assert [o.id for o in part.side] == [5]
+    assert [a.kind for a in part.altered] == ["workspaces"]
+    assert len(part.rejected) == 1 and part.rejected[0].reason.startswith("workspaces:")
