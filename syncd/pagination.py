@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
@@ -531,16 +531,14 @@ _REF_FIELDS = (("workspaces", "workspace_id"), ("users", "user_id"), ("stories",
                ("roles", "role_id"))
 
 
-def side_refs(entries: Iterable[TimeEntry]) -> dict[SideRef, int]:
-    """The side-loaded objects `entries` reference: (kind, id) -> the first entry's id that
-    references it, in order of first reference (api-notes §2 Includes: `workspace` ->
-    `workspaces` keyed by `workspace_id`, and so on)."""
-    out: dict[SideRef, int] = {}
-    for e in entries:
-        for kind, ref in ((k, getattr(e, f)) for k, f in _REF_FIELDS):
-            if ref is not None and (kind, ref) not in out:
-                out[(kind, ref)] = e.id
-    return out
+def side_refs(entries: Sequence[TimeEntry]) -> set[SideRef]:
+    """The side-loaded objects `entries` reference, as (kind, id) (api-notes §2 Includes:
+    `workspace` -> `workspaces` keyed by `workspace_id`, and so on). Set comprehensions over
+    the tuple fields: this runs for every backfill page."""
+    return ({("workspaces", e[1]) for e in entries if e[1] is not None}
+            | {("users", e[2]) for e in entries if e[2] is not None}
+            | {("stories", e[3]) for e in entries if e[3] is not None}
+            | {("roles", e[4]) for e in entries if e[4] is not None})
 
 
 def sideload_plan(entries: Iterable[TimeEntry], known: Container[SideRef], *,

@@ -122,6 +122,8 @@ class SideLoads:
         needed = pagination.side_refs(page.entries)
         rejected, altered = list(page.rejected), list(page.altered)
         for _ in range(self.ATTEMPTS):
+            if not needed - self.objects.keys() - self.absent:
+                break  # the common case once the run has seen the account's objects
             chunks, covered = pagination.sideload_plan(page.entries, _KnownView(self))
             waits = {self.inflight[r] for r in needed if r in self.inflight}
             if chunks:
@@ -137,10 +139,8 @@ class SideLoads:
                     for ref in covered:
                         self.inflight.pop(ref, None)
                     done.set_result(None)
-            if waits:
+            if waits:  # else another window's request failed: ask for its objects ourselves
                 await asyncio.gather(*waits)
-            if all(r in self.objects or r in self.absent for r in needed):
-                break  # else another window's request failed: ask for its objects ourselves
         side = tuple(self.objects[r] for r in needed if r in self.objects)
         return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
 

@@ -110,11 +110,15 @@ async def upsert_entries(conn: asyncpg.Connection, entries: Sequence[TimeEntry])
 
 
 async def upsert_side(conn: asyncpg.Connection, objs: Sequence[SideObject]) -> None:
-    """Upsert side-loaded workspaces/users/stories/roles, one statement per kind present."""
+    """Upsert side-loaded workspaces/users/stories/roles, one statement per kind present.
+    Rows are locked in one order, kind by kind in name order and ids ascending, whatever
+    order `objs` come in: concurrent pages that store the same objects (windows read in
+    parallel, each page carrying the objects it references) wait for each other instead of
+    deadlocking (a deadlock costs PostgreSQL's 1 s `deadlock_timeout` and a retry)."""
     by_kind: dict[str, dict[int, SideObject]] = {}
     for o in objs:
         by_kind.setdefault(o.kind, {})[o.id] = o
-    for kind, items in by_kind.items():
+    for kind, items in sorted(by_kind.items()):
         table, label = SIDE_SQL[kind]
         extra_col = ", workspace_id" if kind == "stories" else ""
         extra_val = ", u.p" if kind == "stories" else ""
