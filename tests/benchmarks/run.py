@@ -1,5 +1,6 @@
-"""The benchmark: syncd's backfill against the bare pipeline limit and against dlt, plus syncd's
-memory, idle-cycle, push and reconciliation costs, all in one run on one machine.
+"""The benchmark: syncd's backfill against the plain-listing reference client (issue #16),
+the reference clients between them (one difference each), and dlt, plus syncd's memory,
+idle-cycle, push and reconciliation costs, all in one run on one machine.
 
     .venv/bin/python -m tests.benchmarks.run [--entries 200000] [--full] [--repeat 3]
                                              [--smoke] [--no-dlt] [--out results.json]
@@ -8,9 +9,11 @@ One throwaway PostgreSQL (fsync off, `pg_stat_statements` preloaded) and one sim
 seeded with `--entries` entries serve every measured run; each run gets a fresh migrated
 database. Contenders run as child processes, so their CPU seconds (`os.wait4`) and peak RSS
 (VmHWM from /proc, polled) are their own; the simulator's and PostgreSQL's CPU seconds over
-the same interval are read from /proc. Repetitions are interleaved (bare, syncd, dlt, bare, syncd, dlt, ...) after one unmeasured
-warm-up pass that renders every entry in the simulator. The median of each figure is reported
-with min and max. Prints a markdown table and writes the figures as JSON.
+the same interval are read from /proc. Repetitions are interleaved (plain, …, syncd, dlt,
+plain, …) after unmeasured warm-up passes that render every entry in the simulator. The median
+of each figure is reported with min and max, then syncd's difference from the reference is
+accounted for item by item (`accounting`). Prints markdown tables and writes the figures as
+JSON.
 """
 
 from __future__ import annotations
@@ -548,10 +551,15 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
     backfill (pg_stat_statements)."""
     bf = res["backfill"]
 
-    def diff(a: str, b: str, key: str = "wall_s") -> float | None:
+    def diffs(a: str, b: str, key: str = "wall_s") -> list[float]:
+        """The per-repetition differences a − b of `key` (same repetition, minutes apart)."""
         ra, rb = bf.get(a, {}).get("runs", []), bf.get(b, {}).get("runs", [])
-        ds = [x[key] - y[key] for x, y in zip(ra, rb, strict=False)
-              if x["exit_code"] == 0 and y["exit_code"] == 0]
+        return [x[key] - y[key] for x, y in zip(ra, rb, strict=False)
+                if x["exit_code"] == 0 and y["exit_code"] == 0]
+
+    def diff(a: str, b: str, key: str = "wall_s") -> float | None:
+        """Median of `diffs`; None when a row did not run."""
+        ds = diffs(a, b, key)
         return statistics.median(ds) if ds else None
 
     def med(a: str, key: str) -> float | None:
@@ -591,8 +599,17 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
 
     items: list[dict[str, Any]] = []
 
-    def item(name: str, figure: str, cost: float | None, how: str) -> None:
-        items.append({"item": name, "figure": figure, "cost_s": cost, "how": how})
+    def item(name: str, figure: str, cost: float | None | tuple[str, str], how: str) -> None:
+        """One row; `cost` as (row a, row b) is the wall-time difference a − b, reported as its
+        median with min and max (on a shared machine one difference can be as large as the
+        item itself)."""
+        lo = hi = None
+        if isinstance(cost, tuple):
+            ds = diffs(*cost)
+            cost = statistics.median(ds) if ds else None
+            lo, hi = (min(ds), max(ds)) if ds else (None, None)
+        items.append({"item": name, "figure": figure, "cost_s": cost, "how": how,
+                      "cost_min_s": lo, "cost_max_s": hi})
 
     ref_pages = med("plain", "requests") or 1
     item("process start and imports",
@@ -605,7 +622,7 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
     item("the mirror table (indexes for BI, jsonb `raw`, history trigger) instead of a "
          "table with only a primary key", f"Postgres CPU "
          f"{diff('plain_mirror', 'plain', 'postgres_cpu_s') or 0:+.1f} s",
-         diff("plain_mirror", "plain"), "plain listing → kantata.time_entries − → own table")
+         ("plain_mirror", "plain"), "plain listing → kantata.time_entries − → own table")
     side_bytes = None
     rb_inc, rb_plain = bf.get("plain_include", {}).get("runs", []), bf.get(
         "plain_mirror", {}).get("runs", [])
@@ -617,11 +634,11 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
           if side_bytes else "")
          + f"client CPU {diff('plain_include', 'plain_mirror', 'client_cpu_s') or 0:+.1f} s, "
            f"simulator CPU {diff('plain_include', 'plain_mirror', 'server_cpu_s') or 0:+.1f} s",
-         diff("plain_include", "plain_mirror"), "… + side-loads − plain listing → mirror")
+         ("plain_include", "plain_mirror"), "… + side-loads − plain listing → mirror")
     item("monthly `date_performed_between` windows (checkpoints per window, a bounded request "
          "per page)", f"{(med('bare', 'requests') or 0) - (med('plain_include', 'requests') or 0):+.0f}"
          f" requests (each window ends with a partial page)",
-         diff("bare", "plain_include"), "… + monthly windows − … + side-loads")
+         ("bare", "plain_include"), "… + monthly windows − … + side-loads")
     run = out["syncd_run"]
     item("syncd side-loads each object once per run instead (`only=…&include=…`)",
          f"{run['details'].get('side_load_requests', 0)} requests for the whole backfill", None,
@@ -631,12 +648,12 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
          f"{run['windows_total']} windows, {empty} known empty from 1 probe request "
          f"(without the probe: {empty} requests)", None,
          "syncd's run record; its cost is inside the syncd row")
-    item("the request ceiling", "none by default until the first 429 (none came); the former "
-         "default 9,000/minute: "
+    item("the request ceiling", "none by default until Kantata's first 429 (the simulator "
+         "sends none here); the former default 9,000/minute: "
          f"{diff('syncd_ceiling_9000', 'syncd') or 0:+.1f} s, its floor "
          f"{(med('syncd', 'requests') or 0) / 150:.1f} s for "
          f"{med('syncd', 'requests') or 0:.0f} requests at 150/s",
-         diff("syncd_ceiling_9000", "syncd"), "syncd at 9,000/minute − syncd default")
+         ("syncd_ceiling_9000", "syncd"), "syncd at 9,000/minute − syncd default")
     v = out["validation"]
     pages = med("bare", "requests") or ref_pages
     item("validation and decoding",
@@ -657,9 +674,9 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
          f"client CPU {diff('syncd', 'bare', 'client_cpu_s') or 0:+.1f} s, Postgres CPU "
          f"{diff('syncd', 'bare', 'postgres_cpu_s') or 0:+.1f} s, simulator CPU "
          f"{diff('syncd', 'bare', 'server_cpu_s') or 0:+.1f} s",
-         diff("syncd", "bare"), "syncd default − … + monthly windows (the rows above, "
+         ("syncd", "bare"), "syncd default − … + monthly windows (the rows above, "
          "measured in the same repetitions)")
-    item("total: syncd default − the plain-listing reference", "", diff("syncd", "plain"),
+    item("total: syncd default − the plain-listing reference", "", ("syncd", "plain"),
          "the same repetitions")
     out["items"] = items
     return out
@@ -805,11 +822,13 @@ def markdown(res: dict[str, Any]) -> str:
     acct = res.get("accounting")
     if acct:
         lines += ["", "Where the time goes: syncd (default settings) against the plain-listing "
-                  "reference, item by item (seconds of backfill wall time; medians of the "
-                  "per-repetition differences):", "",
+                  "reference, item by item (seconds of backfill wall time: medians of the "
+                  "per-repetition differences, their range in brackets):", "",
                   "| item | measured | wall s | how |", "|---|---|---|---|"]
         for it in acct["items"]:
             cost = "–" if it["cost_s"] is None else f"{it['cost_s']:+.2f}"
+            if it.get("cost_min_s") is not None and it["cost_min_s"] != it["cost_max_s"]:
+                cost += f" ({it['cost_min_s']:+.1f}…{it['cost_max_s']:+.1f})"
             lines.append(f"| {it['item']} | {it['figure']} | {cost} | {it['how']} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in res["targets"]:
