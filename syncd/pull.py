@@ -107,13 +107,19 @@ class SideLoads:
         return ref in self.objects or ref in self.absent or ref in self.inflight
 
     async def _load(self, ids: list[int], covered: set[pagination.SideRef]) -> Page:
+        """One `only=` request; returns its side-loaded part. An object is known absent only
+        when an entry that references it came back without it: an entry deleted or moved
+        since its page was read says nothing, and the next page that needs the object asks
+        again."""
         params = {"only": ",".join(map(str, ids)), "include": INCLUDE}  # `only` is unpaged
         self.requests += 1
-        got = pagination.side_part(await self.deps.client.list_page(
-            params, priority=self.priority))  # type: ignore[arg-type]
+        full = await self.deps.client.list_page(params, priority=self.priority)  # type: ignore[arg-type]
+        got = pagination.side_part(full)
         for o in got.side:
             self.objects[(o.kind, o.id)] = o
-        self.absent.update(ref for ref in covered if ref not in self.objects)
+        answered = pagination.side_refs(full.entries)
+        self.absent.update(ref for ref in covered
+                           if ref in answered and ref not in self.objects)
         return got
 
     async def for_page(self, page: Page) -> Page:
@@ -121,10 +127,12 @@ class SideLoads:
             return page
         needed = pagination.side_refs(page.entries)
         rejected, altered = list(page.rejected), list(page.altered)
+        asked: set[pagination.SideRef] = set()  # by this page: not asked again for it
         for _ in range(self.ATTEMPTS):
-            if not needed - self.objects.keys() - self.absent:
+            if not needed - self.objects.keys() - self.absent - asked:
                 break  # the common case once the run has seen the account's objects
-            chunks, covered = pagination.sideload_plan(page.entries, _KnownView(self))
+            chunks, covered = pagination.sideload_plan(page.entries, _KnownView(self, asked))
+            asked |= covered
             waits = {self.inflight[r] for r in needed if r in self.inflight}
             if chunks:
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -140,19 +148,22 @@ class SideLoads:
                         self.inflight.pop(ref, None)
                     done.set_result(None)
             if waits:  # else another window's request failed: ask for its objects ourselves
-                await asyncio.gather(*waits)
+                # asyncio.wait, not gather: cancelling this page must not cancel the futures
+                # other windows' requests will resolve
+                await asyncio.wait(waits)
         side = tuple(self.objects[r] for r in needed if r in self.objects)
         return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
 
 
 class _KnownView:
-    """`ref in view`: loaded, known absent or being loaded (for `pagination.sideload_plan`)."""
+    """`ref in view`: loaded, known absent, being loaded, or already asked for by this page
+    (for `pagination.sideload_plan`)."""
 
-    def __init__(self, loads: SideLoads) -> None:
-        self._loads = loads
+    def __init__(self, loads: SideLoads, asked: set[pagination.SideRef]) -> None:
+        self._loads, self._asked = loads, asked
 
     def __contains__(self, ref: object) -> bool:
-        return self._loads._known(ref)  # type: ignore[arg-type]
+        return ref in self._asked or self._loads._known(ref)  # type: ignore[arg-type]
 
 
 async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,
