@@ -648,9 +648,11 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
          f"{run['windows_total']} windows, {empty} known empty from 1 probe request "
          f"(without the probe: {empty} requests)", None,
          "syncd's run record; its cost is inside the syncd row")
+    former = diff("syncd_ceiling_9000", "syncd")
     item("the request ceiling", "none by default until Kantata's first 429 (the simulator "
          "sends none here); the former default 9,000/minute: "
-         f"{diff('syncd_ceiling_9000', 'syncd') or 0:+.1f} s, its floor "
+         + ("not measured (--no-former-ceiling)" if former is None else f"{former:+.1f} s")
+         + ", its floor "
          f"{(med('syncd', 'requests') or 0) / 150:.1f} s for "
          f"{med('syncd', 'requests') or 0:.0f} requests at 150/s",
          ("syncd_ceiling_9000", "syncd"), "syncd at 9,000/minute − syncd default")
