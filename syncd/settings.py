@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         90.0, gt=0, description="seconds per request, counted once it holds a connection slot")
     max_retries: int = Field(
-        6, ge=0, le=30, description="retries of a read on 429, 5xx, timeouts, resets and "
-                                    "malformed pages")
+        6, ge=0, le=30, description="retries of a read on 5xx, timeouts, resets and malformed "
+                                    "pages; a 429 is retried up to 30 times (a rate limit "
+                                    "costs time, not data)")
     backoff_base: float = Field(
         1.0, gt=0, description="seconds; full-jitter exponential back-off, doubled per attempt")
     backoff_cap: float = Field(60.0, gt=0, description="longest back-off, seconds")
@@ -196,6 +197,27 @@ class Settings(BaseSettings):
                 raise ConfigError(f"invalid setting SYNCD_CONFIG_FILE: {path} is not valid "
                                   f"TOML: {exc}") from None
         return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        # Refused here, at start, naming the setting: a URL asyncpg cannot use made the daemon
+        # retry "database unavailable" forever, and commands print asyncpg's bare parser error.
+        # The messages never quote the URL (it may hold a password).
+        if v is None:
+            return None
+        url = v.get_secret_value()
+        if not url.strip():
+            raise ValueError("is empty; unset it to use libpq's PGHOST, PGUSER, … variables")
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL such as "
+                             "postgresql://user:pass@host:5432/db")
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
+        return v
 
     @field_validator("kantata_base_url")
     @classmethod

@@ -31,6 +31,7 @@ import asyncpg
 
 from syncd import logs, migrate, pull, reconcile_job
 from syncd.app import open_deps
+from syncd.errors import redact, register_secret
 from syncd.pgserver import PgServerError, TempPostgres, find_bin_dir
 from syncd.settings import Settings
 
@@ -134,7 +135,19 @@ async def _demo(args: argparse.Namespace) -> int:
         _say("    (SYNCD_DATABASE_URL is ignored: the demo writes simulated entries; give it an "
              "empty database with --database-url to use your own server)")
     if url:
-        if await _holds_entries(url):
+        try:
+            register_secret(urlsplit(url).password)
+        except ValueError:  # a port that is not a number: asyncpg says so below
+            pass
+        try:
+            holds = await _holds_entries(url)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            # asyncpg's own words name the cause (refused, no such database, bad URL); never
+            # the URL's password (redact: asyncpg may quote the DSN)
+            _say(f"syncd demo: cannot use --database-url {_without_password(url)}: "
+                 f"{redact(f'{type(exc).__name__}: {exc}')}")
+            return 2
+        if holds:
             _say("syncd demo: the database given with --database-url already holds mirrored "
                  "time entries; the demo writes simulated ones and would mix them in. Give it "
                  "an empty database (CREATE DATABASE syncd_demo).")

@@ -61,6 +61,20 @@ def test_demo_without_postgres_says_exactly_what_to_do(
     assert "syncd demo --database-url postgresql://" in out
 
 
+@pytest.mark.parametrize(("url", "cause"), [
+    ("postgresql://x:sekrit99@127.0.0.1:1/x", "ConnectionRefusedError"),
+    ("mysql://u:sekrit99@127.0.0.1/db", "scheme is expected"),
+    ("postgresql://u:sekrit99@127.0.0.1:bad/db", "invalid literal for int()"),
+])
+async def test_demo_with_a_database_it_cannot_use_says_why_without_a_traceback(
+        url: str, cause: str) -> None:
+    """A trial user's unreachable `--database-url` printed a Python traceback."""
+    code, out = await _run_demo("--database-url", url)
+    assert code == 2
+    assert "syncd demo: cannot use --database-url" in out and cause in out
+    assert "Traceback" not in out and "sekrit99" not in out
+
+
 async def test_demo_refuses_a_database_that_holds_entries(db_dsn: str) -> None:
     """A database given explicitly is refused once it holds entries: nothing is written."""
     conn = await asyncpg.connect(db_dsn)

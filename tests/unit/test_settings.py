@@ -70,3 +70,29 @@ def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
                          "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
                          capture_output=True, text=True, env=env, timeout=60)
     assert (res.returncode, res.stderr) == (0, ""), res.stderr
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("mysql://u:hunter2@h/db", "must be a postgresql:// URL"),
+    ("postgresql://u:hunter2@h:notaport/db", "has a port that is not a number"),
+    ("postgresql://u:hunter2@h:99999/db", "has a port that is not a number"),
+    ("", "is empty"),
+])
+def test_a_database_url_asyncpg_cannot_use_is_refused_at_start(
+        url: str, why: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial user's `SYNCD_DATABASE_URL=mysql://…` made `syncd run` retry 'database
+    unavailable' forever, and a bad port printed asyncpg's bare `int()` error: now exit 2 at
+    start, naming the variable, never quoting the URL (it may hold a password)."""
+    monkeypatch.setenv("SYNCD_DATABASE_URL", url)
+    monkeypatch.setenv("SYNCD_KANTATA_TOKEN", "t")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("syncd: invalid setting SYNCD_DATABASE_URL: ") and why in err
+    assert "hunter2" not in err and "\n" not in err
+
+
+def test_database_urls_libpq_accepts_still_pass() -> None:
+    for url in ("postgresql://syncd@/syncd?host=/run/postgresql", "postgres://u:p@h:5432/d",
+                "postgresql://u@127.0.0.1/d"):
+        assert Settings(database_url=url, kantata_token="t").dsn() == url
