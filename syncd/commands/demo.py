@@ -315,6 +315,11 @@ def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     except PgServerError as exc:
         print(f"syncd demo: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # say what is left behind, as a finished demo does
+        if (args.dir / "pg").exists():
+            print(f"syncd demo: interrupted; its PostgreSQL in {args.dir} may still be running "
+                  "(`syncd demo --stop` stops and removes it)", file=sys.stderr)
+        return 130
 
 
 def register(sub: Any) -> None:

@@ -167,3 +167,36 @@ async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(
         if proc.returncode is None:
             proc.send_signal(2)  # Ctrl-C
             await asyncio.wait_for(proc.wait(), 30)
+
+
+def test_an_interrupted_demo_says_how_to_stop_what_it_left() -> None:
+    """A trial user's Ctrl-C in the middle of `syncd demo` exited silently, its PostgreSQL still
+    running: it now says so and names `syncd demo --stop`."""
+    import signal
+    import subprocess
+    import tempfile
+
+    if demo.find_bin_dir() is None:
+        pytest.skip("needs PostgreSQL binaries")
+    tmp_path = Path(tempfile.mkdtemp(prefix="syncd-demo-int-"))  # the postgres user reads it
+    tmp_path.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "demo", "--dir", str(tmp_path / "demo"), "--entries",
+         "300000"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # interrupt it in the middle: once the backfill has begun
+            if line.startswith("3/5"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([sys.executable, "-m", "syncd", "demo", "--dir", str(tmp_path / "demo"),
+                        "--stop"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+        tmp_path.rmdir()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "syncd demo --stop" in err and "Traceback" not in err
