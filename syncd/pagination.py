@@ -311,7 +311,8 @@ _MEMO_SIZE = 50_000
 
 def _id_or_fail(v: object) -> int | None:
     """A side id of the common case: None, or a digit string of at most 18 digits (so below
-    2**63). Raises ValueError otherwise (the careful path then decides)."""
+    2**63). Raises ValueError otherwise, TypeError for a value that is not text (the careful
+    path then decides)."""
     if v is None:
         return None
     hit = _ID_MEMO.get(v)  # type: ignore[call-overload]
@@ -558,18 +559,20 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
 # ------------------------------------------------------------------ side-loads once per run
 #: A side-loaded object's key: (kind, id), kind as the include's top-level key.
 SideRef = tuple[str, int]
-_REF_FIELDS = (("workspaces", "workspace_id"), ("users", "user_id"), ("stories", "story_id"),
-               ("roles", "role_id"))
+#: Which `TimeEntry` field (by position) references which side-loaded kind.
+_REF_SLOTS = (("workspaces", 1), ("users", 2), ("stories", 3), ("roles", 4))
+
+
+def _entry_refs(e: TimeEntry) -> list[SideRef]:
+    """The side-loaded objects one entry references (api-notes §2 Includes: `workspace` ->
+    `workspaces` keyed by `workspace_id`, and so on)."""
+    return [(kind, e[i]) for kind, i in _REF_SLOTS if e[i] is not None]
 
 
 def side_refs(entries: Sequence[TimeEntry]) -> set[SideRef]:
-    """The side-loaded objects `entries` reference, as (kind, id) (api-notes §2 Includes:
-    `workspace` -> `workspaces` keyed by `workspace_id`, and so on). Set comprehensions over
-    the tuple fields: this runs for every backfill page."""
-    return ({("workspaces", e[1]) for e in entries if e[1] is not None}
-            | {("users", e[2]) for e in entries if e[2] is not None}
-            | {("stories", e[3]) for e in entries if e[3] is not None}
-            | {("roles", e[4]) for e in entries if e[4] is not None})
+    """The side-loaded objects `entries` reference, as (kind, id). This runs for every
+    backfill page."""
+    return {(kind, e[i]) for e in entries for kind, i in _REF_SLOTS if e[i] is not None}
 
 
 def sideload_plan(entries: Iterable[TimeEntry], known: Container[SideRef], *,
@@ -583,7 +586,7 @@ def sideload_plan(entries: Iterable[TimeEntry], known: Container[SideRef], *,
     chosen: list[int] = []
     covered: set[SideRef] = set()
     for e in entries:
-        refs = [(k, r) for k, r in ((k, getattr(e, f)) for k, f in _REF_FIELDS) if r is not None]
+        refs = _entry_refs(e)
         if any(ref not in known and ref not in covered for ref in refs):
             chosen.append(e.id)
             covered.update(refs)

@@ -103,9 +103,6 @@ class SideLoads:
         self.inflight: dict[pagination.SideRef, asyncio.Future[None]] = {}
         self.requests = 0
 
-    def _known(self, ref: pagination.SideRef) -> bool:
-        return ref in self.objects or ref in self.absent or ref in self.inflight
-
     async def _load(self, ids: list[int], covered: set[pagination.SideRef]) -> Page:
         """One `only=` request; returns its side-loaded part. An object is known absent only
         when an entry that references it came back without it: an entry deleted or moved
@@ -131,7 +128,8 @@ class SideLoads:
         for _ in range(self.ATTEMPTS):
             if not needed - self.objects.keys() - self.absent - asked:
                 break  # the common case once the run has seen the account's objects
-            chunks, covered = pagination.sideload_plan(page.entries, _KnownView(self, asked))
+            known = self.objects.keys() | self.absent | self.inflight.keys() | asked
+            chunks, covered = pagination.sideload_plan(page.entries, known)
             asked |= covered
             waits = {self.inflight[r] for r in needed if r in self.inflight}
             if chunks:
@@ -153,17 +151,6 @@ class SideLoads:
                 await asyncio.wait(waits)
         side = tuple(self.objects[r] for r in needed if r in self.objects)
         return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
-
-
-class _KnownView:
-    """`ref in view`: loaded, known absent, being loaded, or already asked for by this page
-    (for `pagination.sideload_plan`)."""
-
-    def __init__(self, loads: SideLoads, asked: set[pagination.SideRef]) -> None:
-        self._loads, self._asked = loads, asked
-
-    def __contains__(self, ref: object) -> bool:
-        return ref in self._asked or self._loads._known(ref)  # type: ignore[arg-type]
 
 
 async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,

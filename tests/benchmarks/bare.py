@@ -93,6 +93,16 @@ def listings(listing: str, include: bool, since: date, until: date) -> list[dict
             for w in month_windows(since, until)]
 
 
+def page_columns(doc: dict[str, object]) -> list[list[str | None]]:
+    """What the reference does with a decoded page: the entries in `results` order as one
+    text array per column, then `raw` as JSON text (empty lists for an empty page)."""
+    keyed = doc["time_entries"]
+    entries = [keyed[r["id"]] for r in doc["results"]]  # type: ignore[index, attr-defined]
+    cols = [[_text(e.get(c)) for e in entries] for c in COLUMNS]
+    cols.append([orjson.dumps(e).decode() for e in entries])
+    return cols
+
+
 def _text(v: object) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -137,14 +147,11 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date, *,
                 for p in range(2, doc["meta"]["page_count"] + 1):
                     queue.put_nowait((query, p))
                     pending += 1
-            keyed = doc["time_entries"]
-            entries = [keyed[r["id"]] for r in doc["results"]]
-            if entries:
-                cols = [[_text(e.get(c)) for e in entries] for c in COLUMNS]
-                cols.append([orjson.dumps(e).decode() for e in entries])
+            cols = page_columns(doc)
+            if cols[0]:
                 async with pool.acquire() as conn:
                     await conn.execute(upsert, *cols)
-                figures["rows"] += len(entries)
+                figures["rows"] += len(cols[0])
                 figures["pages"] += 1
             pending -= 1
             if pending == 0:

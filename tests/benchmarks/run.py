@@ -51,7 +51,7 @@ PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES = 10_000, 2_000, 2_000
 SMOKE_PUSH = (100, 20, 20)
 #: What asyncpg's pool sends in one round trip when a connection is released
 #: (`Connection.reset()`); pg_stat_statements counts it as four statements.
-POOL_RESET = {"SELECT pg_advisory_unlock_all()", "CLOSE ALL", "UNLISTEN *", "RESET ALL"}  # requests/minute for the labelled non-default syncd row
+POOL_RESET = {"SELECT pg_advisory_unlock_all()", "CLOSE ALL", "UNLISTEN *", "RESET ALL"}
 
 
 # ------------------------------------------------------------------ machine and databases
@@ -481,17 +481,12 @@ def validation_cost(sim: SimProcess, since: date, until: date) -> dict[str, floa
     against syncd's decode and validation (`pagination.decode_page`: types, ranges, dates,
     text PostgreSQL cannot hold, side-loaded objects) and the per-entry upsert arguments."""
     from syncd import pagination
-    from tests.benchmarks.bare import COLUMNS, _text
+    from tests.benchmarks.bare import page_columns
 
     pages = _sample_pages(sim, since, until)
 
     def bare(b: bytes) -> object:
-        doc = orjson.loads(b)
-        keyed = doc["time_entries"]
-        entries = [keyed[r["id"]] for r in doc["results"]]
-        cols = [[_text(e.get(c)) for e in entries] for c in COLUMNS]
-        cols.append([orjson.dumps(e).decode() for e in entries])
-        return cols
+        return page_columns(orjson.loads(b))
 
     def syncd_decode(b: bytes) -> object:
         return pagination.decode_page(b)
@@ -530,9 +525,9 @@ def statement_groups(stmts: list[dict[str, Any]]) -> dict[str, dict[str, float]]
             g = "window checkpoints"
         elif "sync_runs" in q or "syncd.cursor" in q or "watermark" in q:
             g = "run history and watermark"
-        elif "set_config" in q or " set " in f" {q}"[:6]:
+        elif "set_config" in q:
             g = "write context (history mode)"
-        elif " ".join(q.split()).upper() in POOL_RESET or q.startswith(("begin", "commit")):
+        elif st["query"] in POOL_RESET or q.startswith(("begin", "commit")):
             g = "transactions and pool resets"
         else:
             g = "other"
