@@ -25,8 +25,8 @@ from syncd.pagination import MAX_TEXT, MAX_YEAR, MIN_YEAR
 __all__ = [
     "MAX_BULK", "MAX_IDS_PER_READ", "SERVICE_MODEL", "WRITABLE_FIELDS", "Bisection", "Decision",
     "ErrorMap", "Outcome", "OutboxRow", "UpdateCheck", "backoff_seconds", "by_op",
-    "check_update", "chunk", "create_items", "created_entries", "decide",
-    "differing_fields", "entries_by_id", "entry_ids_by_ref", "error_list",
+    "CreateMatch", "check_update", "chunk", "create_items", "decide",
+    "differing_fields", "entries_by_id", "entry_ids_by_ref", "error_list", "match_created",
     "map_create_errors", "map_delete_errors", "mirror_refusal", "payload_applied",
     "strip_include_only",
 ]
@@ -55,7 +55,8 @@ class OutboxRow:
 
     `payload` is the decoded jsonb (None for deletes); `correlation_key` the uuid as text;
     `attempts` already counts the current claim; `sent_at` set means a request carrying this
-    row went out before (its outcome must be looked up before a create is sent again).
+    row went out before (its outcome must be looked up before a create is sent again);
+    `last_error` is what the row's last attempt recorded (why its outcome is unknown).
     """
 
     id: int
@@ -66,6 +67,7 @@ class OutboxRow:
     base_updated_at: datetime | None
     attempts: int
     sent_at: datetime | None = None
+    last_error: str | None = None
 
 
 def chunk(items: Sequence[T], size: int = MAX_BULK) -> list[list[T]]:
@@ -129,7 +131,10 @@ def strip_include_only(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def entries_by_id(body: Any) -> dict[int, dict[str, Any]]:
     """Raw entries of an envelope (`results` order), keyed by integer id, include-only keys
-    stripped. Anything that is not an envelope yields {}."""
+    stripped. The id is the `results` id, which is the entry's key in `time_entries` (the
+    contract declares no `id` property); an entry whose own `id` field disagrees with its key
+    is left out. `results` items of another `key` are skipped. Anything that is not an
+    envelope yields {}."""
     if not isinstance(body, Mapping):
         return {}
     keyed = body.get("time_entries")
@@ -138,10 +143,16 @@ def entries_by_id(body: Any) -> dict[int, dict[str, Any]]:
         return {}
     out: dict[int, dict[str, Any]] = {}
     for ref in results:
-        rid = str(ref.get("id")) if isinstance(ref, Mapping) else ""
+        if not isinstance(ref, Mapping) or ref.get("key", "time_entries") != "time_entries":
+            continue
+        rid = str(ref.get("id", "")).strip()
         raw = keyed.get(rid)
-        if rid.isdigit() and isinstance(raw, Mapping):
-            out[int(rid)] = strip_include_only(raw)
+        if not (rid.isascii() and rid.isdigit()) or not isinstance(raw, Mapping):
+            continue
+        own = raw.get("id", rid)
+        if str(own).strip() != rid:
+            continue
+        out[int(rid)] = strip_include_only(raw)
     return out
 
 
@@ -162,26 +173,65 @@ def entry_ids_by_ref(body: Any, service_name: str) -> dict[str, list[int]]:
     return {k: sorted(set(v)) for k, v in out.items()}
 
 
-def created_entries(body: Any, rows: Sequence[OutboxRow],
-                    service_name: str) -> dict[int, dict[str, Any]] | None:
-    """Outbox row id → the raw entry Kantata created for it, from a bulk-create answer.
+@dataclass(frozen=True, slots=True)
+class CreateMatch:
+    """How a bulk-create answer maps to the rows sent: `matched` outbox row id → (entry id,
+    raw entry); `unknown` row id → why its entry could not be told (its outcome must be
+    looked up by external reference, never guessed and never blindly re-sent)."""
 
-    Matched through the external references when side-loaded, else by position (`results` are
-    in submission order, api-notes §14 Q5). None when the answer does not account for every
-    row (then the outcome is unknown and must be looked up).
+    matched: dict[int, tuple[int, dict[str, Any]]]
+    unknown: dict[int, str]
+
+
+def _content_match(rows: Sequence[OutboxRow], entries: Mapping[int, Mapping[str, Any]]
+                   ) -> dict[int, int]:
+    """Row id → entry id where the row's payload matches exactly one entry's content and that
+    entry matches no other row's payload (`payload_applied`)."""
+    cands = {r.id: [i for i, raw in entries.items() if payload_applied(r.payload or {}, raw)]
+             for r in rows}
+    takers: dict[int, int] = {}
+    for ids in cands.values():
+        for i in ids:
+            takers[i] = takers.get(i, 0) + 1
+    return {rid: ids[0] for rid, ids in cands.items() if len(ids) == 1 and takers[ids[0]] == 1}
+
+
+def match_created(body: Any, rows: Sequence[OutboxRow], service_name: str) -> CreateMatch:
+    """Match the entries of a bulk-create answer to the outbox rows sent (never by position).
+
+    First by external reference (side-loaded `external_references`, api-notes §14 Q11): the
+    entry carrying the row's correlation key. Else by content: the one entry of the answer
+    whose values equal the row's payload, when no other row's payload matches it too. A row
+    matched neither way is `unknown`: the answer did not list its entry, or several rows with
+    equal payloads were answered without references. The contract orders `results` by the
+    endpoint's default order (`date_performed:desc`, TE:L36-40), not as sent, so position
+    tells nothing.
     """
     entries = entries_by_id(body)
     by_ref = entry_ids_by_ref(body, service_name)
-    out: dict[int, dict[str, Any]] = {}
+    matched: dict[int, tuple[int, dict[str, Any]]] = {}
     for r in rows:
         ids = [i for i in by_ref.get(r.correlation_key, []) if i in entries]
         if ids:
-            out[r.id] = entries[ids[0]]
-    if len(out) == len(rows):
-        return out
-    if len(entries) == len(rows) and not by_ref:
-        return {r.id: e for r, e in zip(rows, entries.values(), strict=True)}
-    return None
+            matched[r.id] = (ids[0], entries[ids[0]])
+    taken = {eid for eid, _ in matched.values()}
+    rest = [r for r in rows if r.id not in matched]
+    free = {i: raw for i, raw in entries.items() if i not in taken}
+    for rid, eid in _content_match(rest, free).items():
+        matched[rid] = (eid, free[eid])
+    unknown: dict[int, str] = {}
+    for r in rows:
+        if r.id in matched:
+            continue
+        if not entries:
+            unknown[r.id] = "Kantata's answer to the bulk create listed no entry"
+        elif len(entries) < len(rows):
+            unknown[r.id] = (f"Kantata's answer to the bulk create listed {len(entries)} of "
+                             f"{len(rows)} entries, none of them this row's")
+        else:
+            unknown[r.id] = ("Kantata's answer to the bulk create names no external reference "
+                             "for this row and its content matches no single listed entry")
+    return CreateMatch(matched, unknown)
 
 
 # ------------------------------------------------------------------------ errors

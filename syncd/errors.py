@@ -58,6 +58,12 @@ class MalformedResponseError(RetriableError):
     """A 200 answer that is not the documented envelope (truncated JSON, HTML, missing ids)."""
 
 
+class PagingError(MalformedResponseError):
+    """A paged read that does not progress: a page repeating an earlier one, a page number
+    not echoed, more pages than `count` allows, a negative `count` (`pagination.PageGuard`).
+    Retried next run, never in a loop within one."""
+
+
 class DatabaseUnavailable(RetriableError):
     """PostgreSQL cannot be reached right now."""
 

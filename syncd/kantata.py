@@ -54,6 +54,16 @@ _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 #: other-account entries are invisible and would later look like deletions.
 VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
 
+#: The associations whose foreign keys (`pagination.INCLUDE_GATED`) the contract returns only
+#: when they are included (TE TimeEntry schema: "will only be included in the response if").
+FK_INCLUDES = ("workspace", "user", "story", "role")
+
+
+def with_includes(params: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """`params` with `names` added to its comma-separated `include` (order kept, no repeats)."""
+    have = [n for n in params.get("include", "").split(",") if n]
+    return {**params, "include": ",".join(dict.fromkeys([*have, *names]))}
+
 
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
@@ -163,6 +173,9 @@ class KantataClient:
         self.metrics.rate_limit.set(budget.rate_per_minute / 60)
         self.metrics.rate_limit_floor.set(budget.aimd.floor / 60)
         self.requests_sent = 0
+        #: Learned from the first list page that lacked them: this Kantata returns the
+        #: foreign keys only with their `include=`, so every list request asks for them.
+        self.include_fks = False
 
     def __repr__(self) -> str:  # never show the header dict
         return f"KantataClient({self._base!r})"
@@ -251,13 +264,35 @@ class KantataClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ reads
+    async def _read_list(self, params: Mapping[str, str], priority: Priority
+                         ) -> tuple[ApiResponse, Page]:
+        """`GET /time_entries` whose entries carry their foreign keys: a page that lacks them
+        (the contract returns them only with their `include=`) teaches the client to ask for
+        them on every list request from then on; that page is asked for again at once, with
+        a warning in the log (once per client)."""
+        if self.include_fks:
+            params = with_includes(params, FK_INCLUDES)
+        resp, page = await self._read("/time_entries", params, priority, True)
+        assert page is not None
+        if page.absent_keys and not self.include_fks:
+            self.include_fks = True
+            log.warning("kantata_foreign_keys_need_include", absent=sorted(page.absent_keys),
+                        detail="list pages without include= lack foreign keys; asking for "
+                               f"include={','.join(FK_INCLUDES)} on every list request")
+            resp, page = await self._read("/time_entries", with_includes(params, FK_INCLUDES),
+                                          priority, True)
+            assert page is not None
+        if page.absent_keys:
+            log.warning("kantata_foreign_keys_absent", absent=sorted(page.absent_keys),
+                        detail="absent even with include=; stored values are kept")
+        return resp, page
+
     async def list_page(self, params: Mapping[str, str], *,
                         priority: Priority = "pull") -> Page:
-        """`GET /time_entries` with `params` (visibility overrides added), decoded. Retries
-        transient failures; raises RetriableError when they persist, FatalAPIError on 4xx."""
-        _, page = await self._read("/time_entries", {**VISIBILITY, **params}, priority, True)
-        assert page is not None
-        return page
+        """`GET /time_entries` with `params` (visibility overrides added), decoded, its entries
+        with their foreign keys (`_read_list`). Retries transient failures; raises
+        RetriableError when they persist, FatalAPIError on 4xx."""
+        return (await self._read_list({**VISIBILITY, **params}, priority))[1]
 
     async def get_by_ids(self, ids: Sequence[int], *, priority: Priority = "push",
                          extra: Mapping[str, str] | None = None) -> Page:
@@ -288,8 +323,7 @@ class KantataClient:
         params = {**VISIBILITY, "external_reference_service_name": service_name,
                   "external_reference_service_model_refs": ",".join(refs),
                   "include": "external_references", "per_page": "200"}
-        resp, page = await self._read("/time_entries", params, priority, True)
-        assert page is not None
+        resp, page = await self._read_list(params, priority)
         return page, batching.entry_ids_by_ref(resp.body, service_name)
 
     # ------------------------------------------------------------------ writes (no retry)
@@ -299,13 +333,17 @@ class KantataClient:
         RetriableAPIError when the outcome is unknown (no answer, 429, 5xx)."""
         if not 1 <= len(items) <= 100:
             raise ValueError("bulk create takes 1..100 items")
+        # the external references match answers to items; the associations make the answer
+        # carry the foreign keys (include-gated in the contract) so the mirror row is whole
         return await self.send("POST", "/time_entries", json={"time_entries": list(items)},
-                               params={"include": "external_references"}, priority="push")
+                               params=with_includes({"include": "external_references"},
+                                                    FK_INCLUDES), priority="push")
 
     async def update_entry(self, entry_id: int, fields: Mapping[str, Any]) -> ApiResponse:
         """`PUT /time_entries/{id}` with `{"time_entry": fields}` (partial; api-notes §7)."""
         return await self.send("PUT", f"/time_entries/{entry_id}",
-                               json={"time_entry": dict(fields)}, priority="push")
+                               json={"time_entry": dict(fields)},
+                               params={"include": ",".join(FK_INCLUDES)}, priority="push")
 
     async def delete_entries(self, ids: Sequence[int]) -> ApiResponse:
         """Bulk `DELETE /time_entries?ids=...` (≤ 100, all-or-nothing, 204; api-notes §8)."""

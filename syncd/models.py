@@ -95,7 +95,8 @@ class Page:
 
     count: int
     page_count: int
-    page_number: int
+    #: None when the answer had no `meta.page_number` (older Kantata: no `meta` at all)
+    page_number: int | None
     page_size: int
     result_ids: tuple[str, ...]
     entries: tuple[TimeEntry, ...]
@@ -104,3 +105,6 @@ class Page:
     #: Records (entries and side-loaded objects) stored with text altered to be storable
     #: (`pagination.sanitise`; the originals are in each record's `raw`).
     altered: tuple[Altered, ...] = ()
+    #: Include-gated foreign keys (`pagination.INCLUDE_GATED`) that some listed entry did not
+    #: carry at all (absent, not null): the request lacked their `include=` (TE TimeEntry).
+    absent_keys: frozenset[str] = frozenset()

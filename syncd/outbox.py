@@ -85,7 +85,7 @@ UPDATE syncd.outbox t SET
     claimed_at = coalesce($1, now()), attempts = t.attempts + 1
 FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.op, t.entry_id, t.payload, t.correlation_key::text AS correlation_key,
-          t.base_updated_at, t.attempts, t.sent_at
+          t.base_updated_at, t.attempts, t.sent_at, t.last_error
 """
 
 # Committed before the request goes out: a set sent_at is what tells a later claim that the
@@ -203,7 +203,8 @@ def _row(r: Mapping[str, Any]) -> OutboxRow:
     return OutboxRow(id=r["id"], op=r["op"], entry_id=r["entry_id"],
                      payload=orjson.loads(payload) if payload is not None else None,
                      correlation_key=r["correlation_key"], base_updated_at=r["base_updated_at"],
-                     attempts=r["attempts"], sent_at=r["sent_at"])
+                     attempts=r["attempts"], sent_at=r["sent_at"],
+                     last_error=r.get("last_error"))
 
 
 async def reclaim_expired(conn: asyncpg.Connection, *, max_attempts: int,

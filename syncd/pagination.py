@@ -27,11 +27,11 @@ from typing import Any
 
 import orjson
 
-from syncd.errors import InvalidRecord, MalformedResponseError
+from syncd.errors import InvalidRecord, MalformedResponseError, PagingError
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
-    "ALTERED_KEY", "SideRef", "decode_json", "decode_json_storable", "decode_page",
+    "ALTERED_KEY", "INCLUDE_GATED", "PageGuard", "SideRef", "decode_json", "decode_json_storable", "decode_page",
     "make_storable", "parse_side_object", "parse_time_entry", "sanitise", "side_part",
     "side_refs", "sideload_plan",
 ]
@@ -46,6 +46,9 @@ REPLACEMENT = "\ufffd"
 MIN_YEAR, MAX_YEAR = 1900, 2200
 MISSING_FROM_KEYED = "listed in `results` but absent from the `time_entries` object"
 SIDE_KINDS = {"workspaces": "title", "users": "full_name", "stories": "title", "roles": "name"}
+#: Foreign keys the contract gives "only ... if" their association is in `include=` (TE
+#: TimeEntry schema, L2228-2320); `Page.absent_keys` says which of them a page lacked.
+INCLUDE_GATED = ("workspace_id", "user_id", "story_id", "role_id")
 SIDE_MEMO_SIZE = 4096  # distinct side-loaded objects remembered (~0.5 KB each)
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a str can hold them unpaired; UTF-8 cannot
 
@@ -93,6 +96,8 @@ def _int(v: object, field: str, *, nullable: bool, lo: int = 0, hi: int = MAX_BI
         if not v.isascii() or not v.lstrip("-").isdigit():
             raise ValueError(f"{field} must be an integer, got {v[:40]!r}")
         v = int(v)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        v = int(v)  # JSON Schema counts 60.0 as an integer (the contract's `integer` types)
     if not isinstance(v, int):
         raise ValueError(f"{field} must be an integer, got {type(v).__name__}")
     if not lo <= v <= hi:
@@ -208,7 +213,12 @@ def _instant(v: object, field: str, *, nullable: bool) -> datetime | None:
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
-        raise ValueError(f"{field} {v[:40]!r} is not ISO 8601") from None
+        try:  # RFC 3339 §5.6 NOTE: "t" and "z" may be lower case
+            dt = datetime.fromisoformat(v.upper()) if len(v) <= 40 else None
+        except ValueError:
+            dt = None
+        if dt is None:
+            raise ValueError(f"{field} {v[:40]!r} is not ISO 8601") from None
     if dt.tzinfo is None:
         raise ValueError(f"{field} {v!r} has no UTC offset")
     if not MIN_YEAR <= dt.year <= MAX_YEAR:
@@ -228,32 +238,36 @@ def _date(v: object, field: str) -> date:
     return d
 
 
-def parse_time_entry(raw: Mapping[str, Any], *, storable: bool = False) -> TimeEntry:
+def parse_time_entry(raw: Mapping[str, Any], *, storable: bool = False,
+                     key: str | None = None) -> TimeEntry:
     """Validate one TimeEntry object (api-notes §5) and type it. Raises InvalidRecord(id, reason)
     only for what cannot be a row (no id, an id or a number that is not an integer, a date or
     timestamp that is not one): text is made storable instead (`sanitise`, recorded in `raw`).
 
+    `key` is the entry's key in the `time_entries` map (or its `results` id): the contract
+    gives the id there and declares no `id` property (TE:L36-40, TimeEntry schema), so an
+    object without `id` takes the key; an `id` field that disagrees with the key is refused.
     Unknown fields are kept in `raw` and otherwise ignored. `storable=True` lets the fast path
     skip the walk for NUL and unpaired surrogates (the caller proved there are none,
     `decode_json_storable`).
     """
-    return _parse_entry(raw, storable=storable)[0]
+    return _parse_entry(raw, storable=storable, key=key)[0]
 
 
-def _parse_entry(raw: Mapping[str, Any], *, storable: bool
+def _parse_entry(raw: Mapping[str, Any], *, storable: bool, key: str | None = None
                  ) -> tuple[TimeEntry, Altered | None]:
     """`parse_time_entry`, plus what of the entry was altered to be storable (or None)."""
     if storable and type(raw) is dict:
-        fast = _common_time_entry(raw)
+        fast = _common_time_entry(raw, key)
         if fast is not None:
             return fast, None
-    rid = raw.get("id") if isinstance(raw, Mapping) else None
-    entry_id = rid if isinstance(rid, str) else None
+    rid = raw.get("id", key) if isinstance(raw, Mapping) else key
+    entry_id = rid if isinstance(rid, str) else key
     try:
         if not isinstance(raw, Mapping):
             raise ValueError(f"entry is not a JSON object but {_json_type(raw)}")
         raw, alterations = _storable(raw)
-        rid = raw.get("id")
+        rid = raw.get("id", key)
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
         minutes = _int(raw.get("time_in_minutes"), "time_in_minutes", nullable=False,
@@ -343,7 +357,7 @@ def _date_or_fail(v: object) -> date:
     return d
 
 
-def _common_time_entry(raw: dict[str, Any]) -> TimeEntry | None:
+def _common_time_entry(raw: dict[str, Any], key: str | None = None) -> TimeEntry | None:
     """`parse_time_entry` for the common case, unrolled (no loop or call per field: this is
     the backfill's hottest code, ~200,000 calls at 200k entries): a storable entry whose ids
     are digit strings, numbers are ints, flags are booleans, timestamps carry an offset.
@@ -352,7 +366,7 @@ def _common_time_entry(raw: dict[str, Any]) -> TimeEntry | None:
     (tests/unit/test_pagination_fastpath.py compares them)."""
     get = raw.get
     try:
-        rid = get("id")
+        rid = get("id", key)
         if type(rid) is not str or len(rid) > _ID_DIGITS or not (rid.isascii()
                                                                  and rid.isdigit()):
             return None
@@ -402,16 +416,19 @@ def _common_time_entry(raw: dict[str, Any]) -> TimeEntry | None:
 
 
 def parse_side_object(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
-                      text: str | None = None) -> SideObject:
+                      text: str | None = None, key: str | None = None) -> SideObject:
     """Validate a side-loaded workspace/user/story/role. Raises InvalidRecord (no id, or an id
-    that is not an integer); text is made storable as for `parse_time_entry`. `storable` as for
+    that is not an integer, or an `id` field that disagrees with `key`); text is made storable
+    as for `parse_time_entry`. `key` is the object's key in its top-level map, which is its id
+    when the object has no `id` field (api-notes §2: "indexed by ID"). `storable` as for
     `parse_time_entry`; `text` is `raw` already serialised (kept as `SideObject.raw`)."""
-    return _parse_side(kind, raw, storable=storable, text=text)[0]
+    return _parse_side(kind, raw, storable=storable, text=text, key=key)[0]
 
 
 def _parse_side(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
-                text: str | None = None) -> tuple[SideObject, Altered | None]:
-    rid = raw.get("id") if isinstance(raw, Mapping) else None
+                text: str | None = None, key: str | None = None
+                ) -> tuple[SideObject, Altered | None]:
+    rid = raw.get("id", key) if isinstance(raw, Mapping) else key
     alterations: list[dict[str, Any]] = []
     try:
         if not isinstance(raw, Mapping):
@@ -419,9 +436,11 @@ def _parse_side(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
         if not storable:
             raw, alterations = _storable(raw)
             text = None if alterations else text
-            rid = raw.get("id")
+            rid = raw.get("id", key)
         ident = _int(rid, "id", nullable=False, lo=1)
         assert ident is not None
+        if key is not None and str(ident) != key.strip():
+            raise ValueError(f"key {key[:MAX_ID_TEXT]!r} holds an object with id {ident}")
         label = raw.get(SIDE_KINDS[kind])
         parent = raw.get("workspace_id") if kind == "stories" else None
         return SideObject(
@@ -433,19 +452,21 @@ def _parse_side(kind: str, raw: Mapping[str, Any], *, storable: bool = False,
             raw=text if text is not None else orjson.dumps(raw).decode(),
         ), _altered(kind, ident, alterations)
     except ValueError as exc:
-        raise InvalidRecord(rid if isinstance(rid, str) else None, f"{kind}: {exc}") from None
+        rid_text = rid if isinstance(rid, str) else key
+        raise InvalidRecord(rid_text, f"{kind}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=SIDE_MEMO_SIZE)
-def _storable_side(kind: str, text: str) -> SideObject:
-    """`parse_side_object` of a storable object given as its JSON text, memoised: every page
-    side-loads the same few hundred workspaces/users/stories/roles, and an identical object
-    always parses to the same (frozen) SideObject. Raises InvalidRecord (never cached).
+def _storable_side(kind: str, key: str, text: str) -> SideObject:
+    """`parse_side_object` of a storable object given as its JSON text and its map key,
+    memoised: every page side-loads the same few hundred workspaces/users/stories/roles, and
+    an identical object always parses to the same (frozen) SideObject. Raises InvalidRecord
+    (never cached).
 
     The key is text, not the bytes `orjson.dumps` returns: those keep orjson's whole output
     buffer (~4 KB for a 250-byte object), which made this memo 7 MB at 1,750 objects; the text
     is exact-size and is also the SideObject's `raw`, so key and value share it (issue #7)."""
-    return parse_side_object(kind, orjson.loads(text), storable=True, text=text)
+    return parse_side_object(kind, orjson.loads(text), storable=True, text=text, key=key)
 
 
 def _json_type(v: object) -> str:
@@ -461,10 +482,13 @@ def _raw_text(obj: object) -> str:
         return repr(obj)[:10_000]
 
 
-def _envelope_int(body: Mapping[str, Any], meta: Mapping[str, Any], key: str, default: int) -> int:
+def _envelope_int(body: Mapping[str, Any], meta: Mapping[str, Any], key: str,
+                  default: int | None) -> int | None:
     v = meta.get(key, body.get(key) if key == "count" else None)
     if v is None:
         return default
+    if isinstance(v, float) and v.is_integer():  # JSON Schema counts 60.0 as an integer
+        v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
         raise MalformedResponseError(f"meta.{key} is not an integer")
     return v
@@ -495,6 +519,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
     rejected: list[Rejected] = []
     ids: list[str] = []
     altered: list[Altered] = []
+    absent: set[str] = set()
     for ref in results:
         # `type(...) is dict` first: an isinstance check against the Mapping ABC costs ~1 µs
         if (type(ref) is not dict and not isinstance(ref, Mapping)) \
@@ -513,7 +538,7 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
             rejected.append(Rejected(entry_id=rid, raw="null", reason=MISSING_FROM_KEYED))
             continue
         try:
-            entry, alt = _parse_entry(raw, storable=storable)
+            entry, alt = _parse_entry(raw, storable=storable, key=rid)
         except InvalidRecord as exc:
             rejected.append(Rejected(entry_id=exc.entry_id or rid, reason=exc.reason,
                                      raw=_raw_text(raw)))
@@ -526,34 +551,94 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         entries.append(entry)
         if alt is not None:
             altered.append(alt)
+        if not absent.issuperset(INCLUDE_GATED) and type(raw) is dict:
+            absent.update(k for k in INCLUDE_GATED if k not in raw)
     side: list[SideObject] = []
     for kind in SIDE_KINDS:
         objs = doc.get(kind)
         if not isinstance(objs, Mapping):
             continue
-        for raw in objs.values():
+        for okey, raw in objs.items():
+            okey = str(okey)
             try:
                 if storable and isinstance(raw, Mapping):
-                    side.append(_storable_side(kind, orjson.dumps(raw).decode()))
+                    side.append(_storable_side(kind, okey, orjson.dumps(raw).decode()))
                 else:
-                    obj, alt = _parse_side(kind, raw)
+                    obj, alt = _parse_side(kind, raw, key=okey)
                     side.append(obj)
                     if alt is not None:
                         altered.append(alt)
             except InvalidRecord as exc:
                 rejected.append(Rejected(entry_id=None, reason=exc.reason, raw=_raw_text(raw)))
     count = _envelope_int(doc, meta, "count", len(ids))
+    assert count is not None
     return Page(
         count=count,
-        page_count=_envelope_int(doc, meta, "page_count", 1 if ids else 0),
-        page_number=_envelope_int(doc, meta, "page_number", 1),
-        page_size=_envelope_int(doc, meta, "page_size", len(ids)),
+        page_count=_envelope_int(doc, meta, "page_count", 1 if ids else 0) or 0,
+        page_number=_envelope_int(doc, meta, "page_number", None),
+        page_size=_envelope_int(doc, meta, "page_size", len(ids)) or 0,
+        absent_keys=frozenset(absent),
         result_ids=tuple(ids),
         entries=tuple(entries),
         side=tuple(side),
         rejected=tuple(rejected),
         altered=tuple(altered),
     )
+
+
+# ------------------------------------------------------------------ paging loop guard
+def count_usable(count: int) -> bool:
+    """Whether `count` can be a number of entries (the contract types it as an integer and
+    does not say it is non-negative; a negative one tells nothing about the query)."""
+    return count >= 0
+
+class PageGuard:
+    """The loop guard of one paged query (the idea of the Singer SDK's paginator guard):
+    `check(requested, page)` after every page raises PagingError, naming the cause, when
+
+    - the page lists exactly the ids of an earlier page of the same query (a server that
+      ignores `page` would be paged until `meta.page_count` ran out);
+    - `meta.page_number` is present and does not echo the page asked for (api-notes §2:
+      brainstem echoes `params[:page]`);
+    - a page with results lies beyond what `count / page_size` allows (`count` of that same
+      answer, so entries added while paging do not trip it; a negative `count` says nothing,
+      see `count_usable`);
+    - more than `max_pages` pages were read.
+
+    Pure: the caller stops reading and leaves the window (or watermark) where it was, so the
+    next run reads it again. Memory: one hash per page read."""
+
+    def __init__(self, query: str, *, max_pages: int = 100_000) -> None:
+        self.query = query
+        self.max_pages = max_pages
+        self._seen: dict[int, int] = {}
+        self.pages = 0
+
+    def check(self, requested: int, page: Page) -> None:
+        """Raise PagingError when `page` (the answer to page number `requested`) shows the
+        paging is not progressing; return otherwise."""
+        self.pages += 1
+        where = f"{self.query}, page {requested} (request {self.pages} of this read)"
+        if self.pages > self.max_pages:
+            raise PagingError(f"{where}: more than {self.max_pages} pages; read stopped")
+        if not page.result_ids:
+            return
+        if page.page_number is not None and page.page_number != requested:
+            raise PagingError(f"{where}: Kantata answered page {page.page_number} instead "
+                              "(`meta.page_number` does not echo `page`); read stopped")
+        size = page.page_size or len(page.result_ids)
+        allowed = -(-page.count // size) if size > 0 else 0
+        if count_usable(page.count) and requested > allowed:
+            raise PagingError(
+                f"{where}: {len(page.result_ids)} entries listed beyond the {allowed} page(s) "
+                f"that count {page.count} / page size {size} allows; read stopped")
+        key = hash(page.result_ids)
+        first = self._seen.get(key)
+        if first is not None and first != requested:
+            raise PagingError(
+                f"{where}: lists the same {len(page.result_ids)} ids as page {first}; the "
+                "server is not paging (is `page` ignored?); read stopped")
+        self._seen[key] = requested
 
 
 # ------------------------------------------------------------------ side-loads once per run

@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from syncd import cursor, pagination, store
 from syncd.errors import AuthError, FatalError, MalformedResponseError, RetriableError
-from syncd.models import Altered, Page, SideObject
+from syncd.models import Altered, Page, Rejected, SideObject
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
 
@@ -74,7 +74,8 @@ def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
     return params
 
 
-#: Side-loaded objects this run has stored: (kind, id) -> raw JSON text.
+#: Side-loaded objects this run has stored: (kind, id) -> raw JSON text; and the side objects
+#: it rejected: ("rejected", hash of the raw text) -> raw text.
 SideSeen = dict[tuple[str, int], str]
 
 
@@ -122,6 +123,8 @@ class SideLoads:
     async def for_page(self, page: Page) -> Page:
         if not page.entries:
             return page
+        for o in page.side:  # a page asked for with include= (`KantataClient.include_fks`)
+            self.objects[(o.kind, o.id)] = o
         needed = pagination.side_refs(page.entries)
         rejected, altered = list(page.rejected), list(page.altered)
         asked: set[pagination.SideRef] = set()  # by this page: not asked again for it
@@ -165,6 +168,11 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
     side = page.side
     if side_seen is not None:
         side = tuple(o for o in side if side_seen.get((o.kind, o.id)) != o.raw)
+        # a side object that cannot be stored comes again with every page that includes it:
+        # recorded and counted once per run
+        page = replace(page, rejected=tuple(
+            r for r in page.rejected
+            if not _side_reject(r) or side_seen.get(("rejected", hash(r.raw))) != r.raw))
     if not (page.entries or side or page.rejected or watermark is not None
             or (purpose is not None and window is not None)):
         deps.made_progress()  # an empty incremental page: nothing to write, no transaction
@@ -190,6 +198,8 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
                     await store.set_watermark(conn, watermark)
     if side_seen is not None:
         side_seen.update(((o.kind, o.id), o.raw) for o in side)
+        side_seen.update((("rejected", hash(r.raw)), r.raw) for r in page.rejected
+                         if _side_reject(r))
     stats.pages += 1
     stats.rows_upserted += changed
     stats.rows_rejected += len(page.rejected)
@@ -200,6 +210,11 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
     note_altered(deps, stats, page.altered)
     deps.made_progress()
     return changed
+
+
+def _side_reject(r: Rejected) -> bool:
+    """A reject of a side-loaded object (not of an entry): `side_part`'s rule."""
+    return r.entry_id is None and r.reason.split(":", 1)[0] in pagination.SIDE_KINDS
 
 
 def note_altered(deps: Deps, stats: RunStats, altered: Sequence[Altered]) -> None:
@@ -234,19 +249,25 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         return asyncio.ensure_future(get(page_no))
 
     res = WindowResult(w)
+    previous: tuple[int, int, int] | None = None  # (ids digest, distinct, count) of the last read
     for attempt in range(MAX_WINDOW_READS):
         res = WindowResult(w)
         page_no = first_page if attempt == 0 else 1
         assumed = (page_no - 1) * deps.settings.per_page  # entries of pages done before a resume
+        guard = pagination.PageGuard(f"window {w.param}")
         ahead: asyncio.Task[Page] | None = fetch(page_no)
         try:
             while ahead is not None:
                 page = await ahead
                 ahead = None
+                guard.check(page_no, page)
                 if not page.result_ids:
                     res.remote_count = page.count
                     break
-                more = page_no < page.page_count and len(page.result_ids) >= page.page_size
+                full = len(page.result_ids) >= page.page_size
+                # a count that says nothing (negative) leaves paging to full pages alone
+                more = full and (page_no < page.page_count
+                                 or not pagination.count_usable(page.count))
                 if more and not deps.should_stop():
                     # the next page travels while this one is stored (checkpoints stay in order)
                     ahead = fetch(page_no + 1)
@@ -275,14 +296,36 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                 await asyncio.gather(ahead, return_exceptions=True)
         res.distinct = distinct_count(res.ids)
         seen = res.distinct + res.rejected + assumed
-        if res.remote_count is None or seen >= res.remote_count:
+        usable = res.remote_count is None or pagination.count_usable(res.remote_count)
+        if usable and (res.remote_count is None or seen >= res.remote_count):
             return res
-        log.warning("window_moved_while_reading", window=w.param, seen=seen,
-                    remote_count=res.remote_count, attempt=attempt + 1)
+        digest = (hash(res.ids.tobytes()), res.distinct, res.remote_count or 0)
+        if digest == previous and assumed == 0:
+            # two whole reads listed the same entries in the same order: nothing changed, so
+            # Kantata's count, not the data, is off; the listing is what there is
+            log.warning("window_count_disagrees", window=w.param, listed=res.distinct,
+                        rejected=res.rejected, remote_count=res.remote_count,
+                        detail=_count_note(res.remote_count, seen))
+            if not usable:
+                res.remote_count = None  # never store a count that is not one
+            return res
+        previous = digest if assumed == 0 else None
+        if usable:
+            log.warning("window_moved_while_reading", window=w.param, seen=seen,
+                        remote_count=res.remote_count, attempt=attempt + 1)
         first_page = 1
     res.error = (f"window {w.param} kept changing while read ({res.distinct} of "
                  f"{res.remote_count} entries); will retry next run")
     return res
+
+
+def _count_note(count: int | None, seen: int) -> str:
+    """Why a window whose count disagrees is taken as read, for the log."""
+    if count is not None and not pagination.count_usable(count):
+        return (f"Kantata's count is {count}, not a number of entries; two reads listed the "
+                f"same {seen} entries, taken as the window's content")
+    return (f"Kantata's count ({count}) disagrees with the {seen} entries it listed, the same "
+            "in two reads over unchanged data; the listing is taken as the window's content")
 
 
 class _Progress:
@@ -411,6 +454,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
     req: cursor.PullRequest | None = cursor.first_request(wm, overlap, settled)
     pages = 0
     side_seen: SideSeen = {}
+    guards: dict[tuple[datetime, datetime | None], pagination.PageGuard] = {}
     while req is not None:
         params = {**_base_params(deps), "order": "updated_at:asc", "page": str(req.page),
                   "updated_after": req.updated_after.isoformat()}
@@ -418,9 +462,17 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             params["updated_before"] = req.updated_before.isoformat()
         page = await deps.client.list_page(params)
         pages += 1
+        query = (req.updated_after, req.updated_before)
+        if query not in guards:
+            guards[query] = pagination.PageGuard(
+                "incremental pass, updated_after " + "..".join(
+                    t.isoformat() for t in query if t is not None))
+        guards[query].check(req.page, page)
+        # a count that says nothing (negative): a full page means more may follow
+        count = page.count if pagination.count_usable(page.count) else sys.maxsize
         try:
             step = cursor.next_step(req, [e.updated_at for e in page.entries],
-                                    page.page_size, page.count, listed=len(page.result_ids))
+                                    page.page_size, count, listed=len(page.result_ids))
         except ValueError as exc:  # the server broke the paging contract: retry next run
             raise MalformedResponseError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None

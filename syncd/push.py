@@ -27,7 +27,7 @@ import structlog
 
 from syncd import batching, outbox, pagination, runs, store
 from syncd.batching import MAX_BULK, MAX_IDS_PER_READ, Bisection, Outcome, OutboxRow, Tally
-from syncd.errors import InvalidRecord, RetriableAPIError, RetriableError
+from syncd.errors import InvalidRecord, RetriableError
 from syncd.kantata import ApiResponse, classify, error_messages
 from syncd.models import TimeEntry
 from syncd.runs import Deps
@@ -163,11 +163,13 @@ class _Batch:
         self.deps.made_progress()
 
 
-def _entry(raw: dict[str, Any] | None) -> TimeEntry | None:
+def _entry(raw: dict[str, Any] | None, entry_id: int | None = None) -> TimeEntry | None:
+    """`raw` typed for the mirror; `entry_id` is its key in the answer (the id when the
+    object has no `id` field). None, logged, when it cannot be a mirror row."""
     if raw is None:
         return None
     try:
-        return pagination.parse_time_entry(raw)
+        return pagination.parse_time_entry(raw, key=None if entry_id is None else str(entry_id))
     except InvalidRecord as exc:
         log.warning("push_answer_entry_invalid", entry_id=exc.entry_id, reason=exc.reason)
         return None
@@ -227,15 +229,17 @@ async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
         if not ids:
             wait = batching.settle_wait(r.sent_at, now, SETTLE_SECONDS)
             if wait > 0:
+                cause = _unknown_cause(r.last_error)
                 waiting.append((r, Outcome(kind="unresolved", min_delay=wait, message=(
-                    "the answer to this create was lost and Kantata does not list it yet; "
-                    f"looked up again {wait:.0f} s from now, when the request cannot still be "
-                    "running there, and sent again only if it is still not found"))))
+                    f"outcome of this create unknown ({cause}); Kantata does not list it yet "
+                    f"under its external reference; looked up again {wait:.0f} s from now, "
+                    "when the request cannot still be running there, and sent again only if "
+                    "it is still not found"))))
             continue
         if len(ids) > 1:
             log.error("outbox_duplicate_create", row=r.id, entry_ids=ids)
         raw = batching.strip_include_only(orjson.loads(live[ids[0]].raw))
-        entry = _entry(raw)
+        entry = _entry(raw, ids[0])
         entries += [entry] if entry else []
         found.append((r, Outcome(kind="ok", result="found_existing", entry_id=ids[0],
                                  remote=raw, remote_updated_at=live[ids[0]].updated_at)))
@@ -244,6 +248,28 @@ async def _lookup_sent(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
     log.info("outbox_outcomes_looked_up", rows=len(unsure), found=len(found),
              waiting=len(waiting))
     return [r for r in rows if r.id not in settled]
+
+
+#: Prefix of a waiting row's message; its cause is kept across lookups (not re-wrapped).
+_UNKNOWN_PREFIX = "outcome of this create unknown ("
+
+
+def _unknown_cause(last_error: str | None) -> str:
+    """Why a sent create's outcome is unknown, from the row's last error, kept as first
+    recorded (a later lookup must not turn "the answer did not list it" into "lost")."""
+    if not last_error:
+        return "its answer was lost"
+    if last_error.startswith(_UNKNOWN_PREFIX):
+        inner = last_error[len(_UNKNOWN_PREFIX):]
+        depth, end = 1, len(inner)
+        for i, ch in enumerate(inner):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                end = i
+                break
+        return inner[:end]
+    return last_error
 
 
 async def _refuse_unmirrorable(b: _Batch, rows: list[OutboxRow]) -> list[OutboxRow]:
@@ -275,22 +301,8 @@ async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
             await b.finish([(by_id[i], _transient(exc, sent=True)) for i in bis.abandon()])
             return
         if 200 <= resp.status < 300:
-            created = batching.created_entries(resp.body, req_rows, b.service)
-            if created is None:
-                err = RetriableAPIError(resp.status, "Kantata's answer to a bulk create did not "
-                                                     "list every created entry")
-                await b.finish([(by_id[i], _transient(err, sent=True)) for i in bis.abandon()])
-                return
             bis.accepted()
-            pairs, entries = [], []
-            for r in req_rows:
-                raw = created[r.id]
-                entry = _entry(raw)
-                entries += [entry] if entry else []
-                pairs.append((r, Outcome(kind="ok", result="created", entry_id=int(raw["id"]),
-                                         remote=raw,
-                                         remote_updated_at=entry.updated_at if entry else None)))
-            await b.finish(pairs, entries=entries)
+            await _finish_created(b, req_rows, resp)
             continue
         _raise_if_fatal(resp)
         errs = batching.map_create_errors(resp.body, len(req))
@@ -298,6 +310,29 @@ async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
                      _unmapped(resp, errs.unmapped), errors=len(batching.error_list(resp.body)))
         await _finish_rejected(b, bis, by_id, reported)
     await _finish_rejected(b, bis, by_id, reported)
+
+
+async def _finish_created(b: _Batch, rows: list[OutboxRow], resp: ApiResponse) -> None:
+    """Record a bulk create Kantata accepted: each row matched to its own entry
+    (`batching.match_created`: by external reference, else by unambiguous content) is done
+    with that entry's id; a row that cannot be told from the answer keeps its unknown outcome
+    and is looked up by its external reference LOOKUP_SECONDS later (`_lookup_sent`), never
+    re-sent blindly and never guessed."""
+    match = batching.match_created(resp.body, rows, b.service)
+    pairs: list[tuple[OutboxRow, Outcome]] = []
+    entries: list[TimeEntry] = []
+    for r in rows:
+        if r.id not in match.matched:
+            log.warning("outbox_create_unmatched", row=r.id, reason=match.unknown[r.id])
+            pairs.append((r, Outcome(kind="transient", message=match.unknown[r.id],
+                                     min_delay=LOOKUP_SECONDS)))
+            continue
+        eid, raw = match.matched[r.id]
+        entry = _entry(raw, eid)
+        entries += [entry] if entry else []
+        pairs.append((r, Outcome(kind="ok", result="created", entry_id=eid, remote=raw,
+                                 remote_updated_at=entry.updated_at if entry else None)))
+    await b.finish(pairs, entries=entries)
 
 
 def _unmapped(resp: ApiResponse, msgs: Sequence[str]) -> list[str]:
@@ -386,7 +421,7 @@ async def _put(b: _Batch, r: OutboxRow, chk: batching.UpdateCheck) -> None:
         return
     if 200 <= resp.status < 300:
         raw = batching.entries_by_id(resp.body).get(eid)
-        entry = _entry(raw)
+        entry = _entry(raw, eid)
         if raw is None or entry is None:
             await b.finish([(r, Outcome(kind="transient", message=(
                 "Kantata's answer to the update did not contain the entry")))])

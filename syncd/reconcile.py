@@ -16,6 +16,7 @@ unchanged while still skipping a row.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Set
+from typing import Any
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -37,6 +38,9 @@ class RowVersion:
     updated_at: datetime
     time_in_minutes: int = 0
     deleted_at: datetime | None = None
+    #: verify only: every typed column in `TimeEntry` order, `raw` left out (the mirror's
+    #: row, or Kantata's entry); () when not compared
+    columns: tuple[Any, ...] = ()
 
 
 # ---------------------------------------------------------------- one window's plan
@@ -159,17 +163,20 @@ class Summary:
     count: int = 0
     minutes: int = 0
     max_updated_at: datetime | None = None
+    #: entries listed whose record could not be decoded: counted, their minutes unknown
+    unreadable: int = 0
 
 
 def summarize(rows: Iterable[RowVersion], count: int | None = None) -> Summary:
     """Summary of `rows`; `count` overrides the row count (Kantata's listed ids may include
-    records that could not be decoded)."""
+    records that could not be decoded: those are `unreadable`, their minutes not summed)."""
     n, minutes, newest = 0, 0, None
     for r in rows:
         n += 1
         minutes += r.time_in_minutes
         newest = r.updated_at if newest is None or r.updated_at > newest else newest
-    return Summary(n if count is None else count, minutes, newest)
+    total = n if count is None else count
+    return Summary(total, minutes, newest, unreadable=max(0, total - n))
 
 
 def bucket_summaries(windows: Sequence[Window],
@@ -200,6 +207,8 @@ class StaleRow:
     kantata_updated_at: datetime
     mirror_minutes: int
     kantata_minutes: int
+    #: the columns whose values differ (verify compares every typed column)
+    fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +223,20 @@ class WindowDiff:
     stale: tuple[StaleRow, ...] = ()
 
 
+#: The typed columns `RowVersion.columns` holds, in order (TimeEntry's fields but `raw`).
+COMPARED_COLUMNS = ("id", "workspace_id", "user_id", "story_id", "role_id", "date_performed",
+                    "time_in_minutes", "billable", "notes", "rate_in_cents", "cost_rate_in_cents",
+                    "currency", "currency_symbol", "currency_base_unit", "approved",
+                    "is_invoiced", "taxable", "location", "created_at", "updated_at")
+
+
+def _differing(a: RowVersion, b: RowVersion) -> tuple[str, ...]:
+    if not a.columns or not b.columns:
+        return ()
+    return tuple(c for c, x, y in zip(COMPARED_COLUMNS, a.columns, b.columns, strict=True)
+                 if x != y)
+
+
 def diff_window(w: Window, local: Mapping[int, RowVersion], remote: Mapping[int, RowVersion],
                 listed: Set[int] | None = None) -> WindowDiff | None:
     """Compare the live mirror rows of `w` with a complete read of Kantata; None when equal.
@@ -225,16 +248,17 @@ def diff_window(w: Window, local: Mapping[int, RowVersion], remote: Mapping[int,
     listed = set(remote) if listed is None else set(listed)
     mine = summarize(local.values())
     theirs = summarize(remote.values(), count=len(listed))
-    if mine == theirs:
-        return None
     stale = tuple(
         StaleRow(id=i, mirror_updated_at=local[i].updated_at,
                  kantata_updated_at=remote[i].updated_at,
                  mirror_minutes=local[i].time_in_minutes,
-                 kantata_minutes=remote[i].time_in_minutes)
+                 kantata_minutes=remote[i].time_in_minutes,
+                 fields=_differing(local[i], remote[i]))
         for i in sorted(set(local) & set(remote))
-        if (local[i].updated_at, local[i].time_in_minutes)
-        != (remote[i].updated_at, remote[i].time_in_minutes))
+        if (local[i].updated_at, local[i].time_in_minutes, local[i].columns)
+        != (remote[i].updated_at, remote[i].time_in_minutes, remote[i].columns))
+    if mine == theirs and not stale:
+        return None
     return WindowDiff(window=w, mirror=mine, kantata=theirs,
                       missing_locally=tuple(sorted(listed - set(local))),
                       extra_locally=tuple(sorted(set(local) - listed)), stale=stale)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from syncd import pull, reconcile, store
+from syncd import pagination, pull, reconcile, store
 from syncd.errors import AuthError, FatalError, RetriableError
 from syncd.models import Altered, Rejected, SideObject, TimeEntry
 from syncd.reconcile import RowVersion, Summary, WindowDiff
@@ -61,10 +61,29 @@ class WindowRead:
     last_count: int | None = None
     pages: int = 0
     reads: int = 0
+    #: listed `results` ids that are not an integer id (their records cannot be compared)
+    unreadable_ids: int = 0
+    #: this read listed the same ids under the same counts as the read before it
+    stable: bool = False
 
     @property
     def trusted(self) -> bool:
         return reconcile.read_trusted(self.first_count, self.last_count, len(self.listed))
+
+    def untrusted_reason(self) -> str:
+        """Why this read cannot be used to infer deletions, naming the real cause."""
+        listed = f"{len(self.listed)} distinct ids listed"
+        if self.unreadable_ids:
+            listed += f" and {self.unreadable_ids} unreadable id(s)"
+        if self.first_count is not None and self.first_count < 0:
+            return (f"Kantata's count is {self.first_count}, not a number of entries ({listed}); "
+                    "the read cannot be checked, nothing marked deleted")
+        if self.stable:
+            return (f"Kantata's count ({self.first_count}) disagrees with the {listed}, the "
+                    f"same in {self.reads} reads: the data did not change, the count is off; "
+                    "nothing marked deleted")
+        return (f"kept changing while read ({self.reads} reads; {listed}, count "
+                f"{self.first_count} then {self.last_count}); nothing marked deleted")
 
 
 @dataclass
@@ -115,15 +134,19 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
     page cannot be read (after the client's own retries), Stopped on shutdown."""
     read = WindowRead(w, reads=1)
     page_no = 1
+    guard = pagination.PageGuard(f"window {w.param}", max_pages=MAX_PAGES)
     while page_no <= MAX_PAGES:
         page = await deps.client.list_page(_params(deps, w, page_no), priority="reconcile")
         read.pages += 1
+        guard.check(page_no, page)
         read.first_count = page.count if read.first_count is None else read.first_count
         read.last_count = page.count
         deps.made_progress()
         if not page.result_ids:
             break
-        read.listed |= _ids(page.result_ids)
+        ids = _ids(page.result_ids)
+        read.listed |= ids
+        read.unreadable_ids += len(page.result_ids) - len(ids)
         for e in store.newest_per_id(page.entries):
             cur = read.entries.get(e.id)
             if cur is None or e.updated_at > cur.updated_at:
@@ -131,7 +154,8 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
         read.side.update({(o.kind, o.id): o for o in page.side})
         read.rejected.extend(page.rejected)
         read.altered.update({a.id: a for a in page.altered if a.kind == "time_entries"})
-        if page_no >= page.page_count or len(page.result_ids) < page.page_size:
+        if (page_no >= page.page_count and pagination.count_usable(page.count)) \
+                or len(page.result_ids) < page.page_size:
             break
         if deps.should_stop():
             raise Stopped(f"stopped before window {w.param} was read completely")
@@ -141,12 +165,20 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
 
 async def _read_until_trusted(deps: Deps, w: Window) -> WindowRead:
     pages = 0
+    last: tuple[frozenset[int], int | None, int | None] | None = None
     for attempt in range(1, MAX_READS + 1):
         read = await read_window(deps, w)
         pages += read.pages
         read.pages, read.reads = pages, attempt
         if read.trusted:
             return read
+        shape = (frozenset(read.listed), read.first_count, read.last_count)
+        read.stable = shape == last
+        if read.stable:  # a third read would list the same again
+            log.warning("window_count_disagrees", window=w.param,
+                        reason=read.untrusted_reason())
+            return read
+        last = shape
         log.warning("window_changed_while_reading", window=w.param, attempt=attempt,
                     first_count=read.first_count, last_count=read.last_count,
                     listed=len(read.listed))
@@ -181,9 +213,7 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
         upserts.extend(moved)
     status = "done" if read.trusted else "failed"
     if not read.trusted:
-        rep.error = (f"window {read.window.param} kept changing while read ({len(read.listed)} "
-                     f"ids listed, count {read.first_count} then {read.last_count}); nothing "
-                     "marked deleted, will retry")
+        rep.error = f"window {read.window.param}: {read.untrusted_reason()}; will retry"
     async with deps.pool.acquire() as conn, conn.transaction():
         if upserts or gone:
             await store.set_write_context(conn, "reconcile", history=deps.settings.history)
@@ -321,14 +351,14 @@ async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult
         return
     res.requests += read.pages
     if not read.trusted:
-        res.errors.append((w, f"kept changing while read ({read.reads} reads)"))
+        res.errors.append((w, read.untrusted_reason()))
         return
-    remote = {i: RowVersion(updated_at=e.updated_at, time_in_minutes=e.time_in_minutes)
-              for i, e in read.entries.items()}
-    if reconcile.summarize(remote.values(), count=len(read.listed)) == mine:
-        return
+    # every typed column, foreign keys included, not only the summary: a mirror row whose
+    # workspace_id was blanked has the same count, minutes and updated_at
+    remote = {i: RowVersion(updated_at=e.updated_at, time_in_minutes=e.time_in_minutes,
+                            columns=tuple(e[:-1])) for i, e in read.entries.items()}
     async with deps.pool.acquire() as conn, conn.transaction(readonly=True):
-        local = await store.window_rows(conn, w, include_deleted=False)
+        local = await store.window_columns(conn, w)
     diff = reconcile.diff_window(w, local, remote, read.listed)
     if diff is not None:
         res.diffs.append(diff)

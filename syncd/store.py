@@ -31,25 +31,46 @@ __all__ = [
 #: `syncd.time_entry_in` record type (migrations/0005).
 ENTRY_COLUMNS: tuple[str, ...] = TimeEntry._fields
 
+#: Columns whose key Kantata may leave out of an entry (every one but the id, the timestamps
+#: and `raw`): an absent key is not a null, so the upsert keeps the stored value of a column
+#: whose key the new version does not carry (the contract gives `workspace_id`, `user_id`,
+#: `story_id`, `role_id` only with their `include=`, TE TimeEntry schema).
+KEEP_WHEN_ABSENT: tuple[str, ...] = tuple(
+    c for c in ENTRY_COLUMNS if c not in ("id", "date_performed", "time_in_minutes",
+                                          "updated_at", "raw"))
+
+
+def _set_column(c: str) -> str:
+    if c in KEEP_WHEN_ABSENT:
+        return f"{c} = CASE WHEN excluded.raw ? '{c}' THEN excluded.{c} ELSE t.{c} END"
+    return f"{c} = excluded.{c}"
+
+
 # One statement per page: the entries travel as one array of `syncd.time_entry_in` records (a
 # `TimeEntry` is a tuple in that column order). The WHERE keeps a newer stored version (a
 # re-sent older page never wins) and lets a row marked deleted come back when Kantata lists it
 # again. Kantata's updated_at has whole seconds, so two edits in one second share it: at equal
 # updated_at the content read later wins when it differs (the overlap re-read is what
-# delivers it).
+# delivers it). `raw` keeps the stored keys the new version lacks (`||` of jsonb objects: the
+# new version's keys win), so a page read without `include=` changes nothing it did not carry
+# and writes no history version; the alterations note is the new version's alone.
+MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"
+#: The SET list of the upsert, from the ENTRY_COLUMNS constant (no outside value).
+ENTRY_SET_LIST = ", ".join(_set_column(c) for c in ENTRY_COLUMNS[1:-1])
 UPSERT_ENTRIES = f"""
 INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
                                       learned_via)
 SELECT u.*, NULL::timestamptz, now(), syncd.history_source()
 FROM unnest($1::syncd.time_entry_in[]) AS u
 ON CONFLICT (id) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in ENTRY_COLUMNS[1:])},
+    {ENTRY_SET_LIST},
+    raw = {MERGED_RAW},
     deleted_at = NULL,
     synced_at = excluded.synced_at,
     learned_via = excluded.learned_via
 WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
-       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM excluded.raw))
+       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
 
 SIDE_SQL = {
@@ -338,6 +359,22 @@ SELECT id, updated_at, time_in_minutes, deleted_at
 FROM kantata.time_entries
 WHERE date_performed BETWEEN $1 AND $2 AND ($3 OR deleted_at IS NULL)
 """
+
+# Verify compares every typed column of the live rows of a window (reconcile.COMPARED_COLUMNS).
+WINDOW_COLUMNS = f"""
+SELECT {", ".join(ENTRY_COLUMNS)}
+FROM kantata.time_entries
+WHERE date_performed BETWEEN $1 AND $2 AND deleted_at IS NULL
+"""
+
+
+async def window_columns(conn: asyncpg.Connection, w: Window) -> dict[int, RowVersion]:
+    """Live mirror rows of `w` with every typed column (`RowVersion.columns`, in
+    `reconcile.COMPARED_COLUMNS` order), for verify."""
+    rows = await conn.fetch(WINDOW_COLUMNS, w.start, w.end)
+    return {r["id"]: RowVersion(updated_at=r["updated_at"], time_in_minutes=r["time_in_minutes"],
+                                columns=tuple(r.values())[:-1]) for r in rows}
+
 
 # Live rows aggregated per day; verify folds the days into its windows.
 DAILY_SUMMARY = """

@@ -39,6 +39,10 @@ def _ts(v: datetime | None) -> str:
 
 
 def _summary(s: Summary) -> str:
+    if s.unreadable:
+        return (f"{s.count} entries ({s.unreadable} could not be read: their minutes are "
+                f"unknown), {s.minutes} min in the {s.count - s.unreadable} read, max updated_at "
+                f"{_ts(s.max_updated_at)}")
     return f"{s.count} entries, {s.minutes} min, max updated_at {_ts(s.max_updated_at)}"
 
 
@@ -59,9 +63,10 @@ def render_text(res: VerifyResult, since: date, until: date) -> str:
         lines += _ids("missing locally", d.missing_locally)
         lines += _ids("extra locally", d.extra_locally)
         for s in d.stale[:SHOWN_IDS]:
+            differ = f" (differ: {', '.join(s.fields)})" if s.fields else ""
             lines.append(f"  stale {s.id}: mirror {_ts(s.mirror_updated_at)} "
                          f"{s.mirror_minutes} min, kantata {_ts(s.kantata_updated_at)} "
-                         f"{s.kantata_minutes} min")
+                         f"{s.kantata_minutes} min{differ}")
         if len(d.stale) > SHOWN_IDS:
             lines.append(f"  … and {len(d.stale) - SHOWN_IDS} more stale")
     for w, err in res.errors:
@@ -75,7 +80,7 @@ def render_text(res: VerifyResult, since: date, until: date) -> str:
 
 def _diff_json(d: WindowDiff) -> dict[str, Any]:
     def summ(s: Summary) -> dict[str, Any]:
-        return {"count": s.count, "minutes": s.minutes,
+        return {"count": s.count, "minutes": s.minutes, "unreadable": s.unreadable,
                 "max_updated_at": _ts(s.max_updated_at) if s.max_updated_at else None}
 
     return {"window": d.window.param, "mirror": summ(d.mirror), "kantata": summ(d.kantata),
@@ -83,7 +88,8 @@ def _diff_json(d: WindowDiff) -> dict[str, Any]:
             "extra_locally": list(d.extra_locally),
             "stale": [{"id": s.id, "mirror_updated_at": _ts(s.mirror_updated_at),
                        "kantata_updated_at": _ts(s.kantata_updated_at),
-                       "mirror_minutes": s.mirror_minutes, "kantata_minutes": s.kantata_minutes}
+                       "mirror_minutes": s.mirror_minutes, "kantata_minutes": s.kantata_minutes,
+                       "fields": list(s.fields)}
                       for s in d.stale]}
 
 

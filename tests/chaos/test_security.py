@@ -238,8 +238,8 @@ SQL_START = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|GRAN
 ALLOWED: dict[str, dict[str, str]] = {
     "syncd/store.py": {
         "', '.join(ENTRY_COLUMNS)": "column names from the ENTRY_COLUMNS constant",
-        "', '.join((f'{c} = excluded.{c}' for c in ENTRY_COLUMNS[1:]))":
-            "SET list from the ENTRY_COLUMNS constant",
+        "ENTRY_SET_LIST": "SET list built from the ENTRY_COLUMNS constant",
+        "MERGED_RAW": "a constant jsonb expression",
         "table": "table name from the SIDE_SQL constant", "label": "column from SIDE_SQL",
         "extra_col": "literal column fragment", "extra_val": "literal fragment",
         "extra_set": "literal SET fragment",

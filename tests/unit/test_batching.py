@@ -74,26 +74,64 @@ def ref(rid: str, subject: str, key: str, service: str = "svc") -> dict[str, Any
             "service_model": "syncd_outbox", "service_model_ref": key}
 
 
+def matched(body: Any, rows: list[OutboxRow]) -> dict[int, tuple[int, dict[str, Any]]]:
+    return batching.match_created(body, rows, "svc").matched
+
+
 def test_created_entries_map_by_reference_not_position() -> None:
     body = envelope([{"id": "11", "external_reference_ids": ["1"]}, {"id": "10"}],
                     {"1": ref("1", "11", "key-1"), "2": ref("2", "10", "key-2"),
                      "3": ref("3", "10", "key-1", service="other")})
-    out = batching.created_entries(body, [row(1), row(2)], "svc")
-    assert out == {1: {"id": "11"}, 2: {"id": "10"}}  # include-only key stripped
+    out = matched(body, [row(1), row(2)])
+    assert out == {1: (11, {"id": "11"}), 2: (10, {"id": "10"})}  # include-only key stripped
 
 
-def test_created_entries_fall_back_to_results_order_without_references() -> None:
-    body = envelope([{"id": "11"}, {"id": "10"}])
-    assert batching.created_entries(body, [row(1), row(2)], "svc") == {
-        1: {"id": "11"}, 2: {"id": "10"}}
+def _item(eid: str, notes: str, *, with_id: bool = True) -> dict[str, Any]:
+    e = {"notes": notes, "workspace_id": "5", "time_in_minutes": 30}
+    return {"id": eid, **e} if with_id else e
+
+
+def _body(items: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """An answer keyed by id, whose objects may lack `id` (the contract declares none)."""
+    return {"count": len(items), "results": [{"key": "time_entries", "id": k} for k, _ in items],
+            "time_entries": dict(items)}
+
+
+def test_created_entries_matched_by_content_in_any_order_without_id_fields() -> None:
+    rows = [row(1, payload={"notes": "a", "workspace_id": 5}),
+            row(2, payload={"notes": "b", "workspace_id": 5})]
+    # the endpoint's default order (date_performed:desc), not the order sent; no `id` fields
+    body = _body([("20", _item("20", "b", with_id=False)), ("10", _item("10", "a", with_id=False))])
+    out = matched(body, rows)
+    assert {k: v[0] for k, v in out.items()} == {1: 10, 2: 20}
+    assert "id" not in out[1][1]  # kept as Kantata sent it
+
+
+def test_created_entries_never_matched_by_position() -> None:
+    """Two rows with equal payloads and no references: the answer cannot tell which entry is
+    whose, so both outcomes are unknown (looked up by external reference), never guessed."""
+    rows = [row(1, payload={"notes": "same"}), row(2, payload={"notes": "same"})]
+    body = _body([("10", _item("10", "same")), ("11", _item("11", "same"))])
+    m = batching.match_created(body, rows, "svc")
+    assert m.matched == {} and set(m.unknown) == {1, 2}
+    assert "matches no single listed entry" in m.unknown[1]
+
+
+def test_created_entry_whose_id_field_disagrees_with_its_key_is_not_used() -> None:
+    rows = [row(1, payload={"notes": "a"})]
+    body = _body([("10", _item("99", "a"))])
+    m = batching.match_created(body, rows, "svc")
+    assert m.matched == {} and "listed no entry" in m.unknown[1]
 
 
 @pytest.mark.parametrize("body", [
-    None, {}, {"errors": []}, envelope([{"id": "11"}]),
+    None, {}, {"errors": []}, envelope([{"id": "11"}]), [1, 2],
     envelope([{"id": "11"}, {"id": "12"}], {"1": ref("1", "11", "key-1")}),
+    {"results": [{"key": "stories", "id": "11"}], "time_entries": {"11": {"notes": "x"}}},
 ])
 def test_created_entries_unknown_when_rows_are_not_accounted_for(body: Any) -> None:
-    assert batching.created_entries(body, [row(1), row(2)], "svc") is None
+    m = batching.match_created(body, [row(1), row(2)], "svc")
+    assert 2 in m.unknown and set(m.matched) | set(m.unknown) == {1, 2}
 
 
 def test_entry_ids_by_ref_sorts_and_ignores_other_services_and_junk() -> None:

@@ -28,7 +28,9 @@ def envelope(*ids: int) -> dict[str, Any]:
                                        "page_size": 200},
             "results": [{"key": "time_entries", "id": str(i)} for i in ids],
             "time_entries": {str(i): {"id": str(i), "updated_at": "2026-01-01T00:00:00-08:00",
-                                      "date_performed": "2026-01-01", "time_in_minutes": 5}
+                                      "date_performed": "2026-01-01", "time_in_minutes": 5,
+                                      "workspace_id": "7", "user_id": "8", "story_id": None,
+                                      "role_id": None}
                              for i in ids}}
 
 
@@ -52,6 +54,28 @@ async def test_list_page_sends_visibility_filters_and_auth(client: KantataClient
         url = str(key[1])
         assert "from_archived_workspaces=true" in url and "on_my_account=false" in url
         assert calls[0].kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_list_pages_without_foreign_keys_teach_the_client_to_include_them(
+        client: KantataClient) -> None:
+    """The contract gives workspace_id/user_id/story_id/role_id only with their include=: a
+    page without them is asked for again with include=, and so is every later list request."""
+    bare = envelope(1)
+    for e in bare["time_entries"].values():
+        for k in ("workspace_id", "user_id", "story_id", "role_id"):
+            del e[k]
+    with aioresponses() as m:
+        m.get(LIST, payload=bare)
+        m.get(LIST, payload=envelope(1))
+        m.get(LIST, payload=envelope(2))
+        page = await client.list_page({"page": "1"})
+        assert page.entries[0].workspace_id == 7 and not page.absent_keys
+        await client.list_page({"page": "2", "include": "external_references"})
+        urls = [str(k[1]) for k, calls in m.requests.items() for _ in calls]
+    assert "include" not in urls[0]
+    assert "include=workspace,user,story,role" in urls[1]
+    assert "include=external_references,workspace,user,story,role" in urls[2]
+    assert client.include_fks
 
 
 async def test_retries_5xx_then_succeeds(client: KantataClient) -> None:

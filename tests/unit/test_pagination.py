@@ -238,7 +238,7 @@ def test_sideload_plan_chunks_at_the_only_limit() -> None:
 
 def test_side_part_keeps_only_side_objects_and_their_problems() -> None:
     body = page(entry(1, notes="a\u0000b"), entry(2, time_in_minutes="x"),
-                workspaces={"5": {"id": "5", "title": "W\u0000"}, "6": {"title": "no id"}})
+                workspaces={"5": {"id": "5", "title": "W\u0000"}, "6": {"id": "6x", "title": "bad id"}})
     full = decode_page(body)
     assert full.entries and full.rejected and full.altered
     part = side_part(full)
