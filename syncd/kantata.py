@@ -59,6 +59,21 @@ VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
 FK_INCLUDES = ("workspace", "user", "story", "role")
 
 
+def _no_hidden_resend(session: aiohttp.ClientSession) -> None:
+    """Stop aiohttp from sending a PUT or DELETE a second time on its own when the connection
+    drops before the answer (it does so for "idempotent" methods on a reused connection,
+    aio-libs/aiohttp#10790, with no public switch): a PUT whose answer was lost may have been
+    applied, and a second one sent blind would overwrite an edit made in between; the outbox
+    reads the entry first instead. Raises RuntimeError when the aiohttp in use no longer has
+    the switch (syncd relies on it; it must not silently resend writes)."""
+    if not hasattr(session, "_retry_connection"):
+        raise RuntimeError(
+            f"aiohttp {aiohttp.__version__} has no ClientSession._retry_connection: syncd "
+            "cannot stop it resending a write whose answer was lost; pin aiohttp to a "
+            "version that has it")
+    session._retry_connection = False
+
+
 def with_includes(params: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
     """`params` with `names` added to its comma-separated `include` (order kept, no repeats)."""
     have = [n for n in params.get("include", "").split(",") if n]
@@ -161,6 +176,7 @@ class KantataClient:
                  request_timeout: float = 90.0, connect_timeout: float = 10.0,
                  max_connections: int = 8, metrics: Metrics | None = None) -> None:
         self._session = session
+        _no_hidden_resend(session)
         self._base = base_url.rstrip("/")
         register_secret(token.get_secret_value())  # kept out of every error message
         self._auth = {"Authorization": f"Bearer {token.get_secret_value()}",

@@ -1,0 +1,91 @@
+"""Issue #23 item 1: a PUT whose answer is lost after Kantata applied it is never sent again
+blind. aiohttp resends "idempotent" methods on its own when a reused connection drops
+(aio-libs/aiohttp#10790); syncd turns that off, and the next attempt reads the entry first,
+under the same base-version rule as a first send."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import orjson
+import pytest
+
+from syncd.runs import Deps
+from syncd.simulator import Simulator
+from syncd.simulator.faults import Draw
+from tests.integration.outbox_helpers import (
+    drain,
+    editable_ids,
+    mirror_from_sim,
+    requests_of,
+    rows,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def lose_the_answer_of_the_first_put(sim: Simulator, then: Callable[[], None]) -> None:
+    """The first PUT is applied and its answer dropped (a lost response); `then` runs right
+    after, as a colleague editing in Kantata before any retry could."""
+    injector = sim.fault_injector
+    original = injector.draw
+    state = {"lost": False}
+
+    def draw(*args: object, **kw: object) -> Draw:
+        d = original(*args, **kw)  # type: ignore[arg-type]
+        current = sim.requests[-1]  # recorded before its fault is drawn
+        if not state["lost"] and current["method"] == "PUT":
+            state["lost"] = True
+            return Draw(None, lost=True)
+        return d
+
+    injector.draw = draw  # type: ignore[method-assign]
+    original_update = sim.api_update
+
+    def api_update(*args: object, **kw: object) -> bytes:
+        out = original_update(*args, **kw)  # type: ignore[arg-type]
+        if state["lost"] and not state.get("edited"):
+            state["edited"] = True
+            then()
+        return out
+
+    sim.api_update = api_update  # type: ignore[method-assign]
+
+
+async def _queue_update(conn: asyncpg.Connection, eid: int, notes: str) -> int:
+    base = await conn.fetchval("SELECT updated_at FROM kantata.time_entries WHERE id = $1", eid)
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "INSERT INTO syncd.outbox (op, entry_id, payload, base_updated_at)"
+        " VALUES ('update', $1, $2::jsonb, $3) RETURNING id",
+        eid, orjson.dumps({"notes": notes}).decode(), base)
+
+
+async def test_lost_put_with_a_remote_edit_before_the_retry_ends_conflict(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    eid = editable_ids(sim)[4]
+    rid = await _queue_update(conn, eid, "ours")
+    sim.clear_requests()
+    lose_the_answer_of_the_first_put(
+        sim, lambda: sim.edit_entry(eid, {"notes": "a colleague's edit"}))
+    await drain(deps, conn)
+    row = (await rows(conn))[rid]
+    assert row["status"] == "conflict", (row["status"], row["last_error"])
+    assert sim.get_entry(eid)["notes"] == "a colleague's edit"  # their edit survives
+    assert len(requests_of(sim, "PUT")) == 1
+
+
+async def test_lost_put_without_a_remote_edit_is_sent_once_and_already_applied(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    eid = editable_ids(sim)[6]
+    rid = await _queue_update(conn, eid, "ours, once")
+    sim.clear_requests()
+    lose_the_answer_of_the_first_put(sim, lambda: None)
+    await drain(deps, conn)
+    row = (await rows(conn))[rid]
+    assert (row["status"], row["result"]) == ("done", "already_applied")
+    assert sim.get_entry(eid)["notes"] == "ours, once"
+    assert len(requests_of(sim, "PUT")) == 1
+    assert [r["fault"] for r in requests_of(sim, "PUT")] == ["lost_response"]
