@@ -491,6 +491,9 @@ class Outcome:
     remote: Mapping[str, Any] | None = None
     remote_updated_at: datetime | None = None
     sent: bool = True
+    #: Kantata's rate limiter refused the request (429): nothing was applied, and waiting is
+    #: all it asks, so the attempt is given back (throttling never dead-letters a row)
+    throttled: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -542,6 +545,7 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
     | rejected  | failed, Kantata's message          | failed                   |
     | conflict  | conflict, reason + remote version  | conflict                 |
     | transient | pending, back-off, message kept    | failed (dead letter)     |
+    | throttled | pending, Retry-After, refunded     | pending, refunded        |
     | not_sent  | pending now, attempt refunded      | pending, refunded        |
     | unresolved| pending for min_delay, refunded    | pending, refunded        |
 
@@ -561,6 +565,10 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
         return replace(base, status="conflict", last_error=outcome.message)
     if kind == "transient":
         msg = outcome.message or "temporary failure"
+        if outcome.throttled:
+            delay = backoff_seconds(1, backoff_base, backoff_cap, outcome.retry_after)
+            return replace(base, status="pending", last_error=msg, refund=True,
+                           retry_in=max(delay, outcome.min_delay))
         if row.attempts >= max_attempts:
             return replace(base, status="failed", last_error=(
                 f"dead letter: gave up after {row.attempts} attempts "

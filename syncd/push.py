@@ -188,7 +188,7 @@ def _transient(exc: RetriableError, *, sent: bool) -> Outcome:
     settle = LOOKUP_SECONDS if sent and reached else 0.0
     return Outcome(kind="transient", message=str(exc),
                    retry_after=getattr(exc, "retry_after", None), min_delay=settle,
-                   sent=reached)
+                   sent=reached, throttled=getattr(exc, "status", None) == 429)
 
 
 def _raise_if_fatal(resp: ApiResponse) -> None:

@@ -6,17 +6,24 @@ under the same base-version rule as a first send."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
 
+from syncd import push
+from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
 from syncd.simulator.faults import Draw
+from tests.integration.conftest import make_settings
 from tests.integration.outbox_helpers import (
     drain,
     editable_ids,
+    enqueue,
+    entries_with_note,
+    new_entry,
     mirror_from_sim,
     requests_of,
     rows,
@@ -89,3 +96,27 @@ async def test_lost_put_without_a_remote_edit_is_sent_once_and_already_applied(
     assert sim.get_entry(eid)["notes"] == "ours, once"
     assert len(requests_of(sim, "PUT")) == 1
     assert [r["fault"] for r in requests_of(sim, "PUT")] == ["lost_response"]
+
+
+async def test_twenty_429s_on_a_bulk_create_use_no_attempt_and_create_once(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Issue #23 item 2: a 429 created nothing and asks only for time; even with
+    SYNCD_OUTBOX_MAX_ATTEMPTS=1 it never dead-letters a row."""
+    ids = [await enqueue(conn, "create", payload=new_entry(sim, i, notes=f"throttled {i}"))
+           for i in range(3)]
+    sim.set_faults({"error_rate": 1.0, "statuses": [429]})
+    now = datetime.now(UTC)
+    async with open_deps(make_settings(db_dsn, sim_url, outbox_max_attempts=1)) as deps:
+        for _ in range(20):
+            await push.push_once(deps, now=now)
+            got = await rows(conn)
+            assert {(got[i]["status"], got[i]["attempts"]) for i in ids} == {("pending", 0)}
+            now += timedelta(hours=1)
+        assert len(requests_of(sim, "POST")) == 20
+        assert "429" in (got[ids[0]]["last_error"] or "")
+        sim.clear_faults()
+        await drain(deps, conn)
+    got = await rows(conn)
+    assert {got[i]["status"] for i in ids} == {"done"}
+    notes = entries_with_note(sim)
+    assert [len(notes[f"throttled {i}"]) for i in range(3)] == [1, 1, 1]
