@@ -113,8 +113,14 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
     `listed` is how many rows the page listed, rejected ones included (default: as many as
     `updated_ats`): only a page listing fewer than `page_size` rows is the last one.
 
+    The contract does not say whether `updated_after` includes its own second (api-notes §14
+    Q1); both readings are handled: entries at the boundary second, which only an inclusive
+    server lists, are echoes of what was already read and never count as progress
+    (a crowded second right after the boundary is then paged by number like any other).
+
     Raises ValueError if the page is not in ascending `updated_at` order (the loop guard: a
-    server ignoring `order` would otherwise page forever).
+    server ignoring `order` would otherwise page forever), or if a full page holds nothing
+    but the boundary second.
     """
     seconds = [floor_second(t) for t in updated_ats]
     if any(b < a for a, b in zip(seconds, seconds[1:], strict=False)):
@@ -123,6 +129,13 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
     full = n_listed >= page_size
     if req.updated_before is not None:
         return _next_in_second(req, seconds, full, count, page_size)
+    boundary = floor_second(req.updated_after)
+    if seconds and seconds[0] == boundary:  # an inclusive `updated_after` lists its second
+        seconds = [s for s in seconds if s > boundary]
+        if not seconds and full:
+            raise ValueError(
+                f"a full page of entries at the boundary second {boundary.isoformat()} of an "
+                "updated_after that includes its own second; cannot page past it")
     if not seconds:
         return Step(None, None)
     newest, oldest = seconds[-1], seconds[0]

@@ -22,7 +22,13 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from syncd import cursor, pagination, store
-from syncd.errors import AuthError, FatalError, MalformedResponseError, RetriableError
+from syncd.errors import (
+    AuthError,
+    FatalError,
+    MalformedResponseError,
+    PagingError,
+    RetriableError,
+)
 from syncd.models import Altered, Page, Rejected, SideObject
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
@@ -474,7 +480,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             step = cursor.next_step(req, [e.updated_at for e in page.entries],
                                     page.page_size, count, listed=len(page.result_ids))
         except ValueError as exc:  # the server broke the paging contract: retry next run
-            raise MalformedResponseError(f"incremental paging stopped: {exc}") from None
+            raise PagingError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None
         await store_page(deps, page, stats, watermark=mark, side_seen=side_seen)
         if mark is not None:

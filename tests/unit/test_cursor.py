@@ -156,6 +156,20 @@ def test_server_ignoring_updated_after_is_refused() -> None:
         cursor.next_step(PullRequest(T0 + 5 * S), ts(1, 2), page_size=2, count=9)
 
 
+def test_an_inclusive_updated_after_still_advances() -> None:
+    """Issue #23.3: a server whose updated_after includes the boundary second lists the one
+    change at S-1 again with 200 at S; the crowded second S is paged by number, no stall."""
+    req = PullRequest(T0 + 6 * S)  # asks for "after 6", gets 6 too
+    step = cursor.next_step(req, ts(6, 7, 7, 7), page_size=4, count=300)
+    assert step.next == PullRequest(updated_after=T0 + 6 * S, updated_before=T0 + 8 * S,
+                                    page=2, stand_in_count=300)
+    # and a short page of echoes only ends the pass where it was
+    end = cursor.next_step(req, ts(6), page_size=4, count=1)
+    assert end.next is None
+    with pytest.raises(ValueError, match="boundary second"):
+        cursor.next_step(req, ts(6, 6, 6, 6), page_size=4, count=9)
+
+
 def test_initial_watermark() -> None:
     wm = cursor.initial_watermark(T0 + timedelta(microseconds=5), timedelta(seconds=60))
     assert wm == T0 - 60 * S
