@@ -102,7 +102,7 @@ def _route(sim: Simulator, request: web.Request, body_raw: bytes) -> tuple[web.R
     method = request.method
     q = request.query
     try:
-        m = _ITEM.match(tail)
+        m = _ITEM.fullmatch(tail)
         if m:
             eid = int(m.group(1))
             if method == "GET":
@@ -113,7 +113,7 @@ def _route(sim: Simulator, request: web.Request, body_raw: bytes) -> tuple[web.R
                 sim.api_delete(eid)
                 return web.Response(status=204), False
             raise ApiError.system(404, "Page not found")
-        if _COLLECTION.match(tail):
+        if _COLLECTION.fullmatch(tail):
             if method == "GET":
                 return _json(200, sim.api_list(q)), True
             if method == "POST":
@@ -341,6 +341,23 @@ async def ctl_faults(request: web.Request) -> web.Response:
     return _json(200, orjson.dumps(sim.faults.to_dict()))
 
 
+async def ctl_contract(request: web.Request) -> web.Response:
+    """``PUT /_sim/contract`` sets (JSON object of switches, unknown keys 400, ``null`` = default),
+    ``DELETE`` resets, ``GET`` reads the contract switches (config.ContractConfig)."""
+    sim = request.app[SIM_KEY]
+    if request.method == "PUT":
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        try:
+            sim.set_contract(body)
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(str(e)) from None
+    elif request.method == "DELETE":
+        sim.clear_contract()
+    return _json(200, orjson.dumps(sim.contract.to_dict()))
+
+
 async def ctl_state(request: web.Request) -> web.Response:
     """``GET /_sim/state`` -> counts, lock date, version, faults."""
     return _json(200, orjson.dumps(request.app[SIM_KEY].state()))
@@ -381,7 +398,9 @@ def build_app(sim: Simulator) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     r = app.router
     r.add_route("*", "/api/v1", public_handler)
-    r.add_route("*", "/api/v1/{tail:.*}", public_handler)
+    # Any character, newline included (``/time_entries/%0A``): every public path goes through
+    # the auth check and answers a JSON error body, never aiohttp's text/plain 404.
+    r.add_route("*", "/api/v1/{tail:[\\s\\S]*}", public_handler)
     r.add_get("/_sim/entries", ctl_list_entries)
     r.add_post("/_sim/entries", ctl_create_entry)
     r.add_get(r"/_sim/entries/{id}", ctl_get_entry)
@@ -396,6 +415,7 @@ def build_app(sim: Simulator) -> web.Application:
     r.add_route("DELETE", "/_sim/requests", ctl_requests)
     for m in ("GET", "PUT", "DELETE"):
         r.add_route(m, "/_sim/faults", ctl_faults)
+        r.add_route(m, "/_sim/contract", ctl_contract)
     r.add_get("/_sim/state", ctl_state)
     for kind in ("workspaces", "users", "stories", "roles"):
         r.add_get(f"/_sim/{kind}", _ref_handler(kind))

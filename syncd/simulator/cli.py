@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from .config import SimConfig
+from .config import ContractConfig, SimConfig
 from .core import Simulator
 from .app import build_app
 
@@ -58,6 +58,29 @@ def _positive(value: str) -> int:
     return n
 
 
+def _switch(value: str) -> tuple[str, object]:
+    """``NAME`` (a boolean switch turned on) or ``NAME=VALUE`` -> (name, parsed value)."""
+    name, sep, raw = value.partition("=")
+    name = name.strip().replace("-", "_")
+    default = ContractConfig().to_dict()
+    if name not in default:
+        raise argparse.ArgumentTypeError(
+            f"unknown contract switch {name!r} (known: {', '.join(default)})")
+    if isinstance(default[name], bool):
+        if not sep or raw.lower() in ("true", "1", "on", "yes"):
+            return name, True
+        if raw.lower() in ("false", "0", "off", "no"):
+            return name, False
+        raise argparse.ArgumentTypeError(f"{name} takes true or false, got {raw!r}")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{name} needs a value: {name}=VALUE")
+    try:
+        ContractConfig.from_dict({name: raw})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name, raw
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the simulator options to ``p`` (every option has help text)."""
     p.add_argument("--host", default="127.0.0.1",
@@ -85,16 +108,23 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="seconds to send in Retry-After on 429 (default: no header, like Kantata)")
     p.add_argument("--hang-seconds", type=float, default=30.0,
                    help="how long a 'timeout' fault hangs before closing (default 30)")
+    p.add_argument("--contract", type=_switch, action="append", default=[],
+                   metavar="SWITCH[=VALUE]",
+                   help="turn on a contract switch (repeatable), e.g. --contract omit_object_ids "
+                        "--contract count_mode=negative; see the simulator README (default: "
+                        "all off; PUT /_sim/contract changes them at run time)")
 
 
 def build_simulator(args: argparse.Namespace) -> Simulator:
-    """Create the Simulator described by parsed ``args``."""
+    """Create the Simulator described by parsed ``args``; raises ValueError on a bad
+    ``--contract`` value."""
+    contract = ContractConfig.from_dict(dict(getattr(args, "contract", None) or []))
     return Simulator(SimConfig(
         token=args.token, entries=args.entries, reference_entries=args.reference_entries,
         seed=args.seed, timezone=args.timezone,
         max_per_page=args.max_per_page, lock_date=args.lock_date,
         rate_limit_per_minute=args.rate_limit_per_minute, retry_after=args.retry_after,
-        hang_seconds=args.hang_seconds))
+        hang_seconds=args.hang_seconds, contract=contract))
 
 
 async def _serve(args: argparse.Namespace) -> int:

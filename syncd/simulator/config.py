@@ -2,7 +2,9 @@
 
 `SimConfig` describes the simulated account (token, seed data, time zone, paging limit, lock date,
 rate limit); `FaultConfig` describes injected transport/server faults and can be replaced at run time
-through ``PUT /_sim/faults`` or :meth:`Simulator.set_faults`.
+through ``PUT /_sim/faults`` or :meth:`Simulator.set_faults`; `ContractConfig` selects answers that
+the published contract allows but today's simulator does not give (``PUT /_sim/contract`` or
+:meth:`Simulator.set_contract`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,105 @@ class SimConfig:
     hang_seconds: float = 30.0
     clock: Callable[[], datetime] | None = None
     max_logged_requests: int = 100_000
+    contract: ContractConfig | None = None
+
+
+#: Values accepted by ``ContractConfig.bulk_create_order``.
+BULK_CREATE_ORDERS: tuple[str, ...] = ("request", "default")
+#: Values accepted by ``ContractConfig.count_mode``.
+COUNT_MODES: tuple[str, ...] = ("exact", "negative", "inconsistent")
+#: ``meta.page_count`` under ``ignore_page`` is at least this many entries' worth of pages
+#: (the issue #22 report: "heading for 200,000").
+IGNORED_PAGE_ENTRIES = 200_000
+#: ``count`` under ``count_mode="inconsistent"`` is the real count plus this.
+INCONSISTENT_COUNT_EXTRA = 7
+
+
+@dataclass
+class ContractConfig:
+    """Contract switches: answer shapes the published contract allows and syncd must survive.
+
+    Every default is today's simulator behaviour (what recorded Kantata traffic shows); each switch
+    turns on one shape that ``time-entries.openapi.yml`` permits. Switches only change public
+    answers (``/api/v1``); the request log and ``/_sim`` read the same data either way. Facts
+    cited as "contract" are the TimeEntry schema and list/create/show/update operations of
+    ``../shared/kantata/time-entries.openapi.yml`` (issue #22 lists what a contract-only server
+    did to syncd).
+
+    Attributes:
+        omit_object_ids: objects in ``time_entries`` and in every side-loaded map carry no ``id``
+            field; the id is only the map key and the ``results`` id (no schema of the contract
+            has an ``id`` property).
+        foreign_keys_only_with_include: ``workspace_id``, ``user_id``, ``story_id``, ``role_id``
+            appear in a time entry only when ``workspace``/``user``/``story``/``role`` is in
+            ``include=`` (contract TimeEntry descriptions: "will only be included in the response
+            if ...").
+        bulk_create_order: ``"request"`` lists created entries in ``results`` in the order sent;
+            ``"default"`` in the endpoint's default order, ``date_performed:desc`` then id
+            ascending (contract: results "in sorted order", order default ``date_performed:desc``).
+        external_references_only_if_included: answers carry ``external_references`` and
+            ``external_reference_ids`` only when ``include=external_references`` was asked for.
+            Today's simulator already behaves so; the switch exists so a test can say it relies
+            on it (see ``write_answers_ignore_include`` for answers that drop them anyway).
+        write_answers_ignore_include: create and update answers ignore ``include=`` (no
+            side-loads, no include-only fields), as a server generated from the contract does;
+            the contract declares ``include`` on POST/PUT but no schema requires any key.
+        ignore_page: ``page`` and ``offset`` are ignored: every page number answers the content
+            of page 1, ``meta.page_number`` echoes the requested number and ``meta.page_count``
+            is ``max(real, IGNORED_PAGE_ENTRIES // page_size)``.
+        count_mode: ``"exact"``; ``"negative"``: ``count`` and ``meta.count`` are -1;
+            ``"inconsistent"``: they are the real count + ``INCONSISTENT_COUNT_EXTRA``.
+            ``meta.page_count`` is computed from the reported count; results stay right.
+            Applies to every envelope (list, show, create, update).
+        lowercase_timestamps: ``created_at``/``updated_at`` (entries and side-loaded objects)
+            are rendered in UTC with a lower-case ``t`` and ``z``, e.g.
+            ``2026-01-02t03:04:05z`` (RFC 3339 §5.6 NOTE allows lower case).
+        updated_after_inclusive: ``updated_after`` keeps entries updated at the boundary second
+            too (``>=`` instead of ``>``; the contract says "after" without more, issue #23).
+    """
+
+    omit_object_ids: bool = False
+    foreign_keys_only_with_include: bool = False
+    bulk_create_order: str = "request"
+    external_references_only_if_included: bool = False
+    write_answers_ignore_include: bool = False
+    ignore_page: bool = False
+    count_mode: str = "exact"
+    lowercase_timestamps: bool = False
+    updated_after_inclusive: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContractConfig:
+        """Build and validate from a JSON object; unknown keys raise ValueError, ``null`` for a
+        key means its default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown contract switch(es): {', '.join(unknown)}")
+        cfg = cls(**{k: v for k, v in data.items() if v is not None})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ValueError when a switch has a value of the wrong type or outside its choices."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("bool", bool) and not isinstance(v, bool):
+                raise ValueError(f"{f.name} must be true or false")
+        if self.bulk_create_order not in BULK_CREATE_ORDERS:
+            raise ValueError(f"bulk_create_order must be one of {', '.join(BULK_CREATE_ORDERS)}")
+        if self.count_mode not in COUNT_MODES:
+            raise ValueError(f"count_mode must be one of {', '.join(COUNT_MODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready representation (the shape ``GET /_sim/contract`` answers)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def reshapes_objects(self) -> bool:
+        """True when rendered objects differ from the cached default rendering."""
+        return self.omit_object_ids or self.foreign_keys_only_with_include \
+            or self.lowercase_timestamps
 
 
 @dataclass

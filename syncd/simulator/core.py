@@ -21,7 +21,13 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from .config import FaultConfig, SimConfig
+from .config import (
+    IGNORED_PAGE_ENTRIES,
+    INCONSISTENT_COUNT_EXTRA,
+    ContractConfig,
+    FaultConfig,
+    SimConfig,
+)
 from .faults import FaultInjector
 from .request_log import RequestLog
 from .errors import MISSING_PARAMS, ApiError, InvalidInput, NotFound
@@ -44,12 +50,14 @@ from .query import (
     parse_filters,
     parse_includes,
     parse_list_query,
+    parse_optional_fields,
     parse_paging,
 )
 from .seed import (
     FIRST_ENTRY_ID,
     FIRST_EXT_REF_ID,
     FIRST_USER_ID,
+    FIRST_WORKSPACE_ID,
     MY_ACCOUNT_ID,
     auto_lock_date,
     seed_entries,
@@ -73,6 +81,10 @@ PUT_FIELDS = ("workspace_id", "date_performed", "time_in_minutes", "billable", "
 POST_FIELDS = PUT_FIELDS
 EXT_REF_STATUSES = ("successful", "pending", "failed")
 _EPOCH_ORD = date(1970, 1, 1).toordinal()
+#: Ids of the simulated invoices (one per workspace) and timesheet submissions (numbered on
+#: first sight), side-loaded by ``include=invoice`` / ``active_submission`` / ``recent_submission``.
+FIRST_INVOICE_ID = 60_000_001
+FIRST_SUBMISSION_ID = 70_000_001
 
 _LABELS = {
     "workspace_id": "Workspace", "date_performed": "Date performed",
@@ -89,8 +101,11 @@ def _is_int(v: Any) -> bool:
 
 
 def _as_int(v: Any) -> int | None:
-    """int, or a decimal string (form bodies, string ids); anything else -> None."""
+    """int, an integer-valued number such as ``60.0`` (JSON Schema counts it as an integer),
+    or a decimal string (form bodies, string ids); anything else -> None."""
     if _is_int(v):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
         return int(v)
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
         return int(v.strip())
@@ -145,6 +160,11 @@ class Simulator:
         self._ref_cache: dict[tuple[str, int], bytes] = {}
         self.requests = RequestLog(self.config.max_logged_requests)
         self.fault_injector = FaultInjector()
+        self.contract = ContractConfig()
+        if self.config.contract is not None:
+            self.set_contract(self.config.contract)
+        self._submissions: dict[tuple[int, int, int], int] = {}
+        self._submission_keys: dict[int, tuple[int, int, int]] = {}
         self.fmt_ts: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._fmt_ts)
         rng = random.Random(self.config.seed)
         now = self.now()
@@ -301,56 +321,221 @@ class Simulator:
         return b
 
     def envelope(self, slots: Sequence[int], count: int, paging: Paging,
-                 includes: Iterable[str]) -> bytes:
+                 includes: Iterable[str], optional: Iterable[str] = (), *,
+                 page_count: int | None = None, echo_page: bool = False) -> bytes:
         """Assemble the Kantata list envelope from cached entry bytes (api-notes §2, §3).
 
         ``count`` is the size of the whole match; ``meta`` follows brainstem: ``page_count =
-        ceil(count/page_size)`` (0 when empty), ``page_number`` = requested page (0 when empty).
-        Every requested include key is present even when ``{}``.
+        ceil(count/page_size)`` (0 when empty), ``page_number`` = requested page (0 when empty,
+        unless ``echo_page``); ``page_count`` given overrides the computed one. Every requested
+        include key is present even when ``{}``; ``optional`` fields (``location_id``,
+        ``user_can_edit``) are added to each entry. The current :class:`ContractConfig` shapes
+        the answer (count mode, ids, foreign keys, timestamps); with every switch off the
+        entries are the cached bytes as they are.
         """
-        s = self.store
+        c = self.contract
         size = paging.size
-        meta = {"count": count, "page_count": -(-count // size) if count else 0,
-                "page_number": paging.page_number if count else 0, "page_size": size}
+        shown = count
+        if c.count_mode == "negative":
+            shown = -1
+        elif c.count_mode == "inconsistent":
+            shown = count + INCONSISTENT_COUNT_EXTRA
+        if page_count is None:
+            page_count = -(-shown // size) if shown > 0 else 0
+        meta = {"count": shown, "page_count": page_count,
+                "page_number": paging.page_number if count or echo_page else 0,
+                "page_size": size}
+        s = self.store
         includes = tuple(includes)
+        optional = tuple(optional)
         ids = s.ids
         id_strs = [b"%d" % ids[sl] for sl in slots]
-        with_ext = "external_references" in includes
-        if with_ext:
+        extra = self._extra_fields(includes, optional)
+        reshape = c.reshapes_objects
+        if reshape:
+            bodies = [self._reshaped_entry(sl, includes, extra) for sl in slots]
+        elif extra is not None:
             bodies = []
             for sl in slots:
-                refs = s.ext_refs.get(sl, ())
                 eb = self.entry_bytes(sl)
-                bodies.append(eb[:-1] + b',"external_reference_ids":'
-                              + orjson.dumps([str(r.id) for r in refs]) + b"}")
+                bodies.append(eb[:-1] + b"," + orjson.dumps(extra(sl))[1:])
         else:
             bodies = [self.entry_bytes(sl) for sl in slots]
-        parts = [b'{"count":%d,"meta":' % count, orjson.dumps(meta), b',"results":[',
+        parts = [b'{"count":%d,"meta":' % shown, orjson.dumps(meta), b',"results":[',
                  b",".join(b'{"key":"time_entries","id":"' + i + b'"}' for i in id_strs),
                  b'],"time_entries":{',
                  b",".join(b'"' + i + b'":' + body for i, body in zip(id_strs, bodies)),
                  b"}"]
+        done: set[str] = set()
         for inc in includes:
             key = INCLUDES[inc]
+            if key in done:
+                continue
+            done.add(key)
             items: list[bytes] = []
             if inc == "external_references":
                 for sl in slots:
                     for r in s.ext_refs.get(sl, ()):
-                        items.append(b'"%d":' % r.id + orjson.dumps(self._ext_dict(r)))
+                        d = self._ext_dict(r)
+                        items.append(b'"%d":' % r.id + orjson.dumps(
+                            self._reshape_side(d) if reshape else d))
+            elif inc == "invoice":
+                seen: dict[int, None] = {}
+                for sl in slots:
+                    iid = self._invoice_id(sl)
+                    if iid is not None:
+                        seen[iid] = None
+                items = [b'"%d":' % iid + self._side_bytes(
+                    self._invoice_dict(iid), reshape) for iid in seen]
+            elif key == "timesheet_submissions":
+                seen = {}
+                for sl in slots:
+                    sid = self._submission_id(sl)
+                    if sid is not None:
+                        seen[sid] = None
+                items = [b'"%d":' % sid + self._side_bytes(
+                    self._submission_dict(sid), reshape) for sid in seen]
             else:
                 col = {"workspace": s.workspace, "user": s.user, "story": s.story,
                        "role": s.role}[inc]
                 table: Mapping[int, Any] = {"workspace": self.workspaces, "user": self.users,
                                             "story": self.stories, "role": self.roles}[inc]
-                seen: dict[int, None] = {}
+                seen = {}
                 for sl in slots:
                     rid = col[sl]
                     if rid and rid in table:
                         seen[rid] = None
-                items = [b'"%d":' % rid + self._ref_bytes(key, rid) for rid in seen]
+                if reshape:
+                    items = [b'"%d":' % rid + orjson.dumps(self._reshape_side(
+                        orjson.loads(self._ref_bytes(key, rid)))) for rid in seen]
+                else:
+                    items = [b'"%d":' % rid + self._ref_bytes(key, rid) for rid in seen]
             parts += [b',"', key.encode(), b'":{', b",".join(items), b"}"]
         parts.append(b"}")
         return b"".join(parts)
+
+    # ------------------------------------------- include-only / optional fields and switches
+    def _extra_fields(self, includes: tuple[str, ...], optional: tuple[str, ...]
+                      ) -> Callable[[int], dict[str, Any]] | None:
+        """Per-entry include-only and optional fields (contract TimeEntry: ``*_id`` of
+        ``invoice``/``active_submission``/``recent_submission``, ``external_reference_ids``,
+        ``location_id``, ``user_can_edit``), or ``None`` when nothing extra was asked for.
+        An absent association is JSON ``null`` (brainstem ``to_s_except_nil``, api-notes §2)."""
+        want_ext = "external_references" in includes
+        want_inv = "invoice" in includes
+        want_act = "active_submission" in includes
+        want_rec = "recent_submission" in includes
+        want_loc = "location_id" in optional
+        want_edit = "user_can_edit" in optional
+        if not (want_ext or want_inv or want_act or want_rec or want_loc or want_edit):
+            return None
+        s = self.store
+
+        def extra(sl: int) -> dict[str, Any]:
+            d: dict[str, Any] = {}
+            if want_ext:
+                d["external_reference_ids"] = [str(r.id) for r in s.ext_refs.get(sl, ())]
+            if want_inv:
+                iid = self._invoice_id(sl)
+                d["invoice_id"] = None if iid is None else str(iid)
+            if want_act or want_rec:
+                sid = self._submission_id(sl)
+                if want_act:
+                    d["active_submission_id"] = None if sid is None else str(sid)
+                if want_rec:
+                    d["recent_submission_id"] = None if sid is None else str(sid)
+            if want_loc:
+                d["location_id"] = s.location[sl] or None
+            if want_edit:
+                d["user_can_edit"] = self._refusal(sl, "updated") is None
+            return d
+
+        return extra
+
+    def _invoice_id(self, slot: int) -> int | None:
+        """The invoice of an invoiced entry: one simulated invoice per workspace."""
+        if not self.store.invoiced[slot]:
+            return None
+        return FIRST_INVOICE_ID + self.store.workspace[slot] - FIRST_WORKSPACE_ID
+
+    def _invoice_dict(self, iid: int) -> dict[str, Any]:
+        """Contract ``Invoice`` of a simulated invoice (see :meth:`_invoice_id`)."""
+        ws = self.workspaces[iid - FIRST_INVOICE_ID + FIRST_WORKSPACE_ID]
+        code, symbol, base = CURRENCIES[CURRENCY_INDEX[ws.currency]]
+        number = iid - FIRST_INVOICE_ID + 1
+        return {"id": str(iid), "title": f"Invoice #{number}", "user_invoice_number": number,
+                "status": "new", "draft": False, "currency": code, "currency_symbol": symbol,
+                "currency_base_unit": base, "created_at": self.fmt_ts(ws.created_at),
+                "updated_at": self.fmt_ts(ws.updated_at)}
+
+    def _submission_id(self, slot: int) -> int | None:
+        """The timesheet submission of an approved entry: one per (workspace, user, week
+        starting Sunday), numbered on first sight; ``None`` when not approved. Active and most
+        recent submission are the same (the simulator keeps no rejected timesheets)."""
+        s = self.store
+        if not s.approved[slot]:
+            return None
+        day = s.date[slot]
+        week = day - (date.fromordinal(day).weekday() + 1) % 7
+        key = (s.workspace[slot], s.user[slot], week)
+        sid = self._submissions.get(key)
+        if sid is None:
+            sid = FIRST_SUBMISSION_ID + len(self._submissions)
+            self._submissions[key] = sid
+            self._submission_keys[sid] = key
+        return sid
+
+    def _submission_dict(self, sid: int) -> dict[str, Any]:
+        """Contract ``TimesheetSubmission`` of a simulated, approved submission."""
+        ws_id, _user, week = self._submission_keys[sid]
+        start, end = date.fromordinal(week), date.fromordinal(week + 6)
+        ws = self.workspaces[ws_id]
+        code, symbol, base = CURRENCIES[CURRENCY_INDEX[ws.currency]]
+        ts = self.fmt_ts(min(self.now(), math.floor(datetime(
+            end.year, end.month, end.day, 17, tzinfo=self.tz).timestamp())))
+        return {"id": str(sid), "type": "TimesheetSubmission", "status": "approved",
+                "title": f"Timesheet {start.isoformat()} - {end.isoformat()}",
+                "start_date": start.isoformat(), "end_date": end.isoformat(),
+                "currency": code, "currency_symbol": symbol, "currency_base_unit": base,
+                "created_at": ts, "updated_at": ts}
+
+    def _side_bytes(self, d: dict[str, Any], reshape: bool) -> bytes:
+        return orjson.dumps(self._reshape_side(d) if reshape else d)
+
+    @staticmethod
+    def _lower_utc(epoch: int) -> str:
+        """Epoch seconds -> ``YYYY-MM-DDtHH:MM:SSz`` (UTC, lower-case ``t``/``z``)."""
+        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dt%H:%M:%Sz")
+
+    def _reshape_side(self, d: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``omit_object_ids`` / ``lowercase_timestamps`` to a side-loaded object."""
+        c = self.contract
+        if c.omit_object_ids:
+            d.pop("id", None)
+        if c.lowercase_timestamps:
+            for k in ("created_at", "updated_at"):
+                v = d.get(k)
+                if isinstance(v, str):
+                    d[k] = self._lower_utc(math.floor(datetime.fromisoformat(v).timestamp()))
+        return d
+
+    def _reshaped_entry(self, slot: int, includes: tuple[str, ...],
+                        extra: Callable[[int], dict[str, Any]] | None) -> bytes:
+        """An entry as the contract switches shape it (slow path, switches on only)."""
+        c = self.contract
+        d = orjson.loads(self.entry_bytes(slot))
+        if c.omit_object_ids:
+            del d["id"]
+        if c.foreign_keys_only_with_include:
+            for assoc in ("workspace", "user", "story", "role"):
+                if assoc not in includes:
+                    del d[assoc + "_id"]
+        if c.lowercase_timestamps:
+            d["created_at"] = self._lower_utc(self.store.created[slot])
+            d["updated_at"] = self._lower_utc(self.store.updated[slot])
+        if extra is not None:
+            d.update(extra(slot))
+        return orjson.dumps(d)
 
     # ---------------------------------------------------------------- queries
     def _filter(self, cands: Iterable[int], f: Filters) -> list[int]:
@@ -368,7 +553,10 @@ class Simulator:
         up, cr = s.updated, s.created
         if f.updated_after is not None:
             t = f.updated_after
-            out = [x for x in out if up[x] > t]
+            if self.contract.updated_after_inclusive:
+                out = [x for x in out if up[x] >= t]
+            else:
+                out = [x for x in out if up[x] > t]
         if f.updated_before is not None:
             t = f.updated_before
             out = [x for x in out if up[x] < t]
@@ -461,11 +649,17 @@ class Simulator:
             raise ApiError.system(400, str(e)) from None
         matched = self.select(q.filters, q.order_field, q.order_desc)
         count = len(matched)
+        size = q.paging.size
         if q.filters.only is not None:
             page: Sequence[int] = matched  # ``only`` bypasses pagination (§3)
+        elif self.contract.ignore_page:  # every page answers page 1 (ContractConfig)
+            real = -(-count // size) if count else 0
+            return self.envelope(matched[:size], count, q.paging, q.includes, q.optional,
+                                 page_count=max(real, IGNORED_PAGE_ENTRIES // size),
+                                 echo_page=True)
         else:
-            page = matched[q.paging.offset:q.paging.offset + q.paging.size]
-        return self.envelope(page, count, q.paging, q.includes)
+            page = matched[q.paging.offset:q.paging.offset + size]
+        return self.envelope(page, count, q.paging, q.includes, q.optional)
 
     def api_show(self, eid: int, query: Mapping[str, str]) -> bytes:
         """``GET /time_entries/{id}``; filters incl. defaults apply, 404 when hidden (§9)."""
@@ -478,11 +672,15 @@ class Simulator:
             raise ApiError.system(404, "Record not found")
         return self._present([slot], query)
 
-    def _present(self, slots: Sequence[int], query: Mapping[str, str]) -> bytes:
-        """Envelope for explicit slots in the given order (create/update/show responses)."""
+    def _present(self, slots: Sequence[int], query: Mapping[str, str], *,
+                 write: bool = False) -> bytes:
+        """Envelope for explicit slots in the given order (create/update/show responses);
+        ``write`` answers ignore ``include=`` under ``write_answers_ignore_include``."""
         paging = parse_paging(query, self.config.max_per_page)
         paging = Paging(offset=0, size=paging.size, page_number=1)
-        return self.envelope(slots, len(slots), paging, parse_includes(query.get("include")))
+        includes = () if write and self.contract.write_answers_ignore_include \
+            else parse_includes(query.get("include"))
+        return self.envelope(slots, len(slots), paging, includes, parse_optional_fields(query))
 
     def _check_fields(self, raw: Mapping[str, Any], allowed: Iterable[str],
                       errors: list[dict[str, Any]], *, public: bool) -> dict[str, Any]:
@@ -779,7 +977,9 @@ class Simulator:
         if all_errors:
             raise ApiError(422, all_errors)
         slots = [self._insert(self._complete_new(v), [ext] if ext else []) for v, ext in prepared]
-        return self._present(slots, query)
+        if self.contract.bulk_create_order == "default":
+            slots.sort(key=self._sort_key("date_performed", True))
+        return self._present(slots, query, write=True)
 
     def _slot_or_404(self, eid: int) -> int:
         slot = self.store.slot_of.get(eid)
@@ -831,7 +1031,7 @@ class Simulator:
         if errors:
             raise ApiError(422, errors)
         self._apply(slot, vals, [ext] if ext else [])
-        return self._present([slot], query)
+        return self._present([slot], query, write=True)
 
     def _apply(self, slot: int, vals: dict[str, Any], exts: Iterable[dict[str, Any]] = (),
                updated: int | None = None) -> None:
@@ -1092,6 +1292,25 @@ class Simulator:
         """Back to no faults (rate limit falls back to ``SimConfig``)."""
         self.set_faults(FaultConfig())
 
+    def set_contract(self, contract: ContractConfig | Mapping[str, Any] | None) -> None:
+        """Replace the contract switches (:class:`ContractConfig`, a JSON-like mapping with
+        ``null`` = default, or ``None`` = all defaults). Raises ValueError on an unknown switch
+        or a bad value. The per-query cache is dropped (``updated_after_inclusive`` changes
+        which entries match); stored entries, the request log and ``/_sim`` are unaffected."""
+        if contract is None:
+            cfg = ContractConfig()
+        elif isinstance(contract, ContractConfig):
+            cfg = contract
+        else:
+            cfg = ContractConfig.from_dict(contract)
+        cfg.validate()
+        self.contract = cfg
+        self._qcache.clear()
+
+    def clear_contract(self) -> None:
+        """Back to every contract switch off (today's answers)."""
+        self.set_contract(None)
+
     def state(self) -> dict[str, Any]:
         """Summary for ``GET /_sim/state``."""
         s = self.store
@@ -1104,6 +1323,7 @@ class Simulator:
             "my_account_id": self.my_account_id, "me": str(self.me),
             "timezone": self.config.timezone, "version": self.version,
             "requests": len(self.requests), "faults": self.faults.to_dict(),
+            "contract": self.contract.to_dict(),
         }
 
     def reference_list(self, kind: str) -> list[dict[str, Any]]:

@@ -19,14 +19,20 @@ from datetime import date, datetime, tzinfo
 ORDER_FIELDS: tuple[str, ...] = ("created_at", "date_performed", "updated_at")
 DEFAULT_ORDER: tuple[str, bool] = ("date_performed", True)
 DEFAULT_PER_PAGE = 20
-#: include name -> top-level key (api-notes §2). Only these are supported; others are dropped.
+#: include name -> top-level key (api-notes §2; contract ``include`` of every time-entry
+#: operation). Only these are supported; others are dropped.
 INCLUDES: dict[str, str] = {
     "workspace": "workspaces",
     "user": "users",
     "story": "stories",
     "role": "roles",
     "external_references": "external_references",
+    "invoice": "invoices",
+    "active_submission": "timesheet_submissions",
+    "recent_submission": "timesheet_submissions",
 }
+#: Names accepted in ``optional_fields`` (contract enum: ``location_id``, ``user_can_edit``).
+OPTIONAL_FIELDS: tuple[str, ...] = ("location_id", "user_can_edit")
 MAX_EXTERNAL_REFS = 200
 
 
@@ -93,6 +99,7 @@ class ListQuery:
     order_desc: bool
     paging: Paging
     includes: tuple[str, ...]
+    optional: tuple[str, ...] = ()
 
     @property
     def cache_key(self) -> tuple[Filters, str, bool]:
@@ -189,6 +196,22 @@ def parse_includes(value: str | None) -> tuple[str, ...]:
         if tok in INCLUDES and tok not in out:
             out.append(tok)
     return tuple(out)
+
+
+def parse_optional_fields(q: Mapping[str, object]) -> tuple[str, ...]:
+    """Requested optional fields in :data:`OPTIONAL_FIELDS` order, from a comma-separated value
+    (brainstem, api-notes §2), a repeated parameter (the contract's array, form style, exploded)
+    or ``optional_fields[]``; unknown names are silently dropped."""
+    raw: list[str] = []
+    getall = getattr(q, "getall", None)
+    for name in ("optional_fields", "optional_fields[]"):
+        vals: object = getall(name, []) if getall is not None else q.get(name)
+        if isinstance(vals, str):
+            raw.append(vals)
+        elif isinstance(vals, (list, tuple)):
+            raw += [v for v in vals if isinstance(v, str)]
+    asked = {tok.strip() for v in raw for tok in v.split(",")}
+    return tuple(f for f in OPTIONAL_FIELDS if f in asked)
 
 
 def parse_paging(q: Mapping[str, str], max_per_page: int) -> Paging:
@@ -291,4 +314,5 @@ def parse_list_query(q: Mapping[str, str], tz: tzinfo, max_per_page: int) -> Lis
         order_desc=desc,
         paging=parse_paging(q, max_per_page),
         includes=parse_includes(q.get("include")),
+        optional=parse_optional_fields(q),
     )

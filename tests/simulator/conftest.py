@@ -41,9 +41,13 @@ SPEC_HOST = "https://api.mavenlink.com"
 
 #: TimeEntry properties whose JSON null is documented (api-notes §2 "Null FKs stay JSON null",
 #: §5 story_id nullable / notes "null or \"\" seen" / role_id "null allowed" (§14 Q7) / location
-#: only "visible when the account has locations"). The published schema marks nothing nullable,
-#: so the in-memory copy is relaxed for exactly these properties (the file is never modified).
-NULLABLE_TIME_ENTRY_PROPS = ("story_id", "role_id", "notes", "location")
+#: only "visible when the account has locations"; the include-only `invoice_id`,
+#: `active_submission_id`, `recent_submission_id` and the optional `location_id` of an entry
+#: without that association render null the same way, brainstem's `to_s_except_nil`, §2). The
+#: published schema marks nothing nullable, so the in-memory copy is relaxed for exactly these
+#: properties (the file is never modified; a known gap of the contract, tests/simulator/README.md).
+NULLABLE_TIME_ENTRY_PROPS = ("story_id", "role_id", "notes", "location", "invoice_id",
+                             "active_submission_id", "recent_submission_id", "location_id")
 
 
 def openapi_path() -> Path:

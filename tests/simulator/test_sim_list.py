@@ -298,7 +298,8 @@ async def test_includes_side_load(api: Api, sim: Simulator, ref: Ref) -> None:
         "include": "workspace,user,story,role,external_references,nonsense,invoice"})
     doc = r.json
     assert set(doc) == {"count", "meta", "results", "time_entries", "workspaces", "users",
-                        "stories", "roles", "external_references"}
+                        "stories", "roles", "external_references", "invoices"}
+    assert doc["invoices"] == {} and doc["time_entries"][eid]["invoice_id"] is None
     assert list(doc["workspaces"]) == [str(ref.ws)]
     assert doc["workspaces"][str(ref.ws)]["title"]
     assert list(doc["users"]) == [str(ref.user)]
