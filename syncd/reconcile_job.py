@@ -68,20 +68,28 @@ class WindowRead:
 
     @property
     def trusted(self) -> bool:
-        return reconcile.read_trusted(self.first_count, self.last_count, len(self.listed))
+        """Complete by Kantata's count, or (a count that is off or says nothing) by listing
+        exactly what the read before it listed: nothing changed and nothing was skipped."""
+        return self.stable or reconcile.read_trusted(self.first_count, self.last_count,
+                                                     len(self.listed))
 
-    def untrusted_reason(self) -> str:
-        """Why this read cannot be used to infer deletions, naming the real cause."""
+    def untrusted_reason(self, *, stable: bool = False) -> str:
+        """Why Kantata's count cannot vouch for this read, naming the real cause; `stable`:
+        the read listed what the read before it listed."""
         listed = f"{len(self.listed)} distinct ids listed"
         if self.unreadable_ids:
             listed += f" and {self.unreadable_ids} unreadable id(s)"
         if self.first_count is not None and self.first_count < 0:
-            return (f"Kantata's count is {self.first_count}, not a number of entries ({listed}); "
-                    "the read cannot be checked, nothing marked deleted")
-        if self.stable:
+            return (f"Kantata's count is {self.first_count}, not a number of entries ({listed})"
+                    + ("; two reads listed the same, taken as the window's content" if stable
+                       else "; the read cannot be checked, nothing marked deleted"))
+        if stable:
             return (f"Kantata's count ({self.first_count}) disagrees with the {listed}, the "
                     f"same in {self.reads} reads: the data did not change, the count is off; "
-                    "nothing marked deleted")
+                    "the listing is taken as the window's content")
+        if self.unreadable_ids and self.first_count == self.last_count:
+            return (f"Kantata's count ({self.first_count}) cannot be checked against the "
+                    f"{listed}; nothing marked deleted")
         return (f"kept changing while read ({self.reads} reads; {listed}, count "
                 f"{self.first_count} then {self.last_count}); nothing marked deleted")
 
@@ -173,10 +181,11 @@ async def _read_until_trusted(deps: Deps, w: Window) -> WindowRead:
         if read.trusted:
             return read
         shape = (frozenset(read.listed), read.first_count, read.last_count)
-        read.stable = shape == last
-        if read.stable:  # a third read would list the same again
+        if shape == last and not read.unreadable_ids:
+            # a third read would list the same again: the count, not the data, is off
             log.warning("window_count_disagrees", window=w.param,
-                        reason=read.untrusted_reason())
+                        reason=read.untrusted_reason(stable=True))
+            read.stable = True
             return read
         last = shape
         log.warning("window_changed_while_reading", window=w.param, attempt=attempt,

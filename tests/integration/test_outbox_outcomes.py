@@ -238,7 +238,8 @@ async def test_throttling_backs_off_without_counting_as_failure_then_succeeds(
     t0 = datetime.now(UTC)
     report = await push.push_once(deps, now=t0)
     row = (await rows(conn))[rid]
-    assert report.retry == 1 and row["status"] == "pending" and row["attempts"] == 1
+    # a 429 applied nothing: the attempt is given back (issue #23.2)
+    assert report.retry == 1 and row["status"] == "pending" and row["attempts"] == 0
     assert "HTTP 429" in row["last_error"]
     # 429 means Kantata did nothing: a normal back-off, not the settle delay of unknown outcomes
     assert t0 < row["next_attempt_at"] <= t0 + timedelta(seconds=1)
@@ -247,7 +248,7 @@ async def test_throttling_backs_off_without_counting_as_failure_then_succeeds(
     sim.clear_requests()
     await drain(deps, conn)
     row = (await rows(conn))[rid]
-    assert (row["status"], row["attempts"], row["last_error"]) == ("done", 2, None)
+    assert (row["status"], row["attempts"], row["last_error"]) == ("done", 1, None)
     # the earlier POST was refused with 429 (nothing done): sent again without a lookup
     assert [r["method"] for r in sim.requests] == ["POST"] and row["sent_at"] is not None
 
