@@ -172,3 +172,21 @@ async def test_sigterm_while_waiting_for_a_silent_database_exits_0(sim_url: str,
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("after", [0.1, 0.3])
+async def test_sigterm_in_the_first_half_second_exits_0_with_a_log_line(
+        db_dsn: str, sim_url: str, port: int, daemons: Any, after: float) -> None:
+    """Issue #23: a SIGTERM while `syncd run` was still importing its dependencies killed it
+    with 143 and no log line. The handler is installed first thing (syncd.early_signals)."""
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port))
+    await asyncio.sleep(after)
+    assert d.proc is not None and d.proc.returncode is None
+    d.send(signal.SIGTERM)
+    assert await d.wait_exit(timeout=15) == 0, d.output
+    await asyncio.sleep(0.1)  # the reader catches up
+    assert d.find("shutdown_requested", signal="SIGTERM"), d.output
+    assert d.find("daemon_stopped"), d.output
+    if after < 0.2:  # still importing its dependencies: it stopped while starting
+        assert not d.find("daemon_ready"), d.output
+    assert_clean_output(d)
