@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -45,8 +46,8 @@ from syncd.errors import (
 from syncd.metrics import Metrics
 from syncd.models import Page, Priority
 
-__all__ = ["ApiResponse", "KantataClient", "RetryPolicy", "classify", "error_messages",
-           "parse_retry_after"]
+__all__ = ["RUN_REQUESTS", "ApiResponse", "KantataClient", "RequestTally", "RetryPolicy",
+           "classify", "error_messages", "parse_retry_after"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,19 @@ _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 #: The filters that undo Kantata's visibility defaults (api-notes §4): without them archived and
 #: other-account entries are invisible and would later look like deletions.
 VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
+
+
+@dataclass(slots=True)
+class RequestTally:
+    """Requests sent on behalf of one job run (`n`, counted as each is sent)."""
+
+    n: int = 0
+
+
+#: The tally of the job run this code runs for (set by `runs.job_run`; inherited by the tasks
+#: the run starts). One client serves every job, so its own `requests_sent` mixes them: a push
+#: that sent nothing was charged the concurrent pull's requests (issue #23).
+RUN_REQUESTS: ContextVar[RequestTally | None] = ContextVar("syncd_run_requests", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +214,9 @@ class KantataClient:
         async with self._slots:
             started = await self.budget.acquire(priority)
             self.requests_sent += 1
+            tally = RUN_REQUESTS.get()
+            if tally is not None:
+                tally.n += 1
             try:
                 async with self._session.request(
                         method, self._base + path, params=params, data=data, headers=headers,
