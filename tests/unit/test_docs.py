@@ -189,3 +189,16 @@ def test_help_says_where_settings_come_from_and_what_run_and_status_mean(
     status = " ".join(_help(["status", "--help"], capsys).split())
     assert "settled through changes up to this instant" in status
     assert "SYNCD_OVERLAP" in status and "watermark" in status
+
+
+def test_the_readme_says_what_tests_run_needs_and_installs() -> None:
+    """Issue #23: tests/run installs Chromium system-wide (as root), the contract test needs
+    the shared folder beside the repository, the promtool tests need promtool."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    run = (ROOT / "tests" / "run").read_text()
+    assert "apt-get install" in run and "chromium" in run and 'id -u)" = 0' in run
+    assert "installs Debian's package system-wide" in text and "you are root" in text
+    assert "../shared/kantata/" in text and "SYNCD_REQUIRE_CONTRACT=1" in text
+    assert "SYNCD_REQUIRE_PROMTOOL=1 tests/run tests/deploy/test_monitoring.py" in text
+    contract = (ROOT / "tests" / "simulator" / "test_sim_contract.py").read_text()
+    assert "SYNCD_REQUIRE_CONTRACT" in contract and "../shared/kantata/" in contract
