@@ -12,13 +12,21 @@ import re
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
+from syncd import __version__, commands, early_signals
 
-from syncd import __version__, commands, logs
-from syncd.errors import ConfigError
-from syncd.settings import Settings, format_validation_error, unknown_variables
+# Nothing heavier is imported at module level: `syncd run` catches SIGTERM before pydantic,
+# aiohttp, asyncpg... are loaded (issue #23); they are imported in `main`.
 
 __all__ = ["main"]
+
+EPILOG = """Settings come from SYNCD_* environment variables (for example SYNCD_DATABASE_URL,
+SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE), then from the TOML file named by
+SYNCD_CONFIG_FILE (keys in lower case without the prefix: pull_interval = 600), then the
+defaults; the database URL falls back to libpq's PG* variables. `syncd config` shows the
+effective value of each and where it came from; `syncd config --reference` lists them all
+(deploy/README.md, Settings).
+
+Exit codes: 0 ok, 1 failure (for verify: drift), 2 usage or configuration error."""
 
 
 def _command_modules() -> list[str]:
@@ -28,7 +36,18 @@ def _command_modules() -> list[str]:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default unless its help already says it."""
+    """Shows each option's default unless its help already says it; a description or epilog
+    keeps its paragraphs (blank-line separated) and its lines that start with two spaces."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in re.split(r"\n\s*\n", text.strip()):
+            lines = para.splitlines()
+            if any(line.startswith("  ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(super()._fill_text(para, width, indent))
+        return "\n\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -58,7 +77,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     command) every command is registered, so help and usage errors list them all."""
     parser = argparse.ArgumentParser(
         prog="syncd", description="Mirror Kantata OX time entries into PostgreSQL and push "
-                                  "local changes back.")
+                                  "local changes back.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     names = _command_modules()
@@ -74,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `syncd` console script; returns the process exit code."""
     if argv is None:
         argv = sys.argv[1:]
+        if next((a for a in argv if not a.startswith("-")), None) == "run":
+            early_signals.install()  # the daemon's first instant (issue #23)
+    from pydantic import ValidationError
+
+    from syncd import logs
+    from syncd.errors import ConfigError
+    from syncd.settings import Settings, format_validation_error, unknown_variables
+
     args = build_parser(argv).parse_args(argv)
     settings: Settings | None = None
     if getattr(args, "needs_settings", True):

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from syncd import __version__, logs, migrate, outbox, pull, store
+from syncd import __version__, early_signals, logs, migrate, outbox, pull, store
 from syncd.app import open_deps, open_pool
 from syncd.control import ControlConnection
 from syncd.errors import FatalError
@@ -159,6 +159,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        early = early_signals.pending()  # caught before the loop existed (`syncd run`)
+        if early is not None:
+            self._on_signal(early)
         try:
             return await self._run()
         finally:
@@ -189,6 +192,9 @@ class Daemon:
         log.info("daemon_starting", version=__version__, owner=self.owner,
                  pull_interval=s.pull_interval, push_interval=s.push_interval,
                  shutdown_grace=s.shutdown_grace)
+        if self.stopping.is_set():  # SIGTERM while starting: nothing was opened yet
+            log.info("daemon_stopped", during="startup")
+            return 0
         self.notifier.status("starting")
         async with AsyncExitStack() as stack:
             await self._serve_http(stack, state)

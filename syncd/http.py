@@ -5,8 +5,8 @@
   successful pull (by any replica, from `syncd.sync_runs`) is younger than
   `ready_max_pull_age_intervals` x `pull_interval`; otherwise 503 with a JSON reason.
 - `GET /metrics`: Prometheus text from the process registry; database-derived gauges (outbox
-  rows by status, oldest pending outbox row, watermark lag) are refreshed on scrape, at most
-  every `GAUGE_REFRESH` seconds.
+  rows by status, oldest pending outbox row, watermark lag, most overdue reconciliation) are
+  refreshed on scrape, at most every `GAUGE_REFRESH` seconds.
 - `GET /status`: a small server-rendered HTML page for operators.
 
 Responses never contain the Kantata token or the database password (every body is scrubbed
@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from syncd import migrate, outbox, store
+from syncd import migrate, outbox, reconcile_job, store
 from syncd.errors import MigrationError
 from syncd.metrics import Metrics
 from syncd.scheduler import DB_UNAVAILABLE
@@ -162,14 +162,15 @@ async def check_readiness(state: OpsState, now: datetime) -> Readiness:
 
 
 async def refresh_gauges(state: OpsState, now: datetime) -> None:
-    """Set the outbox and watermark gauges from the database (cached GAUGE_REFRESH s; on a
-    database error the previous values stay)."""
+    """Set the outbox, watermark and reconcile-overdue gauges from the database (cached
+    GAUGE_REFRESH s; on a database error the previous values stay)."""
     if state.pool is None or time.monotonic() - state.gauges_refreshed < GAUGE_REFRESH:
         return
     try:
         async with asyncio.timeout(PROBE_TIMEOUT), state.pool.acquire() as conn:
             counts = await outbox.status_counts(conn, now=now)
             watermark = await conn.fetchval(WATERMARK)
+            overdue = await reconcile_job.overdue_now(conn, state.settings, now)
     except (*DB_UNAVAILABLE, TimeoutError) as exc:
         log.debug("metrics_refresh_failed", error=type(exc).__name__)
         return
@@ -179,6 +180,7 @@ async def refresh_gauges(state: OpsState, now: datetime) -> None:
     m.outbox_oldest_pending.set(counts["oldest_pending_seconds"] or 0.0)
     if watermark is not None:
         m.watermark_lag.set(max(0.0, (now - watermark).total_seconds()))
+    m.reconcile_overdue.set(overdue)
     state.gauges_refreshed = time.monotonic()
 
 

@@ -5,7 +5,8 @@ Contract: `time-entries.openapi.yml` (`GET/POST/DELETE /time_entries`, `GET/PUT/
 /time_entries/{id}`) and api-notes §1-§10. Every request waits for a connection slot and for the
 shared `RequestBudget`, then runs under its own timeout (so time queued does not count). Reads are
 retried with full-jitter exponential back-off on 429, 5xx, timeouts, resets and malformed
-bodies; `Retry-After` is honoured when present but capped. Writes are never retried here: their
+bodies; `Retry-After` (seconds or an HTTP-date, RFC 9110 §10.2.3) is honoured when present but
+capped. Writes are never retried here: their
 outcome may be ambiguous, which the outbox reconciles (a blind re-POST would duplicate).
 The token appears only in the Authorization header and never in an error or log line.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -42,7 +46,8 @@ from syncd.errors import (
 from syncd.metrics import Metrics
 from syncd.models import Page, Priority
 
-__all__ = ["ApiResponse", "KantataClient", "RetryPolicy", "classify", "error_messages"]
+__all__ = ["RUN_REQUESTS", "ApiResponse", "KantataClient", "RequestTally", "RetryPolicy",
+           "classify", "error_messages", "parse_retry_after"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +83,19 @@ def with_includes(params: Mapping[str, str], names: Sequence[str]) -> dict[str, 
     """`params` with `names` added to its comma-separated `include` (order kept, no repeats)."""
     have = [n for n in params.get("include", "").split(",") if n]
     return {**params, "include": ",".join(dict.fromkeys([*have, *names]))}
+
+
+@dataclass(slots=True)
+class RequestTally:
+    """Requests sent on behalf of one job run (`n`, counted as each is sent)."""
+
+    n: int = 0
+
+
+#: The tally of the job run this code runs for (set by `runs.job_run`; inherited by the tasks
+#: the run starts). One client serves every job, so its own `requests_sent` mixes them: a push
+#: that sent nothing was charged the concurrent pull's requests (issue #23).
+RUN_REQUESTS: ContextVar[RequestTally | None] = ContextVar("syncd_run_requests", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +148,29 @@ def error_messages(body: Any) -> str:
     return "no error message"
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a `Retry-After` header value (RFC 9110 §10.2.3): either
+    delay-seconds (a non-negative decimal integer; a fraction is accepted too) or an HTTP-date
+    (IMF-fixdate, or the obsolete RFC 850 / asctime forms), counted from `now` (aware) and 0
+    when already past. None when absent or unreadable (then the client backs off normally)."""
+    if value is None or not value.strip():
         return None
+    value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        return None  # HTTP-date form: ignore, back off normally
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
+    return seconds if seconds >= 0 and seconds == seconds else None  # not negative, not NaN
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return parse_retry_after(headers.get("Retry-After"), datetime.now(UTC))
 
 
 def classify(status: int, body: Any, *, request_id: str | None = None,
@@ -210,6 +243,9 @@ class KantataClient:
         async with self._slots:
             started = await self.budget.acquire(priority)
             self.requests_sent += 1
+            tally = RUN_REQUESTS.get()
+            if tally is not None:
+                tally.n += 1
             try:
                 async with self._session.request(
                         method, self._base + path, params=params, data=data, headers=headers,
@@ -251,9 +287,16 @@ class KantataClient:
 
         def log_retry(state: RetryCallState) -> None:  # the cause of every retry is logged
             exc = state.outcome.exception() if state.outcome else None
-            log.info("request_retry", endpoint=endpoint, attempt=state.attempt_number + 1,
-                     error=f"{type(exc).__name__}: {exc}",
-                     wait=round(state.upcoming_sleep, 3))
+            hint = getattr(exc, "retry_after", None)
+            throttled = getattr(exc, "status", None) == 429
+            # a 429 is logged as a warning (it slows every job sharing the token), with
+            # Kantata's Retry-After and whether syncd waits less (SYNCD_RETRY_AFTER_CAP)
+            (log.warning if throttled else log.info)(
+                "request_retry", endpoint=endpoint, attempt=state.attempt_number + 1,
+                error=f"{type(exc).__name__}: {exc}", wait=round(state.upcoming_sleep, 3),
+                retry_after=None if hint is None else round(hint, 3),
+                retry_after_cap=self.retry.retry_after_cap,
+                capped=hint is not None and hint > self.retry.retry_after_cap)
 
         async for attempt in AsyncRetrying(
                 stop=self.retry.stop, wait=self.retry.wait,

@@ -60,8 +60,9 @@ def default_owner() -> str:
 @dataclass
 class PushReport:
     """Figures of one drain: batches and rows claimed, outcomes by (op, outcome) where outcome
-    is done | failed | conflict | retry, Kantata requests, mirror rows written, and the outbox
-    counts by status after the drain."""
+    is done | failed | conflict | retry, Kantata requests this drain sent, mirror rows it
+    changed in committed transactions (upserted or marked deleted), and the outbox counts by
+    status after the drain."""
 
     owner: str
     run_id: uuid.UUID | None = None
@@ -142,15 +143,17 @@ class _Batch:
         decisions = [batching.decide(r, o, max_attempts=s.outbox_max_attempts,
                                      backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
                      for r, o in pairs]
+        written = 0  # mirror rows this transaction changes: counted once it commits
         async with self.deps.pool.acquire() as conn, conn.transaction():
             held = await outbox.finish_rows(conn, self.batch_id, decisions, now=self.now)
             if entries or deleted:
                 await store.set_write_context(conn, "push", history=s.history)
             if entries:
-                self.report.mirror_rows += await store.upsert_entries(conn, entries)
+                written += await store.upsert_entries(conn, entries)
             if deleted:
-                await store.mark_deleted(conn, deleted, self.now)
+                written += await store.mark_deleted(conn, deleted, self.now)
             await outbox.rebase_pending(conn, [m for m in rebase if m[0] in held])
+        self.report.mirror_rows += written
         for (row, _), d in zip(pairs, decisions, strict=True):
             if d.row_id not in held:
                 continue
@@ -541,7 +544,6 @@ async def push_once(deps: Deps, *, owner: str | None = None,
     owner = owner or default_owner()
     report = PushReport(owner=owner)
     s = deps.settings
-    start_requests = deps.client.requests_sent
     batches: list[uuid.UUID] = []  # this run's claims, named before each claim is made
     async with runs.job_run(deps, "push") as stats:
         report.run_id = stats.run_id
@@ -576,7 +578,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
             await _release_claimed(deps, owner, batches, now)
             raise
         finally:
-            report.requests = deps.client.requests_sent - start_requests
+            report.requests = stats.requests  # this run's own (issue #23)
             stats.rows_upserted = report.mirror_rows
             await _publish_counts(deps, report, now)
             stats.details = report.as_dict()

@@ -113,14 +113,22 @@ def is_recent(w: Window, today: date, recent_days: int) -> bool:
 
 def overdue_seconds(windows: Sequence[Window], last_done: Mapping[Window, datetime | None], *,
                     now: datetime, today: date, recent_days: int, recent_interval: float,
-                    old_interval: float) -> float:
-    """Seconds the most overdue window is past its due time (its last success plus its
-    interval, as in `due_windows`), 0.0 when none is. Windows never reconciled count from no
-    known time and are left out (`syncd.freshness.windows_not_reconciled` counts them)."""
+                    old_interval: float,
+                    first_read: Mapping[Window, datetime | None] | None = None) -> float:
+    """Seconds the most overdue window is past its due time, 0.0 when none is.
+
+    A reconciled window is due at its last success (`last_done`) plus its interval, as in
+    `due_windows`. A window never reconciled is due at once (`due_windows` puts it first), so
+    it is overdue since it was first read completely: `first_read` (its backfill's end).
+    Windows known from neither (a backfill still running) are left out: nothing in the mirror
+    to check yet. Issue #23: the gauge read 0 while 122 windows had never been reconciled."""
     worst = 0.0
     for w in windows:
         last = last_done.get(w)
         if last is None:
+            since = (first_read or {}).get(w)
+            if since is not None:
+                worst = max(worst, (now - since).total_seconds())
             continue
         interval = recent_interval if is_recent(w, today, recent_days) else old_interval
         worst = max(worst, (now - last).total_seconds() - interval)

@@ -25,10 +25,11 @@ from syncd.errors import AuthError, FatalError, RetriableError
 from syncd.models import Altered, Rejected, SideObject, TimeEntry
 from syncd.reconcile import RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
+from syncd.settings import Settings
 from syncd.windows import Window, month_windows
 
 __all__ = [
-    "VerifyResult", "WindowRead", "WindowReport", "read_window", "reconcile_due",
+    "VerifyResult", "WindowRead", "WindowReport", "overdue_now", "read_window", "reconcile_due",
     "reconcile_range", "verify_range",
 ]
 
@@ -309,6 +310,26 @@ async def reconcile_range(deps: Deps, since: date, until: date, *,
         return await _run(deps, windows, stats)
 
 
+async def overdue_now(conn: Any, settings: Settings, now: datetime) -> float:
+    """`syncd_reconcile_overdue_seconds` at `now` (aware), from the database alone: the
+    reconcile checkpoints of the configured windows (their last success, kept through later
+    failures) and, for windows never reconciled, the end of their backfill. Read on every
+    /metrics scrape (syncd.http) as well as by `reconcile_due`, so the gauge is right from the
+    first scrape of any replica, not only after the leader's first reconcile check."""
+    windows = month_windows(*settings.backfill_range(now.date()),
+                            settings.backfill_window_months)
+    rows = await conn.fetch("SELECT purpose, window_start, window_end, last_done_at "
+                            "FROM syncd.windows WHERE last_done_at IS NOT NULL")
+    done = {(r["purpose"], Window(r["window_start"], r["window_end"])): r["last_done_at"]
+            for r in rows}
+    return reconcile.overdue_seconds(
+        windows, {w: done.get((PURPOSE, w)) for w in windows},
+        first_read={w: done.get(("backfill", w)) for w in windows},
+        now=now, today=now.date(), recent_days=settings.reconcile_recent_days,
+        recent_interval=settings.reconcile_recent_interval,
+        old_interval=settings.reconcile_old_interval)
+
+
 async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[WindowReport]:
     """Reconcile the windows of the backfill range that are due at `now` (aware; default: the
     clock): never reconciled, last reconciled `reconcile_recent_interval` seconds ago for windows
@@ -327,7 +348,8 @@ async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[Wind
         now=now, today=now.date(), recent_days=s.reconcile_recent_days,
         recent_interval=s.reconcile_recent_interval, old_interval=s.reconcile_old_interval)
     due = reconcile.due_windows(windows, last_done, **policy)
-    deps.metrics.reconcile_overdue.set(reconcile.overdue_seconds(windows, last_done, **policy))
+    async with deps.pool.acquire() as conn:
+        deps.metrics.reconcile_overdue.set(await overdue_now(conn, s, now))
     if not due:
         return []
     async with job_run(deps, "reconcile") as stats:

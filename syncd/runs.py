@@ -1,8 +1,9 @@
 """Shared plumbing of every job run: dependencies, run history rows, log context, metrics.
 
 `Deps` is passed explicitly to every job (no globals). `job_run` opens a `syncd.sync_runs` row,
-binds `run_id` and `job` to every log line of the run, and closes the row with the run's figures
-and error, whatever happens.
+binds `run_id` and `job` to every log line of the run, counts the Kantata requests sent for the
+run (`kantata.RUN_REQUESTS`, a context variable: jobs share one client), and closes the row with
+the run's figures and error, whatever happens.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import structlog
 
 from syncd import store
 from syncd.errors import redact
-from syncd.kantata import KantataClient
+from syncd.kantata import RUN_REQUESTS, KantataClient, RequestTally
 from syncd.metrics import Metrics
 from syncd.settings import Settings
 
@@ -60,55 +61,64 @@ class RunStats:
     rows_altered: int = 0  # records stored with text made storable (issue #12)
     errors: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    requests_at_start: int = 0
+    tally: RequestTally = field(default_factory=RequestTally)
+
+    @property
+    def requests(self) -> int:
+        """Kantata requests this run has sent so far (its own, whatever runs alongside)."""
+        return self.tally.n
 
 
 @asynccontextmanager
 async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
     """Record one run of `job`. The body's exception is recorded and re-raised; errors appended
     to `stats.errors` make the run `partial` (some work failed, the rest was stored)."""
-    stats = RunStats(run_id=uuid.uuid4(), job=job, requests_at_start=deps.client.requests_sent)
+    stats = RunStats(run_id=uuid.uuid4(), job=job)
     started = time.monotonic()
     status, error = "ok", None
-    with structlog.contextvars.bound_contextvars(run_id=str(stats.run_id), job=job):
-        async with deps.pool.acquire() as conn:
-            await store.start_run(conn, stats.run_id, job)
-        log.info("job_started")
-        try:
-            yield stats
-            if stats.errors:
-                status, error = "partial", redact("; ".join(stats.errors))[:4000]
-        except Exception as exc:  # also a bug's exception: recorded with its message
-            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
-            raise
-        except BaseException as exc:  # cancellation, deadline, shutdown
-            status, error = "interrupted", type(exc).__name__
-            raise
-        finally:
-            elapsed = time.monotonic() - started
-            deps.metrics.job_duration.labels(job).observe(elapsed)
-            if status in ("ok", "partial"):
-                deps.metrics.job_last_success.labels(job).set(time.time())
-            else:
-                deps.metrics.job_failures.labels(job).inc()
-            requests = deps.client.requests_sent - stats.requests_at_start
-            # Two tries: a statement cancelled mid-flight (deadline, shutdown) can leave a
-            # pooled connection in a broken protocol state (asyncpg InternalClientError,
-            # MagicStack/asyncpg#784); the pool drops it and the second try gets another one.
-            for attempt in (1, 2):
-                try:
-                    async with deps.pool.acquire() as conn:
-                        await store.finish_run(
-                            conn, stats.run_id, status=status, pages=stats.pages,
-                            requests=requests, rows_upserted=stats.rows_upserted,
-                            rows_rejected=stats.rows_rejected, error=error,
-                            details=stats.details)
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                        asyncpg.InternalClientError) as exc:
-                    log.warning("run_history_write_failed", attempt=attempt,
-                                error=f"{type(exc).__name__}: {exc}")
-            log.info("job_finished", status=status, seconds=round(elapsed, 3),
-                     pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
-                     rows_rejected=stats.rows_rejected, rows_altered=stats.rows_altered,
-                     error=error)
+    counting = RUN_REQUESTS.set(stats.tally)
+    try:
+        with structlog.contextvars.bound_contextvars(run_id=str(stats.run_id), job=job):
+            async with deps.pool.acquire() as conn:
+                await store.start_run(conn, stats.run_id, job)
+            log.info("job_started")
+            try:
+                yield stats
+                if stats.errors:
+                    status, error = "partial", redact("; ".join(stats.errors))[:4000]
+            except Exception as exc:  # also a bug's exception: recorded with its message
+                status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
+                raise
+            except BaseException as exc:  # cancellation, deadline, shutdown
+                status, error = "interrupted", type(exc).__name__
+                raise
+            finally:
+                elapsed = time.monotonic() - started
+                deps.metrics.job_duration.labels(job).observe(elapsed)
+                if status in ("ok", "partial"):
+                    deps.metrics.job_last_success.labels(job).set(time.time())
+                else:
+                    deps.metrics.job_failures.labels(job).inc()
+                requests = stats.requests
+                # Two tries: a statement cancelled mid-flight (deadline, shutdown) can leave a
+                # pooled connection in a broken protocol state (asyncpg InternalClientError,
+                # MagicStack/asyncpg#784); the pool drops it and the second try gets another one.
+                for attempt in (1, 2):
+                    try:
+                        async with deps.pool.acquire() as conn:
+                            await store.finish_run(
+                                conn, stats.run_id, status=status, pages=stats.pages,
+                                requests=requests, rows_upserted=stats.rows_upserted,
+                                rows_rejected=stats.rows_rejected, error=error,
+                                details=stats.details)
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                            asyncpg.InternalClientError) as exc:
+                        log.warning("run_history_write_failed", attempt=attempt,
+                                    error=f"{type(exc).__name__}: {exc}")
+                log.info("job_finished", status=status, seconds=round(elapsed, 3),
+                         pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
+                         rows_rejected=stats.rows_rejected, rows_altered=stats.rows_altered,
+                         error=error)
+    finally:
+        RUN_REQUESTS.reset(counting)

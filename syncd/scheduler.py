@@ -1,7 +1,13 @@
 """APScheduler wiring of the daemon's periodic jobs (the only module that imports APScheduler).
 
 Each `JobSpec` becomes an interval job on one `AsyncIOScheduler` with `max_instances=1`,
-`coalesce=True` and an explicit `misfire_grace_time`. Every run is wrapped by `JobScheduler`:
+`coalesce=True` and `misfire_grace_time=None`. In APScheduler 3 a run time later than its
+`misfire_grace_time` is dropped (EVENT_JOB_MISSED, "Run time of job ... was missed by"), and
+`coalesce` only merges the due run times into their latest one; with no grace time the merged
+run starts at once however late it is (issue #23: after a suspend the pull waited a whole
+interval). A run that starts more than `misfire_grace_for(interval)` late is logged as
+`job_run_late` with its scheduled time, lateness and how many runs it merged. Every run is
+wrapped by `JobScheduler`:
 
 - its own deadline (`asyncio.timeout`, shorter than the interval, except for a job whose
   interval is only a polling fallback), so one hung request is cancelled and the next run
@@ -33,8 +39,10 @@ from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
     JobEvent,
     JobExecutionEvent,
+    JobSubmissionEvent,
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -100,8 +108,9 @@ def deadline_for(interval: float) -> float:
 
 
 def misfire_grace_for(interval: float) -> int:
-    """Seconds a late run may still start (half the interval, at least 1); later ones are
-    dropped (and coalesced), e.g. after the host was suspended."""
+    """Seconds a run may start late before it is logged as `job_run_late` (half the interval,
+    at least 1); it runs anyway, once for all the run times it missed (e.g. while the host
+    was suspended)."""
     return max(1, int(interval / 2))
 
 
@@ -132,6 +141,7 @@ class _JobState:
     wake_requested: bool = False
     force_next: bool = False
     wake_handle: asyncio.TimerHandle | None = None
+    scheduled: datetime | None = None  # run time of the latest run submitted
 
 
 class _HandledByListener(logging.Filter):
@@ -170,7 +180,7 @@ class JobScheduler:
         self._on_alive = on_alive
         self._inflight: dict[asyncio.Task[Any], str] = {}
         self._aps = AsyncIOScheduler(timezone=UTC, job_defaults={
-            "max_instances": 1, "coalesce": True, "misfire_grace_time": 30})
+            "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -181,10 +191,9 @@ class JobScheduler:
             self._aps.add_job(
                 self._run, IntervalTrigger(seconds=s.interval, timezone=UTC), args=[s.name],
                 id=s.name, name=s.name, next_run_time=now + timedelta(seconds=s.first_delay),
-                max_instances=1, coalesce=True, misfire_grace_time=misfire_grace_for(s.interval),
-                replace_existing=True)
-        self._aps.add_listener(self._on_event,
-                               EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+                max_instances=1, coalesce=True, misfire_grace_time=None, replace_existing=True)
+        self._aps.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                               | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_SUBMITTED)
         self._aps.start()
         log.info("scheduler_started", jobs={s.name: s.interval for s in self.specs.values()})
 
@@ -306,12 +315,41 @@ class JobScheduler:
         self._on_alive()
 
     # ------------------------------------------------------------------ listener
+    def _on_submitted(self, name: str, run_times: list[datetime]) -> None:
+        """A run was handed to the executor for `run_times` (coalesced: the latest due one).
+        Log it when it starts more than the grace late, with the first run time it stands
+        for and how many timer runs it merged (counted from the previous run's time)."""
+        st, spec = self._state.get(name), self.specs.get(name)
+        if st is None or spec is None or not run_times:
+            return
+        latest, previous = run_times[-1], st.scheduled
+        st.scheduled = latest
+        first, merged = latest, 1
+        if previous is not None and latest - previous > timedelta(seconds=spec.interval * 1.5):
+            merged = int((latest - previous).total_seconds() / spec.interval + 0.5)
+            first = previous + timedelta(seconds=spec.interval)
+        late = (datetime.now(UTC) - first).total_seconds()
+        if late > misfire_grace_for(spec.interval):
+            log.warning("job_run_late", job=name, scheduled_at=first.isoformat(),
+                        late_seconds=round(late, 3), runs_merged=merged,
+                        note="missed run times are merged into this one run")
+
     def _on_event(self, event: JobEvent) -> None:
         job = event.job_id
-        if event.code == EVENT_JOB_MISSED:
-            log.warning("job_run_missed", job=job)
+        if event.code == EVENT_JOB_SUBMITTED:
+            assert isinstance(event, JobSubmissionEvent)
+            self._on_submitted(job, event.scheduled_run_times)
+            return
+        if event.code == EVENT_JOB_MISSED:  # not with misfire_grace_time=None; kept for safety
+            at = getattr(event, "scheduled_run_time", None)
+            log.warning("job_run_missed", job=job, scheduled_at=at and at.isoformat(),
+                        late_seconds=at and round((datetime.now(UTC) - at).total_seconds(), 3))
             return
         if event.code == EVENT_JOB_MAX_INSTANCES:
+            st = self._state.get(job)
+            times = getattr(event, "scheduled_run_times", None)
+            if st is not None and times:
+                st.scheduled = times[-1]  # skipped on purpose, not missed
             log.info("job_run_skipped_still_running", job=job)
             return
         assert isinstance(event, JobExecutionEvent)

@@ -169,9 +169,13 @@ async def _demo(args: argparse.Namespace) -> int:
 
     token = "demo-" + secrets.token_hex(8)
     _say(f"2/5 seeding the Kantata simulator with {args.entries} time entries ...")
-    sim = Simulator(SimConfig(token=token, entries=args.entries, seed=args.seed))
+    # The same lock date as `syncd simulator` and a real account (migrations/README.md,
+    # Examples): entries dated on or before it refuse writes, so outbox rows for them fail.
+    sim = Simulator(SimConfig(token=token, entries=args.entries, seed=args.seed,
+                              lock_date="auto"))
     async with running_simulator(sim) as sim_url:
-        _say(f"    simulator serving {sim_url}")
+        _say(f"    simulator serving {sim_url} (lock date {sim.lock_date}: Kantata refuses "
+             "writes to entries dated on or before it)")
         settings = Settings(database_url=db_dsn, kantata_base_url=sim_url, kantata_token=token,
                             kantata_allow_insecure_loopback=True, overlap=5,
                             log_level="WARNING", backfill_start=None)
@@ -256,7 +260,9 @@ def _keep_serving_help(db_dsn: str, sim_url: str, token: str) -> None:
          "SELECT 'update', id, jsonb_build_object('time_in_minutes', time_in_minutes + 15) "
          "FROM kantata.time_entries WHERE deleted_at IS NULL AND NOT is_invoiced AND "
          "date_performed > current_date - 30 ORDER BY id LIMIT 1\"")
-    _say(f"  {syncd} push && {syncd} outbox list --status done")
+    # `;`, not `&&`: push exits 1 when a row ended failed or conflict, which is exactly when
+    # the list is wanted (issue #23)
+    _say(f"  {syncd} push; {syncd} outbox list --status all")
     _say(f"  {syncd} run    # or the daemon: pull, push and reconcile on schedule, /status on "
          ":9187")
 

@@ -73,6 +73,25 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="show watermark, rows, last runs and errors")
+    p = sub.add_parser(
+        "status", help="show watermark, rows, last runs and errors",
+        description="""Show what the mirror holds and how fresh it is, from the database only
+(Kantata is not asked), one fact per line:
+
+  watermark        every Kantata create and edit up to this instant is in the mirror (the
+                   newest updated_at pulled)
+  settled through  changes up to this instant were read by a complete pass at least
+                   SYNCD_OVERLAP seconds after they happened; no later pull reads them again
+                   (the next pull starts at max(watermark - SYNCD_OVERLAP, settled through))
+  entries          live rows, rows marked deleted, and the last write to the mirror
+  windows          backfill windows by status
+  altered records  stored with text PostgreSQL cannot hold replaced
+  rejected records not stored at all (totals may be short): syncd.rejected_records
+  outbox           rows by status and the oldest pending one
+  last ok          each job's last successful run
+  recent runs      the latest runs with their figures and errors
+
+Deletions in Kantata follow with reconciliation (syncd.window_freshness). Exit code 1 when the
+database cannot be reached or migrations are pending.""")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -164,6 +165,7 @@ async def main(argv: list[str] | None = None) -> int:
     finally:
         if pg is not None:
             pg.stop(remove=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # its parent too, not only tmp/pg
     summary = {p: summarise(r) for p, r in runs.items()}
     print(f"## Lost-answer creates: {args.creates} creates x {args.repeat} runs, "
           f"{args.lost:.0%} of answers lost (enqueue -> done)\n")

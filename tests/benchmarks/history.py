@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -92,6 +93,7 @@ async def main(argv: list[str] | None = None) -> int:
     finally:
         if pg is not None:
             pg.stop(remove=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # its parent too, not only tmp/pg
     print(f"## History mode, {args.entries:,} entries, each edited once per run\n")
     print("| history | backfill s | incremental pass over every entry edited, s | "
           "history rows | history MiB | MiB per 1M versions |")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -85,10 +86,13 @@ def test_lost_answer_creates_are_done_in_seconds_without_duplicates(tmp_path: Pa
     landed is found by the first lookup seconds later (it waited 180 s before issue #12), and
     no policy ever creates an entry twice."""
     out = tmp_path / "ambiguous.json"
+    before = set(Path(tempfile.gettempdir()).glob("syncd-bench-amb-*"))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.benchmarks.ambiguous", "--creates", "120", "--repeat",
          "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # its throwaway PostgreSQL is removed with the folder it made (issue #23)
+    assert set(Path(tempfile.gettempdir()).glob("syncd-bench-amb-*")) <= before
     s = orjson.loads(out.read_bytes())["summary"]
     assert s["before"]["duplicates_free"] and s["after"]["duplicates_free"]
     assert s["after"]["rows"] == s["before"]["rows"] == 240

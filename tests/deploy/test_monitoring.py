@@ -39,6 +39,26 @@ def rules() -> list[dict[str, Any]]:
     return [r for g in doc["groups"] for r in g["rules"]]
 
 
+def rules_table() -> str:
+    """The markdown table of the shipped rules that deploy/README.md shows (issue #23: the
+    README suggested hand-written rules that disagreed with alerts.yml, one with a label
+    syncd does not export)."""
+    lines = ["| alert | severity | for | expression |", "|---|---|---|---|"]
+    for r in rules():
+        expr = " ".join(r["expr"].split()).replace("|", "\\|")
+        lines.append(f"| [{r['alert']}](#{r['annotations']['runbook'].partition('#')[2]}) "
+                     f"| {r['labels']['severity']} | {r['for']} | `{expr}` |")
+    return "\n".join(lines) + "\n"
+
+
+README = ROOT / "deploy" / "README.md"
+BEGIN, END = "<!-- alert-rules:begin -->\n", "<!-- alert-rules:end -->"
+
+
+def readme_rules_block() -> str:
+    return README.read_text().split(BEGIN, 1)[1].split(END, 1)[0]
+
+
 def dashboard() -> dict[str, Any]:
     return orjson.loads((PACK / "dashboard.json").read_bytes())
 
@@ -114,3 +134,58 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     res = promtool("check", "rules", "dashboard_rules.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in res.stdout
+
+
+def test_the_readme_shows_exactly_the_shipped_rules() -> None:
+    """deploy/README.md shows the rules of alerts.yml, generated, and no other rule."""
+    assert readme_rules_block() == rules_table(), (
+        "deploy/README.md's alert table differs from deploy/monitoring/alerts.yml: run "
+        "`.venv/bin/python -m tests.deploy.test_monitoring`")
+    outside = README.read_text().replace(readme_rules_block(), "")
+    assert not re.search(r"(?m)^\s*-?\s*alert:", outside), "a hand-written rule in the README"
+    assert not re.search(r"(?m)^\s*expr:", outside), "a hand-written rule in the README"
+
+
+def metric_labels() -> dict[str, set[str]]:
+    """Every series name syncd exports, with its label names (from syncd.metrics)."""
+    from syncd.metrics import Metrics
+
+    out: dict[str, set[str]] = {}
+    for m in vars(Metrics()).values():
+        name, labels = getattr(m, "_name", None), getattr(m, "_labelnames", None)
+        if name is None or labels is None:
+            continue
+        for suffix in ("", "_total", "_sum", "_count", "_created"):
+            out[name + suffix] = set(labels)
+        out[name + "_bucket"] = set(labels) | {"le"}
+    return out
+
+
+def test_every_selector_of_a_syncd_metric_uses_labels_it_has() -> None:
+    """`syncd_job_last_success_timestamp_seconds{job="pull"}` (the README's old suggestion)
+    never matches: syncd's job label is `syncd_job`. Checked in every markdown file, the rules
+    and the dashboard; Prometheus's target labels (job, instance) may be used on any."""
+    known = metric_labels()
+    texts = {str(p.relative_to(ROOT)): p.read_text()
+             for p in [*ROOT.glob("*.md"), *ROOT.glob("deploy/**/*.md"),
+                       *ROOT.glob("migrations/*.md"), PACK / "alerts.yml",
+                       PACK / "alerts.test.yml"]}
+    texts["dashboard.json"] = "\n".join(dashboard_exprs())
+    bad = []
+    for where, text in texts.items():
+        for name, sel in re.findall(r"\b(syncd_[a-z_]+)\{([^}]*)\}", text):
+            if name not in known:
+                bad.append(f"{where}: no metric {name}")
+                continue
+            keys = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel))
+            wrong = keys - known[name] - {"instance"} - (
+                {"job"} if where.endswith(".test.yml") else set())
+            if wrong:
+                bad.append(f"{where}: {name}{{{sel}}}: {name} has no label {sorted(wrong)}")
+    assert bad == []
+
+
+if __name__ == "__main__":  # rewrite deploy/README.md's alert table from alerts.yml
+    text = README.read_text()
+    README.write_text(text.replace(BEGIN + readme_rules_block() + END,
+                                   BEGIN + rules_table() + END))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
+from datetime import date, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -136,20 +139,45 @@ async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(
             assert line, "".join(out)
             out.append(line.decode())
         recipe = [line.strip() for line in out
-                  if line.startswith(("  export ", "  psql ")) or " push && " in line]
+                  if line.startswith(("  export ", "  psql ")) or " push; " in line]
         assert len(recipe) == 4, out
+        sim_url = re.search(r"SYNCD_KANTATA_BASE_URL='(http://[^']+)/api/v1'", "".join(out))
+        assert sim_url, out
+        # the demo's simulator has the lock date the outbox examples assume (issue #23),
+        # readable with GET /_sim/lock_date as syncd/simulator/README.md says
+        async with aiohttp.ClientSession() as http:
+            async with http.get(sim_url.group(1) + "/_sim/lock_date") as resp:
+                lock = date.fromisoformat((await resp.json())["lock_date"])
+        assert f"lock date {lock}" in "".join(out)
+        assert timedelta(days=60) <= date.today() - lock < timedelta(days=67)
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            # a row Kantata refuses (dated on or before the lock date): push exits 1, and the
+            # recipe's list still runs and shows it (`;`, not `&&`)
+            locked = await conn.fetchval(
+                "INSERT INTO syncd.outbox (op, entry_id, payload) SELECT 'update', id, "
+                "'{\"notes\": \"locked\"}' FROM kantata.time_entries WHERE deleted_at IS NULL "
+                "AND date_performed <= $1 ORDER BY id LIMIT 1 RETURNING id", lock)
+            assert locked is not None
+        finally:
+            await conn.close()
         # pasted into a shell whose PATH does not have syncd (the README installs into .venv)
         shell_env = {**env, "PATH": "/usr/bin:/bin"}
         shell = await asyncio.create_subprocess_exec(
-            "bash", "-euc", "\n".join(recipe), env=shell_env, stdout=asyncio.subprocess.PIPE,
+            "bash", "-uc", "\n".join(recipe), env=shell_env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT)
         text, _ = await asyncio.wait_for(shell.communicate(), 120)
-        assert shell.returncode == 0, text.decode()
-        assert "done" in text.decode()
+        listed = text.decode()
+        assert shell.returncode == 0, listed  # the list's exit code: it ran
+        assert "1 failed" in listed and "lock date" in listed, listed
+        assert re.search(r"(?m)^\s*\d+\s+update\b.*\bdone\b", listed), listed
         conn = await asyncpg.connect(db_dsn)
         try:
+            assert await conn.fetchval("SELECT status FROM syncd.outbox WHERE id = $1",
+                                       locked) == "failed"
             row = await conn.fetchrow("SELECT status, result, entry_id, "
-                                      "(payload->>'time_in_minutes')::int AS m FROM syncd.outbox")
+                                      "(payload->>'time_in_minutes')::int AS m FROM syncd.outbox "
+                                      "WHERE id <> $1", locked)
             assert (row["status"], row["result"]) == ("done", "updated")  # a real change
             assert await conn.fetchval("SELECT time_in_minutes FROM kantata.time_entries "
                                        "WHERE id = $1", row["entry_id"]) == row["m"]

@@ -13,11 +13,18 @@ import pytest
 
 from syncd import pull
 from syncd.runs import Deps
-from syncd.simulator import Simulator
+from syncd.simulator import SimConfig, Simulator
+from tests.integration.conftest import TOKEN
 from tests.integration.outbox_helpers import drain
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """The demo's simulator has a lock date (issue #23): the examples must work under it."""
+    return Simulator(SimConfig(token=TOKEN, entries=600, seed=7, lock_date="auto"))
 
 
 def examples() -> list[str]:

@@ -263,3 +263,48 @@ async def test_kill_9_never_leaves_mirror_and_history_disagreeing(
                     SELECT 1 FROM kantata.time_entry_history h WHERE h.id = t.id)""") == 0
         assert kills >= 2
         assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_history") == 20_000
+
+
+async def test_as_of_returns_every_entry_that_existed_saying_which_versions_are_exact(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Issue #23 (migration 0010): an entry created before t but first read after an edit
+    (its first known version starts later) was left out of time_entries_as_of(t), so a total
+    as of a date was short. Every entry with created_at <= t and no deletion known by t is
+    returned; exact_version says whether the row is the version of t."""
+    await pull.sync_once(deps)
+    remote = {int(e["id"]): e for e in sim.list_entries()}
+    created = {i: datetime.fromisoformat(e["created_at"]) for i, e in remote.items()}
+    updated = {i: datetime.fromisoformat(e["updated_at"]) for i, e in remote.items()}
+    late = sorted(i for i in remote if updated[i] > created[i])  # edited after creation
+    assert len(late) >= 10
+    t = sorted(created[i] + (updated[i] - created[i]) / 2 for i in late)[len(late) // 2]
+    existed = {i for i in remote if created[i] <= t}
+    exact = {i for i in existed if updated[i] <= t}
+    assert existed - exact  # entries first read after an edit made after t
+    # one of them is deleted now (after t): it existed at t, and is gone as of now
+    gone = min(existed - exact)
+    sim.delete_entry(gone)
+    days = sorted(date.fromisoformat(e["date_performed"]) for e in remote.values())
+    await reconcile_job.reconcile_range(deps, days[0], days[-1])
+    assert await conn.fetchval("SELECT deleted_at IS NOT NULL FROM kantata.time_entries "
+                               "WHERE id = $1", gone)
+
+    rows_ = await conn.fetch("SELECT id, exact_version, time_in_minutes, updated_at "
+                             "FROM kantata.time_entries_as_of($1)", t)
+    assert len(rows_) == len({r["id"] for r in rows_})  # one row per entry
+    assert {r["id"] for r in rows_} == existed
+    assert {r["id"] for r in rows_ if r["exact_version"]} == exact
+    for r in rows_:  # the earliest version known: what Kantata sent when syncd first read it
+        assert r["updated_at"] == updated[r["id"]]
+        assert r["time_in_minutes"] == remote[r["id"]]["time_in_minutes"]
+    # the BI total as of t is complete in entries, and says how many may show later values
+    total, unsure = await conn.fetchrow(
+        "SELECT count(*), count(*) FILTER (WHERE NOT exact_version) "
+        "FROM kantata.time_entries_as_of($1)", t)
+    assert (total, unsure) == (len(existed), len(existed - exact))
+    now_ids = {r["id"] for r in await conn.fetch(
+        "SELECT id FROM kantata.time_entries_as_of(now())")}
+    assert gone not in now_ids and now_ids == set(remote) - {gone}
+    before_all = min(created.values()) - timedelta(seconds=1)
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries_as_of($1)",
+                               before_all) == 0

@@ -73,3 +73,20 @@ async def test_every_metric_of_the_rules_and_dashboard_is_exposed_by_a_live_sync
     for labels in re.findall(r"^syncd_\w+\{([^}]*)\}", text, re.M):
         for value in re.findall(r'="([^"]*)"', labels):
             assert len(value) <= 40 and not re.search(r"\d{5,}|://|\s", value), labels
+
+
+async def test_reconcile_overdue_is_right_from_the_first_scrape(
+        db_dsn: str, sim_url: str, conn: asyncpg.Connection, port: int, daemons: Any) -> None:
+    """Issue #23: the gauge read 0 until the leader's first reconcile check (5 minutes after
+    start) while no window had ever been reconciled. It is computed from the database on
+    scrape: a window never reconciled is overdue since its backfill ended."""
+    d: DaemonProc = await daemons(daemon_env(db_dsn, sim_url, port))
+    await d.wait_event("job_finished", job="pull", status="ok", timeout=30)
+    backfilled = await conn.fetchval(
+        "UPDATE syncd.windows SET last_done_at = now() - interval '2 hours' "
+        "WHERE purpose = 'backfill' RETURNING 1")
+    assert backfilled
+    assert not d.find("job_started", job="reconcile")  # its first check is minutes away
+    _, text = await d.get("/metrics")
+    value = float(re.search(r"^syncd_reconcile_overdue_seconds (\S+)$", text, re.M)[1])
+    assert 7200 <= value < 7260, text

@@ -163,3 +163,42 @@ def test_every_command_help_runs_with_a_purpose_and_shows_defaults(
             assert "default" in (a.help % {"default": a.default, "prog": ""}).lower() or \
                 isinstance(p.formatter_class, type) and issubclass(
                     p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), (name, a.dest)
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_says_where_settings_come_from_and_what_run_and_status_mean(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #23: `syncd run --help` named no option, setting, config file or port; `syncd
+    status --help` did not explain "settled through"; the top-level help did not say where
+    settings come from."""
+    top = _help(["--help"], capsys)
+    assert "SYNCD_" in top and "SYNCD_CONFIG_FILE" in top and "TOML" in top
+    assert "syncd config" in top
+    run = " ".join(_help(["run", "--help"], capsys).split())
+    for needle in ("SYNCD_CONFIG_FILE", "SYNCD_DATABASE_URL", "SYNCD_KANTATA_TOKEN",
+                   "SYNCD_HTTP_PORT", "(default 9187)", "SYNCD_PULL_INTERVAL",
+                   "SYNCD_SHUTDOWN_GRACE", "/metrics", "no options besides --help",
+                   "SIGTERM", "syncd migrate"):
+        assert needle in run, needle
+    status = " ".join(_help(["status", "--help"], capsys).split())
+    assert "settled through changes up to this instant" in status
+    assert "SYNCD_OVERLAP" in status and "watermark" in status
+
+
+def test_the_readme_says_what_tests_run_needs_and_installs() -> None:
+    """Issue #23: tests/run installs Chromium system-wide (as root), the contract test needs
+    the shared folder beside the repository, the promtool tests need promtool."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    run = (ROOT / "tests" / "run").read_text()
+    assert "apt-get install" in run and "chromium" in run and 'id -u)" = 0' in run
+    assert "installs Debian's package system-wide" in text and "you are root" in text
+    assert "../shared/kantata/" in text and "SYNCD_REQUIRE_CONTRACT=1" in text
+    assert "SYNCD_REQUIRE_PROMTOOL=1 tests/run tests/deploy/test_monitoring.py" in text
+    contract = (ROOT / "tests" / "simulator" / "test_sim_contract.py").read_text()
+    assert "SYNCD_REQUIRE_CONTRACT" in contract and "../shared/kantata/" in contract

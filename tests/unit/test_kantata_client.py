@@ -189,3 +189,46 @@ async def test_a_refused_connection_is_known_not_sent_unlike_a_timeout_or_reset(
             with pytest.raises(RetriableAPIError) as maybe:
                 await client.create_entries([{"workspace_id": 1}])
             assert maybe.value.sent is True  # the request may have reached Kantata
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0), ("1.5", 1.5),
+    ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),       # IMF-fixdate, 30 s after NOW
+    ("Wednesday, 21-Oct-15 07:29:00 GMT", 60.0),   # obsolete RFC 850 form
+    ("Wed Oct 21 07:28:10 2015", 10.0),            # obsolete asctime form
+    ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),        # already past: retry now
+    (None, None), ("", None), ("soon", None), ("-5", None), ("nan", None),
+])
+def test_retry_after_reads_seconds_and_http_dates(value: str | None,
+                                                  seconds: float | None) -> None:
+    """RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds (issue #23: the date form was
+    ignored)."""
+    from datetime import UTC, datetime
+
+    from syncd.kantata import parse_retry_after
+
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
+    assert parse_retry_after(value, now) == seconds
+
+
+async def test_a_throttled_retry_is_a_warning_with_the_hint_and_the_cap(
+        client: KantataClient) -> None:
+    """Issue #23: a capped Retry-After was logged at info as `wait: 4.0` alone."""
+    from email.utils import format_datetime
+    from datetime import UTC, datetime, timedelta
+
+    from structlog.testing import capture_logs
+
+    date = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    with aioresponses() as m, capture_logs() as logs:
+        m.get(LIST, status=429, headers={"Retry-After": date})
+        m.get(LIST, status=503)
+        m.get(LIST, payload=envelope(1))
+        await client.list_page({})
+    retries = [e for e in logs if e["event"] == "request_retry"]
+    assert [e["log_level"] for e in retries] == ["warning", "info"]
+    throttled = retries[0]
+    assert 85 <= throttled["retry_after"] <= 90  # the HTTP-date, read
+    assert throttled["retry_after_cap"] == 0.05 and throttled["capped"] is True
+    assert throttled["wait"] == 0.05
+    assert retries[1]["retry_after"] is None and retries[1]["capped"] is False

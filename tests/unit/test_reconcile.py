@@ -125,10 +125,17 @@ def test_recent_windows_are_due_after_the_recent_interval_old_after_the_old_inte
 
 def test_overdue_is_how_far_the_worst_window_is_past_its_due_time() -> None:
     """syncd_reconcile_overdue_seconds, which the SyncdReconciliationOverdue alert reads."""
-    def overdue(last: dict[Window, datetime | None]) -> float:
+    def overdue(last: dict[Window, datetime | None],
+                first: dict[Window, datetime | None] | None = None) -> float:
         return overdue_seconds(WINDOWS, last, now=NOW, today=TODAY, recent_days=60,
-                               recent_interval=3600.0, old_interval=7 * 86400.0)
-    assert overdue({}) == 0.0  # never reconciled: counted by windows_not_reconciled instead
+                               recent_interval=3600.0, old_interval=7 * 86400.0,
+                               first_read=first)
+    assert overdue({}) == 0.0  # nothing read yet (backfill running): nothing to check
+    # never reconciled (issue #23): due at once, so overdue since its backfill ended
+    backfilled = {w: NOW - timedelta(minutes=90) for w in WINDOWS}
+    assert overdue({}, backfilled) == 5400.0
+    assert overdue({w: NOW for w in WINDOWS[1:]}, backfilled) == 5400.0
+    assert overdue({w: NOW for w in WINDOWS}, backfilled) == 0.0
     assert overdue({w: NOW - timedelta(minutes=30) for w in WINDOWS}) == 0.0
     recent = WINDOWS[-1]
     assert overdue({w: NOW for w in WINDOWS} | {recent: NOW - timedelta(hours=3)}) == 7200.0

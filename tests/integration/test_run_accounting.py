@@ -1,0 +1,65 @@
+"""Run history counts each job's own work (issue #23): the jobs share one Kantata client, so a
+push that sent nothing was charged the requests of a pull running beside it, and `syncd push
+--json` reported `mirror_rows` that did not match what the push wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncpg
+import pytest
+
+from syncd import pull, push
+from syncd.runs import Deps
+from syncd.simulator import Simulator
+from tests.integration.outbox_helpers import enqueue_many, mirror_from_sim, new_entry
+
+pytestmark = pytest.mark.integration
+
+
+async def _run_row(conn: asyncpg.Connection, run_id: object) -> asyncpg.Record:
+    return await conn.fetchrow("SELECT job, status, requests, rows_upserted FROM syncd.sync_runs "
+                               "WHERE run_id = $1", run_id)
+
+
+async def test_a_push_that_sent_nothing_records_no_request_while_a_pull_runs(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    sim.clear_requests()
+    pulling = asyncio.create_task(pull.sync_once(deps))
+    while not sim.requests:  # the pull is sending
+        await asyncio.sleep(0.001)
+    pushes = []
+    while not pulling.done():  # empty drains, each while the pull's requests go out
+        pushes.append(await push.push_once(deps, owner="idle"))
+    stats = await pulling
+    assert len(pushes) >= 3
+    for report in pushes:
+        assert report.requests == 0
+        assert (await _run_row(conn, report.run_id))["requests"] == 0
+    pull_row = await _run_row(conn, stats.run_id)
+    assert pull_row["requests"] == len(sim.requests) > 10  # every request was the pull's
+
+
+async def test_two_concurrent_pushers_report_what_each_wrote_and_sent(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    await mirror_from_sim(conn, sim)
+    doomed = [e["id"] for e in sorted(sim.list_entries(), key=lambda e: int(e["id"]))
+              if not e.get("is_invoiced")][:10]
+    await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(100)]
+                       + [("delete", int(i), None) for i in doomed])
+    sim.clear_requests()
+    small = dataclasses.replace(deps, settings=deps.settings.model_copy(
+        update={"push_batch_size": 10}))
+    a, b = await asyncio.gather(push.push_once(small, owner="a"),
+                                push.push_once(small, owner="b"))
+    assert a.claimed and b.claimed and a.claimed + b.claimed == 110
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox WHERE status = 'done'") == 110
+    written = await conn.fetchval(
+        "SELECT count(*) FROM kantata.time_entries WHERE learned_via = 'push'")
+    assert written == 110  # 100 created, 10 marked deleted
+    assert a.mirror_rows + b.mirror_rows == written
+    for report in (a, b):
+        row = await _run_row(conn, report.run_id)
+        assert (row["requests"], row["rows_upserted"]) == (report.requests, report.mirror_rows)
+    assert a.requests + b.requests == len(sim.requests)
