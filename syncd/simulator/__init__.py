@@ -11,8 +11,9 @@ See ``core.Simulator`` for the in-process API and ``testing.running_simulator`` 
 
 from __future__ import annotations
 
-from .config import FaultConfig, SimConfig
+from .config import ContractConfig, FaultConfig, SimConfig
 from .core import Simulator
 from .errors import ApiError, InvalidInput, NotFound
 
-__all__ = ["ApiError", "FaultConfig", "InvalidInput", "NotFound", "SimConfig", "Simulator"]
+__all__ = ["ApiError", "ContractConfig", "FaultConfig", "InvalidInput", "NotFound", "SimConfig",
+           "Simulator"]

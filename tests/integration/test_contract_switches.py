@@ -39,7 +39,11 @@ CASES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "objects_without_id": ({"omit_object_ids": True}, {"id"}),
     "foreign_keys_only_with_include": ({"foreign_keys_only_with_include": True}, set()),
     "creates_in_default_order_without_references": (
-        {"bulk_create_order": "default", "external_references_only_if_included": True}, set()),
+        {"bulk_create_order": "default", "external_references_only_if_included": True,
+         "write_answers_ignore_include": True}, set()),
+    "write_answers_without_foreign_keys": (
+        {"foreign_keys_only_with_include": True, "write_answers_ignore_include": True}, set()),
+    "inclusive_updated_after": ({"updated_after_inclusive": True}, set()),
     "negative_count": ({"count_mode": "negative"}, set()),
     "inconsistent_count": ({"count_mode": "inconsistent"}, set()),
     "lower_case_t_and_z": ({"lowercase_timestamps": True}, {"created_at", "updated_at"}),
