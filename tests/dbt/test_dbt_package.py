@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -108,22 +109,51 @@ async def _fill(dsn: str) -> Mirror:
     return Mirror(dsn, as_of, live_at, edited, deleted)
 
 
-@pytest.fixture(scope="module")
-def mirror(pg_server_dsn: str, template_db: str) -> Iterator[Mirror]:
-    name = f"syncd_dbt_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        c = await asyncpg.connect(pg_server_dsn)
-        try:
-            await c.execute(sql)
-        finally:
-            await c.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+async def _admin(dsn: str, *sqls: str) -> None:
+    c = await asyncpg.connect(dsn)
     try:
-        yield asyncio.run(_fill(_with_db(pg_server_dsn, name)))
+        for sql in sqls:
+            await c.execute(sql)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await c.close()
+
+
+async def _migrate_to(dsn: str, version: int) -> None:
+    c = await asyncpg.connect(dsn)
+    try:
+        await migrate.apply(c, migrate.discover()[:version])
+    finally:
+        await c.close()
+
+
+@dataclass
+class Databases:
+    """The filled mirror; `old`, migrated one migration short of what the package needs;
+    `old_bi`, the same database through a login that is a member of syncd_bi."""
+
+    mirror: Mirror
+    old: str
+    old_bi: str
+
+
+@pytest.fixture(scope="module")
+def databases(pg_server_dsn: str, template_db: str) -> Iterator[Databases]:
+    tag = uuid.uuid4().hex[:10]
+    filled, old, role = f"syncd_dbt_{tag}", f"syncd_old_{tag}", f"dbt_bi_{tag}"
+    asyncio.run(_admin(pg_server_dsn, f'CREATE DATABASE "{filled}" TEMPLATE "{template_db}"',
+                       f'CREATE DATABASE "{old}"'))
+    try:
+        old_dsn = _with_db(pg_server_dsn, old)
+        asyncio.run(_migrate_to(old_dsn, REQUIRED - 1))
+        # syncd_bi exists once any database of this server is migrated (0003)
+        asyncio.run(_admin(pg_server_dsn, f'CREATE ROLE "{role}" LOGIN IN ROLE syncd_bi'))
+        u = urlsplit(old_dsn)
+        bi_dsn = u._replace(netloc=f"{role}@{u.hostname}:{u.port}").geturl()
+        yield Databases(asyncio.run(_fill(_with_db(pg_server_dsn, filled))), old_dsn, bi_dsn)
+    finally:
+        asyncio.run(_admin(pg_server_dsn, f'DROP DATABASE IF EXISTS "{filled}" WITH (FORCE)',
+                           f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)',
+                           f'DROP ROLE IF EXISTS "{role}"'))
 
 
 def _profile_target(dsn: str) -> dict[str, Any]:
@@ -133,90 +163,132 @@ def _profile_target(dsn: str) -> dict[str, Any]:
             "dbname": u.path.lstrip("/"), "schema": "analytics", "threads": 2}
 
 
-@dataclass
-class Project:
-    """A dbt project in a temporary folder that installs the package as a user would (local
-    path instead of git), with one profile target per database."""
+def _write_project(path: Path, packages: dict[str, Any], targets: dict[str, str]) -> Path:
+    """A dbt project as a user would have it: dbt_project.yml, packages.yml, profiles.yml
+    with one target per database (the first is the default)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dbt_project.yml").write_text(yaml.safe_dump({
+        "name": "syncd_kantata_check", "version": "1.0.0", "config-version": 2,
+        "profile": "syncd_kantata_check",
+        "flags": {"send_anonymous_usage_stats": False, "use_colors": False}}))
+    (path / "packages.yml").write_text(yaml.safe_dump(packages))
+    (path / "profiles.yml").write_text(yaml.safe_dump({"syncd_kantata_check": {
+        "target": next(iter(targets)),
+        "outputs": {t: _profile_target(dsn) for t, dsn in targets.items()}}}))
+    return path
 
-    path: Path
-    dbt: Path
-    targets: dict[str, str]
 
-    def write(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "dbt_project.yml").write_text(yaml.safe_dump({
-            "name": "syncd_kantata_check", "version": "1.0.0", "config-version": 2,
-            "profile": "syncd_kantata_check",
-            "flags": {"send_anonymous_usage_stats": False, "use_colors": False}}))
-        (self.path / "packages.yml").write_text(yaml.safe_dump(
-            {"packages": [{"local": str(PACKAGE)}]}))
-        (self.path / "profiles.yml").write_text(yaml.safe_dump({"syncd_kantata_check": {
-            "target": "mirror",
-            "outputs": {t: _profile_target(dsn) for t, dsn in self.targets.items()}}}))
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run dbt in the project; no network: anonymous usage stats and version checks off."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DBT_", "PG"))}
-        env.update(DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1",
-                   DBT_VERSION_CHECK="false", DBT_PROFILES_DIR=str(self.path))
-        return subprocess.run([str(self.dbt), *args, "--project-dir", str(self.path)],
-                              cwd=self.path, env=env, capture_output=True, text=True,
-                              timeout=120, check=False)
-
-    def results(self, name: str) -> dict[str, Any]:
-        return json.loads((self.path / "target" / name).read_text())
+def _documented_packages_yml() -> dict[str, Any]:
+    """The packages.yml block of migrations/README.md's dbt section."""
+    text = (ROOT / "migrations" / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "subdirectory:" in b]
+    assert len(blocks) == 1, "migrations/README.md should show one packages.yml with subdirectory"
+    return yaml.safe_load(blocks[0])
 
 
 @dataclass
-class Built:
-    project: Project
+class Step:
+    ok: bool
+    seconds: float
+    output: str
+
+
+@dataclass
+class Runs:
+    """Every dbt command of this module, run once, by name; `artifacts` holds the saved
+    run_results/manifest/sources JSON files."""
+
+    steps: dict[str, Step]
+    artifacts: Path
     mirror: Mirror
-    seconds: dict[str, float]
-    outputs: dict[str, str]
+    git_project: Path
 
+    def ok(self, name: str) -> Step:
+        step = self.steps[name]
+        assert step.ok, f"dbt {name} failed:\n{step.output}"
+        return step
 
-def _ok(step: str, proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"dbt {step} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
+    def artifact(self, name: str) -> dict[str, Any]:
+        return json.loads((self.artifacts / name).read_text())
 
 
 @pytest.fixture(scope="module")
-def built(dbt_bin: Path, mirror: Mirror, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """deps, build and source freshness, once for the module, each required to exit 0."""
-    project = Project(tmp_path_factory.mktemp("dbt") / "project", dbt_bin,
-                      {"mirror": mirror.dsn})
-    project.write()
-    seconds, outputs = {}, {}
-    as_of = json.dumps({"syncd_kantata_as_of": mirror.as_of.isoformat()})
-    for step, args in (("deps", ["deps"]), ("build", ["build", "--vars", as_of]),
-                       ("source freshness", ["source", "freshness"])):
-        t0 = time.monotonic()
-        outputs[step] = _ok(step, project.run(*args))
-        seconds[step] = round(time.monotonic() - t0, 1)
-    print(f"dbt timings (s): {seconds}")
-    return Built(project, mirror, seconds, outputs)
+def runs(dbt_bin: Path, databases: Databases,
+         tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """All dbt commands in one process (tests/dbt/dbt_steps.py): in a project that installs
+    the package from its folder, deps, build and source freshness on the filled mirror, then
+    build on the old database and source freshness on it as a syncd_bi member; and dbt deps
+    in a project that installs it from git as migrations/README.md says."""
+    base = tmp_path_factory.mktemp("dbt")
+    main = _write_project(base / "project", {"packages": [{"local": str(PACKAGE)}]},
+                          {"mirror": databases.mirror.dsn, "old": databases.old,
+                           "old_bi": databases.old_bi})
+    steps: list[dict[str, Any]] = []
+    at = ["--project-dir", str(main), "--profiles-dir", str(main)]
+    as_of = json.dumps({"syncd_kantata_as_of": databases.mirror.as_of.isoformat()})
+    target = main / "target"
+    steps += [
+        {"name": "deps", "args": ["deps", *at]},
+        {"name": "build", "args": ["build", "--vars", as_of, *at],
+         "save": {str(target / "run_results.json"): str(base / "build.json"),
+                  str(target / "manifest.json"): str(base / "manifest.json")}},
+        {"name": "source freshness", "args": ["source", "freshness", *at],
+         "save": {str(target / "sources.json"): str(base / "sources.json")}},
+        {"name": "build old", "args": ["build", "--target", "old", *at]},
+        {"name": "source freshness old_bi",
+         "args": ["source", "freshness", "--target", "old_bi", *at]},
+    ]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    git_project = base / "git-project"
+    if head.returncode == 0:
+        doc = _documented_packages_yml()
+        doc["packages"][0].update(git=f"file://{ROOT}", revision=head.stdout.strip())
+        _write_project(git_project, doc, {"mirror": databases.mirror.dsn})
+        steps.append({"name": "deps git", "args": [
+            "deps", "--project-dir", str(git_project), "--profiles-dir", str(git_project)]})
+    (base / "steps.json").write_text(json.dumps(steps))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBT_", "PG"))}
+    env.update(DBT_SEND_ANONYMOUS_USAGE_STATS="false", DO_NOT_TRACK="1",
+               DBT_VERSION_CHECK="false")
+    t0 = time.monotonic()
+    proc = subprocess.run([str(dbt_bin.parent / "python"), str(Path(__file__).with_name(
+        "dbt_steps.py")), str(base / "steps.json")], cwd=main, env=env, capture_output=True,
+        text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found: dict[str, Step] = {}
+    for chunk in proc.stdout.split("@@step ")[1:]:
+        name, _, rest = chunk.partition("\n")
+        body, _, done = rest.rpartition("@@done ")
+        _, status, seconds = done.strip().rsplit(" ", 2)
+        found[name] = Step(status == "0", float(seconds), body)
+    assert [s["name"] for s in steps] == list(found), proc.stdout[-3000:] + proc.stderr
+    print(f"dbt steps (s): { {n: s.seconds for n, s in found.items()} }, "
+          f"process {time.monotonic() - t0:.1f}")
+    return Runs(found, base, databases.mirror, git_project)
 
 
-def test_dbt_build_runs_every_model_and_test_green(built: Built) -> None:
-    results = built.project.results("run_results.json")["results"]
+def test_dbt_build_runs_every_model_and_test_green(runs: Runs) -> None:
+    for name in ("deps", "build", "source freshness"):
+        out = runs.ok(name).output
+        assert "deprecat" not in out.lower(), f"dbt {name} warns of a deprecation:\n{out}"
+    results = runs.artifact("build.json")["results"]
     kinds: dict[str, int] = defaultdict(int)
     for r in results:
         assert r["status"] in ("success", "pass"), r
         kinds[r["unique_id"].split(".")[0]] += 1
-    manifest = built.project.results("manifest.json")
+    manifest = runs.artifact("manifest.json")
     models = {n["name"] for n in manifest["nodes"].values()
               if n["resource_type"] == "model" and n["package_name"] == "syncd_kantata"}
     assert models == {"stg_kantata__time_entries", "stg_kantata__time_entries_as_of",
                       "stg_kantata__time_entry_changes", "stg_kantata__projects",
                       "stg_kantata__people", "kantata_hours_by_project_person_month"}
     assert kinds["model"] == len(models)
-    assert kinds["test"] >= 60  # the source tests of sources.yml and the models' tests
-    for step, out in built.outputs.items():
-        assert "deprecat" not in out.lower(), f"dbt {step} warns of a deprecation:\n{out}"
+    assert kinds["test"] >= 80  # the source tests of sources.yml and the models' tests
 
 
-def test_source_freshness_passes_on_last_pull_at(built: Built) -> None:
-    sources = built.project.results("sources.json")["results"]
+def test_source_freshness_passes_on_last_pull_at(runs: Runs) -> None:
+    sources = runs.artifact("sources.json")["results"]
     assert [(s["unique_id"], s["status"]) for s in sources] == [
         ("source.syncd_kantata.syncd.freshness", "pass")]
     crit = sources[0]["criteria"]
@@ -224,10 +296,11 @@ def test_source_freshness_passes_on_last_pull_at(built: Built) -> None:
     assert crit["error_after"] == {"count": 15, "period": "minute"}
 
 
-async def test_the_mart_adds_up_to_kantata_time_entries(built: Built) -> None:
+async def test_the_mart_adds_up_to_kantata_time_entries(runs: Runs) -> None:
     """Every (project, person, month, currency) row of the mart against sums computed here,
     exactly (fractions), from the live rows of kantata.time_entries."""
-    conn = await asyncpg.connect(built.mirror.dsn)
+    runs.ok("build")
+    conn = await asyncpg.connect(runs.mirror.dsn)
     try:
         raw = await conn.fetch(
             """SELECT workspace_id, user_id, date_trunc('month', date_performed)::date AS m,
@@ -252,17 +325,17 @@ async def test_the_mart_adds_up_to_kantata_time_entries(built: Built) -> None:
         assert (row["entries"], row["minutes"]) == (n, minutes), key
         assert Fraction(row["hours"]).limit_denominator(60) == Fraction(minutes, 60)
         assert abs(Fraction(row["billable_amount"]) - amount) < Fraction(1, 10**9), key
-    deleted, created = len(built.mirror.deleted), 5
+    deleted, created = len(runs.mirror.deleted), 5
     assert sum(n for n, _, _ in expect.values()) == len(raw) == ENTRIES - deleted + created
 
 
-async def test_the_as_of_model_shows_the_entries_as_they_were(built: Built) -> None:
-    m = built.mirror
+async def test_the_as_of_model_shows_the_entries_as_they_were(runs: Runs) -> None:
+    runs.ok("build")
+    m = runs.mirror
     conn = await asyncpg.connect(m.dsn)
     try:
         then = {(r["time_entry_id"], r["time_in_minutes"]) for r in await conn.fetch(
-            "SELECT time_entry_id, time_in_minutes, as_of "
-            "FROM analytics.stg_kantata__time_entries_as_of")}
+            "SELECT time_entry_id, time_in_minutes FROM analytics.stg_kantata__time_entries_as_of")}
         as_of = await conn.fetchval(
             "SELECT DISTINCT as_of FROM analytics.stg_kantata__time_entries_as_of")
         now_live = await conn.fetchval(
@@ -279,43 +352,31 @@ async def test_the_as_of_model_shows_the_entries_as_they_were(built: Built) -> N
     assert changes["first_seen"] == len(m.live_at) + 5
 
 
-async def test_an_older_syncd_schema_is_refused_with_a_clear_message(
-        built: Built, pg_server_dsn: str) -> None:
+def test_an_older_syncd_schema_is_refused_with_a_clear_message(runs: Runs) -> None:
     """A database one migration short of what the package needs: dbt build stops in the
     on-run-start check, before any model, saying which version it needs and what to do; a
-    login that cannot read syncd.schema_migrations (a syncd_bi member) gets the missing
-    columns instead."""
-    name = f"syncd_old_{uuid.uuid4().hex[:10]}"
-    role = f"dbt_bi_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    old = _with_db(pg_server_dsn, name)
-    try:
-        conn = await asyncpg.connect(old)
-        try:
-            await migrate.apply(conn, migrate.discover()[:REQUIRED - 1])
-            await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE syncd_bi')
-        finally:
-            await conn.close()
-        bi = urlsplit(old)._replace(netloc=f"{role}@{urlsplit(old).hostname}:"
-                                           f"{urlsplit(old).port}").geturl()
-        project = Project(built.project.path, built.project.dbt,
-                          {"mirror": built.mirror.dsn, "old": old, "old_bi": bi})
-        project.write()
-        proc = project.run("build", "--target", "old")
-        out = proc.stdout + proc.stderr
-        assert proc.returncode != 0
-        assert (f"syncd_kantata needs the syncd schema at version {REQUIRED} or later"
-                in out), out
-        assert f"is at version {REQUIRED - 1}" in out and "syncd migrate" in out
-        assert "OK created" not in out  # stopped before any model
+    syncd_bi member, who cannot read syncd.schema_migrations, gets the missing columns."""
+    old = runs.steps["build old"]
+    assert not old.ok
+    assert f"syncd_kantata needs the syncd schema at version {REQUIRED} or later" in old.output
+    assert f"is at version {REQUIRED - 1}" in old.output and "syncd migrate" in old.output
+    assert "OK created" not in old.output  # stopped before any model
+    bi = runs.steps["source freshness old_bi"]
+    assert not bi.ok
+    assert "kantata.time_entries.learned_via" in bi.output and "syncd migrate" in bi.output, \
+        bi.output
 
-        proc = project.run("source", "freshness", "--target", "old_bi")
-        out = proc.stdout + proc.stderr
-        assert proc.returncode != 0
-        assert "kantata.time_entries.learned_via" in out and "syncd migrate" in out, out
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
-        Project(built.project.path, built.project.dbt, {"mirror": built.mirror.dsn}).write()
+
+def test_the_documented_git_install_with_subdirectory_works(runs: Runs) -> None:
+    """`dbt deps` with the packages.yml of migrations/README.md, pointed at this repository's
+    commit, installs the package: the subdirectory is right."""
+    if "deps git" not in runs.steps:
+        if dbt_required():
+            pytest.fail("not a git checkout: the documented git install was not checked")
+        pytest.skip("not a git checkout")
+    assert _documented_packages_yml()["packages"][0]["subdirectory"] == \
+        str(PACKAGE.relative_to(ROOT))
+    runs.ok("deps git")
+    installed = yaml.safe_load(
+        (runs.git_project / "dbt_packages" / "syncd_kantata" / "dbt_project.yml").read_text())
+    assert installed["name"] == "syncd_kantata"
