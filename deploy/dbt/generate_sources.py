@@ -104,7 +104,8 @@ async def read_catalog(conn: asyncpg.Connection) -> Catalog:
             raise SpecError(f"schema {schema} does not exist: is the database migrated?")
         comments[schema] = await conn.fetchval("SELECT obj_description($1, 'pg_namespace')", oid)
         rels = await conn.fetch(
-            """SELECT c.oid, c.relname, c.relkind, obj_description(c.oid, 'pg_class') AS comment
+            """SELECT c.oid, c.relname, c.relkind::text AS relkind,
+                      obj_description(c.oid, 'pg_class') AS comment
                FROM pg_class c WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p', 'v', 'm')
                ORDER BY c.relname""", oid)
         relations[schema] = {}

@@ -82,6 +82,12 @@ async def test_sources_yml_lists_exactly_the_columns_of_the_migrated_database(
     actual = await catalog_columns(conn)
     assert sorted(actual - listed) == [] and sorted(listed - actual) == []
     assert len(listed) > 100  # every table and view, not a sample
+    kinds = {(s["name"], t["name"]): t["meta"]["relation_kind"]
+             for s in yaml.safe_load(SOURCES.read_text())["sources"] for t in s["tables"]}
+    types = {(r["table_schema"], r["table_name"]): r["table_type"] for r in await conn.fetch(
+        "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+        "WHERE table_schema IN ('kantata', 'syncd')")}
+    assert {k: ("view" if types[k] == "VIEW" else "table") for k in kinds} == kinds
 
 
 ALTERATIONS = {
