@@ -54,12 +54,16 @@ def dbt_required() -> bool:
     return (ci not in ("", "0", "false", "no")) or bool(os.environ.get("SYNCD_REQUIRE_DBT"))
 
 
+#: read at import, before the suite's autouse fixture scrubs SYNCD_* variables from each test
+DBT_REQUIRED = dbt_required()
+
+
 @pytest.fixture(scope="module")
 def dbt_bin() -> Path:
     if not os.access(DBT, os.X_OK):
         msg = (f"dbt is not installed at {DBT.relative_to(ROOT)}: tests/run installs it "
                "(tests/dbt/requirements.txt)")
-        if dbt_required():
+        if DBT_REQUIRED:
             pytest.fail(msg + "; CI must run the dbt tests")
         pytest.skip(msg)
     return DBT
@@ -371,7 +375,7 @@ def test_the_documented_git_install_with_subdirectory_works(runs: Runs) -> None:
     """`dbt deps` with the packages.yml of migrations/README.md, pointed at this repository's
     commit, installs the package: the subdirectory is right."""
     if "deps git" not in runs.steps:
-        if dbt_required():
+        if DBT_REQUIRED:
             pytest.fail("not a git checkout: the documented git install was not checked")
         pytest.skip("not a git checkout")
     assert _documented_packages_yml()["packages"][0]["subdirectory"] == \
