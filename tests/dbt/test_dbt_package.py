@@ -105,7 +105,8 @@ async def _fill(dsn: str) -> Mirror:
         for i in deleted:
             sim.delete_entry(i)
         for n in range(5):
-            sim.create_entry({"time_in_minutes": 30 + n, "updated_at": later})
+            sim.create_entry({"time_in_minutes": 30 + n, "updated_at": later,
+                              "created_at": later})
         await pull.sync_once(deps)
         days = sorted(date.fromisoformat(e["date_performed"]) for e in sim.list_entries())
         await reconcile_job.reconcile_range(deps, days[0], days[-1])
@@ -367,8 +368,9 @@ def test_an_older_syncd_schema_is_refused_with_a_clear_message(runs: Runs) -> No
     assert "OK created" not in old.output  # stopped before any model
     bi = runs.steps["source freshness old_bi"]
     assert not bi.ok
-    assert "kantata.time_entries.learned_via" in bi.output and "syncd migrate" in bi.output, \
-        bi.output
+    # what migration REQUIRED adds: the as-of function's exact_version column
+    assert "kantata.time_entries_as_of().exact_version" in bi.output \
+        and "syncd migrate" in bi.output, bi.output
 
 
 def test_the_documented_git_install_with_subdirectory_works(runs: Runs) -> None:

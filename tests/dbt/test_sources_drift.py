@@ -133,16 +133,25 @@ async def test_a_new_column_in_what_time_entries_as_of_returns_is_caught(
     assert "exact_at_t boolean" in message
 
 
-async def test_a_new_column_of_the_versions_view_reaches_the_function_too(
+async def test_a_new_column_of_the_versions_view_is_drift(
         db_dsn: str, conn: asyncpg.Connection) -> None:
     view = await conn.fetchval("SELECT pg_get_viewdef('kantata.time_entry_versions'::regclass)")
     body = view.rstrip().rstrip(";")
     await conn.execute("CREATE OR REPLACE VIEW kantata.time_entry_versions AS "
                        f"SELECT v.*, true AS exact_at_t FROM ({body}) v; "
                        "COMMENT ON COLUMN kantata.time_entry_versions.exact_at_t IS 'new'")
-    message = drift(await gen.generate(db_dsn))
-    assert "- exact_at_t boolean" in message  # the function's result (meta.syncd_functions)
-    assert "name: exact_at_t" in message      # the view's columns
+    assert "name: exact_at_t" in drift(await gen.generate(db_dsn))  # the view's columns
+
+
+async def test_a_new_column_the_as_of_function_returns_is_drift(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """What kantata.time_entries_as_of returns is recorded (meta.syncd_functions): a
+    migration that changes it (as 0010 added exact_version) must update the package."""
+    await conn.execute(
+        "DROP FUNCTION kantata.time_entries_as_of(timestamptz); "
+        "CREATE FUNCTION kantata.time_entries_as_of(ts timestamptz) "
+        "RETURNS TABLE (id bigint, brand_new boolean) LANGUAGE sql AS 'SELECT 1::bigint, true'")
+    assert "- brand_new boolean" in drift(await gen.generate(db_dsn))
 
 
 def test_the_spec_cannot_name_what_the_database_lacks_or_describe_a_column_twice() -> None:

@@ -7,7 +7,8 @@
      the dbt role can read it, its highest version must be at least
      var('syncd_kantata_required_schema_version').
   2. Always (also for a BI login such as syncd_bi, which may not read syncd's tables): every
-     column that this package's sources.yml names, and kantata.time_entries_as_of, must exist.
+     column that this package's sources.yml names, kantata.time_entries_as_of, and every column
+     that function returns (sources.yml meta.syncd_functions) must exist.
      pg_catalog is readable by every role, so this does not depend on privileges.
 #}
 {% macro syncd_kantata_check_schema() %}
@@ -35,9 +36,16 @@
     {%- endif -%}
 
     {%- set wanted = [] -%}
+    {%- set returned = [] -%}
     {%- for src in graph.sources.values() if src.package_name == 'syncd_kantata' -%}
       {%- for col in src.columns -%}
         {%- do wanted.append((src.schema, src.identifier, col)) -%}
+      {%- endfor -%}
+      {%- for fn, spec in (src.source_meta.get('syncd_functions', {}) or {}).items()
+            if fn.startswith('time_entries_as_of(') -%}
+        {%- for c in spec.get('columns', []) -%}
+          {%- do returned.append(c.split(' ')[0]) -%}
+        {%- endfor -%}
       {%- endfor -%}
     {%- endfor -%}
     {%- if wanted -%}
@@ -47,10 +55,18 @@
           {%- for s, t, c in wanted %}
           ({{ dbt.string_literal(s) }}, {{ dbt.string_literal(t) }}, {{ dbt.string_literal(c) }}),
           {%- endfor %}
+          {%- for c in returned | unique %}
+          ({{ dbt.string_literal(mirror) }}, 'time_entries_as_of()', {{ dbt.string_literal(c) }}),
+          {%- endfor %}
           ({{ dbt.string_literal(mirror) }}, 'time_entries_as_of', null)
         ) as w(s, t, c)
         where case when w.c is null
                    then to_regprocedure(quote_ident(w.s) || '.time_entries_as_of(timestamptz)') is null
+                   when w.t = 'time_entries_as_of()'  -- a column the function returns
+                   then not exists (
+                       select 1 from pg_catalog.pg_proc p
+                       where p.oid = to_regprocedure(quote_ident(w.s) || '.time_entries_as_of(timestamptz)')
+                         and w.c = any(p.proargnames))
                    else not exists (
                        select 1 from pg_catalog.pg_attribute a
                        where a.attrelid = to_regclass(quote_ident(w.s) || '.' || quote_ident(w.t))

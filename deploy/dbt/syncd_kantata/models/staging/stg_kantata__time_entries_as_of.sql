@@ -1,5 +1,6 @@
 -- The live time entries as they were at one instant, from syncd's history
--- (kantata.time_entries_as_of, migrations/0009_history.sql): var syncd_kantata_as_of, an
+-- (kantata.time_entries_as_of, migrations/0009_history.sql and 0010_as_of_known.sql): var
+-- syncd_kantata_as_of, an
 -- ISO 8601 instant with its offset ('2026-11-01T00:00:00+00:00'); unset, the moment the view
 -- is queried. Same columns as stg_kantata__time_entries, plus the version's validity.
 -- depends_on: {{ source('kantata', 'time_entry_versions') }}
@@ -12,5 +13,6 @@ select
     v.valid_to,
     v.first_seen,
     v.learned_via,
+    v.exact_version,
     {{ at }} as as_of
 from {{ adapter.quote(mirror.schema) }}.time_entries_as_of({{ at }}) as v
