@@ -20,7 +20,10 @@ made only when the keyset page's `count` said more entries follow it; an entry w
 read by the next pass (the watermark never passes the second). A repeat pass over N entries
 therefore costs max(1, ceil((N + S) / per_page)) requests, where S is the number of entries
 read twice: those of the second a full page ends in, re-read at the start of the next page (0
-when a page ends at a second's end or inside a crowded second). See migrations/README.md, "Cost in Kantata requests".
+when a page ends at a second's end or inside a crowded second). A crowded second that later
+entries follow (its count differs from the keyset page's) costs one request more: its page 1 is
+read again to confirm the keyset page stood in for it; page 2, read already, is not read again.
+See migrations/README.md, "Cost in Kantata requests".
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class PullRequest:
     #: the second is known to be the last one with entries (its count equalled the keyset
     #: page's): no request after it
     last_second: bool = False
+    #: on page 2 with `stand_in_count`: the keyset page's ids (a digest); on the page 1 read
+    #: to confirm the stand-in: the digest that page must list for page 2 (read already) to hold
+    stand_in_ids: int | None = None
+    #: on that confirming page 1: whether page 2, already read and stored, was full
+    confirmed_full: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +115,14 @@ def settled_through(watermark: datetime, pass_started: datetime, overlap: timede
 
 
 def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
-              count: int, *, listed: int | None = None) -> Step:
+              count: int, *, listed: int | None = None,
+              ids: Sequence[str] | None = None) -> Step:
     """Decide the request after `req` returned entries with `updated_ats` (in `results` order,
     ascending) out of `count` matching. `page_size` is the effective size (`meta.page_size`);
     `listed` is how many rows the page listed, rejected ones included (default: as many as
-    `updated_ats`): only a page listing fewer than `page_size` rows is the last one.
+    `updated_ats`): only a page listing fewer than `page_size` rows is the last one. `ids` are
+    the page's `results` ids: with them a crowded second followed by later entries is confirmed
+    by re-reading only its page 1, not pages 1 and 2.
 
     The contract does not say whether `updated_after` includes its own second (api-notes §14
     Q1); both readings are handled: entries at the boundary second, which only an inclusive
@@ -127,8 +138,9 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
         raise ValueError("page is not ordered by updated_at ascending; refusing to page")
     n_listed = len(seconds) if listed is None else listed
     full = n_listed >= page_size
+    digest = hash(tuple(ids)) if ids is not None else None
     if req.updated_before is not None:
-        return _next_in_second(req, seconds, full, count, page_size)
+        return _next_in_second(req, seconds, full, count, page_size, digest)
     boundary = floor_second(req.updated_after)
     if seconds and seconds[0] == boundary:  # an inclusive `updated_after` lists its second
         seconds = [s for s in seconds if s > boundary]
@@ -149,15 +161,28 @@ def next_step(req: PullRequest, updated_ats: Sequence[datetime], page_size: int,
     # A full page inside one second: page by number within that second. This page stands in
     # for the second's page 1 if the second's count, learnt on page 2, equals this page's.
     return Step(PullRequest(updated_after=newest - SECOND, updated_before=newest + SECOND,
-                            page=2, stand_in_count=count), newest - SECOND)
+                            page=2, stand_in_count=count, stand_in_ids=digest), newest - SECOND)
 
 
 def _next_in_second(req: PullRequest, seconds: Sequence[datetime], full: bool,
-                    count: int, page_size: int) -> Step:
+                    count: int, page_size: int, digest: int | None = None) -> Step:
     second = req.updated_after + SECOND
+    if req.confirmed_full is not None:  # page 1, read to confirm the keyset page stood in
+        if count == req.second_count and digest is not None and digest == req.stand_in_ids:
+            # nothing moved inside the second: page 2, read before this, holds; go on after it
+            if not req.confirmed_full or 2 * page_size >= count:
+                return Step(PullRequest(updated_after=second), second)
+            return Step(PullRequest(req.updated_after, req.updated_before, page=3,
+                                    second_count=count), None)
+        # something moved: read on from this page 1 as any restarted second
+        req = replace(req, stand_in_ids=None, confirmed_full=None)
     if req.stand_in_count is not None:
         if count != req.stand_in_count:  # entries follow the second, or some left it: the
-            # keyset page cannot stand in for page 1; read the second from its page 1
+            # keyset page stands in for page 1 only if page 1 still lists the same ids
+            if digest is not None and req.stand_in_ids is not None:
+                return Step(PullRequest(req.updated_after, req.updated_before, page=1,
+                                        second_count=count, stand_in_ids=req.stand_in_ids,
+                                        confirmed_full=full), None)
             return Step(PullRequest(req.updated_after, req.updated_before, page=1), None)
         req = replace(req, stand_in_count=None, second_count=count, last_second=True)
         if not full or req.page * page_size >= count:

@@ -478,7 +478,8 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
         count = page.count if pagination.count_usable(page.count) else sys.maxsize
         try:
             step = cursor.next_step(req, [e.updated_at for e in page.entries],
-                                    page.page_size, count, listed=len(page.result_ids))
+                                    page.page_size, count, listed=len(page.result_ids),
+                                    ids=page.result_ids)
         except ValueError as exc:  # the server broke the paging contract: retry next run
             raise PagingError(f"incremental paging stopped: {exc}") from None
         mark = min(step.complete_through, started) if step.complete_through else None

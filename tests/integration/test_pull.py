@@ -103,6 +103,29 @@ async def test_a_repeat_cycle_costs_what_the_readme_formula_says(
     assert await mirror_diff(conn, sim.list_entries()) == []
 
 
+async def test_a_crowded_second_followed_by_more_changes_reads_its_page_1_once_more(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Issue #23.15: 300 changes in one second, then 100 one per second. The keyset page stands
+    in for the second's page 1; the second's count then differs (changes follow it), so page
+    1 is read once more to confirm nothing moved, and page 2 is not read again: ceil(300/200)
+    + 1 requests for the second, 1 for the 100 after it = 4 (it was 5)."""
+    await pull.sync_once(deps)
+    ids = sorted(int(e["id"]) for e in sim.list_entries())[:400]
+    newest = datetime.now(UTC).replace(microsecond=0)
+    burst = newest - timedelta(seconds=100)
+    times = [burst] * 300 + [burst + timedelta(seconds=1 + k) for k in range(100)]
+    for i, at in zip(ids, times, strict=True):
+        sim.edit_entry(i, {"notes": f"burst {i}", "updated_at": at.isoformat()})
+    deps.settings = deps.settings.model_copy(update={"overlap": 110})
+    await conn.execute("UPDATE syncd.watermarks SET settled = NULL, watermark = $1",
+                       burst - timedelta(seconds=2))
+    await pull.sync_once(deps)
+    sim.clear_requests()
+    await pull.sync_once(deps)  # the repeat cycle
+    assert len(_list_requests(sim)) == 4, [r["query"] for r in _list_requests(sim)]
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
 async def test_faults_are_survived(db_dsn: str, sim_url: str, sim: Simulator,
                                    conn: asyncpg.Connection) -> None:
     from syncd.app import open_deps

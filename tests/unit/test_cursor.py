@@ -170,6 +170,23 @@ def test_an_inclusive_updated_after_still_advances() -> None:
         cursor.next_step(req, ts(6, 6, 6, 6), page_size=4, count=9)
 
 
+def test_a_crowded_second_with_changes_after_it_is_confirmed_by_page_1_alone() -> None:
+    """Issue #23.15: the keyset page (3 at second 7, count 50) stands in for the second's
+    page 1; page 2 says the second holds 5 (entries follow it), so page 1 is read once more:
+    the same ids mean page 2 holds and the pass goes on after the second; other ids mean
+    something moved, and page 2 is read again."""
+    keyset = cursor.next_step(PullRequest(T0), ts(7, 7, 7), page_size=3, count=50,
+                              ids=["1", "2", "3"])
+    page2 = cursor.next_step(keyset.next, ts(7, 7), page_size=3, count=5,  # type: ignore[arg-type]
+                             ids=["4", "5"])
+    assert page2.next is not None and page2.next.page == 1 and page2.complete_through is None
+    same = cursor.next_step(page2.next, ts(7, 7, 7), page_size=3, count=5, ids=["1", "2", "3"])
+    assert same.next == PullRequest(updated_after=T0 + 7 * S)
+    assert same.complete_through == T0 + 7 * S
+    moved = cursor.next_step(page2.next, ts(7, 7, 7), page_size=3, count=5, ids=["1", "2", "4"])
+    assert moved.next is not None and moved.next.page == 2 and moved.complete_through is None
+
+
 def test_initial_watermark() -> None:
     wm = cursor.initial_watermark(T0 + timedelta(microseconds=5), timedelta(seconds=60))
     assert wm == T0 - 60 * S
