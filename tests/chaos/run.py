@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -149,18 +149,18 @@ class Report:
             f"{self.actions['pg_terminate_backend']}",
             f"  concurrency          up to {self.max_concurrent_syncd} syncd processes at once "
             f"({self.actions['extra_push']} extra `syncd push`)",
-            f"  remote users         " + ", ".join(f"{k} {v}" for k, v in
+            "  remote users         " + ", ".join(f"{k} {v}" for k, v in
                                                    sorted(self.users.items())),
-            f"  local programs       outbox rows inserted "
+            "  local programs       outbox rows inserted "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.outbox_inserted.items()))
             + f" ({self.outbox_insert_errors} inserts failed while PostgreSQL was away)",
             f"  bad inputs tried     {sum(self.bad_inputs.values())}: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.bad_inputs.items()))
             + f"; dead letters stored {self.rejected_records}",
-            f"  clean cycle          " + ", ".join(f"{k} exit {v}" for k, v in
+            "  clean cycle          " + ", ".join(f"{k} exit {v}" for k, v in
                                                    self.clean_cycle.items())
             + f"; {self.shifted_rows} outbox rows needed the settle clock moved on",
-            f"  outbox final         " + ", ".join(f"{k} {v}" for k, v in
+            "  outbox final         " + ", ".join(f"{k} {v}" for k, v in
                                                    sorted(self.outbox_final.items()))
             + f"; open {self.outbox_open}; failed/conflict without a reason {self.without_reason}",
             "  why rows failed      " + ", ".join(f"{k} {v}" for k, v in

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from syncd import pull, push, reconcile_job, store
+from syncd import pull, reconcile_job, store
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import SimConfig, Simulator
