@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
         if next((a for a in argv if not a.startswith("-")), None) == "run":
             early_signals.install()  # the daemon's first instant (issue #23)
+        from syncd.memory import fix_mmap_threshold
+
+        fix_mmap_threshold()  # big pages' buffers go back to the system (issue #24)
     from pydantic import ValidationError
 
     from syncd import logs

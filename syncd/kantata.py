@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
 )
 
 from syncd import batching, pagination
@@ -62,6 +62,13 @@ VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
 #: The associations whose foreign keys (`pagination.INCLUDE_GATED`) the contract returns only
 #: when they are included (TE TimeEntry schema: "will only be included in the response if").
 FK_INCLUDES = ("workspace", "user", "story", "role")
+
+
+def too_slow(exc: BaseException) -> bool:
+    """A failure a smaller page may avoid: no answer (timeout, reset) or a 5xx (a gateway
+    giving up on a slow page). Not a 429, a refused connection, or a malformed body."""
+    return isinstance(exc, RetriableAPIError) and exc.sent and (
+        exc.status == 0 or exc.status >= 500)
 
 
 def _no_hidden_resend(session: aiohttp.ClientSession) -> None:
@@ -282,8 +289,14 @@ class KantataClient:
         return ApiResponse(status, body, rid, raw, storable)
 
     async def _read(self, path: str, params: Mapping[str, str], priority: Priority,
-                    decode: bool) -> tuple[ApiResponse, Page | None]:
+                    decode: bool, *, shrinkable: bool = False
+                    ) -> tuple[ApiResponse, Page | None]:
         endpoint = _endpoint(path)
+
+        def retry(exc: BaseException) -> bool:
+            # a page that may be too big is not asked for again at the same size: the caller
+            # halves it (`pagination.PageSize`); 429s and malformed bodies are retried as ever
+            return isinstance(exc, RetriableError) and not (shrinkable and too_slow(exc))
 
         def log_retry(state: RetryCallState) -> None:  # the cause of every retry is logged
             exc = state.outcome.exception() if state.outcome else None
@@ -300,7 +313,7 @@ class KantataClient:
 
         async for attempt in AsyncRetrying(
                 stop=self.retry.stop, wait=self.retry.wait,
-                retry=retry_if_exception_type(RetriableError), reraise=True,
+                retry=retry_if_exception(retry), reraise=True,
                 before_sleep=log_retry):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
@@ -323,15 +336,16 @@ class KantataClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ reads
-    async def _read_list(self, params: Mapping[str, str], priority: Priority
-                         ) -> tuple[ApiResponse, Page]:
+    async def _read_list(self, params: Mapping[str, str], priority: Priority, *,
+                         shrinkable: bool = False) -> tuple[ApiResponse, Page]:
         """`GET /time_entries` whose entries carry their foreign keys: a page that lacks them
         (the contract returns them only with their `include=`) teaches the client to ask for
         them on every list request from then on; that page is asked for again at once, with
         a warning in the log (once per client)."""
         if self.include_fks:
             params = with_includes(params, FK_INCLUDES)
-        resp, page = await self._read("/time_entries", params, priority, True)
+        resp, page = await self._read("/time_entries", params, priority, True,
+                                      shrinkable=shrinkable)
         assert page is not None
         if page.absent_keys and not self.include_fks:
             self.include_fks = True
@@ -339,7 +353,7 @@ class KantataClient:
                         detail="list pages without include= lack foreign keys; asking for "
                                f"include={','.join(FK_INCLUDES)} on every list request")
             resp, page = await self._read("/time_entries", with_includes(params, FK_INCLUDES),
-                                          priority, True)
+                                          priority, True, shrinkable=shrinkable)
             assert page is not None
         if page.absent_keys:
             log.warning("kantata_foreign_keys_absent", absent=sorted(page.absent_keys),
@@ -347,11 +361,14 @@ class KantataClient:
         return resp, page
 
     async def list_page(self, params: Mapping[str, str], *,
-                        priority: Priority = "pull") -> Page:
+                        priority: Priority = "pull", shrinkable: bool = False) -> Page:
         """`GET /time_entries` with `params` (visibility overrides added), decoded, its entries
         with their foreign keys (`_read_list`). Retries transient failures; raises
-        RetriableError when they persist, FatalAPIError on 4xx."""
-        return (await self._read_list({**VISIBILITY, **params}, priority))[1]
+        RetriableError when they persist, FatalAPIError on 4xx. `shrinkable`: the page may be
+        too big to answer in time, so a timeout, reset or 5xx is raised at once
+        (RetriableAPIError, `too_slow(exc)` true) for the caller to ask a smaller page."""
+        return (await self._read_list({**VISIBILITY, **params}, priority,
+                                      shrinkable=shrinkable))[1]
 
     async def get_by_ids(self, ids: Sequence[int], *, priority: Priority = "push",
                          extra: Mapping[str, str] | None = None) -> Page:

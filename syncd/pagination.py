@@ -31,7 +31,8 @@ from syncd.errors import InvalidRecord, MalformedResponseError, PagingError
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
-    "ALTERED_KEY", "INCLUDE_GATED", "PageGuard", "SideRef", "decode_json", "decode_json_storable", "decode_page",
+    "ALTERED_KEY", "DOCUMENTED_MAX_PER_PAGE", "INCLUDE_GATED", "PageGuard", "PageSize",
+    "SideRef", "decode_json", "decode_json_storable", "decode_page",
     "make_storable", "parse_side_object", "parse_time_entry", "sanitise", "side_part",
     "side_refs", "sideload_plan",
 ]
@@ -584,6 +585,49 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
         rejected=tuple(rejected),
         altered=tuple(altered),
     )
+
+
+# ------------------------------------------------------------------ page size
+#: Kantata's documented `per_page` maximum (api-notes §3): the floor a page size comes down to.
+DOCUMENTED_MAX_PER_PAGE = 200
+
+
+class PageSize:
+    """The `per_page` a process asks Kantata for (issue #24): `wanted` (SYNCD_PER_PAGE; Kantata's
+    own Ruby client asks 5,000 time entries a page, api-notes §3 and §14 Q4) until a list page
+    times out or fails with a 5xx, then half of it each time, never below
+    DOCUMENTED_MAX_PER_PAGE (or `wanted`, if smaller). Kantata clamps what it does not allow and
+    says what it used in `meta.page_size`; paging follows that, so a server that clamps to 200
+    costs the same requests as asking for 200.
+
+    `resume_page(offset, size)` says where a read that stopped after `offset` entries continues
+    at `size`: the page number when `offset` is a whole number of such pages, else None (the
+    read starts again at page 1; re-reading stored entries changes nothing)."""
+
+    def __init__(self, wanted: int) -> None:
+        if wanted < 1:
+            raise ValueError("per_page must be at least 1")
+        self.wanted = wanted
+        self.current = wanted
+
+    @property
+    def floor(self) -> int:
+        return min(DOCUMENTED_MAX_PER_PAGE, self.wanted)
+
+    @property
+    def can_shrink(self) -> bool:
+        return self.current > self.floor
+
+    def shrink(self) -> int:
+        """Halve the size (not below `floor`) after a timeout or 5xx; returns the new size."""
+        self.current = max(self.floor, self.current // 2)
+        return self.current
+
+    @staticmethod
+    def resume_page(offset: int, size: int) -> int | None:
+        if size < 1 or offset % size:
+            return None
+        return offset // size + 1
 
 
 # ------------------------------------------------------------------ paging loop guard

@@ -27,8 +27,10 @@ from syncd.errors import (
     FatalError,
     MalformedResponseError,
     PagingError,
+    RetriableAPIError,
     RetriableError,
 )
+from syncd.kantata import too_slow
 from syncd.models import Altered, Page, Rejected, SideObject
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Window, month_windows
@@ -40,6 +42,9 @@ log = structlog.get_logger(__name__)
 INCLUDE = "workspace,user,story,role"
 TRANSIENT_DB_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 MAX_WINDOW_READS = 3
+#: reads of a window started again because the page size changed under it (halved after a
+#: timeout, or Kantata serving another size): bounded by the halvings, this guards the rest
+MAX_SIZE_RESTARTS = 6
 #: ids held in one set at a time when a window's distinct ids are counted (~0.8 MB)
 DISTINCT_CHUNK = 8192
 
@@ -74,7 +79,7 @@ class WindowResult:
 
 
 def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
-    params = {"per_page": str(deps.settings.per_page)}
+    params = {"per_page": str(deps.page_size.current)}
     if include and deps.settings.sideload:
         params["include"] = INCLUDE
     return params
@@ -164,8 +169,8 @@ class SideLoads:
 
 async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | None = None,
                      window: Window | None = None, page_no: int = 0,
-                     watermark: datetime | None = None, side_seen: SideSeen | None = None
-                     ) -> int:
+                     watermark: datetime | None = None, side_seen: SideSeen | None = None,
+                     page_size: int | None = None) -> int:
     """Write one page in one transaction: entries, side-loads, dead letters, and the checkpoint
     (window page counter or watermark). Returns rows changed. A deadlock or serialization
     failure (concurrent windows touching the same side-loaded rows) retries the transaction.
@@ -199,7 +204,7 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
                     await store.record_rejects(conn, page.rejected, stats.run_id)
                 if purpose is not None and window is not None:
                     await store.checkpoint_window(conn, purpose, window, page_no,
-                                                  len(page.entries))
+                                                  len(page.entries), page_size)
                 if watermark is not None:
                     await store.set_watermark(conn, watermark)
     if side_seen is not None:
@@ -235,54 +240,151 @@ def note_altered(deps: Deps, stats: RunStats, altered: Sequence[Altered]) -> Non
                     reasons=list(a.reasons))
 
 
+class _Resize(Exception):
+    """A list page timed out or failed with a 5xx at a size that can come down
+    (`pagination.PageSize`): read on at the new size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class EntrySlots:
+    """Entries in flight (asked for, not yet stored) across the windows of a process, at most
+    `capacity`: memory follows entries, not pages (issue #24). A page of n entries holds
+    min(n, capacity) slots from before its request until it is stored, so 5,000-entry pages
+    travel two at a time while 200-entry pages keep every window busy."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, n: int) -> int:
+        """Wait for and take `n` slots (capped at `capacity`); returns what was taken."""
+        n = min(n, self.capacity)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._changed:
+            self.free += n
+            self._changed.notify_all()
+
+
+#: Entries in flight per process (`EntrySlots`): two pages of 5,000, about 40 MB decoded.
+ENTRIES_IN_FLIGHT = 5_000
+
+
+def entry_slots(deps: Deps) -> EntrySlots:
+    """The process's `EntrySlots` (one per Deps, made on first use)."""
+    if deps.entry_slots is None:
+        deps.entry_slots = EntrySlots(ENTRIES_IN_FLIGHT)
+    return deps.entry_slots  # type: ignore[no-any-return]
+
+
 async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",
-                      first_page: int = 1, priority: str = "pull",
-                      side_seen: SideSeen | None = None,
+                      first_page: int = 1, first_size: int | None = None,
+                      priority: str = "pull", side_seen: SideSeen | None = None,
                       side_loads: SideLoads | None = None) -> WindowResult:
     """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
     final count shows entries were skipped. Errors are returned in the result, not raised.
-    Page n+1 is requested while page n is stored (at most two requests in flight per window).
-    `side_seen` as for `store_page`; with `side_loads` the pages are asked for without
-    `include=` and their objects come from it (once per run)."""
-    async def get(page_no: int) -> Page:
-        params = {**_base_params(deps, include=side_loads is None),
+    Page n+1 is requested while page n is stored (at most two requests in flight per window,
+    and `entry_slots` entries in flight in all). Pages ask for `deps.page_size` entries
+    (halved after a page times out or fails with a 5xx) and are numbered by the size Kantata
+    answers with (`meta.page_size`); a resume (`first_page` > 1) asks for `first_size`, the
+    size its stored pages were read with. `side_seen` as for `store_page`; with `side_loads`
+    the pages are asked for without `include=` and their objects come from it (once per
+    run)."""
+    sizer, slots = deps.page_size, entry_slots(deps)
+
+    async def get(page_no: int, size: int) -> tuple[Page, int]:
+        params = {**_base_params(deps, include=side_loads is None), "per_page": str(size),
                   "date_performed_between": w.param, "order": "date_performed:asc",
                   "page": str(page_no)}
-        page = await deps.client.list_page(params, priority=priority)  # type: ignore[arg-type]
-        return page if side_loads is None else await side_loads.for_page(page)
+        held = await slots.acquire(size)
+        shrinkable = size > sizer.floor
+        try:
+            page = await deps.client.list_page(  # type: ignore[arg-type]
+                params, priority=priority, shrinkable=shrinkable)
+            page = page if side_loads is None else await side_loads.for_page(page)
+        except BaseException as exc:
+            await slots.release(held)
+            if shrinkable and isinstance(exc, RetriableAPIError) and too_slow(exc):
+                # another window may have made it smaller meanwhile: never shrink twice
+                new = sizer.shrink() if sizer.current >= size else sizer.current
+                log.warning("page_size_halved", window=w.param, page=page_no, size=size,
+                            new_size=new, error=str(exc))
+                raise _Resize(new) from None
+            raise
+        return page, held
 
-    def fetch(page_no: int) -> asyncio.Task[Page]:
-        return asyncio.ensure_future(get(page_no))
+    def fetch(page_no: int, size: int) -> asyncio.Task[tuple[Page, int]]:
+        return asyncio.ensure_future(get(page_no, size))
 
     res = WindowResult(w)
     previous: tuple[int, int, int] | None = None  # (ids digest, distinct, count) of the last read
-    for attempt in range(MAX_WINDOW_READS):
+    attempt = restarts = 0
+    resumed = first_page > 1 and first_size is not None and first_size <= sizer.current
+    while attempt < MAX_WINDOW_READS:
+        attempt += 1
         res = WindowResult(w)
-        page_no = first_page if attempt == 0 else 1
-        assumed = (page_no - 1) * deps.settings.per_page  # entries of pages done before a resume
+        page_no = first_page if resumed else 1
+        asked = first_size if resumed and first_size else sizer.current
+        served = asked  # entries a page holds as Kantata serves them (`meta.page_size`)
+        assumed = (page_no - 1) * served  # entries of pages done before a resume
+        resumed = restart = False
         guard = pagination.PageGuard(f"window {w.param}")
-        ahead: asyncio.Task[Page] | None = fetch(page_no)
+        ahead: asyncio.Task[tuple[Page, int]] | None = fetch(page_no, asked)
         try:
             while ahead is not None:
-                page = await ahead
+                try:
+                    page, held = await ahead
+                except _Resize as rs:
+                    ahead = None
+                    nxt = pagination.PageSize.resume_page((page_no - 1) * served, rs.size)
+                    if nxt is None:  # the new size does not divide what was read: restart
+                        restart = True
+                        break
+                    page_no, asked, served = nxt, rs.size, rs.size
+                    ahead = fetch(page_no, asked)
+                    continue
                 ahead = None
-                guard.check(page_no, page)
-                if not page.result_ids:
-                    res.remote_count = page.count
-                    break
-                full = len(page.result_ids) >= page.page_size
-                # a count that says nothing (negative) leaves paging to full pages alone
-                more = full and (page_no < page.page_count
-                                 or not pagination.count_usable(page.count))
-                if more and not deps.should_stop():
-                    # the next page travels while this one is stored (checkpoints stay in order)
-                    ahead = fetch(page_no + 1)
-                res.upserted += await store_page(deps, page, stats, purpose=purpose, window=w,
-                                                 page_no=page_no, side_seen=side_seen)
+                try:
+                    guard.check(page_no, page)
+                    if page.page_size and page.page_size != served:
+                        if page_no > 1:  # numbered by another size: this page does not start
+                            log.warning(  # where the read stopped; read it again from page 1
+                                "page_size_changed", window=w.param, page=page_no,
+                                served=page.page_size, numbered_by=served)
+                            restart = True
+                            break
+                        served = page.page_size
+                    if not page.result_ids:
+                        res.remote_count = page.count
+                        break
+                    full = len(page.result_ids) >= page.page_size
+                    # a count that says nothing (negative) leaves paging to full pages alone
+                    more = full and (page_no < page.page_count
+                                     or not pagination.count_usable(page.count))
+                    if more and not deps.should_stop():
+                        # the next page travels while this one is stored (checkpoints in order)
+                        ahead = fetch(page_no + 1, asked)
+                    res.upserted += await store_page(deps, page, stats, purpose=purpose,
+                                                     window=w, page_no=page_no,
+                                                     side_seen=side_seen, page_size=served)
+                finally:
+                    await slots.release(held)
                 res.ids.extend([e.id for e in page.entries])
                 res.rejected += len(page.rejected)
                 res.pages += 1
                 res.remote_count = page.count
+                # stored: let it go before waiting for the next one, which may wait for
+                # entry slots other windows hold (each window keeping its last page alive
+                # was 4 pages of 5,000 entries in memory at once)
+                del page
                 if not more:
                     break
                 page_no += 1
@@ -299,7 +401,18 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         finally:
             if ahead is not None:  # stopped or failed while a page was on its way: drop it
                 ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+                done = (await asyncio.gather(ahead, return_exceptions=True))[0]
+                if isinstance(done, tuple):  # it arrived all the same: its slots go back
+                    await slots.release(done[1])
+        if restart:
+            restarts += 1
+            if restarts > MAX_SIZE_RESTARTS:
+                res.error = (f"window {w.param}: Kantata kept changing the page size it serves "
+                             f"({restarts} restarts); will retry next run")
+                res.distinct = distinct_count(res.ids)
+                return res
+            attempt -= 1  # not a re-read for a moved window: the same read at another size
+            continue
         res.distinct = distinct_count(res.ids)
         seen = res.distinct + res.rejected + assumed
         usable = res.remote_count is None or pagination.count_usable(res.remote_count)
@@ -318,8 +431,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         previous = digest if assumed == 0 else None
         if usable:
             log.warning("window_moved_while_reading", window=w.param, seen=seen,
-                        remote_count=res.remote_count, attempt=attempt + 1)
-        first_page = 1
+                        remote_count=res.remote_count, attempt=attempt)
     res.error = (f"window {w.param} kept changing while read ({res.distinct} of "
                  f"{res.remote_count} entries); will retry next run")
     return res
@@ -410,8 +522,9 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                 return
             resume = not force and states.get(w, {}).get("status") == "running"
             async with deps.pool.acquire() as conn:
-                pages_done = await store.start_window(conn, "backfill", w, restart=not resume)
-            res = await read_window(deps, w, stats, first_page=pages_done + 1,
+                pages_done, size = await store.start_window(conn, "backfill", w,
+                                                            restart=not resume)
+            res = await read_window(deps, w, stats, first_page=pages_done + 1, first_size=size,
                                     side_seen=side_seen, side_loads=side_loads)
             if res.error and deps.should_stop():
                 return  # left 'running': the next run resumes at its next page
@@ -466,7 +579,17 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
                   "updated_after": req.updated_after.isoformat()}
         if req.updated_before is not None:
             params["updated_before"] = req.updated_before.isoformat()
-        page = await deps.client.list_page(params)
+        sizer = deps.page_size
+        try:
+            page = await deps.client.list_page(params, shrinkable=sizer.can_shrink)
+        except RetriableAPIError as exc:
+            if not (too_slow(exc) and sizer.can_shrink):
+                raise
+            log.warning("page_size_halved", query="incremental", size=sizer.current,
+                        new_size=sizer.shrink(), error=str(exc))
+            if req.updated_before is not None:  # numbered inside a second: start it again
+                req = cursor.PullRequest(req.updated_after, req.updated_before, page=1)
+            continue
         pages += 1
         query = (req.updated_after, req.updated_before)
         if query not in guards:

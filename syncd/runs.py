@@ -22,6 +22,7 @@ from syncd import store
 from syncd.errors import redact
 from syncd.kantata import RUN_REQUESTS, KantataClient, RequestTally
 from syncd.metrics import Metrics
+from syncd.pagination import PageSize
 from syncd.settings import Settings
 
 __all__ = ["Deps", "RunStats", "job_run"]
@@ -40,6 +41,17 @@ class Deps:
     metrics: Metrics
     progress: Any = None
     stopping: Any = None  # asyncio.Event set on shutdown: stop starting new work
+    _page_size: PageSize | None = field(default=None, repr=False)
+    #: entries in flight across windows (`pull.EntrySlots`, made on first use)
+    entry_slots: Any = field(default=None, repr=False)
+
+    @property
+    def page_size(self) -> PageSize:
+        """The process's list page size (`pagination.PageSize`): SYNCD_PER_PAGE until a page
+        times out, then halved; a new one when the setting changes."""
+        if self._page_size is None or self._page_size.wanted != self.settings.per_page:
+            self._page_size = PageSize(self.settings.per_page)
+        return self._page_size
 
     def made_progress(self) -> None:
         if self.progress is not None:

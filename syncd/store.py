@@ -224,25 +224,31 @@ async def window_states(conn: asyncpg.Connection, purpose: str) -> dict[Window, 
 
 
 async def start_window(conn: asyncpg.Connection, purpose: str, w: Window,
-                       *, restart: bool) -> int:
-    """Mark a window running; return the number of pages already done (0 when `restart`)."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
+                       *, restart: bool) -> tuple[int, int | None]:
+    """Mark a window running; return (pages already done, the page size they were read with),
+    (0, None) when `restart`."""
+    row = await conn.fetchrow(
         """INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at)
            VALUES ($1, $2, $3, 'running', now())
            ON CONFLICT (purpose, window_start, window_end) DO UPDATE
            SET status = 'running', started_at = now(), last_error = NULL,
                pages_done = CASE WHEN $4 THEN 0 ELSE syncd.windows.pages_done END,
-               rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END
-           RETURNING pages_done""", purpose, w.start, w.end, restart)
+               rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END,
+               page_size = CASE WHEN $4 THEN NULL ELSE syncd.windows.page_size END
+           RETURNING pages_done, page_size""", purpose, w.start, w.end, restart)
+    return row["pages_done"], row["page_size"]
 
 
 async def checkpoint_window(conn: asyncpg.Connection, purpose: str, w: Window, pages_done: int,
-                            rows: int) -> None:
-    """Record that `pages_done` pages of `w` are stored (in the same transaction as the rows)."""
+                            rows: int, page_size: int | None = None) -> None:
+    """Record that `pages_done` pages of `page_size` entries of `w` are stored (in the same
+    transaction as the rows); a page 1 resets the count of rows seen."""
     await conn.execute(
-        """UPDATE syncd.windows SET pages_done = $4, rows_seen = rows_seen + $5
+        """UPDATE syncd.windows SET pages_done = $4,
+               rows_seen = CASE WHEN $4 = 1 THEN 0 ELSE rows_seen END + $5,
+               page_size = coalesce($6, page_size)
            WHERE purpose = $1 AND window_start = $2 AND window_end = $3""",
-        purpose, w.start, w.end, pages_done, rows)
+        purpose, w.start, w.end, pages_done, rows, page_size)
 
 
 async def finish_window(conn: asyncpg.Connection, purpose: str, w: Window, *, status: str,

@@ -129,7 +129,8 @@ class SimProcess:
     """`python -m syncd simulator` as a separate process on a loopback port."""
 
     def __init__(self, *, entries: int, seed: int, token: str, log_dir: Path,
-                 python: str = sys.executable, reference_entries: int | None = None) -> None:
+                 python: str = sys.executable, reference_entries: int | None = None,
+                 max_per_page: int | None = None) -> None:
         self.entries, self.seed, self.token = entries, seed, token
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
@@ -138,7 +139,8 @@ class SimProcess:
         self.proc = subprocess.Popen(
             [python, "-m", "syncd", "simulator", "--entries", str(entries), "--seed", str(seed),
              "--port", str(self.port), "--token", token, "--lock-date", "none",
-             *(["--reference-entries", str(reference_entries)] if reference_entries else [])],
+             *(["--reference-entries", str(reference_entries)] if reference_entries else []),
+             *(["--max-per-page", str(max_per_page)] if max_per_page else [])],
             stdout=self._log, stderr=subprocess.STDOUT)
         self.seed_seconds = 0.0
 

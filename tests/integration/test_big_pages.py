@@ -1,0 +1,90 @@
+"""Issue #24: big pages where Kantata allows them, paged by what Kantata says
+(`meta.page_size`, `meta.page_count`), halved after a page times out or fails, and the same
+requests as before against a server that clamps to its documented 200."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import asyncpg
+import pytest
+
+from syncd import pull
+from syncd.app import open_deps
+from syncd.simulator import SimConfig, Simulator
+from syncd.simulator.testing import running_simulator
+from tests.integration.conftest import TOKEN, make_settings
+from tests.oracle import mirror_diff
+
+pytestmark = pytest.mark.integration
+
+
+def _lists(sim: Simulator) -> list[dict[str, Any]]:
+    return [r for r in sim.requests if r["method"] == "GET"
+            and r["path"].endswith("/time_entries") and "only" not in r["query"]]
+
+
+@pytest.fixture
+def big() -> Simulator:
+    return Simulator(SimConfig(token=TOKEN, entries=12_000, seed=5, lock_date=None,
+                               max_per_page=5000))
+
+
+@pytest.fixture
+async def big_url(big: Simulator) -> AsyncIterator[str]:
+    async with running_simulator(big) as url:
+        yield url
+
+
+async def _backfill(db_dsn: str, url: str, **over: object) -> None:
+    async with open_deps(make_settings(db_dsn, url, **over)) as deps:
+        stats = await pull.sync_once(deps)
+    assert not stats.errors, stats.errors
+
+
+async def test_pages_of_5000_where_kantata_allows_them(
+        db_dsn: str, big_url: str, big: Simulator, conn: asyncpg.Connection) -> None:
+    await _backfill(db_dsn, big_url)
+    lists = _lists(big)
+    assert {r["query"]["per_page"] for r in lists if r["query"].get("per_page") != "1"} \
+        == {"5000"}
+    # 12,000 entries over the months they span: every window fits one page of 5,000
+    windows = {r["query"].get("date_performed_between") for r in lists} - {None}
+    window_pages = [r for r in lists if "date_performed_between" in r["query"]
+                    and r["query"]["per_page"] != "1"]
+    assert len(window_pages) <= len(windows) + 1
+    assert await mirror_diff(conn, big.list_entries()) == []
+
+
+async def test_a_server_that_clamps_to_200_costs_what_asking_200_costs(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection,
+        pg_server_dsn: str) -> None:
+    """The default simulator serves at most 200 (Kantata's documented maximum): asking 5,000
+    pages by its meta.page_size, and sends exactly the requests a client asking 200 sends."""
+    await _backfill(db_dsn, sim_url)  # default SYNCD_PER_PAGE: 5,000
+    asked_big = len(sim.requests)
+    assert await mirror_diff(conn, sim.list_entries()) == []
+    sim.clear_requests()
+    await conn.execute("TRUNCATE syncd.windows, syncd.watermarks, kantata.time_entries CASCADE")
+    await _backfill(db_dsn, sim_url, per_page=200)
+    assert len(sim.requests) == asked_big
+
+
+async def test_a_page_too_big_to_answer_is_asked_again_by_halves(
+        db_dsn: str, big_url: str, big: Simulator, conn: asyncpg.Connection) -> None:
+    """A server that fails (5xx) any page over 1,250 entries: 5,000 -> 2,500 -> 1,250, each
+    halving after one failure, then the backfill goes on at 1,250 to an exact mirror."""
+    served = big.api_list
+
+    def api_list(query: Mapping[str, str]) -> bytes:
+        if int(query.get("per_page", "20")) > 1250:
+            raise RuntimeError("gateway gave up on a slow page")  # the simulator answers 500
+        return served(query)
+
+    big.api_list = api_list  # type: ignore[method-assign]
+    await _backfill(db_dsn, big_url, max_retries=2)
+    sizes = [r["query"]["per_page"] for r in _lists(big) if r["query"].get("per_page") != "1"]
+    assert sizes[:3] == ["5000", "2500", "1250"], sizes[:5]
+    assert sizes.count("5000") == 1 and sizes.count("2500") == 1
+    assert await mirror_diff(conn, big.list_entries()) == []
