@@ -64,8 +64,8 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
         assert st["errors"] == [] and st["gets"] <= st["windows"] + 2
         assert af["marked_deleted"] == af["deleted"] == 3
         assert af["gets"] <= af["windows"] + 3 * (8 + af["day_pages"])
-    hourly = {h["entries"]: h for h in res["steady_hourly"]}
-    assert set(hourly) == {100_000, 1_000_000}
+    hourly = {(h["entries"], h["span_days"]): h for h in res["steady_hourly"]}
+    assert set(hourly) == {(100_000, 736), (1_000_000, 736), (100_000, 60)}
     assert all(0 < h["total"] < h["before"] for h in hourly.values())
     assert "Requests an hour of a steady `syncd run`" in proc.stdout
 
