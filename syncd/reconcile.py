@@ -11,22 +11,35 @@ and exactly that many distinct ids were listed. Even a trusted read only yields 
 *candidates*: the job confirms them with an `only=` probe (one GET per 200 candidates) before
 marking anything deleted, because a delete plus an insert between two pages keeps the count
 unchanged while still skipping a row.
+
+**Counting first** (issue #24). Right after an incremental pass the mirror holds every create
+and move Kantata made, so a window that lost no entry has as many live mirror rows (plus the
+records syncd rejected, which Kantata counts and the mirror cannot hold) as Kantata's `count`
+for the same filters. One request with `per_page=1` answers that count. Only a window whose
+count differs is read, and first narrowed down by halving its date range (one count request per
+step; the other half's count is the parent's minus this one's) to the day ranges that differ.
+`count_step` decides each step. A full read of every window on a long cycle
+(`full_read_due`) is the safety net for what counts cannot see (a deletion and a create not yet
+pulled in the same window, caught by the next check in any case).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence, Set
-from typing import Any
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any, Literal
 
 from syncd.windows import Window
 
 __all__ = [
-    "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan", "bucket_summaries",
-    "confirm_deletions", "diff_window", "due_windows", "is_recent", "overdue_seconds",
-    "plan_window",
-    "read_trusted", "summarize",
+    "CountState", "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan",
+    "bucket_summaries", "confirm_deletions", "count_offset", "count_step", "day_count",
+    "diff_window", "due_windows", "full_read_due", "halves", "is_recent", "overdue_seconds",
+    "plan_window", "read_trusted", "rejects_by_day", "summarize", "window_check",
 ]
 
 
@@ -160,6 +173,138 @@ def due_windows(windows: Sequence[Window], last_done: Mapping[Window, datetime |
     recent.sort(reverse=True)
     old.sort()
     return recent + [w for _, w in old]
+
+
+# ---------------------------------------------------------------- counting first (issue #24)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CountState:
+    """What syncd remembers of a window's last complete read (syncd.windows, migration 0012).
+
+    `last_full_read`: when it was last read in full (aware; a backfill counts; None: never).
+    `offset`: Kantata's `count` minus the mirror's expectation (`day_count`) right after that
+    read, normally 0; not 0 when Kantata lists records syncd can neither store nor date (an
+    undecodable id or date). `count_trusted`: Kantata's count agreed with what that read listed;
+    False when it did not (a negative count, or one off the listing), and then every check of
+    the window is a full read."""
+
+    last_full_read: datetime | None = None
+    offset: int = 0
+    count_trusted: bool = True
+
+
+def full_read_due(state: CountState, *, now: datetime, interval: float) -> bool:
+    """The window must be read in full at `now`: never read in full, last read in full at least
+    `interval` seconds ago (SYNCD_RECONCILE_FULL_INTERVAL), or Kantata's count could not vouch
+    for it at that read."""
+    last = state.last_full_read
+    return (last is None or not state.count_trusted
+            or (now - last).total_seconds() >= interval)
+
+
+def rejects_by_day(rows: Iterable[tuple[str | None, str]]) -> dict[date, int]:
+    """Entry records syncd rejected, per `date_performed`, from `(entry_id, raw)` pairs of
+    syncd.rejected_records whose entry has no live mirror row. Kantata counts them, the mirror
+    cannot hold them. A record counts once per id, and only when its raw text is a JSON object
+    with a valid `date_performed` (YYYY-MM-DD): an undatable one is left to `CountState.offset`.
+    Side-object rejects (no entry id) are left out."""
+    seen: set[str] = set()
+    out: dict[date, int] = {}
+    for entry_id, raw in rows:
+        if not entry_id or entry_id in seen:
+            continue
+        d = _reject_date(raw)
+        if d is None:
+            continue
+        seen.add(entry_id)
+        out[d] = out.get(d, 0) + 1
+    return out
+
+
+def _reject_date(raw: str) -> date | None:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    value = doc.get("date_performed") if isinstance(doc, dict) else None
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def day_count(r: Window, live: Mapping[date, int], rejects: Mapping[date, int]) -> int:
+    """What Kantata's `count` for the dates of `r` should be if nothing was deleted: live mirror
+    rows per day (`live`) plus known rejects per day (`rejects`), summed over `r`."""
+    return sum(n for d, n in live.items() if r.start <= d <= r.end) \
+        + sum(n for d, n in rejects.items() if r.start <= d <= r.end)
+
+
+def count_offset(remote_count: int, expected: int, undecoded: int) -> int:
+    """`CountState.offset` after a complete, count-trusted read: Kantata's count minus what the
+    mirror then explains (`day_count`), as far as the read itself explains it: at most the
+    `undecoded` records it listed (ids it could not decode or store), never below 0. A mirror
+    row the read did not list (a row skipped while Kantata's data moved under the paging) is
+    never absorbed: its window keeps differing until a read lists the truth."""
+    return max(0, min(remote_count - expected, undecoded))
+
+
+Check = Literal["match", "narrow", "full"]
+
+
+def window_check(remote_count: int, expected: int, state: CountState) -> Check:
+    """The outcome of a window's count request. `remote_count`: Kantata's `count` for the
+    window; `expected`: `day_count` of the window.
+
+    'match': Kantata's count minus the expectation is the window's known offset: no entry was
+    lost (or a deletion and a create not yet pulled cancel out; the next check, after the
+    create is pulled, differs). 'full': the count is negative (says nothing; contract TE
+    `count` is an integer, not said to be non-negative), or the window has an offset (its
+    unexplained records cannot be placed on a day, so halving cannot find the difference).
+    'narrow': halve the range down to the days that differ (`count_step`)."""
+    if remote_count < 0:
+        return "full"
+    if remote_count - expected == state.offset:
+        return "match"
+    return "full" if state.offset else "narrow"
+
+
+Step = Literal["match", "read", "split", "nonsense"]
+
+
+def count_step(r: Window, remote_count: int, expected: int, *, per_page: int) -> Step:
+    """What to do with the date range `r` while narrowing: Kantata counts `remote_count`
+    entries in it, the mirror expects `expected`.
+
+    'match': equal. 'nonsense': a negative count (the caller reads the whole window).
+    'read': read `r` in full, because it is one day, or reading it costs at most two pages, or
+    the difference is so large that halving would cost as much as the read (|difference| ×
+    (⌈log2 days⌉ + 1) ≥ pages: each differing entry costs about one count per halving and a
+    page). 'split': halve it (`halves`), one count request for the left half."""
+    if remote_count < 0:
+        return "nonsense"
+    if remote_count == expected:
+        return "match"
+    days = (r.end - r.start).days + 1
+    pages = max(1, math.ceil(remote_count / per_page))
+    diff = abs(remote_count - expected)
+    if days == 1 or pages <= 2 or diff * (math.ceil(math.log2(days)) + 1) >= pages:
+        return "read"
+    return "split"
+
+
+def halves(r: Window) -> tuple[Window, Window]:
+    """`r` cut in two date ranges, the left one the longer by at most a day. Raises ValueError
+    for a one-day range."""
+    days = (r.end - r.start).days + 1
+    if days < 2:
+        raise ValueError(f"{r.param} is one day")
+    mid = r.start + timedelta(days=(days + 1) // 2 - 1)
+    return Window(r.start, mid), Window(mid + timedelta(days=1), r.end)
 
 
 # ---------------------------------------------------------------- verify

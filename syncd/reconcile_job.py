@@ -1,6 +1,13 @@
-"""Reconciliation and verification use cases: re-read `date_performed_between` windows, carry out
-the pure plan of `syncd.reconcile` (upsert missing or older rows, mark vanished ones deleted),
-and compare the mirror with Kantata without writing anything (`verify`).
+"""Reconciliation and verification use cases: check `date_performed_between` windows against
+Kantata, carry out the pure plan of `syncd.reconcile` (upsert missing or older rows, mark
+vanished ones deleted), and compare the mirror with Kantata without writing anything (`verify`).
+
+Counting first (issue #24): a reconciliation run starts with an incremental pass, then asks
+Kantata's `count` of each window (one request, `per_page=1`). A window whose count is what the
+mirror expects (`reconcile.window_check`) is done; one that differs is narrowed by halving its
+date range with more count requests (`reconcile.count_step`) and only the day ranges that differ
+are read. A window is read in full when its full read is due (`SYNCD_RECONCILE_FULL_INTERVAL`),
+when Kantata's count cannot vouch for it, or when narrowing cannot place the difference.
 
 A window is read completely into memory first (same parameters as the pull: archived and
 other-account projects included, `order=date_performed:asc`), re-read while Kantata's count
@@ -13,7 +20,7 @@ request budget shared with pull and push; windows run `window_concurrency` at a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -23,7 +30,7 @@ import structlog
 from syncd import pagination, pull, reconcile, store
 from syncd.errors import AuthError, FatalError, RetriableError
 from syncd.models import Altered, Rejected, SideObject, TimeEntry
-from syncd.reconcile import RowVersion, Summary, WindowDiff
+from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
 from syncd.settings import Settings
 from syncd.windows import Window, month_windows
@@ -113,6 +120,10 @@ class WindowReport:
     remote_count: int | None = None
     trusted: bool = False
     error: str | None = None
+    #: how the window was checked: "count" (Kantata's count matched: one request), "days"
+    #: (narrowed by counts, `ranges_read` date ranges read), "full" (every page read)
+    mode: str = ""
+    ranges_read: int = 0
 
 
 async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
@@ -208,7 +219,12 @@ async def _probe(deps: Deps, ids: Sequence[int]) -> tuple[set[int], list[TimeEnt
     return found, entries, requests
 
 
-async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowReport) -> None:
+async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowReport, *,
+                 full: bool) -> None:
+    """Write what the complete read `read` of `read.window` (a window, or a range of its days
+    while narrowing) means for the mirror, in one transaction; `rep`'s figures are added to.
+    With `full`, the same transaction closes the window's checkpoint (done, or failed when the
+    read is not trusted) and notes the full read (`store.record_full_read`)."""
     async with deps.pool.acquire() as conn:
         local = await store.window_rows(conn, read.window)
     remote = {i: e.updated_at for i, e in read.entries.items()}
@@ -219,7 +235,7 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
         found, moved, probes = await _probe(deps, plan.delete_candidates)
         rep.requests += probes
         gone = reconcile.confirm_deletions(plan.delete_candidates, found)
-        rep.kept = len(plan.delete_candidates) - len(gone)
+        rep.kept += len(plan.delete_candidates) - len(gone)
         upserts.extend(moved)
     status = "done" if read.trusted else "failed"
     if not read.trusted:
@@ -227,30 +243,142 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
     async with deps.pool.acquire() as conn, conn.transaction():
         if upserts or gone:
             await store.set_write_context(conn, "reconcile", history=deps.settings.history)
-        rep.upserted = await store.upsert_entries(conn, upserts)
+        rep.upserted += await store.upsert_entries(conn, upserts)
         if read.side:
             await store.upsert_side(conn, list(read.side.values()))
         if read.rejected:
             await store.record_rejects(conn, read.rejected, stats.run_id)
-        rep.marked_deleted = await store.mark_deleted(conn, gone)
-        await store.finish_window(conn, PURPOSE, read.window, status=status,
-                                  remote_count=read.last_count, error=rep.error)
-    rep.checked, rep.revived = plan.checked, len(plan.revive)
+        rep.marked_deleted += await store.mark_deleted(conn, gone)
+        if full:
+            await store.finish_window(conn, PURPOSE, read.window, status=status,
+                                      remote_count=read.last_count, error=rep.error)
+            if read.trusted:
+                await _note_full_read(conn, read)
+    rep.checked += plan.checked
+    rep.revived += len(plan.revive)
     pull.note_altered(deps, stats, [read.altered[e.id] for e in upserts if e.id in read.altered])
     if gone:
         log.info("entries_marked_deleted", window=read.window.param, ids=list(gone)[:50],
                  count=rep.marked_deleted)
 
 
-async def _reconcile_window(deps: Deps, stats: RunStats, w: Window) -> WindowReport:
+async def _note_full_read(conn: Any, read: WindowRead) -> None:
+    """Record the full read of `read.window` (trusted) and its count offset: Kantata's count
+    minus what the mirror explains right after the read's writes. A read Kantata's count did
+    not vouch for (`stable`: the count is off) leaves the window to full reads."""
+    w = read.window
+    if read.stable or read.last_count is None or not pagination.count_usable(read.last_count):
+        await store.record_full_read(conn, w, count_offset=0, count_trusted=False)
+        return
+    expected = reconcile.day_count(
+        w, await store.live_counts_by_day(conn, w.start, w.end),
+        reconcile.rejects_by_day(await store.unmirrored_rejects(conn)))
+    undecoded = len(read.listed - read.entries.keys()) + read.unreadable_ids
+    await store.record_full_read(conn, w, count_offset=reconcile.count_offset(
+        read.last_count, expected, undecoded), count_trusted=True)
+
+
+async def _full_window(deps: Deps, stats: RunStats, w: Window, rep: WindowReport) -> None:
+    """Read every page of `w` (until trusted) and apply it, closing the window's checkpoint."""
+    rep.mode = "full"
+    read = await _read_until_trusted(deps, w)
+    rep.requests += read.pages
+    rep.reads += read.reads
+    rep.remote_count, rep.trusted = read.last_count, read.trusted
+    await _apply(deps, stats, read, rep, full=True)
+
+
+async def _remote_count(deps: Deps, r: Window, rep: WindowReport) -> int:
+    """Kantata's `count` of the entries performed in `r`: one list request with `per_page=1`
+    and the pull's visibility overrides (the client adds `from_archived_workspaces=true`,
+    `on_my_account=false`, api-notes §4), so it counts what a full read lists."""
+    if deps.should_stop():
+        raise Stopped(f"stopped before window {rep.window.param} was checked")
+    page = await deps.client.list_page(
+        {"per_page": "1", "page": "1", "date_performed_between": r.param},
+        priority="reconcile")
+    rep.requests += 1
+    deps.made_progress()
+    return page.count
+
+
+async def _expectation(deps: Deps, w: Window) -> tuple[dict[date, int], dict[date, int]]:
+    """Live mirror rows and unmirrored rejects of `w`, per day (`reconcile.day_count`)."""
+    async with deps.pool.acquire() as conn:
+        live = await store.live_counts_by_day(conn, w.start, w.end)
+        rejects = reconcile.rejects_by_day(await store.unmirrored_rejects(conn))
+    return live, rejects
+
+
+async def _count_window(deps: Deps, stats: RunStats, w: Window, state: CountState,
+                        rep: WindowReport) -> bool:
+    """Check `w` by counting (module docstring); True when that settled it ("count" or
+    "days", checkpoint not yet closed), False when it must be read in full. Ranges read while
+    narrowing are applied as they are read."""
+    live, rejects = await _expectation(deps, w)
+    count = await _remote_count(deps, w, rep)
+    rep.remote_count = count
+    check = reconcile.window_check(count, reconcile.day_count(w, live, rejects), state)
+    if check == "match":
+        rep.mode, rep.trusted = "count", True
+        return True
+    if check == "full":
+        return False
+    stack = [(w, count)]
+    while stack:
+        r, n = stack.pop()
+        step = reconcile.count_step(r, n, reconcile.day_count(r, live, rejects),
+                                    per_page=deps.settings.per_page)
+        if step == "match":
+            continue
+        if step == "nonsense" or (step == "read" and r == w):
+            return False
+        if step == "read":
+            read = await _read_until_trusted(deps, r)
+            rep.requests += read.pages
+            rep.reads += read.reads
+            rep.ranges_read += 1
+            await _apply(deps, stats, read, rep, full=False)
+            if not read.trusted:
+                return True  # the window fails with the read's reason (rep.error)
+            continue
+        left, right = reconcile.halves(r)
+        n_left = await _remote_count(deps, left, rep)
+        if n_left < 0 or n_left > n:  # counts that do not add up: read the window instead
+            log.warning("window_counts_disagree", window=w.param, range=r.param, count=n,
+                        left=left.param, left_count=n_left)
+            return False
+        stack += [(right, n - n_left), (left, n_left)]
+    # what the reads did not explain (undatable records, a change while counting) is
+    # settled by a full read, which also learns the window's offset
+    live, rejects = await _expectation(deps, w)
+    if count - reconcile.day_count(w, live, rejects) != state.offset:
+        log.info("window_count_unexplained", window=w.param, remote_count=count,
+                 expected=reconcile.day_count(w, live, rejects), offset=state.offset)
+        return False
+    rep.mode, rep.trusted = "days", True
+    return True
+
+
+async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
+                            state: CountState | None, now: datetime) -> WindowReport:
+    """Reconcile one window: counting first when `state` (its `CountState`) says its full
+    read is not due, in full when it is or `state` is None (`--full`)."""
     rep = WindowReport(w)
     async with deps.pool.acquire() as conn:
         await store.start_window(conn, PURPOSE, w, restart=True)
     try:
-        read = await _read_until_trusted(deps, w)
-        rep.requests, rep.reads = read.pages, read.reads
-        rep.remote_count, rep.trusted = read.last_count, read.trusted
-        await _apply(deps, stats, read, rep)
+        settled = False
+        if state is not None and not reconcile.full_read_due(
+                state, now=now, interval=deps.settings.reconcile_full_interval):
+            settled = await _count_window(deps, stats, w, state, rep)
+        if settled:
+            status = "failed" if rep.error else "done"
+            async with deps.pool.acquire() as conn:
+                await store.finish_window(conn, PURPOSE, w, status=status,
+                                          remote_count=rep.remote_count, error=rep.error)
+        else:
+            await _full_window(deps, stats, w, rep)
     except AuthError as exc:  # the whole run stops; the window says why
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed", remote_count=None,
@@ -268,20 +396,68 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window) -> WindowRep
     if rep.error:
         stats.errors.append(f"{w.param}: {rep.error}")
         log.warning("window_failed", window=w.param, error=rep.error)
-    log.info("window_reconciled", window=w.param, checked=rep.checked, upserted=rep.upserted,
-             revived=rep.revived, marked_deleted=rep.marked_deleted, kept=rep.kept,
-             requests=rep.requests, reads=rep.reads)
+    log.info("window_reconciled", window=w.param, mode=rep.mode, checked=rep.checked,
+             upserted=rep.upserted, revived=rep.revived, marked_deleted=rep.marked_deleted,
+             kept=rep.kept, requests=rep.requests, reads=rep.reads,
+             ranges_read=rep.ranges_read)
     return rep
 
 
-async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats) -> list[WindowReport]:
+async def _catch_up(deps: Deps, stats: RunStats) -> None:
+    """The incremental pass counting relies on: afterwards every create and move Kantata made
+    before it is in the mirror, so a count that is short means a deletion. No pass before
+    the first backfill (no watermark: every window then differs and is read). A failed pass
+    is reported and counting goes on: a stale mirror only makes counts differ (more reads),
+    or hides a deletion behind a create not yet pulled until the next check."""
+    async with deps.pool.acquire() as conn:
+        wm, settled = await store.get_cursor(conn)
+    if wm is None:
+        return
+    try:
+        stats.details["incremental_pages"] = await pull.incremental(
+            deps, datetime.now(UTC), stats, wm, settled)
+    except (RetriableError, FatalError) as exc:
+        if isinstance(exc, AuthError):
+            raise
+        stats.errors.append(f"incremental pass before counting: {type(exc).__name__}: {exc}")
+        log.warning("reconcile_catch_up_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+async def _count_states(deps: Deps, windows: Sequence[Window]) -> dict[Window, CountState]:
+    """Each window's `CountState` from its reconcile checkpoint; a window never read in full by
+    reconciliation counts its backfill's completion as its last full read."""
+    async with deps.pool.acquire() as conn:
+        rec = await store.window_states(conn, PURPOSE)
+        back = await store.window_states(conn, "backfill")
+    out = {}
+    for w in windows:
+        r, b = rec.get(w), back.get(w)
+        last = r["last_full_read_at"] if r is not None else None
+        if last is None and b is not None:
+            last = b["last_done_at"]
+        out[w] = CountState(last_full_read=last,
+                            offset=r["count_offset"] if r is not None else 0,
+                            count_trusted=r["count_trusted"] if r is not None else True)
+    return out
+
+
+async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats, *,
+               states: Mapping[Window, CountState] | None, now: datetime
+               ) -> list[WindowReport]:
+    """Reconcile `windows`; `states` None reads every window in full (`--full`)."""
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
+    interval = deps.settings.reconcile_full_interval
+    if states is not None and any(not reconcile.full_read_due(states[w], now=now,
+                                                              interval=interval)
+                                  for w in windows):
+        await _catch_up(deps, stats)
 
     async def one(w: Window) -> WindowReport | None:
         async with sem:
             if deps.should_stop():
                 return None
-            return await _reconcile_window(deps, stats, w)
+            return await _reconcile_window(deps, stats, w,
+                                           None if states is None else states[w], now)
 
     done = await _all(one(w) for w in windows)
     reports = sorted((r for r in done if r is not None), key=lambda r: r.window)
@@ -289,7 +465,9 @@ async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats) -> list[W
         windows=len(reports), checked=sum(r.checked for r in reports),
         marked_deleted=sum(r.marked_deleted for r in reports),
         revived=sum(r.revived for r in reports), kept=sum(r.kept for r in reports),
-        requests=sum(r.requests for r in reports))
+        requests=sum(r.requests for r in reports),
+        **{f"windows_{m}": sum(1 for r in reports if r.mode == m)
+           for m in ("count", "days", "full")})
     return reports
 
 
@@ -299,15 +477,21 @@ def default_windows(deps: Deps, today: date) -> list[Window]:
     return list(pull.windows_for(deps, today))
 
 
-async def reconcile_range(deps: Deps, since: date, until: date, *,
+async def reconcile_range(deps: Deps, since: date, until: date, *, full: bool = False,
                           now: datetime | None = None) -> list[WindowReport]:
     """Reconcile every window of `since`..`until` (inclusive) now, whatever their age; one run
-    of job 'reconcile'. Raises ValueError when `until < since`, AuthError when Kantata refuses
+    of job 'reconcile'. Counting first (an incremental pass, then one count request per
+    window; only windows whose count differs are read, narrowed to the days that differ),
+    except windows whose full read is due; `full` reads every window in full (`syncd
+    reconcile --full`). Raises ValueError when `until < since`, AuthError when Kantata refuses
     the token; other request errors fail only their window (reported, run 'partial').
-    Deletions are stamped with the database clock, so `now` only matters to `reconcile_due`."""
+    Deletions are stamped with the database clock; `now` (aware, default: the clock) decides
+    which full reads are due."""
+    now = now or datetime.now(UTC)
     windows = month_windows(since, until, deps.settings.backfill_window_months)
     async with job_run(deps, "reconcile") as stats:
-        return await _run(deps, windows, stats)
+        states = None if full else await _count_states(deps, windows)
+        return await _run(deps, windows, stats, states=states, now=now)
 
 
 async def overdue_now(conn: Any, settings: Settings, now: datetime) -> float:
@@ -333,9 +517,10 @@ async def overdue_now(conn: Any, settings: Settings, now: datetime) -> float:
 async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[WindowReport]:
     """Reconcile the windows of the backfill range that are due at `now` (aware; default: the
     clock): never reconciled, last reconciled `reconcile_recent_interval` seconds ago for windows
-    ending within `reconcile_recent_days`, `reconcile_old_interval` seconds ago for older ones.
-    Checkpoints of windows no longer in the range are forgotten. Returns [] without recording a
-    run when nothing is due. Errors as `reconcile_range`."""
+    ending within `reconcile_recent_days`, `reconcile_old_interval` seconds ago for older ones,
+    or due for their full read (`reconcile_full_interval`). Counting first, as
+    `reconcile_range`. Checkpoints of windows no longer in the range are forgotten. Returns []
+    without recording a run when nothing is due. Errors as `reconcile_range`."""
     now = now or datetime.now(UTC)
     s = deps.settings
     windows = default_windows(deps, now.date())
@@ -348,12 +533,15 @@ async def reconcile_due(deps: Deps, *, now: datetime | None = None) -> list[Wind
         now=now, today=now.date(), recent_days=s.reconcile_recent_days,
         recent_interval=s.reconcile_recent_interval, old_interval=s.reconcile_old_interval)
     due = reconcile.due_windows(windows, last_done, **policy)
+    states = await _count_states(deps, windows)
+    due += [w for w in windows if w not in set(due) and reconcile.full_read_due(
+        states[w], now=now, interval=s.reconcile_full_interval)]
     async with deps.pool.acquire() as conn:
         deps.metrics.reconcile_overdue.set(await overdue_now(conn, s, now))
     if not due:
         return []
     async with job_run(deps, "reconcile") as stats:
-        return await _run(deps, due, stats)
+        return await _run(deps, due, stats, states=states, now=now)
 
 
 # ---------------------------------------------------------------- verify (read-only)

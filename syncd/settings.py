@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="seconds between reconciliations of a recent window")
     reconcile_old_interval: float = Field(
         7 * 86400.0, gt=0, description="seconds between reconciliations of an older window")
+    reconcile_full_interval: float = Field(
+        30 * 86400.0, gt=0,
+        description="seconds between full re-reads of a window; in between, a window whose "
+                    "live mirror count equals Kantata's count costs one request and is not "
+                    "read")
 
     # --- operations --------------------------------------------------------------------------
     http_host: str = Field("127.0.0.1", description="address of `/healthz`, `/readyz`, "

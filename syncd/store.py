@@ -22,7 +22,8 @@ from syncd.reconcile import RowVersion
 from syncd.windows import Window
 
 __all__ = [
-    "daily_summary", "finish_run", "finish_window", "get_cursor", "newest_per_id",
+    "daily_summary", "finish_run", "live_counts_by_day", "record_full_read",
+    "unmirrored_rejects", "finish_window", "get_cursor", "newest_per_id",
     "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
     "start_window", "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
@@ -436,3 +437,50 @@ async def ensure_windows(conn: asyncpg.Connection, purpose: str, windows: Sequen
            SELECT $1, s, e FROM unnest($2::date[], $3::date[]) AS u(s, e)
            ON CONFLICT (purpose, window_start, window_end) DO NOTHING""",
         purpose, [w.start for w in windows], [w.end for w in windows])
+
+
+# ---------------------------------------------------------------- reconciliation counts
+# Live rows per day of a date range (issue #24: compared with Kantata's `count`). Served by
+# time_entries_date_performed_idx.
+LIVE_COUNTS_BY_DAY = """
+SELECT date_performed, count(*) AS n
+FROM kantata.time_entries
+WHERE deleted_at IS NULL AND date_performed BETWEEN $1 AND $2
+GROUP BY date_performed
+"""
+
+# Entry records syncd rejected whose entry has no live mirror row: Kantata counts them, the
+# mirror does not hold them. (A reject of a newer version of an entry the mirror holds is
+# counted by its mirror row.)
+UNMIRRORED_REJECTS = """
+SELECT r.entry_id, r.raw
+FROM syncd.rejected_records r
+WHERE r.entry_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM kantata.time_entries t
+                  WHERE t.id::text = r.entry_id AND t.deleted_at IS NULL)
+"""
+
+
+async def live_counts_by_day(conn: asyncpg.Connection, since: date, until: date
+                             ) -> dict[date, int]:
+    """Live mirror rows per `date_performed` in `since`..`until` (inclusive); days without
+    rows are absent."""
+    rows = await conn.fetch(LIVE_COUNTS_BY_DAY, since, until)
+    return {r["date_performed"]: r["n"] for r in rows}
+
+
+async def unmirrored_rejects(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """`(entry_id, raw)` of the rejected entry records that have no live mirror row
+    (`reconcile.rejects_by_day` dates them)."""
+    return [(r["entry_id"], r["raw"]) for r in await conn.fetch(UNMIRRORED_REJECTS)]
+
+
+async def record_full_read(conn: asyncpg.Connection, w: Window, *, count_offset: int,
+                           count_trusted: bool) -> None:
+    """Note on the reconcile checkpoint of `w` that it was just read in full, with what that
+    read taught about Kantata's count (`reconcile.CountState`, migration 0012)."""
+    await conn.execute(
+        """UPDATE syncd.windows SET last_full_read_at = now(), count_offset = $3,
+               count_trusted = $4
+           WHERE purpose = 'reconcile' AND window_start = $1 AND window_end = $2""",
+        w.start, w.end, count_offset, count_trusted)

@@ -122,3 +122,14 @@ async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (each has a smaller always-run variant) run only when asked:
+    `-m slow` or SYNCD_RUN_SLOW=1."""
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("SYNCD_RUN_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or SYNCD_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,5 +1,6 @@
-"""`syncd reconcile [--since DATE] [--until DATE]`: re-read windows once, mark vanished entries
-deleted, upsert missing or older ones, and print per-window figures."""
+"""`syncd reconcile [--since DATE] [--until DATE] [--full]`: check windows once (counting first,
+or every page with `--full`), mark vanished entries deleted, upsert missing or older ones, and
+print per-window figures."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from syncd.reconcile_job import WindowReport
 from syncd.settings import Settings
 
 HEADER = (f"{'window':<23} {'checked':>8} {'upserted':>8} {'revived':>7} {'deleted':>7} "
-          f"{'kept':>5} {'GETs':>5}  note")
+          f"{'kept':>5} {'GETs':>5} {'read':<6} note")
+
+
+def _mode(r: WindowReport) -> str:
+    """`count` (Kantata's count matched), `days` (narrowed by counts to ranges of days read),
+    `full` (every page read); `-` when the window failed before it was checked."""
+    return r.mode or "-"
 
 
 def render(reports: list[WindowReport]) -> str:
@@ -22,13 +29,15 @@ def render(reports: list[WindowReport]) -> str:
     lines = [HEADER]
     for r in reports:
         lines.append(f"{r.window.param:<23} {r.checked:>8} {r.upserted:>8} {r.revived:>7} "
-                     f"{r.marked_deleted:>7} {r.kept:>5} {r.requests:>5}  {r.error or ''}"
-                     .rstrip())
+                     f"{r.marked_deleted:>7} {r.kept:>5} {r.requests:>5} {_mode(r):<6} "
+                     f"{r.error or ''}".rstrip())
     failed = sum(1 for r in reports if r.error)
     lines.append(f"{len(reports)} windows: {sum(r.checked for r in reports)} checked, "
                  f"{sum(r.upserted for r in reports)} upserted, "
                  f"{sum(r.marked_deleted for r in reports)} marked deleted, "
-                 f"{sum(r.requests for r in reports)} GETs"
+                 f"{sum(r.requests for r in reports)} GETs ("
+                 + ", ".join(f"{sum(1 for r in reports if r.mode == m)} {m}"
+                             for m in ("count", "days", "full")) + ")"
                  + (f", {failed} failed (retried next run)" if failed else ""))
     return "\n".join(lines)
 
@@ -39,7 +48,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     async with open_deps(settings) as deps:
         async with deps.pool.acquire() as conn:
             await migrate.check_current(conn)
-        reports = await reconcile_job.reconcile_range(deps, since, until)
+        reports = await reconcile_job.reconcile_range(deps, since, until, full=args.full)
     print(render(reports))
     return 1 if any(r.error for r in reports) else 0
 
@@ -50,10 +59,16 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "reconcile", help="re-read date windows once: mark entries deleted in Kantata, fix "
+        "reconcile", help="check date windows once: mark entries deleted in Kantata, fix "
                           "missing or older rows",
-        description="Re-read date_performed windows from Kantata and compare them with the "
+        description="Check date_performed windows against Kantata and compare them with the "
                     "mirror: entries gone remotely get deleted_at (never physically deleted), "
-                    "missing or older rows are upserted. Default range: the backfill range.")
+                    "missing or older rows are upserted. After an incremental pass, a window "
+                    "whose live mirror count equals Kantata's count costs one request; the "
+                    "others are narrowed to the days that differ and those are read. Windows "
+                    "whose full read is due (SYNCD_RECONCILE_FULL_INTERVAL) are read in full. "
+                    "Default range: the backfill range.")
     add_range_arguments(p)
+    p.add_argument("--full", action="store_true",
+                   help="read every window page by page now, whatever the counts say")
     p.set_defaults(func=_cmd)

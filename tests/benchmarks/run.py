@@ -308,9 +308,16 @@ def idle_cycle(dbs: Databases, db: str, sim: SimProcess, since: date, work: Path
     return inproc
 
 
+RECONCILE_DELETIONS = 3  # remote deletions before the second count-first reconciliation
+
+
 def reconcile_full(dbs: Databases, db: str, sim: SimProcess, since: date, until: date
                    ) -> dict[str, Any]:
-    """One full reconciliation of the backfilled range: GETs used, against ceil(n/200)."""
+    """Reconciliation costs (issue #24), GETs the simulator saw: a full reconciliation
+    (`--full`) of the backfilled range, against ceil(n/200); then, counting first, the same
+    settled mirror (≤ windows + 2) and the mirror after `RECONCILE_DELETIONS` remote deletions
+    in three busy months, one of which also got a new entry (≤ windows + k × (8 + pages of a
+    day)). Keys of the full one stay at the top level (`gets`, `windows`, ...)."""
     try:
         from syncd.reconcile_job import reconcile_range
     except ImportError as exc:
@@ -319,21 +326,99 @@ def reconcile_full(dbs: Databases, db: str, sim: SimProcess, since: date, until:
 
     settings = _settings(dbs.dsn(db), sim, since)
 
-    async def go() -> dict[str, Any]:
-        async with open_deps(settings) as deps:
-            sim.control("DELETE", "/requests")
-            t0 = time.perf_counter()
-            reports = await reconcile_range(deps, since, until)
-            secs = time.perf_counter() - t0
+    def gets() -> int:
         reqs = orjson.loads(sim.control("GET", "/requests"))["requests"]
-        live = int(orjson.loads(sim.control("GET", "/state"))["entries"])
-        return {"status": "ok", "requests": len(reqs),
-                "gets": sum(1 for r in reqs if r["method"] == "GET"),
-                "windows": len(reports), "seconds": secs, "live_entries": live,
+        return sum(1 for r in reqs if r["method"] == "GET")
+
+    async def one(deps: Any, full: bool) -> dict[str, Any]:
+        sim.control("DELETE", "/requests")
+        t0 = time.perf_counter()
+        reports = await reconcile_range(deps, since, until, full=full)
+        secs = time.perf_counter() - t0
+        modes: dict[str, int] = {}
+        for r in reports:
+            modes[r.mode] = modes.get(r.mode, 0) + 1
+        return {"gets": gets(), "windows": len(reports), "seconds": secs, "modes": modes,
                 "errors": [r.error for r in reports if r.error][:5],
                 "marked_deleted": sum(r.marked_deleted for r in reports),
                 "upserted": sum(r.upserted for r in reports)}
+
+    def delete_some() -> dict[str, Any]:
+        """Delete one entry in each of the busiest months (from the 10th on) and create one
+        entry in the first of them; the busiest day's pages of those months."""
+        entries = orjson.loads(sim.control("GET", "/entries"))["time_entries"]
+        months: dict[str, int] = {}
+        days: dict[str, int] = {}
+        for e in entries:
+            months[e["date_performed"][:7]] = months.get(e["date_performed"][:7], 0) + 1
+            days[e["date_performed"]] = days.get(e["date_performed"], 0) + 1
+        busy = sorted(months, key=lambda m: -months[m])[:RECONCILE_DELETIONS]
+        gone = [next(e["id"] for e in entries if e["date_performed"][:7] == m
+                     and e["date_performed"][8:] >= "10") for m in busy]
+        for i in gone:
+            sim.control("DELETE", f"/entries/{i}")
+        sim.control("POST", "/entries", orjson.dumps(
+            {"date_performed": f"{busy[0]}-20", "time_in_minutes": 30, "notes": "bench"}))
+        per_page = int(settings.per_page)
+        day_pages = max(math.ceil(n / per_page) for d, n in days.items() if d[:7] in busy)
+        return {"deleted": len(gone), "months": busy, "day_pages": day_pages}
+
+    async def go() -> dict[str, Any]:
+        async with open_deps(settings) as deps:
+            full = await one(deps, True)
+            settled = await one(deps, False)
+            change = delete_some()
+            after = await one(deps, False)
+        live = int(orjson.loads(sim.control("GET", "/state"))["entries"])
+        return {"status": "ok", **full, "live_entries": live + change["deleted"] - 1,
+                "settled": settled, "after_deletions": {**after, **change}}
     return asyncio.run(go())
+
+
+def steady_hourly(n: int, today: date, span_days: int = 736) -> dict[str, Any]:
+    """Requests an hour of a steady `syncd run` with default settings for an account of `n`
+    entries performed over the last `span_days` days (736: two years, as the simulator seeds
+    them), nothing deleted: a model of the schedule, each term one job's cost as the tests and
+    this benchmark measure it.
+
+    - pull: one request per idle cycle, every `SYNCD_PULL_INTERVAL`;
+    - reconciliation, counting first: every `SYNCD_RECONCILE_RECENT_INTERVAL` one incremental
+      pass and one count request per recent window (ending within
+      `SYNCD_RECONCILE_RECENT_DAYS`); every `SYNCD_RECONCILE_OLD_INTERVAL` a pass and one count
+      per older window (the default range is 10 years: empty windows are counted too);
+    - the safety net: every `SYNCD_RECONCILE_FULL_INTERVAL`, every window read in full:
+      ⌈n / per_page⌉ pages plus at most one partial page per window.
+
+    `before`: the same schedule with every check a full read (issue #24's starting point)."""
+    from syncd.reconcile import is_recent
+    from syncd.settings import Settings
+    from syncd.windows import month_windows
+
+    d = {k: f.default for k, f in Settings.model_fields.items()}
+    windows = month_windows(date(today.year - 10, today.month, 1),
+                            today + timedelta(days=d["lookahead_days"]))
+    recent = [w for w in windows if is_recent(w, today, d["reconcile_recent_days"])]
+    first = today - timedelta(days=span_days)
+    spanned = [w for w in windows if w.end >= first and w.start <= today]  # holding entries
+    per_window = n / len(spanned)
+    hour = 3600.0
+    pull = hour / d["pull_interval"]
+    recent_runs = hour / d["reconcile_recent_interval"]
+    old_runs = hour / d["reconcile_old_interval"]
+    counts = recent_runs * (1 + len(recent)) + old_runs * (1 + len(windows) - len(recent))
+    full_pages = math.ceil(n / d["per_page"]) + len(windows)
+    full = full_pages * hour / d["reconcile_full_interval"]
+
+    def pages(ws: list[Any]) -> float:
+        return sum(max(1, math.ceil(per_window / d["per_page"])) if w in spanned else 1
+                   for w in ws)
+
+    old = [w for w in windows if w not in recent]
+    before = pull + recent_runs * pages(recent) + old_runs * pages(old)
+    return {"entries": n, "span_days": span_days, "windows": len(windows), "recent_windows": len(recent),
+            "per_page": d["per_page"], "pull_interval": d["pull_interval"],
+            "pull": pull, "counts": counts, "full_reads": full,
+            "total": pull + counts + full, "before": before}
 
 
 def push_outbox(dbs: Databases, db: str, sim: SimProcess, since: date,
@@ -420,8 +505,11 @@ def extras(res: dict[str, Any], dbs: Databases, db: str, sim: SimProcess, since:
     data), on the database of the last syncd backfill."""
     say("idle incremental cycle")
     res["idle_cycle"] = idle_cycle(dbs, db, sim, since, work)
-    say("full reconciliation")
+    say("reconciliation: full, counting first, after deletions")
     res["reconcile"] = reconcile_full(dbs, db, sim, since, until)
+    today = datetime.now(UTC).date()
+    res["steady_hourly"] = [steady_hourly(n, today) for n in (100_000, 1_000_000)] + [
+        steady_hourly(100_000, today, span_days=60)]  # issue #24's example account
     say("push through the outbox")
     sizes = SMOKE_PUSH if smoke else (PUSH_CREATES, PUSH_UPDATES, PUSH_DELETES)
     res["push"] = push_outbox(dbs, db, sim, since, sizes)
@@ -782,6 +870,18 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": f"{rec['gets']} GETs ({rec['windows']} windows) in "
                                 f"{rec['seconds']:.1f} s",
                     "met": rec["gets"] <= want + rec["windows"]})
+        st, af = rec["settled"], rec["after_deletions"]
+        out.append({"target": f"reconciliation of a settled mirror ≤ windows + 2 GETs "
+                              f"({st['windows'] + 2})",
+                    "measured": f"{st['gets']} GETs in {st['seconds']:.1f} s ({st['modes']})",
+                    "met": st["gets"] <= st["windows"] + 2 and not st["errors"]})
+        k, limit = af["deleted"], af["windows"] + af["deleted"] * (8 + af["day_pages"])
+        out.append({"target": f"reconciliation after {k} deletions ≤ windows + {k} × (8 + "
+                              f"{af['day_pages']} page(s) a day) GETs ({limit}), all marked",
+                    "measured": f"{af['gets']} GETs, {af['marked_deleted']} marked deleted, "
+                                f"in {af['seconds']:.1f} s ({af['modes']})",
+                    "met": af["gets"] <= limit and af["marked_deleted"] == k
+                    and not af["errors"]})
     else:
         out.append({"target": "reconciliation requests", "measured": rec.get("status",
                                                                               "pending"),
@@ -831,6 +931,18 @@ def markdown(res: dict[str, Any]) -> str:
     for t in res["targets"]:
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
         lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    steady = res.get("steady_hourly")
+    if steady:
+        lines += ["", "Requests an hour of a steady `syncd run` (default settings: pages of "
+                      f"{steady[0]['per_page']}, a pull every {steady[0]['pull_interval']:g} s; "
+                      "a model of the schedule from the measured costs, `steady_hourly`):", "",
+                  "| entries | performed over | windows (recent) | pulls | count checks "
+                  "| full reads (monthly) | total | every check a full read |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {h['entries']:,} | {h['span_days']} days | {h['windows']} "
+                  f"({h['recent_windows']}) | "
+                  f"{h['pull']:.1f} | {h['counts']:.1f} | {h['full_reads']:.1f} | "
+                  f"{h['total']:.1f} | {h['before']:.1f} |" for h in steady]
     idle = res.get("idle_cycle")
     if idle:
         lines += ["", f"Idle incremental cycle (in process): {', '.join(idle['request_lines'])}; "

@@ -59,11 +59,20 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     rec = res["reconcile"]
     if rec["status"] == "ok":
         assert rec["errors"] == [] and rec["gets"] >= math.ceil(rec["live_entries"] / 200)
+        # issue #24: counting first
+        st, af = rec["settled"], rec["after_deletions"]
+        assert st["errors"] == [] and st["gets"] <= st["windows"] + 2
+        assert af["marked_deleted"] == af["deleted"] == 3
+        assert af["gets"] <= af["windows"] + 3 * (8 + af["day_pages"])
+    hourly = {(h["entries"], h["span_days"]): h for h in res["steady_hourly"]}
+    assert set(hourly) == {(100_000, 736), (1_000_000, 736), (100_000, 60)}
+    assert all(0 < h["total"] < h["before"] for h in hourly.values())
+    assert "Requests an hour of a steady `syncd run`" in proc.stdout
 
     assert [p["entries"] for p in res["rss_ladder"]] == [500, n]
     assert all(10 < p["peak_rss_mb"]["max"] < 500 for p in res["rss_ladder"])
     names = {t["target"].split(" ")[0] for t in res["targets"]}
-    assert {"backfill", "peak", "idle", "push:", "full"} <= names
+    assert {"backfill", "peak", "idle", "push:", "full", "reconciliation"} <= names
     assert "| plain listing → own table (**reference**)" in proc.stdout
     assert "| target |" in proc.stdout
 

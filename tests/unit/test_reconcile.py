@@ -192,3 +192,96 @@ def test_bucket_summaries_folds_days_into_windows() -> None:
                                 (date(2026, 2, 1), 1, 5, t1), (date(2025, 12, 31), 9, 9, t2)])
     assert out[ws[0]] == Summary(3, 100, t2)
     assert out[ws[1]] == Summary(1, 5, t1)
+
+
+# ---------------------------------------------------------------- counting first (issue #24)
+from syncd.reconcile import (  # noqa: E402
+    CountState,
+    count_offset,
+    count_step,
+    day_count,
+    full_read_due,
+    halves,
+    rejects_by_day,
+    window_check,
+)
+
+MARCH = Window(date(2025, 3, 1), date(2025, 3, 31))
+
+
+def test_a_window_is_read_in_full_when_never_read_when_its_cycle_is_due_or_its_count_lies(
+) -> None:
+    now = datetime(2026, 1, 31, tzinfo=UTC)
+    month = 30 * 86400.0
+    assert full_read_due(CountState(), now=now, interval=month)
+    assert not full_read_due(CountState(last_full_read=now - timedelta(days=29)),
+                             now=now, interval=month)
+    assert full_read_due(CountState(last_full_read=now - timedelta(days=30)),
+                         now=now, interval=month)
+    assert full_read_due(CountState(last_full_read=now, count_trusted=False),
+                         now=now, interval=month)
+
+
+def test_rejects_are_dated_once_per_id_and_undatable_ones_left_out() -> None:
+    rows = [("7", '{"id": "7", "date_performed": "2025-03-04", "time_in_minutes": -5}'),
+            ("7", '{"id": "7", "date_performed": "2025-03-04", "notes": 42}'),  # 2nd reason
+            ("8", '{"date_performed": "2025-03-04"}'),
+            ("9", '{"date_performed": "2025-02-30"}'),  # not a date
+            ("10", '{"date_performed": "2025-W10-1"}'),  # ISO week, not Kantata's form
+            ("11", '{"date_performed": 20250304}'),
+            ("12", "not json"), ("13", '"a string"'), (None, '{"date_performed": "2025-03-05"}'),
+            ("14", '{"date_performed": "2025-04-01"}')]
+    assert rejects_by_day(rows) == {date(2025, 3, 4): 2, date(2025, 4, 1): 1}
+
+
+def test_the_expected_count_sums_live_rows_and_rejects_of_the_range_only() -> None:
+    live = {date(2025, 2, 28): 5, date(2025, 3, 1): 3, date(2025, 3, 31): 4,
+            date(2025, 4, 1): 9}
+    rejects = {date(2025, 3, 15): 2, date(2025, 4, 2): 1}
+    assert day_count(MARCH, live, rejects) == 9
+    assert day_count(Window(date(2025, 3, 2), date(2025, 3, 30)), live, rejects) == 2
+
+
+@pytest.mark.parametrize(("remote", "expected", "state", "out"), [
+    (100, 100, CountState(), "match"),
+    (99, 100, CountState(), "narrow"),      # one short: a deletion
+    (101, 100, CountState(), "narrow"),     # one more: a create not pulled, or a new right
+    (101, 100, CountState(offset=1), "match"),  # an undatable record Kantata lists
+    (100, 100, CountState(offset=1), "full"),   # it went: the difference cannot be placed
+    (-1, 100, CountState(), "full"),        # a count that says nothing
+    (0, 0, CountState(), "match"),
+])
+def test_window_check(remote: int, expected: int, state: CountState, out: str) -> None:
+    assert window_check(remote, expected, state) == out
+
+
+def test_narrowing_reads_small_or_one_day_ranges_and_halves_big_ones() -> None:
+    # 20 pages of 200, one entry gone: halving (about 6 counts) beats 20 pages
+    assert count_step(MARCH, 3999, 4000, per_page=200) == "split"
+    assert count_step(MARCH, 4000, 4000, per_page=200) == "match"
+    assert count_step(MARCH, -3, 4000, per_page=200) == "nonsense"
+    # two pages: read
+    assert count_step(MARCH, 399, 400, per_page=200) == "read"
+    # one day: read whatever its size
+    day = Window(date(2025, 3, 4), date(2025, 3, 4))
+    assert count_step(day, 9999, 10000, per_page=200) == "read"
+    # many differences: halving would cost about as much as reading
+    assert count_step(MARCH, 3980, 4000, per_page=200) == "read"
+    assert count_step(MARCH, 3997, 4000, per_page=200) == "split"
+
+
+def test_halves_cover_the_range_without_overlap() -> None:
+    left, right = halves(MARCH)
+    assert (left, right) == (Window(date(2025, 3, 1), date(2025, 3, 16)),
+                             Window(date(2025, 3, 17), date(2025, 3, 31)))
+    assert halves(Window(date(2025, 3, 1), date(2025, 3, 2))) == (
+        Window(date(2025, 3, 1), date(2025, 3, 1)), Window(date(2025, 3, 2), date(2025, 3, 2)))
+    with pytest.raises(ValueError):
+        halves(Window(date(2025, 3, 1), date(2025, 3, 1)))
+
+
+def test_the_offset_absorbs_only_what_the_read_could_not_decode() -> None:
+    assert count_offset(100, 100, 0) == 0
+    assert count_offset(101, 100, 1) == 1       # an undatable reject
+    assert count_offset(103, 100, 1) == 1       # more than the read explains: not absorbed
+    assert count_offset(99, 100, 0) == 0        # a live row Kantata did not list: never
