@@ -325,37 +325,33 @@ async def ctl_requests(request: web.Request) -> web.Response:
     return _json(200, orjson.dumps({"requests": sim.requests}))
 
 
-async def ctl_faults(request: web.Request) -> web.Response:
-    """``PUT /_sim/faults`` sets, ``DELETE`` clears, ``GET`` reads the fault configuration."""
-    sim = request.app[SIM_KEY]
+async def _settable(request: web.Request, put: Any, clear: Any, current: Any) -> web.Response:
+    """A control resource set by PUT (a JSON object, validated by `put`: 400 on a bad one),
+    reset by DELETE, read by GET; answers its current value (`current().to_dict()`)."""
     if request.method == "PUT":
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
         try:
-            sim.set_faults(body)
+            put(body)
         except (TypeError, ValueError) as e:
             raise InvalidInput(str(e)) from None
     elif request.method == "DELETE":
-        sim.clear_faults()
-    return _json(200, orjson.dumps(sim.faults.to_dict()))
+        clear()
+    return _json(200, orjson.dumps(current().to_dict()))
+
+
+async def ctl_faults(request: web.Request) -> web.Response:
+    """``PUT /_sim/faults`` sets, ``DELETE`` clears, ``GET`` reads the fault configuration."""
+    sim = request.app[SIM_KEY]
+    return await _settable(request, sim.set_faults, sim.clear_faults, lambda: sim.faults)
 
 
 async def ctl_contract(request: web.Request) -> web.Response:
     """``PUT /_sim/contract`` sets (JSON object of switches, unknown keys 400, ``null`` = default),
     ``DELETE`` resets, ``GET`` reads the contract switches (config.ContractConfig)."""
     sim = request.app[SIM_KEY]
-    if request.method == "PUT":
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object")
-        try:
-            sim.set_contract(body)
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(str(e)) from None
-    elif request.method == "DELETE":
-        sim.clear_contract()
-    return _json(200, orjson.dumps(sim.contract.to_dict()))
+    return await _settable(request, sim.set_contract, sim.clear_contract, lambda: sim.contract)
 
 
 async def ctl_state(request: web.Request) -> web.Response:

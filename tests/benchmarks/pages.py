@@ -4,8 +4,8 @@ SYNCD_PER_PAGE=200, at default settings otherwise.
 
     .venv/bin/python -m tests.benchmarks.pages [--entries 200000]
 
-One throwaway PostgreSQL and one simulator process per server kind; each run is `syncd
-migrate` then `syncd sync` (a backfill plus the incremental pass) in a fresh database, as a
+One throwaway PostgreSQL and one simulator process per server kind; each run is `syncd sync`
+(a backfill plus the incremental pass) in a fresh migrated database, as a
 child process measured with `os.wait4` (wall, CPU) and VmHWM (peak RSS). Requests are what the
 simulator logged. Prints one markdown row per run.
 """
@@ -13,30 +13,18 @@ simulator logged. Prints one markdown row per run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import sys
 import tempfile
 from pathlib import Path
 
-import asyncpg
 import orjson
 
 from syncd.pgserver import TempPostgres
 from tests.benchmarks.procs import SimProcess, run_child
-from tests.benchmarks.run import syncd_env
+from tests.benchmarks.run import Databases, syncd_env
 
 PY = sys.executable
-
-
-async def _fresh_db(admin_dsn: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_dsn.rsplit("/", 1)[0] + "/" + name
 
 
 def _requests(sim: SimProcess) -> dict[str, int]:
@@ -50,6 +38,7 @@ def _requests(sim: SimProcess) -> dict[str, int]:
 
 def run(entries: int, work: Path) -> list[dict[str, object]]:
     pg = TempPostgres(work / "pg").start()
+    dbs = Databases(pg)
     rows: list[dict[str, object]] = []
     try:
         for served, per_page in ((5000, None), (200, None), (200, "200")):
@@ -57,12 +46,9 @@ def run(entries: int, work: Path) -> list[dict[str, object]]:
                              log_dir=work, max_per_page=served)
             try:
                 sim.wait_ready()
-                dsn = asyncio.run(_fresh_db(pg.dsn, f"pages_{served}_{per_page or 'dflt'}"))
+                dsn = dbs.create(f"pages_{served}_{per_page or 'dflt'}")  # migrated
                 extra = {"SYNCD_PER_PAGE": per_page} if per_page else {}
                 env = syncd_env(dsn, sim, **extra)
-                mig = run_child([PY, "-m", "syncd", "migrate"], env=env, log_dir=work,
-                                name="migrate")
-                assert mig.code == 0, mig.stderr[-2000:]
                 sim.control("DELETE", "/requests")
                 res = run_child([PY, "-m", "syncd", "sync"], env=env, log_dir=work,
                                 name=f"sync-{served}-{per_page}")

@@ -32,7 +32,7 @@ from tests.integration.outbox_helpers import (
 pytestmark = pytest.mark.integration
 
 
-def lose_the_answer_of_the_first_put(sim: Simulator, then: Callable[[], None]) -> None:
+def lose_the_answer_of_the_first_put(sim: Simulator, then: Callable[[], object]) -> None:
     """The first PUT is applied and its answer dropped (a lost response); `then` runs right
     after, as a colleague editing in Kantata before any retry could."""
     injector = sim.fault_injector
@@ -68,34 +68,26 @@ async def _queue_update(conn: asyncpg.Connection, eid: int, notes: str) -> int:
         eid, orjson.dumps({"notes": notes}).decode(), base)
 
 
-async def test_lost_put_with_a_remote_edit_before_the_retry_ends_conflict(
-        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+@pytest.mark.parametrize(("colleague", "outcome", "kept"), [
+    # a colleague edits between the lost answer and any retry: their edit survives
+    ("a colleague's edit", ("conflict", None), "a colleague's edit"),
+    # nobody does: our edit is there, recognised, and never sent twice
+    (None, ("done", "already_applied"), "ours"),
+])
+async def test_a_lost_put_is_read_back_never_resent_blind(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection, colleague: str | None,
+        outcome: tuple[str, str | None], kept: str) -> None:
     await mirror_from_sim(conn, sim)
     eid = editable_ids(sim)[4]
     rid = await _queue_update(conn, eid, "ours")
     sim.clear_requests()
-    lose_the_answer_of_the_first_put(
-        sim, lambda: sim.edit_entry(eid, {"notes": "a colleague's edit"}))
+    lose_the_answer_of_the_first_put(sim, lambda: colleague and sim.edit_entry(
+        eid, {"notes": colleague}))
     await drain(deps, conn)
     row = (await rows(conn))[rid]
-    assert row["status"] == "conflict", (row["status"], row["last_error"])
-    assert sim.get_entry(eid)["notes"] == "a colleague's edit"  # their edit survives
-    assert len(requests_of(sim, "PUT")) == 1
-
-
-async def test_lost_put_without_a_remote_edit_is_sent_once_and_already_applied(
-        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
-    await mirror_from_sim(conn, sim)
-    eid = editable_ids(sim)[6]
-    rid = await _queue_update(conn, eid, "ours, once")
-    sim.clear_requests()
-    lose_the_answer_of_the_first_put(sim, lambda: None)
-    await drain(deps, conn)
-    row = (await rows(conn))[rid]
-    assert (row["status"], row["result"]) == ("done", "already_applied")
-    assert sim.get_entry(eid)["notes"] == "ours, once"
-    assert len(requests_of(sim, "PUT")) == 1
-    assert [r["fault"] for r in requests_of(sim, "PUT")] == ["lost_response"]
+    assert (row["status"], row["result"]) == outcome, row["last_error"]
+    assert sim.get_entry(eid)["notes"] == kept
+    assert [r["fault"] for r in requests_of(sim, "PUT")] == ["lost_response"]  # sent once
 
 
 async def test_twenty_429s_on_a_bulk_create_use_no_attempt_and_create_once(
