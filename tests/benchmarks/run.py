@@ -389,7 +389,11 @@ def steady_hourly(n: int, today: date, span_days: int = 736) -> dict[str, Any]:
     - the safety net: every `SYNCD_RECONCILE_FULL_INTERVAL`, every window read in full:
       ⌈n / per_page⌉ pages plus at most one partial page per window.
 
+    Pages hold what Kantata documents it serves (200 entries, api-notes §3), whatever
+    SYNCD_PER_PAGE asks: where Kantata serves more, full reads cost fewer requests.
+
     `before`: the same schedule with every check a full read (issue #24's starting point)."""
+    from syncd.pagination import DOCUMENTED_MAX_PER_PAGE
     from syncd.reconcile import is_recent
     from syncd.settings import Settings
     from syncd.windows import month_windows
@@ -406,17 +410,18 @@ def steady_hourly(n: int, today: date, span_days: int = 736) -> dict[str, Any]:
     recent_runs = hour / d["reconcile_recent_interval"]
     old_runs = hour / d["reconcile_old_interval"]
     counts = recent_runs * (1 + len(recent)) + old_runs * (1 + len(windows) - len(recent))
-    full_pages = math.ceil(n / d["per_page"]) + len(windows)
+    served = min(d["per_page"], DOCUMENTED_MAX_PER_PAGE)
+    full_pages = math.ceil(n / served) + len(windows)
     full = full_pages * hour / d["reconcile_full_interval"]
 
     def pages(ws: list[Any]) -> float:
-        return sum(max(1, math.ceil(per_window / d["per_page"])) if w in spanned else 1
+        return sum(max(1, math.ceil(per_window / served)) if w in spanned else 1
                    for w in ws)
 
     old = [w for w in windows if w not in recent]
     before = pull + recent_runs * pages(recent) + old_runs * pages(old)
     return {"entries": n, "span_days": span_days, "windows": len(windows), "recent_windows": len(recent),
-            "per_page": d["per_page"], "pull_interval": d["pull_interval"],
+            "per_page": served, "pull_interval": d["pull_interval"],
             "pull": pull, "counts": counts, "full_reads": full,
             "total": pull + counts + full, "before": before}
 
