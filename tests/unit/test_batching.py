@@ -369,3 +369,27 @@ def test_tally() -> None:
     for op, st in [("create", "done"), ("create", "pending"), ("update", "done")]:
         t.add(op, st)
     assert t.total("done") == 2 and t.total("retry") == 1
+
+
+def test_no_create_answer_makes_matching_raise() -> None:
+    """Issue #22: a push never dies on one odd answer. Random shapes the contract allows and
+    some it does not (no id fields, ids of another key, nulls, lists, junk references) are
+    matched or reported unknown, never a KeyError."""
+    rnd = random.Random(22)
+    junk: list[Any] = [None, 1, "x", [], {}, {"id": None}, {"id": "abc"}, {"id": "7"}]
+    rows = [row(i, payload={"notes": f"n{i % 3}", "workspace_id": 5}) for i in range(1, 6)]
+    for _ in range(2000):
+        keyed: dict[Any, Any] = {}
+        results: list[Any] = []
+        for _ in range(rnd.randint(0, 6)):
+            k = rnd.choice(["10", "11", "12", "x", 3, ""])
+            keyed[k] = rnd.choice([*junk, {"notes": f"n{rnd.randint(0, 3)}",
+                                           "workspace_id": rnd.choice(["5", 5, None])}])
+            results.append(rnd.choice([{"key": "time_entries", "id": k}, {"id": k},
+                                       {"key": "stories", "id": k}, k, None]))
+        refs = rnd.choice([None, {}, {"1": ref("1", "10", "key-1")}, {"1": None}, []])
+        body = rnd.choice([{"results": results, "time_entries": keyed,
+                            "external_references": refs}, results, None])
+        m = batching.match_created(body, rows, "svc")
+        assert set(m.matched) | set(m.unknown) == {r.id for r in rows}
+        assert len({eid for eid, _ in m.matched.values()}) == len(m.matched)  # one entry each
