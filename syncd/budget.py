@@ -301,8 +301,9 @@ class RequestBudget:
         trial = self._trial
         if trial is not None and started == trial[0]:
             self._trial = None
-            if self.learned is not None:  # Kantata's window is no longer than the trial's
-                self._set(Learned(self.learned.limit, trial[1], self.learned.longer_than))
+            learned = self.learned  # Kantata's window is no longer than the trial's
+            if learned is not None and learned.longer_than < trial[1] < learned.window:
+                self._set(Learned(learned.limit, trial[1], learned.longer_than))
             return
         probe = self._probe
         if probe is None or started is None or started != probe.started:
@@ -404,7 +405,7 @@ class RequestBudget:
         if self._bound_windows >= self._probe_after:
             self._bound_windows, self._probe_after = 0, 1
             self._set(Learned(learned.limit + max(1, round(learned.limit * RAISE)),
-                              learned.window))
+                              learned.window, learned.window))  # trials need the true limit
 
     def _record(self, now: float) -> None:
         starts = self._starts
