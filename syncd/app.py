@@ -127,7 +127,8 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
     pool = pool or await open_pool(settings)
     connector = aiohttp.TCPConnector(limit=settings.max_connections,
                                      ssl=None if settings.kantata_tls_verify else False)
-    budget = RequestBudget(settings.rate_limit_per_minute, settings.rate_limit_floor_per_minute)
+    budget = RequestBudget(settings.rate_limit_per_minute, settings.rate_limit_floor_per_minute,
+                           probe_cap=settings.backoff_cap)
     keeper = BudgetKeeper(pool, budget_store.BudgetKey.of(settings.kantata_base_url,
                                                           token.get_secret_value()), budget)
     try:

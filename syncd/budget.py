@@ -156,17 +156,22 @@ class RequestBudget:
     for any other answer, `unanswered(started)` when none came. `ceiling_per_minute` is the
     operator's ceiling (None: none), `floor_per_minute` the lowest rate a learned limit is
     lowered to. `learned` is the current `Learned` limit (None: none known); `on_change` is
-    called with it (synchronously, from the event loop) whenever it changes.
+    called with it (synchronously, from the event loop) whenever it changes. `probe_cap`
+    (seconds, `SYNCD_BACKOFF_CAP`) bounds the wait between probes while Kantata refuses before
+    admitting any request of syncd's (the window is then full of other clients' requests and
+    tells nothing), and after every candidate window was refused.
     """
 
     def __init__(self, ceiling_per_minute: float | None = None,
                  floor_per_minute: float = 6.0, *,
-                 on_change: Callable[[Learned], None] | None = None) -> None:
+                 on_change: Callable[[Learned], None] | None = None,
+                 probe_cap: float = 60.0) -> None:
         self.ceiling = ceiling_per_minute
         self.floor = (floor_per_minute if ceiling_per_minute is None
                       else min(floor_per_minute, ceiling_per_minute))
         self.learned: Learned | None = None
         self.on_change = on_change
+        self.probe_cap = probe_cap
         self._probe: _Probe | None = None
         #: loop times of the starts Kantata has not refused, oldest first
         self._starts: deque[float] = deque()
@@ -357,13 +362,16 @@ class RequestBudget:
             while probe.index < len(CANDIDATE_WINDOWS):
                 window = CANDIDATE_WINDOWS[probe.index]
                 limit, room = reopens_at(self._starts, probe.refused_at, window)
-                if not limit:  # refused before syncd sent any: others filled the window
-                    room = probe.refused_at + window
+                if not limit:  # refused before syncd sent any: others filled the window;
+                    # ask again after the window, but never wait longer than `probe_cap`
+                    base = max(probe.refused_at, probe.not_before)
+                    room = base + min(window, self.probe_cap)
                 room += margin(window)
                 if room > probe.not_before:
                     return max(delay, room - now)
                 probe.index += 1  # already refused
-            return max(delay, probe.not_before + CANDIDATE_WINDOWS[-1] - now)
+            return max(delay, probe.not_before + min(CANDIDATE_WINDOWS[-1], self.probe_cap)
+                       - now)
         learned = self.learned
         if learned is not None and len(self._starts) >= learned.limit:
             oldest = self._starts[-learned.limit]

@@ -249,3 +249,18 @@ async def test_a_429_with_nothing_admitted_before_teaches_nothing(
     budget.succeeded(probe)
     assert budget.learned is None and budget.rate_per_minute == float("inf")
     await budget.close()
+
+
+async def test_refusals_before_anything_is_admitted_wait_at_most_the_probe_cap() -> None:
+    """Kantata refuses everything (others use the whole limit): the probes wait for the
+    candidate windows, but never longer than `probe_cap` (SYNCD_BACKOFF_CAP), not an hour."""
+    budget = RequestBudget(None, probe_cap=0.1)
+    loop = asyncio.get_running_loop()
+    started = await budget.acquire("pull")
+    t0 = loop.time()
+    for _ in range(len(budget_module.CANDIDATE_WINDOWS) + 3):
+        budget.throttled(started)
+        started = await budget.acquire("pull")
+    assert loop.time() - t0 < (len(budget_module.CANDIDATE_WINDOWS) + 3) * 0.25
+    assert budget.learned is None and budget.probes == len(budget_module.CANDIDATE_WINDOWS) + 3
+    await budget.close()
