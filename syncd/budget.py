@@ -364,8 +364,8 @@ class RequestBudget:
                 limit, room = reopens_at(self._starts, probe.refused_at, window)
                 if not limit:  # refused before syncd sent any: others filled the window;
                     # ask again after the window, but never wait longer than `probe_cap`
-                    base = max(probe.refused_at, probe.not_before)
-                    room = base + min(window, self.probe_cap)
+                    window = min(window, self.probe_cap)
+                    room = max(probe.refused_at, probe.not_before) + window
                 room += margin(window)
                 if room > probe.not_before:
                     return max(delay, room - now)
