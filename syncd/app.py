@@ -3,20 +3,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
+import structlog
 
-from syncd import logs
-from syncd.budget import RequestBudget
+from syncd import budget_store, logs
+from syncd.budget import Learned, RequestBudget
 from syncd.kantata import KantataClient, RetryPolicy
 from syncd.metrics import Metrics
 from syncd.runs import Deps
 from syncd.settings import Settings
 
-__all__ = ["open_deps", "open_pool"]
+__all__ = ["BudgetKeeper", "open_deps", "open_pool"]
+
+log = structlog.get_logger(__name__)
+
+#: seconds a load or save of the learned request limit may take (a hung database must not
+#: hold up a start or a shutdown)
+SAVE_TIMEOUT = 5.0
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -35,6 +44,73 @@ async def open_pool(settings: Settings, *, max_size: int | None = None) -> async
     return pool
 
 
+class BudgetKeeper:
+    """Keeps the budget's learned limit in `syncd.request_budget` (`budget_store`): `restore()`
+    at start, a save in the background whenever it changes (`changed`, the budget's
+    `on_change`), and a last one with the newest request's time at `close()`. A database
+    error is logged (`request_budget_not_saved` / `_not_loaded`) and never stops a job: the
+    limit is then learned again."""
+
+    def __init__(self, pool: asyncpg.Pool, key: budget_store.BudgetKey,
+                 budget: RequestBudget) -> None:
+        self.pool, self.key, self.budget = pool, key, budget
+        self._pending: Learned | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def restore(self) -> budget_store.Saved | None:
+        """Load the saved limit into the budget; returns what was loaded (None: nothing)."""
+        try:
+            async with asyncio.timeout(SAVE_TIMEOUT), self.pool.acquire() as conn:
+                saved = await budget_store.load(conn, self.key)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("request_budget_not_loaded", error=f"{type(exc).__name__}: {exc}")
+            return None
+        if saved is not None:
+            now = datetime.now(UTC)
+            quiet = None if saved.last_request_at is None else (
+                now - saved.last_request_at).total_seconds()
+            recent = None if saved.recent_starts is None else [
+                (now - t).total_seconds() for t in saved.recent_starts]
+            self.budget.restore(saved.learned, quiet, recent)
+            log.info("request_budget_restored", limit=saved.learned.limit,
+                     window_seconds=round(saved.learned.window, 3),
+                     per_minute=round(saved.learned.per_minute, 1))
+        return saved
+
+    def changed(self, learned: Learned) -> None:
+        """The budget's `on_change`: save `learned` soon (the newest one wins)."""
+        log.info("request_budget_learned", limit=learned.limit,
+                 window_seconds=round(learned.window, 3), per_minute=round(learned.per_minute, 1))
+        self._pending = learned
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._save_pending())
+
+    async def _save_pending(self) -> None:
+        while self._pending is not None:
+            learned, self._pending = self._pending, None
+            await self._save(learned, None)
+
+    async def _save(self, learned: Learned, last_request_at: datetime | None,
+                    recent: list[datetime] | None = None) -> None:
+        try:
+            async with asyncio.timeout(SAVE_TIMEOUT), self.pool.acquire() as conn:
+                await budget_store.save(conn, self.key, learned, last_request_at, recent)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("request_budget_not_saved", error=f"{type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        """Finish a pending save, then save the limit with the newest request's start."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        learned = self.budget.learned
+        if learned is not None:
+            now = datetime.now(UTC)
+            age = self.budget.last_start_age()
+            last = None if age is None else now - timedelta(seconds=age)
+            recent = [now - timedelta(seconds=a) for a in self.budget.recent_start_ages()]
+            await self._save(learned, last, recent)
+
+
 @asynccontextmanager
 async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
                     pool: asyncpg.Pool | None = None) -> AsyncIterator[Deps]:
@@ -51,8 +127,13 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
     pool = pool or await open_pool(settings)
     connector = aiohttp.TCPConnector(limit=settings.max_connections,
                                      ssl=None if settings.kantata_tls_verify else False)
-    budget = RequestBudget(settings.rate_limit_per_minute, settings.rate_limit_floor_per_minute)
+    budget = RequestBudget(settings.rate_limit_per_minute, settings.rate_limit_floor_per_minute,
+                           probe_cap=settings.backoff_cap)
+    keeper = BudgetKeeper(pool, budget_store.BudgetKey.of(settings.kantata_base_url,
+                                                          token.get_secret_value()), budget)
     try:
+        await keeper.restore()
+        budget.on_change = keeper.changed
         async with aiohttp.ClientSession(connector=connector) as session:
             client = KantataClient(
                 session, settings.kantata_base_url, token, budget=budget,
@@ -63,6 +144,9 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
                 max_connections=settings.max_connections, metrics=metrics)
             yield Deps(pool=pool, client=client, settings=settings, metrics=metrics)
     finally:
-        await budget.close()
-        if own_pool:
-            await pool.close()
+        try:
+            await keeper.close()
+        finally:
+            await budget.close()
+            if own_pool:
+                await pool.close()

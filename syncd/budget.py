@@ -1,18 +1,35 @@
 """One request budget per Kantata token, shared by every job of the process.
 
-Kantata publishes no limits and no rate headers, only "retry after a small delay" on 429
-(api-notes §10), so the budget is adaptive (AIMD). By default no ceiling is preset: requests
-start as fast as `SYNCD_MAX_CONNECTIONS` lets them until Kantata first answers 429; that answer
-sets the ceiling to the rate syncd was actually starting requests at (the rate Kantata refused)
-and the rate to half of it. From then on, and from the start when `SYNCD_RATE_LIMIT_PER_MINUTE`
-sets a ceiling, the rate halves on every 429 and climbs back by 5 % of the ceiling per 20
-successes. A preset ceiling can only bind: a first backfill against a fast server was capped at
-150 requests/s by the former 9,000/minute default (issue #16). Request starts are spaced by the
-generic cell rate algorithm (`Gcra`), which makes up for an event loop that wakes late instead of
-losing that time. Waiters are served by priority (write-back before reconciliation before pull),
-then in arrival order.
+Kantata publishes no limit, no window and no rate headers, only "retry after a small delay" on
+429 (api-notes §10). So the budget learns the limit from what Kantata admits (issue #24):
 
-`Aimd` and `Gcra` are the pure arithmetic; `RequestBudget` is the small asyncio driver around them.
+- **Unknown** (the default at the first start of an installation): requests start as fast as
+  `SYNCD_MAX_CONNECTIONS` lets them.
+- **Probing**, from the first 429: every request start is held back except one probe at a
+  time. The probes ask, for each candidate window c in `CANDIDATE_WINDOWS` (1 s, 2 s, 5 s, …,
+  1 h), "is this a limit of L_c requests per c seconds?", where L_c is the number of requests
+  Kantata admitted in the c seconds before the refusal: the probe starts when the oldest of
+  them has left a sliding window of c seconds (`reopens_at`). The first probe admitted names
+  the window; a refused one moves on to the next candidate. Against a burst of 60 that filled
+  a 60-per-minute limit: probes at 1, 2, 5, 10 and 30 s are refused, the one at 60 s is
+  admitted, then the budget paces at 60 per minute.
+- **Learned** `Learned(limit, window)`: a client-side sliding log. A request may start when
+  fewer than `limit` of the starts Kantata did not refuse lie in the last `window` seconds
+  (plus `margin`, for latency jitter). A sliding log is the strictest common limiter: a client
+  that keeps to one also keeps to a token bucket or a fixed window of the same numbers. A later
+  429 sets the limit to what Kantata admitted in the window before it (other clients of the
+  account share the limit); after `PROBE_AFTER_WINDOWS` windows at the limit without a 429 the
+  limit is raised by 5 % (at least one request), and again after each window that the raise
+  survives, so a raised limit is found.
+
+The learned limit is kept in PostgreSQL by the caller (`on_change`, `restore`; see
+`syncd.budget_store`), so a restart starts at the learned rate instead of paying for the lesson
+again. `SYNCD_RATE_LIMIT_PER_MINUTE` presets an operator ceiling that only binds: request
+starts are spaced by the generic cell rate algorithm (`Gcra`) at that rate (a 0.25 s
+tolerance makes up for an event loop that wakes late). Waiters are served by priority
+(write-back before reconciliation before pull), then in arrival order.
+
+`Gcra`, `Learned`, `reopens_at` are pure arithmetic; `RequestBudget` is the asyncio driver.
 """
 
 from __future__ import annotations
@@ -22,64 +39,70 @@ import heapq
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from syncd.models import Priority
 
-__all__ = ["PRIORITY_ORDER", "Aimd", "Gcra", "RequestBudget"]
+__all__ = ["CANDIDATE_WINDOWS", "PRIORITY_ORDER", "Gcra", "Learned", "RequestBudget",
+           "reopens_at"]
 
 PRIORITY_ORDER: dict[Priority, int] = {"push": 0, "reconcile": 1, "pull": 2}
 #: seconds a request may start ahead of its slot to make up for a late wake-up (`Gcra`)
 TOLERANCE = 0.25
-#: seconds of request starts over which the refused rate is measured at the first 429
-OBSERVE_SECONDS = 10.0
+#: the windows (seconds) the probes after the first 429 try, shortest first: the lengths API
+#: rate limiters commonly count in. A window between two of them is learned as the longer one
+#: (a slower pace, raised later by the upward probes).
+CANDIDATE_WINDOWS: tuple[float, ...] = (1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600)
+#: starts remembered while no limit is known (bounded memory at any rate)
+MAX_LOG = 20_000
+#: windows at the learned limit without a 429 before the limit is raised to look for more
+PROBE_AFTER_WINDOWS = 10
+#: the raise: this fraction of the limit, at least one request
+RAISE = 0.05
+#: trial starts narrow the learned window until Kantata's lies within this fraction of it
+#: (each refused trial is a 429: against a 60 s window two trials, 11 % of the rate at most)
+REFINED = 0.125
+#: ... and never below this many seconds
+MIN_GAP = 0.5
+#: the most a 429 lowers a learned limit by (a fraction; once per window)
+MAX_CUT = 0.1
+#: seconds a probe may go unanswered (no status: timeout, reset) before another is sent
+PROBE_TIMEOUT = 30.0
 
 
-@dataclass
-class Aimd:
-    """Additive-increase / multiplicative-decrease rate in requests per minute.
+def margin(window: float) -> float:
+    """Seconds added to a learned `window` before a start leaves it: Kantata counts arrivals,
+    syncd counts its own start times, and the two differ by the network's jitter."""
+    return 0.05 + 0.005 * window
 
-    `ceiling` None means none is known yet: `rate` is infinite (no pacing) until the first
-    `on_throttle(observed)`, which sets the ceiling to `observed` (requests per minute actually
-    started when Kantata refused one; at least `floor`) and halves from there. With a ceiling,
-    `rate` stays within [`floor`, `ceiling`]: `on_throttle()` halves it; `on_success()` adds
-    `step` (5 % of the ceiling) every `every` successes.
-    """
 
-    ceiling: float | None
-    floor: float
-    rate: float = 0.0
-    every: int = 20
-    _successes: int = 0
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A learned sliding limit: at most `limit` requests (≥ 1) started in any `window` seconds
+    (> 0); Kantata's window is known to be longer than `longer_than` seconds."""
 
-    def __post_init__(self) -> None:
-        if self.ceiling is not None:
-            self.floor = min(self.floor, self.ceiling)
-        self.rate = self.rate or (self.ceiling or math.inf)
-
-    def on_throttle(self, observed: float | None = None) -> float:
-        """A 429: halve the rate; the first one without a ceiling learns it from `observed`
-        (requests/minute; the floor when unknown)."""
-        if self.ceiling is None:
-            self.ceiling = max(self.floor, observed or self.floor)
-            self.rate = self.ceiling
-        self.rate = max(self.floor, self.rate / 2)
-        self._successes = 0
-        return self.rate
-
-    def on_success(self) -> float:
-        if self.ceiling is None:
-            return self.rate
-        self._successes += 1
-        if self._successes >= self.every:
-            self._successes = 0
-            self.rate = min(self.ceiling, self.rate + self.ceiling * 0.05)
-        return self.rate
+    limit: int
+    window: float
+    #: Kantata refused a start that this window would have allowed: its window is longer
+    #: (0.0: no such refusal seen). Between the two, trial starts halve the gap (`RequestBudget`).
+    longer_than: float = 0.0
 
     @property
-    def interval(self) -> float:
-        """Seconds between two request starts at the current rate (0.0: no pacing)."""
-        return 60.0 / self.rate
+    def per_minute(self) -> float:
+        return self.limit * 60.0 / self.window
+
+
+def reopens_at(starts: Sequence[float], refused_at: float, window: float) -> tuple[int, float]:
+    """For a refusal at `refused_at` read as "a limit of L per sliding `window` seconds":
+    (L, the time the window next has room) where L is the number of `starts` (sorted, the
+    admitted or still unanswered requests) in (`refused_at` − `window`, `refused_at`] and the
+    room comes when the oldest of them leaves the window. (0, `refused_at`) when no start lies
+    in the window (a window this short cannot explain the refusal)."""
+    inside = [s for s in starts if refused_at - window < s <= refused_at]
+    if not inside:
+        return 0, refused_at
+    return len(inside), inside[0] + window
 
 
 @dataclass
@@ -113,32 +136,114 @@ class _Waiter:
     future: asyncio.Future[float] = field(compare=False)
 
 
+@dataclass
+class _Probe:
+    """The probing state after a 429 with no limit known: `refused_at` (loop s) and the index
+    of the candidate window being asked; `started` the loop time of the probe in flight."""
+
+    refused_at: float
+    index: int = 0
+    started: float | None = None
+    not_before: float = float("-inf")
+
+
 class RequestBudget:
-    """Paces request starts at the adaptive rate, serving higher priorities first.
+    """Paces request starts under what Kantata admits, serving higher priorities first.
 
     `await budget.acquire("push")` returns (the loop time of the start, seconds) when this
-    caller may start one request. Cancellation while waiting is safe. `throttled(started)` and
-    `succeeded(started)` feed the AIMD rate. Like TCP's one reduction per congestion event, a
-    run of refusals lowers the rate once: a 429 halves it again only when a request started
-    after the last decrease has succeeded since. Requests in flight together are refused
-    together, and a server counting requests over a window refuses for a while after the burst
-    that filled it, whatever the new pace; halving on each of those refusals would take the rate
-    to the floor for one event.
+    caller may start one request. Cancellation while waiting is safe. The caller reports each
+    request's outcome by its start time: `throttled(started)` for a 429, `succeeded(started)`
+    for any other answer, `unanswered(started)` when none came. `ceiling_per_minute` is the
+    operator's ceiling (None: none), `floor_per_minute` the lowest rate a learned limit is
+    lowered to. `learned` is the current `Learned` limit (None: none known); `on_change` is
+    called with it (synchronously, from the event loop) whenever it changes. `probe_cap`
+    (seconds, `SYNCD_BACKOFF_CAP`) bounds the wait between probes while Kantata refuses before
+    admitting any request of syncd's (the window is then full of other clients' requests and
+    tells nothing), and after every candidate window was refused.
     """
 
     def __init__(self, ceiling_per_minute: float | None = None,
-                 floor_per_minute: float = 6.0) -> None:
-        self.aimd = Aimd(ceiling=ceiling_per_minute, floor=floor_per_minute)
-        self._starts: deque[float] = deque()  # loop times of the last OBSERVE_SECONDS' starts
+                 floor_per_minute: float = 6.0, *,
+                 on_change: Callable[[Learned], None] | None = None,
+                 probe_cap: float = 60.0) -> None:
+        self.ceiling = ceiling_per_minute
+        self.floor = (floor_per_minute if ceiling_per_minute is None
+                      else min(floor_per_minute, ceiling_per_minute))
+        self.learned: Learned | None = None
+        self.on_change = on_change
+        self.probe_cap = probe_cap
+        self._probe: _Probe | None = None
+        #: loop times of the starts Kantata has not refused, oldest first
+        self._starts: deque[float] = deque()
         self._heap: list[_Waiter] = []
         self._seq = itertools.count()
         self.pacer = Gcra()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.throttles = 0
-        self._decreased_at = float("-inf")
-        self._success_since_decrease = True
+        self.probes = 0
+        self._bound_windows = 0  # windows in which the learned limit held a start back
+        self._bound_counted = float("-inf")
+        self._probe_after = PROBE_AFTER_WINDOWS
+        self._lowered_at = float("-inf")
+        #: (start, window) of the trial start in flight: started as if Kantata's window were
+        #: `window`; its answer says whether it is (start NaN: chosen, not yet handed out)
+        self._trial: tuple[float, float] | None = None
+        self._restored_at = float("-inf")  # starts before it are assumed, not seen
 
+    # ------------------------------------------------------------------ state from outside
+    def restore(self, learned: Learned, quiet_seconds: float | None,
+                recent: Sequence[float] | None = None) -> None:
+        """Start from a `learned` limit kept by an earlier process, whose last request started
+        `quiet_seconds` ago (None: unknown) and whose last starts were `recent` (seconds ago
+        each; None: unknown). Those still inside the window count as this process's own; when
+        they are unknown and the last request may still be inside Kantata's window, the window
+        is assumed full and requests start one every window/limit, at the learned rate,
+        instead of a burst Kantata would refuse."""
+        self.learned = learned
+        self._probe = None
+        self._starts.clear()
+        now = asyncio.get_running_loop().time()
+        self._restored_at = now
+        span = learned.window + margin(learned.window)
+        if recent is not None:
+            self._starts.extend(sorted(now - age for age in recent if 0 <= age < span))
+        elif quiet_seconds is None or quiet_seconds < span:
+            step = learned.window / learned.limit
+            self._starts.extend(now - learned.window + step * (i + 1)
+                                for i in range(learned.limit))
+
+    @property
+    def rate_per_minute(self) -> float:
+        """The rate syncd keeps to now (requests per minute): the operator ceiling or the
+        learned limit, whichever is lower; infinite while neither is known. While probing, the
+        rate of the candidate being asked."""
+        rate = self.ceiling or math.inf
+        if self.learned is not None:
+            rate = min(rate, self.learned.per_minute)
+        elif self._probe is not None:
+            window = CANDIDATE_WINDOWS[min(self._probe.index, len(CANDIDATE_WINDOWS) - 1)]
+            limit, _ = reopens_at(self._starts, self._probe.refused_at, window)
+            rate = min(rate, max(limit, 1) * 60.0 / window)
+        return rate
+
+    def recent_start_ages(self) -> list[float]:
+        """Seconds ago of the starts still inside the learned window (at most `limit` of
+        them, oldest first; empty without a limit): what a restart needs to go on exactly."""
+        learned = self.learned
+        if learned is None:
+            return []
+        now = asyncio.get_running_loop().time()
+        span = learned.window + margin(learned.window)
+        return [now - s for s in list(self._starts)[-learned.limit:] if now - s < span]
+
+    def last_start_age(self) -> float | None:
+        """Seconds since the newest start Kantata did not refuse (None: none)."""
+        if not self._starts:
+            return None
+        return asyncio.get_running_loop().time() - self._starts[-1]
+
+    # ------------------------------------------------------------------ outcomes
     async def acquire(self, priority: Priority = "pull") -> float:
         """Wait for this caller's turn; returns the loop time of the start (seconds)."""
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -148,35 +253,174 @@ class RequestBudget:
         return await fut
 
     def throttled(self, started: float | None = None) -> None:
-        """Kantata answered 429 to a request started at loop time `started` (None: unknown).
-        Halves the rate unless this refusal belongs to the run the last decrease answered; the
-        first decrease without a ceiling learns it."""
+        """Kantata answered 429 to a request started at loop time `started` (None: unknown,
+        taken as now). The first one starts the probes; with a limit learned, the limit
+        becomes what Kantata admitted in the window before the refused start."""
         self.throttles += 1
-        if not self._success_since_decrease or (
-                started is not None and started < self._decreased_at):
-            return  # the same congestion event as the last decrease
-        self.aimd.on_throttle(self.observed_per_minute())
-        self._decreased_at = asyncio.get_running_loop().time()
-        self._success_since_decrease = False
-
-    def observed_per_minute(self) -> float | None:
-        """Requests per minute started over the last `OBSERVE_SECONDS` (over the time since the
-        first start when shorter, at least one second); None before any start."""
-        if not self._starts:
-            return None
-        now = asyncio.get_running_loop().time()
-        span = min(OBSERVE_SECONDS, max(1.0, now - self._starts[0]))
-        return len(self._starts) * 60.0 / span
+        loop_now = asyncio.get_running_loop().time()
+        at = loop_now if started is None else started
+        trial = self._trial
+        if self.learned is None or (trial is not None and started == trial[0]):
+            # probing reads the admitted starts; a refused trial was beyond the limit anyway.
+            # With a limit known, a refused start keeps its place in the log for a window:
+            # forgetting it would free a slot at once and the next start would be refused too
+            # while Kantata's window is full of requests syncd does not know about
+            self._forget(started)
+        if trial is not None and started == trial[0]:
+            self._trial = None
+            if self.learned is not None:  # Kantata's window is longer than the trial's
+                self._set(Learned(self.learned.limit, self.learned.window, trial[1]))
+            self._wake.set()
+            return
+        probe = self._probe
+        if probe is not None:
+            if started is not None and started == probe.started:  # this window is too short
+                probe.index += 1
+                probe.started = None
+                probe.not_before = loop_now
+            self._wake.set()
+            return
+        learned = self.learned
+        if learned is None:
+            self._probe = _Probe(refused_at=at)
+            self._wake.set()
+            return
+        self._bound_windows, self._probe_after = 0, PROBE_AFTER_WINDOWS
+        self._bound_counted = loop_now
+        if loop_now - self._lowered_at < learned.window:
+            return  # one decrease per window: refusals of starts in flight are the same event
+        admitted = sum(1 for s in self._starts if at - learned.window - margin(
+            learned.window) < s <= at)
+        lowest = max(1, math.ceil(self.floor * learned.window / 60.0))
+        limit = max(lowest, min(learned.limit - 1,
+                                max(admitted, math.floor(learned.limit * (1 - MAX_CUT)))))
+        if limit < learned.limit:
+            # the window is taken as settled: a trial start reads "admitted early" as "the
+            # window is shorter", which only holds while the limit is right
+            self._lowered_at = loop_now
+            self._set(Learned(limit, learned.window, learned.window))
 
     def succeeded(self, started: float | None = None) -> None:
-        """A request started at loop time `started` was answered without 429."""
-        if started is None or started >= self._decreased_at:
-            self._success_since_decrease = True
-        self.aimd.on_success()
+        """A request started at loop time `started` was answered without 429 (counted by
+        Kantata's limit). An admitted probe names the window."""
+        trial = self._trial
+        if trial is not None and started == trial[0]:
+            self._trial = None
+            learned = self.learned  # Kantata's window is no longer than the trial's
+            if learned is not None and learned.longer_than < trial[1] < learned.window:
+                self._set(Learned(learned.limit, trial[1], learned.longer_than))
+            return
+        probe = self._probe
+        if probe is None or started is None or started != probe.started:
+            return
+        index = min(probe.index, len(CANDIDATE_WINDOWS) - 1)
+        window = CANDIDATE_WINDOWS[index]
+        limit, _ = reopens_at(self._starts, probe.refused_at, window)
+        self._probe = None
+        self._wake.set()
+        if not limit:  # refused before syncd sent any: nothing learned, nothing held back
+            return
+        lowest = max(1, math.ceil(self.floor * window / 60.0))
+        self._bound_windows, self._probe_after = 0, PROBE_AFTER_WINDOWS
+        self._bound_counted = asyncio.get_running_loop().time()
+        self._set(Learned(max(lowest, limit), window,
+                          CANDIDATE_WINDOWS[index - 1] if index else 0.0))
+        self._wake.set()
 
-    @property
-    def rate_per_minute(self) -> float:
-        return self.aimd.rate
+    def unanswered(self, started: float | None = None) -> None:
+        """No answer came to a request started at `started` (timeout, reset): a probe is sent
+        again."""
+        probe = self._probe
+        if probe is not None and started is not None and started == probe.started:
+            probe.started = None
+            self._wake.set()
+
+    def _forget(self, started: float | None) -> None:
+        if started is None:
+            return
+        starts = self._starts
+        for i in range(len(starts) - 1, -1, -1):  # a refused start is recent: search from the end
+            if starts[i] == started:
+                del starts[i]
+                return
+            if starts[i] < started:
+                return
+
+    def _set(self, learned: Learned) -> None:
+        self.learned = learned
+        if self.on_change is not None:
+            self.on_change(learned)
+
+    # ------------------------------------------------------------------ dispatching
+    def _delay(self, now: float) -> float:
+        """Seconds until the next start is allowed at loop time `now`."""
+        delay = self.pacer.delay(now) if self.ceiling else 0.0
+        probe = self._probe
+        if probe is not None:
+            if probe.started is not None:  # one probe at a time
+                return max(delay, probe.started + PROBE_TIMEOUT - now)
+            while probe.index < len(CANDIDATE_WINDOWS):
+                window = CANDIDATE_WINDOWS[probe.index]
+                limit, room = reopens_at(self._starts, probe.refused_at, window)
+                if not limit:  # refused before syncd sent any: others filled the window;
+                    # ask again after the window, but never wait longer than `probe_cap`
+                    window = min(window, self.probe_cap)
+                    room = max(probe.refused_at, probe.not_before) + window
+                room += margin(window)
+                if room > probe.not_before:
+                    return max(delay, room - now)
+                probe.index += 1  # already refused
+            return max(delay, probe.not_before + min(CANDIDATE_WINDOWS[-1], self.probe_cap)
+                       - now)
+        learned = self.learned
+        if learned is not None and len(self._starts) >= learned.limit:
+            oldest = self._starts[-learned.limit]
+            room = oldest + learned.window + margin(learned.window)
+            if room > now:
+                self._held_back(now, learned)
+                trial = self._trial_window(learned)
+                if trial is not None and oldest > self._restored_at:
+                    trial_room = oldest + trial + margin(trial)
+                    elapsed = now - oldest
+                    if trial_room <= now and delay <= 0 and elapsed < learned.window:
+                        # the next start is the trial: admitted, Kantata's window is at most
+                        # `elapsed`; refused, it is longer
+                        self._trial = (float("nan"), elapsed)
+                        return 0.0
+                    if trial_room > now:
+                        room = min(room, trial_room)
+                return max(delay, room - now)
+        return delay
+
+    def _trial_window(self, learned: Learned) -> float | None:
+        """The window a trial start asks about (halfway between what Kantata refused and what
+        it admitted), None when they are close enough or a trial is in flight."""
+        if self._trial is not None:
+            return None
+        gap = learned.window - learned.longer_than
+        if gap <= max(MIN_GAP, REFINED * learned.window):
+            return None
+        return learned.longer_than + gap / 2
+
+    def _held_back(self, now: float, learned: Learned) -> None:
+        """The learned limit holds a start back: count the window; after enough of them
+        without a 429, raise the limit by `RAISE`."""
+        span = learned.window + margin(learned.window)
+        if now < self._bound_counted + span:
+            return
+        self._bound_counted = now
+        self._bound_windows += 1
+        if self._bound_windows >= self._probe_after:
+            self._bound_windows, self._probe_after = 0, 1
+            self._set(Learned(learned.limit + max(1, round(learned.limit * RAISE)),
+                              learned.window, learned.window))  # trials need the true limit
+
+    def _record(self, now: float) -> None:
+        starts = self._starts
+        starts.append(now)
+        keep = MAX_LOG if self.learned is None else 2 * self.learned.limit + 64
+        while len(starts) > keep or starts[0] < now - CANDIDATE_WINDOWS[-1]:
+            starts.popleft()
 
     def _ensure_dispatcher(self) -> None:
         if self._task is None or self._task.done():
@@ -189,7 +433,7 @@ class RequestBudget:
             if waiter.future.done():  # cancelled while waiting
                 heapq.heappop(self._heap)
                 continue
-            delay = self.pacer.delay(loop.time())
+            delay = self._delay(loop.time())
             if delay > 0:
                 self._wake.clear()
                 try:
@@ -200,11 +444,15 @@ class RequestBudget:
             heapq.heappop(self._heap)
             now = loop.time()
             waiter.future.set_result(now)
-            self.pacer.grant(now, self.aimd.interval)
-            starts = self._starts
-            starts.append(now)
-            while starts[0] < now - OBSERVE_SECONDS:
-                starts.popleft()
+            if self.ceiling:
+                self.pacer.grant(now, 60.0 / self.ceiling)
+            if self._probe is not None:
+                self._probe.started = now
+                self.probes += 1
+            if self._trial is not None and self._trial[0] != self._trial[0]:  # NaN: unsent
+                self._trial = (now, self._trial[1])
+                self.probes += 1
+            self._record(now)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -119,7 +119,9 @@ class ApiResponse:
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Back-off for reads: up to `max_retries` retries, full jitter in
-    [0, min(`cap`, `base`·2^attempt)] seconds, `Retry-After` capped at `retry_after_cap`."""
+    [0, min(`cap`, `base`·2^attempt)] seconds, `Retry-After` capped at `retry_after_cap`; a 429
+    without `Retry-After` goes straight back to the request budget, which holds it until
+    Kantata has room (`budget.RequestBudget`)."""
 
     max_retries: int = 6
     base: float = 1.0
@@ -142,6 +144,8 @@ class RetryPolicy:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             return float(min(max(retry_after, 0.0), self.retry_after_cap))
+        if getattr(exc, "status", None) == 429:
+            return 0.0  # the request budget holds the retry until Kantata has room (budget.py)
         return random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
 
 
@@ -227,7 +231,7 @@ class KantataClient:
         self._slots = asyncio.Semaphore(max_connections)
         self.metrics = metrics or Metrics()
         self.metrics.rate_limit.set(budget.rate_per_minute / 60)
-        self.metrics.rate_limit_floor.set(budget.aimd.floor / 60)
+        self.metrics.rate_limit_floor.set(budget.floor / 60)
         self.requests_sent = 0
         #: Learned from the first list page that lacked them: this Kantata returns the
         #: foreign keys only with their `include=`, so every list request asks for them.
@@ -261,6 +265,7 @@ class KantataClient:
                     status, rid = resp.status, resp.headers.get("x-request-id")
                     retry_after = _retry_after(resp.headers)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self.budget.unanswered(started)
                 self.metrics.requests.labels(endpoint, method, "0").inc()
                 sent = not isinstance(exc, _NOT_SENT)
                 kind = ("could not connect" if not sent else
@@ -271,7 +276,7 @@ class KantataClient:
         if status == 429:
             self.budget.throttled(started)
             self.metrics.throttled.inc()
-        elif status < 500:
+        else:  # Kantata's limit counted it (a 5xx too)
             self.budget.succeeded(started)
         self.metrics.rate_limit.set(self.budget.rate_per_minute / 60)
         body: Any = None

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
                            "localhost only")
 
     # --- pull --------------------------------------------------------------------------------
-    pull_interval: float = Field(300.0, gt=0, description="seconds between incremental pulls")
+    pull_interval: float = Field(
+        60.0, gt=0, description="seconds between incremental pulls (an idle one costs one "
+                                "request); a remote edit reaches the mirror within this plus "
+                                "one pull")
     overlap: float = Field(
         120.0, ge=0, description="seconds re-read behind the watermark (lookback), for entries "
                                  "Kantata makes visible late; once a complete pass has run this "
@@ -116,12 +119,13 @@ class Settings(BaseSettings):
     retry_after_cap: float = Field(120.0, gt=0,
                                    description="longest `Retry-After` honoured, seconds")
     rate_limit_per_minute: float | None = Field(
-        None, gt=0, description="request ceiling per token, shared by all jobs; unset: none "
-                                "until Kantata's first 429, which sets it to the rate refused "
-                                "(Kantata publishes no number); halved on each 429, raised "
-                                "5 % per 20 successes")
+        None, gt=0, description="an operator's request ceiling per token, shared by all jobs; "
+                                "it only binds. Unset or set, syncd learns Kantata's limit "
+                                "from its 429s (Kantata publishes no number): the window and "
+                                "the requests admitted in it, kept in `syncd.request_budget` "
+                                "across restarts and raised slowly to find a higher one")
     rate_limit_floor_per_minute: float = Field(
-        6.0, gt=0, description="the ceiling never drops below this")
+        6.0, gt=0, description="a learned limit is never lowered below this rate")
 
     # --- push (outbox) -----------------------------------------------------------------------
     push_interval: float = Field(

@@ -144,19 +144,20 @@ async def test_faults_are_survived(db_dsn: str, sim_url: str, sim: Simulator,
 async def test_default_budget_learns_kantatas_limit_at_the_first_429(
         db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
     """Default settings (issue #16): no preset ceiling, so requests are unpaced until Kantata
-    refuses one; the 429 sets the ceiling from the rate refused and halves it, and the backfill
-    goes on under the limit (40 requests a second here) to an exact mirror."""
+    refuses one; from the 429 the budget learns the limit Kantata admits (issue #24,
+    tests/integration/test_rate_limit.py), and the backfill goes on under the limit (40
+    requests a second here) to an exact mirror."""
     async with open_deps(make_settings(db_dsn, sim_url, rate_limit_per_minute=None,
                                        per_page=10)) as deps:
         budget = deps.client.budget
-        assert budget.aimd.ceiling is None and budget.rate_per_minute == float("inf")
+        assert budget.learned is None and budget.rate_per_minute == float("inf")
         sim.set_faults({"rate_limit_per_minute": 40, "rate_limit_window": 1.0})
         stats = await pull.sync_once(deps)
     assert stats.errors == []
     throttled = [r for r in sim.requests if r["status"] == 429]
     assert throttled, "the limit was never reached: the test shows nothing"
     assert budget.throttles == len(throttled)
-    assert budget.aimd.ceiling is not None and budget.aimd.ceiling > 40 * 60 / 2
+    assert budget.learned is not None and budget.learned.per_minute > 40 * 60 / 2
     # once learned, the rate stays near the limit: a few refusals, not one per request
     assert len(throttled) < len(sim.requests) / 4, (len(throttled), len(sim.requests))
     sim.clear_faults()

@@ -13,6 +13,7 @@ import pytest
 from aioresponses import aioresponses
 from pydantic import SecretStr
 
+from syncd import budget as budget_module
 from syncd.budget import RequestBudget
 from syncd.errors import AuthError, FatalAPIError, MalformedResponseError, RetriableAPIError
 from syncd.kantata import KantataClient, RetryPolicy
@@ -105,9 +106,11 @@ async def test_429_lowers_the_budget_and_honours_capped_retry_after(
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await client.list_page({})
-        assert loop.time() - t0 < 1.0  # capped at retry_after_cap=0.05 s, not an hour
-        assert client.budget.throttles == 1
-        assert client.budget.rate_per_minute == 30_000
+        # capped at retry_after_cap=0.05 s, not an hour; then the budget's probe for a 1 s
+        # window (nothing was admitted before the 429, so nothing is learned from it)
+        assert loop.time() - t0 < 2.0
+        assert client.budget.throttles == 1 and client.budget.probes == 1
+        assert client.budget.learned is None
 
 
 async def test_timeouts_and_resets_are_retried(client: KantataClient) -> None:
@@ -162,7 +165,11 @@ def test_repr_hides_token(client: KantataClient) -> None:
     assert TOKEN not in repr(client)
 
 
-async def test_a_long_run_of_429s_costs_time_not_the_read(client: KantataClient) -> None:
+async def test_a_long_run_of_429s_costs_time_not_the_read(
+        client: KantataClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the budget's probes wait up to the candidate windows (1 s … 1 h); scaled down here
+    monkeypatch.setattr(budget_module, "CANDIDATE_WINDOWS",
+                        tuple(w / 1000 for w in budget_module.CANDIDATE_WINDOWS))
     with aioresponses() as m:
         for _ in range(10):  # more than max_retries=3
             m.get(LIST, status=429)
