@@ -101,6 +101,12 @@ def entry_point(module: str, name: str) -> Callable[..., Any] | None:
     return getattr(mod, name, None)  # type: ignore[no-any-return]
 
 
+#: Seconds a pull run may take at least: with the 60 s default interval, 90 % of it would cut a
+#: first backfill every 54 s (each cut re-reads the pages in flight and side-loads again); a
+#: pull is one request once the backfill is done, and the timer runs it overlaps are skipped.
+PULL_MIN_DEADLINE = 600.0
+
+
 def push_deadline(s: Settings) -> float:
     """Seconds one push run may take: 90 % of `push_interval` capped at 90 % of
     `outbox_lease` (a run ends before its leases could expire), but never less than one full
@@ -290,9 +296,10 @@ class Daemon:
 
     def _job_specs(self, deps: Deps) -> list[JobSpec]:
         s = self.settings
+        pull_deadline = max(deadline_for(s.pull_interval), PULL_MIN_DEADLINE)
         specs = [JobSpec(name="pull", func=lambda: pull.sync_once(deps),
-                         interval=s.pull_interval, deadline=deadline_for(s.pull_interval),
-                         leader_only=True)]
+                         interval=s.pull_interval, deadline=pull_deadline, leader_only=True,
+                         may_outlast_interval=pull_deadline >= s.pull_interval)]
         push_once = entry_point("syncd.push", "push_once")
         if push_once is not None:
             async def push_and_plan() -> None:
