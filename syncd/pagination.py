@@ -602,13 +602,30 @@ class PageSize:
 
     `resume_page(offset, size)` says where a read that stopped after `offset` entries continues
     at `size`: the page number when `offset` is a whole number of such pages, else None (the
-    read starts again at page 1; re-reading stored entries changes nothing)."""
+    read starts again at page 1; re-reading stored entries changes nothing).
+
+    `served(size)` records the `meta.page_size` of an answer; `expected` is then what a request
+    of `current` brings (entries), which sizes the memory a request reserves: a server that
+    clamps to 200 must not make every request reserve 5,000 entries (that let one request
+    travel at a time)."""
 
     def __init__(self, wanted: int) -> None:
         if wanted < 1:
             raise ValueError("per_page must be at least 1")
         self.wanted = wanted
         self.current = wanted
+        self._served: int | None = None
+
+    def served(self, size: int) -> None:
+        """Record the page size (entries) an answer was served at (`meta.page_size`)."""
+        if size > 0:
+            self._served = size
+
+    @property
+    def expected(self) -> int:
+        """Entries a request of `current` is expected to bring: the last served size when it
+        is smaller (Kantata clamps `per_page`), else `current`."""
+        return min(self.current, self._served) if self._served else self.current
 
     @property
     def floor(self) -> int:

@@ -304,7 +304,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         params = {**_base_params(deps, include=side_loads is None), "per_page": str(size),
                   "date_performed_between": w.param, "order": "date_performed:asc",
                   "page": str(page_no)}
-        held = await slots.acquire(size)
+        held = await slots.acquire(min(size, sizer.expected))
         shrinkable = size > sizer.floor
         try:
             page = await deps.client.list_page(  # type: ignore[arg-type]
@@ -362,6 +362,8 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                             restart = True
                             break
                         served = page.page_size
+                    if page.page_size:
+                        sizer.served(page.page_size)
                     if not page.result_ids:
                         res.remote_count = page.count
                         break

@@ -138,8 +138,18 @@ def _route(sim: Simulator, request: web.Request, body_raw: bytes) -> tuple[web.R
 
 
 async def public_handler(request: web.Request) -> web.StreamResponse:
-    """Every ``/api/v1/*`` request (auth, rate limit, faults, routing, request log)."""
+    """Every ``/api/v1/*`` request (auth, rate limit, faults, routing, request log), counted
+    in ``Simulator.in_flight`` while it is handled (its peak is ``peak_in_flight``)."""
     sim = request.app[SIM_KEY]
+    sim.in_flight += 1
+    sim.peak_in_flight = max(sim.peak_in_flight, sim.in_flight)
+    try:
+        return await _public(request, sim)
+    finally:
+        sim.in_flight -= 1
+
+
+async def _public(request: web.Request, sim: Simulator) -> web.StreamResponse:
     raw = await request.read()
     record: dict[str, Any] = {
         "method": request.method, "path": request.path, "query": _query_dict(request),

@@ -159,6 +159,9 @@ class Simulator:
         self._qcache: OrderedDict[tuple[Any, ...], tuple[int, array]] = OrderedDict()
         self._ref_cache: dict[tuple[str, int], bytes] = {}
         self.requests = RequestLog(self.config.max_logged_requests)
+        #: public requests being handled now, and the most at once since the log was cleared
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.fault_injector = FaultInjector()
         self.contract = ContractConfig()
         if self.config.contract is not None:
@@ -1274,8 +1277,9 @@ class Simulator:
         self._bump()
 
     def clear_requests(self) -> None:
-        """Forget the public-request log."""
+        """Forget the public-request log (and the peak of requests in flight)."""
         self.requests.clear()
+        self.peak_in_flight = self.in_flight
 
     def set_faults(self, faults: FaultConfig | Mapping[str, Any]) -> None:
         """Replace the fault configuration and reseed the fault RNG (deterministic)."""
