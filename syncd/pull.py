@@ -457,16 +457,20 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
     return res
 
 
-def note_page_ignored(stats: RunStats, reason: str) -> None:
-    """Remember for the run that Kantata does not honour `page` (`RunStats.paging`); the
-    first time, say so once as a warning naming the contract point and the fallback."""
-    if stats.paging.distrust(reason):
+def note_page_ignored(stats: RunStats | None, reason: str,
+                      trust: pagination.PagingTrust | None = None) -> None:
+    """Remember for the run that Kantata does not honour `page` (`RunStats.paging`, or `trust`
+    for a read outside a run: verify); the first time, say so once as a warning naming the
+    contract point and the fallback."""
+    trust = trust if trust is not None else stats.paging if stats is not None else None
+    if trust is not None and trust.distrust(reason):
         log.warning("kantata_page_ignored", contract=pagination.PAGE_CONTRACT_POINT,
                     evidence=reason,
                     fallback="each read asks page 1 only; a range whose page 1 does not hold "
                              "all of it is read by halving its date_performed range down to "
                              "single days (issue #27)")
-        stats.details["page_ignored"] = reason
+        if stats is not None:
+            stats.details["page_ignored"] = reason
 
 
 async def _page_one(deps: Deps, params: dict[str, str], label: str, *, priority: str,

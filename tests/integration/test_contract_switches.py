@@ -7,6 +7,7 @@ included), every create must hold its own entry id, and nothing may be created t
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -47,7 +48,23 @@ CASES: dict[str, tuple[dict[str, Any], set[str]]] = {
     "negative_count": ({"count_mode": "negative"}, set()),
     "inconsistent_count": ({"count_mode": "inconsistent"}, set()),
     "lower_case_t_and_z": ({"lowercase_timestamps": True}, {"created_at", "updated_at"}),
+    # with pages of 10 (CASE_SETTINGS), every window needs several (issue #27)
+    "page_ignored": ({"ignore_page": True}, set()),
 }
+
+
+#: settings of a case other than the defaults
+CASE_SETTINGS: dict[str, dict[str, Any]] = {"page_ignored": {"per_page": 10}}
+
+
+@pytest.fixture
+async def deps(request: pytest.FixtureRequest, db_dsn: str, sim_url: str
+               ) -> AsyncIterator[Deps]:
+    """The integration `deps`, with the settings of the case (`CASE_SETTINGS`)."""
+    spec = getattr(request.node, "callspec", None)
+    over = CASE_SETTINGS.get(spec.params.get("case", "") if spec else "", {})
+    async with open_deps(make_settings(db_dsn, sim_url, **over)) as d:
+        yield d
 
 
 def _significant(diffs: list[str], raw_keys: set[str]) -> list[str]:
