@@ -64,6 +64,13 @@ class PagingError(MalformedResponseError):
     Retried next run, never in a loop within one."""
 
 
+class PageIgnoredError(PagingError):
+    """The server does not page as asked: a page repeats an earlier one, `meta.page_number`
+    does not echo `page`, or a page lists entries beyond what `count` allows. The contract
+    declares `page` on GET /time_entries without promising it is honoured with every filter
+    (issue #27): the pull then reads ranges that fit one page (`windows.Narrowing`)."""
+
+
 class DatabaseUnavailable(RetriableError):
     """PostgreSQL cannot be reached right now."""
 

@@ -27,11 +27,12 @@ from typing import Any
 
 import orjson
 
-from syncd.errors import InvalidRecord, MalformedResponseError, PagingError
+from syncd.errors import InvalidRecord, MalformedResponseError, PageIgnoredError, PagingError
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
     "ALTERED_KEY", "DOCUMENTED_MAX_PER_PAGE", "INCLUDE_GATED", "PageGuard", "PageSize",
+    "PagingTrust",
     "SideRef", "decode_json", "decode_json_storable", "decode_page",
     "make_storable", "parse_side_object", "parse_time_entry", "sanitise", "side_part",
     "side_refs", "sideload_plan",
@@ -666,8 +667,10 @@ class PageGuard:
       see `count_usable`);
     - more than `max_pages` pages were read.
 
-    Pure: the caller stops reading and leaves the window (or watermark) where it was, so the
-    next run reads it again. Memory: one hash per page read."""
+    The first three raise `PageIgnoredError` past page 1 (the server does not page as asked;
+    the pull falls back to reading ranges that fit one page, `windows.Narrowing`); on page 1
+    and past `max_pages`, plain PagingError. Pure: the caller stops reading and leaves the window (or watermark) where it
+    was. Memory: one hash per page read."""
 
     def __init__(self, query: str, *, max_pages: int = 100_000) -> None:
         self.query = query
@@ -684,22 +687,57 @@ class PageGuard:
             raise PagingError(f"{where}: more than {self.max_pages} pages; read stopped")
         if not page.result_ids:
             return
+        # past page 1 the server does not page as asked; page 1 wrong is another fault
+        error = PageIgnoredError if requested > 1 else PagingError
         if page.page_number is not None and page.page_number != requested:
-            raise PagingError(f"{where}: Kantata answered page {page.page_number} instead "
-                              "(`meta.page_number` does not echo `page`); read stopped")
+            raise error(f"{where}: Kantata answered page {page.page_number} instead "
+                        "(`meta.page_number` does not echo `page`); read stopped")
         size = page.page_size or len(page.result_ids)
         allowed = -(-page.count // size) if size > 0 else 0
         if count_usable(page.count) and requested > allowed:
-            raise PagingError(
+            raise error(
                 f"{where}: {len(page.result_ids)} entries listed beyond the {allowed} page(s) "
                 f"that count {page.count} / page size {size} allows; read stopped")
         key = hash(page.result_ids)
         first = self._seen.get(key)
         if first is not None and first != requested:
-            raise PagingError(
+            raise error(
                 f"{where}: lists the same {len(page.result_ids)} ids as page {first}; the "
                 "server is not paging (is `page` ignored?); read stopped")
         self._seen[key] = requested
+
+    def seen(self, page_no: int, result_ids: Sequence[str]) -> None:
+        """Count `result_ids` as page `page_no` of this query without checking it: a page read
+        under another query that stands in for it (the incremental pull's keyset page standing
+        in for page 1 of its crowded second, `cursor.next_step`)."""
+        if result_ids:
+            self._seen.setdefault(hash(tuple(result_ids)), page_no)
+
+
+class PagingTrust:
+    """Whether Kantata honours `page`, as learnt during one run (issue #27): `reason` is None
+    until a read shows it does not (a `PageIgnoredError`), then that error's text. Every read
+    of the run after that asks page 1 only and narrows ranges that do not fit one page
+    (`windows.Narrowing`) instead of finding out again with a page 2 request."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    @property
+    def ignored(self) -> bool:
+        return self.reason is not None
+
+    def distrust(self, reason: str) -> bool:
+        """Record that `page` is not honoured; True the first time (the caller logs it once)."""
+        first = self.reason is None
+        if first:
+            self.reason = reason
+        return first
+
+
+#: The contract point an ignored `page` breaks, for the warning logged once per run.
+PAGE_CONTRACT_POINT = ("GET /time_entries query parameter `page` (time-entries.openapi.yml; "
+                       "declared, not promised with every filter)")
 
 
 # ------------------------------------------------------------------ side-loads once per run

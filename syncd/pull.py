@@ -26,6 +26,7 @@ from syncd.errors import (
     AuthError,
     FatalError,
     MalformedResponseError,
+    PageIgnoredError,
     PagingError,
     RetriableAPIError,
     RetriableError,
@@ -33,7 +34,7 @@ from syncd.errors import (
 from syncd.kantata import too_slow
 from syncd.models import Altered, Page, Rejected, SideObject
 from syncd.runs import Deps, RunStats, job_run
-from syncd.windows import Window, month_windows
+from syncd.windows import Narrowing, Window, month_windows
 
 __all__ = ["WindowResult", "backfill", "incremental", "sync_once"]
 
@@ -76,6 +77,11 @@ class WindowResult:
     pages: int = 0
     remote_count: int | None = None
     error: str | None = None
+    #: the read stopped because Kantata does not honour `page` (`PageIgnoredError`, now or
+    #: earlier in the run): read the window by ranges that fit one page (`read_narrowed`)
+    narrow: bool = False
+    #: what page 1 of this read held: (rows listed, Kantata's count, page size served)
+    first: tuple[int, int, int] | None = None
 
 
 def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
@@ -364,14 +370,19 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                         served = page.page_size
                     if page.page_size:
                         sizer.served(page.page_size)
+                    if page_no == 1:
+                        res.first = (len(page.result_ids), page.count, served)
                     if not page.result_ids:
                         res.remote_count = page.count
                         break
                     full = len(page.result_ids) >= page.page_size
-                    # a count that says nothing (negative) leaves paging to full pages alone
-                    more = full and (page_no < page.page_count
-                                     or not pagination.count_usable(page.count))
-                    if more and not deps.should_stop():
+                    # a count that says nothing (negative) leaves paging to full pages alone;
+                    # a usable one ends it where it says (a server that ignores `page` sends
+                    # a `meta.page_count` of its own, issue #27)
+                    more = full and (not pagination.count_usable(page.count)
+                                     or (page_no < page.page_count
+                                         and page_no * served < page.count))
+                    if more and not deps.should_stop() and not stats.paging.ignored:
                         # the next page travels while this one is stored (checkpoints in order)
                         ahead = fetch(page_no + 1, asked)
                     res.upserted += await store_page(deps, page, stats, purpose=purpose,
@@ -389,6 +400,10 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                 del page
                 if not more:
                     break
+                if stats.paging.ignored:  # learnt by this window or another: no page 2
+                    res.narrow = True
+                    res.distinct = distinct_count(res.ids)
+                    return res
                 page_no += 1
                 if deps.should_stop():
                     res.error = "stopped before the window finished"
@@ -396,6 +411,11 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     return res
         except AuthError:
             raise  # the token is refused: no other window can succeed either
+        except PageIgnoredError as exc:
+            note_page_ignored(stats, str(exc))
+            res.narrow = True
+            res.distinct = distinct_count(res.ids)
+            return res
         except (RetriableError, FatalError) as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             res.distinct = distinct_count(res.ids)
@@ -436,6 +456,112 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                         remote_count=res.remote_count, attempt=attempt)
     res.error = (f"window {w.param} kept changing while read ({res.distinct} of "
                  f"{res.remote_count} entries); will retry next run")
+    return res
+
+
+def note_page_ignored(stats: RunStats | None, reason: str,
+                      trust: pagination.PagingTrust | None = None) -> None:
+    """Remember for the run that Kantata does not honour `page` (`RunStats.paging`, or `trust`
+    for a read outside a run: verify); the first time, say so once as a warning naming the
+    contract point and the fallback."""
+    trust = trust if trust is not None else stats.paging if stats is not None else None
+    if trust is not None and trust.distrust(reason):
+        log.warning("kantata_page_ignored", contract=pagination.PAGE_CONTRACT_POINT,
+                    evidence=reason,
+                    fallback="each read asks page 1 only; a range whose page 1 does not hold "
+                             "all of it is read by halving its date_performed range down to "
+                             "single days (issue #27)")
+        if stats is not None:
+            stats.details["page_ignored"] = reason
+
+
+async def _page_one(deps: Deps, params: dict[str, str], label: str, *, priority: str,
+                    side_loads: SideLoads | None) -> Page:
+    """Page 1 of one query of a narrowed read, at the process's page size: halved and asked
+    again after a timeout or 5xx while it can come down (`pagination.PageSize`); `label`
+    names the query in the log. Holds `entry_slots` while it travels. Raises what
+    `KantataClient.list_page` raises."""
+    sizer, slots = deps.page_size, entry_slots(deps)
+    while True:
+        size = sizer.current
+        held = await slots.acquire(size)
+        try:
+            page = await deps.client.list_page(  # type: ignore[arg-type]
+                {**params, "per_page": str(size), "page": "1"}, priority=priority,
+                shrinkable=sizer.can_shrink)
+            if page.result_ids and page.page_number not in (None, 1):
+                raise PagingError(f"{label}, page 1: Kantata answered page "
+                                  f"{page.page_number} instead; read stopped")
+            return page if side_loads is None else await side_loads.for_page(page)
+        except RetriableAPIError as exc:
+            if not (too_slow(exc) and sizer.can_shrink):
+                raise
+            log.warning("page_size_halved", query=label, size=size, new_size=sizer.shrink(),
+                        error=str(exc))
+        finally:
+            await slots.release(held)
+
+
+async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
+                        purpose: str = "backfill", priority: str = "pull",
+                        side_seen: SideSeen | None = None,
+                        side_loads: SideLoads | None = None) -> WindowResult:
+    """Read `res.window` through page 1 only (Kantata does not honour `page`, issue #27):
+    `windows.Narrowing` halves its `date_performed_between` range until each range's page 1
+    holds all of it, and each such page is stored as it comes (one transaction each). `res`
+    is the read that stopped (what it stored stays counted; its page 1, when it read one, is
+    not asked again). Returns `res` completed: no error when every range was read
+    completely (the window is then done like one read page by page), else an error naming
+    each day whose entries one page cannot hold (those days' page 1 is stored all the same)
+    or the request that failed. The window's page checkpoint is reset first: a run that stops
+    midway reads the window again from its page 1 (stored pages are not lost, only read
+    again). Raises AuthError."""
+    w = res.window
+    plan = Narrowing(w, deps.page_size.current)
+    res.narrow = False
+    if res.first is not None:
+        listed, count, size = res.first
+        plan.answer(w, listed=listed, count=count, page_size=size)
+        res.remote_count = count
+    async with deps.pool.acquire() as conn:
+        await store.start_window(conn, purpose, w, restart=True)
+    base = {**_base_params(deps, include=side_loads is None), "order": "date_performed:asc"}
+    try:
+        while (r := plan.next()) is not None:
+            if deps.should_stop():
+                res.error = "stopped before the window finished"
+                break
+            page = await _page_one(deps, {**base, "date_performed_between": r.param},
+                                   f"window {w.param}, range {r.param}", priority=priority,
+                                   side_loads=side_loads)
+            if r == w:
+                res.remote_count = page.count
+            plan.answer(r, listed=len(page.result_ids), count=page.count,
+                        page_size=page.page_size)
+            res.upserted += await store_page(deps, page, stats, side_seen=side_seen)
+            res.ids.extend([e.id for e in page.entries])
+            res.rejected += len(page.rejected)
+            res.pages += 1
+            del page
+    except AuthError:
+        raise
+    except (RetriableError, FatalError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    res.distinct = distinct_count(res.ids)
+    if res.remote_count is not None and not pagination.count_usable(res.remote_count):
+        res.remote_count = None  # never store a count that is not one
+    stats.details["windows_narrowed"] = stats.details.get("windows_narrowed", 0) + 1
+    stats.details["narrowed_requests"] = (stats.details.get("narrowed_requests", 0)
+                                          + plan.requests)
+    for tb in plan.too_big:
+        log.warning("window_day_too_big", window=w.param, day=tb.day.isoformat(),
+                    count=tb.count, listed=tb.listed, page_size=tb.page_size)
+    if plan.too_big and res.error is None:
+        res.error = ("; ".join(tb.describe() for tb in plan.too_big)
+                     + f"; window {w.param} not complete, its other days are stored")
+    log.info("window_narrowed", window=w.param, requests=plan.requests,
+             ranges=plan.complete_ranges, skipped_empty=plan.skipped,
+             days_too_big=len(plan.too_big), entries=res.distinct, error=res.error)
     return res
 
 
@@ -528,6 +654,9 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                                                             restart=not resume)
             res = await read_window(deps, w, stats, first_page=pages_done + 1, first_size=size,
                                     side_seen=side_seen, side_loads=side_loads)
+            if res.narrow:  # Kantata does not honour `page`: ranges that fit one page
+                res = await read_narrowed(deps, res, stats, side_seen=side_seen,
+                                          side_loads=side_loads)
             if res.error and deps.should_stop():
                 return  # left 'running': the next run resumes at its next page
             status = "failed" if res.error else "done"
@@ -557,6 +686,52 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     return results
 
 
+#: The dates a crowded second of the incremental pass is narrowed over (issue #27): every date
+#: `pagination` accepts (an entry dated outside is rejected in any case).
+ALL_DATES = Window(date(pagination.MIN_YEAR, 1, 1), date(pagination.MAX_YEAR, 12, 31))
+
+
+async def _narrow_second(deps: Deps, req: cursor.PullRequest, stats: RunStats,
+                         side_seen: SideSeen) -> tuple[int, bool]:
+    """Read the crowded second of `req` (`updated_after`..`updated_before`, more entries than
+    one page) through page 1 only, Kantata not honouring `page` (issue #27): the second's
+    entries are narrowed by `date_performed_between` (`windows.Narrowing` over `ALL_DATES`)
+    until each range's page 1 holds all of it; each page is stored as it comes, without moving
+    the watermark. Returns (requests, finished); finished is False when shutdown stopped it.
+    Raises PagingError naming each day whose entries changed in that second one page cannot
+    hold (the watermark then stays before the second: nothing is skipped, and the next pass
+    tries that second again), and what `KantataClient.list_page` raises."""
+    assert req.updated_before is not None
+    second = req.updated_after + cursor.SECOND
+    plan = Narrowing(ALL_DATES, deps.page_size.current)
+    base = {**_base_params(deps), "order": "updated_at:asc",
+            "updated_after": req.updated_after.isoformat(),
+            "updated_before": req.updated_before.isoformat()}
+    label = f"incremental pass, entries updated at {second.isoformat()}"
+    while (r := plan.next()) is not None:
+        if deps.should_stop():
+            return plan.requests, False
+        page = await _page_one(deps, {**base, "date_performed_between": r.param},
+                               f"{label}, dates {r.param}", priority="pull", side_loads=None)
+        plan.answer(r, listed=len(page.result_ids), count=page.count,
+                    page_size=page.page_size)
+        await store_page(deps, page, stats, side_seen=side_seen)
+    stats.details["seconds_narrowed"] = stats.details.get("seconds_narrowed", 0) + 1
+    log.info("second_narrowed", second=second.isoformat(), requests=plan.requests,
+             ranges=plan.complete_ranges, days_too_big=len(plan.too_big))
+    if plan.too_big:
+        raise PagingError(
+            f"{label}: " + "; ".join(tb.describe() for tb in plan.too_big)
+            + f"; the watermark stays before {second.isoformat()} (nothing after it is "
+            "skipped; the next pass reads that second again)")
+    return plan.requests, True
+
+
+def _query_label(query: tuple[datetime, datetime | None]) -> str:
+    return "incremental pass, updated_after " + "..".join(
+        t.isoformat() for t in query if t is not None)
+
+
 async def incremental(deps: Deps, started: datetime, stats: RunStats,
                       watermark: datetime | None = None,
                       settled: datetime | None = None) -> int:
@@ -577,6 +752,20 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
     side_seen: SideSeen = {}
     guards: dict[tuple[datetime, datetime | None], pagination.PageGuard] = {}
     while req is not None:
+        if req.updated_before is not None and req.page > 1 and stats.paging.ignored:
+            # a crowded second past its page 1, and Kantata does not honour `page`
+            asked, finished = await _narrow_second(deps, req, stats, side_seen)
+            pages += asked
+            if not finished:
+                return pages
+            second = req.updated_after + cursor.SECOND
+            mark = min(second, started)
+            async with deps.pool.acquire() as conn:
+                await store.set_watermark(conn, mark)
+            wm = max(wm, mark)
+            deps.metrics.watermark_lag.set(max(0.0, (started - mark).total_seconds()))
+            req = cursor.PullRequest(updated_after=second)
+            continue
         params = {**_base_params(deps), "order": "updated_at:asc", "page": str(req.page),
                   "updated_after": req.updated_after.isoformat()}
         if req.updated_before is not None:
@@ -595,10 +784,12 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
         pages += 1
         query = (req.updated_after, req.updated_before)
         if query not in guards:
-            guards[query] = pagination.PageGuard(
-                "incremental pass, updated_after " + "..".join(
-                    t.isoformat() for t in query if t is not None))
-        guards[query].check(req.page, page)
+            guards[query] = pagination.PageGuard(_query_label(query))
+        try:
+            guards[query].check(req.page, page)
+        except PageIgnoredError as exc:  # raised past page 1 only: inside a crowded second
+            note_page_ignored(stats, str(exc))
+            continue  # not stored; the second is read by narrowing (top of the loop)
         # a count that says nothing (negative): a full page means more may follow
         count = page.count if pagination.count_usable(page.count) else sys.maxsize
         try:
@@ -607,6 +798,13 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
                                     ids=page.result_ids)
         except ValueError as exc:  # the server broke the paging contract: retry next run
             raise PagingError(f"incremental paging stopped: {exc}") from None
+        nxt = step.next
+        if nxt is not None and nxt.stand_in_ids is not None and nxt.page == 2:
+            # this page stands in for page 1 of its crowded second: a page 2 listing the same
+            # ids is a server ignoring `page` (issue #27), not the second's next entries
+            second_query = (nxt.updated_after, nxt.updated_before)
+            guards.setdefault(second_query, pagination.PageGuard(_query_label(second_query))
+                              ).seen(1, page.result_ids)
         mark = min(step.complete_through, started) if step.complete_through else None
         await store_page(deps, page, stats, watermark=mark, side_seen=side_seen)
         if mark is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from syncd.windows import Window
+from syncd.windows import Window, halves  # halves: re-exported (narrowing by counts)
 
 __all__ = [
     "CountState", "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan",
@@ -295,16 +295,6 @@ def count_step(r: Window, remote_count: int, expected: int, *, per_page: int) ->
     if days == 1 or pages <= 2 or diff * (math.ceil(math.log2(days)) + 1) >= pages:
         return "read"
     return "split"
-
-
-def halves(r: Window) -> tuple[Window, Window]:
-    """`r` cut in two date ranges, the left one the longer by at most a day. Raises ValueError
-    for a one-day range."""
-    days = (r.end - r.start).days + 1
-    if days < 2:
-        raise ValueError(f"{r.param} is one day")
-    mid = r.start + timedelta(days=(days + 1) // 2 - 1)
-    return Window(r.start, mid), Window(mid + timedelta(days=1), r.end)
 
 
 # ---------------------------------------------------------------- verify

@@ -28,12 +28,12 @@ from typing import Any, TypeVar
 import structlog
 
 from syncd import pagination, pull, reconcile, store
-from syncd.errors import AuthError, FatalError, RetriableError
-from syncd.models import Altered, Rejected, SideObject, TimeEntry
+from syncd.errors import AuthError, FatalError, PageIgnoredError, PagingError, RetriableError
+from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
 from syncd.settings import Settings
-from syncd.windows import Window, month_windows
+from syncd.windows import Narrowing, Window, month_windows
 
 __all__ = [
     "VerifyResult", "WindowRead", "WindowReport", "overdue_now", "read_window", "reconcile_due",
@@ -73,17 +73,24 @@ class WindowRead:
     unreadable_ids: int = 0
     #: this read listed the same ids under the same counts as the read before it
     stable: bool = False
+    #: why the read is incomplete whatever the counts say (a day one page cannot hold while
+    #: Kantata ignores `page`, issue #27); None: it is not
+    incomplete: str | None = None
 
     @property
     def trusted(self) -> bool:
         """Complete by Kantata's count, or (a count that is off or says nothing) by listing
         exactly what the read before it listed: nothing changed and nothing was skipped."""
+        if self.incomplete is not None:
+            return False
         return self.stable or reconcile.read_trusted(self.first_count, self.last_count,
                                                      len(self.listed))
 
     def untrusted_reason(self, *, stable: bool = False) -> str:
         """Why Kantata's count cannot vouch for this read, naming the real cause; `stable`:
         the read listed what the read before it listed."""
+        if self.incomplete is not None:
+            return f"{self.incomplete}; nothing marked deleted"
         listed = f"{len(self.listed)} distinct ids listed"
         if self.unreadable_ids:
             listed += f" and {self.unreadable_ids} unreadable id(s)"
@@ -149,33 +156,53 @@ def _ids(raw: Sequence[str]) -> set[int]:
     return {int(i) for i in raw if i.isdigit()}
 
 
-async def read_window(deps: Deps, w: Window) -> WindowRead:
+def _merge(read: WindowRead, page: Page) -> None:
+    """Add one page's entries (newest per id), listed ids, side-loads and rejects to `read`."""
+    ids = _ids(page.result_ids)
+    read.listed |= ids
+    read.unreadable_ids += len(page.result_ids) - len(ids)
+    for e in store.newest_per_id(page.entries):
+        cur = read.entries.get(e.id)
+        if cur is None or e.updated_at > cur.updated_at:
+            read.entries[e.id] = e
+    read.side.update({(o.kind, o.id): o for o in page.side})
+    read.rejected.extend(page.rejected)
+    read.altered.update({a.id: a for a in page.altered if a.kind == "time_entries"})
+
+
+async def read_window(deps: Deps, w: Window,
+                      trust: pagination.PagingTrust | None = None) -> WindowRead:
     """Read every page of `w` once, storing nothing. Raises RetriableError / FatalError when a
-    page cannot be read (after the client's own retries), Stopped on shutdown."""
+    page cannot be read (after the client's own retries), Stopped on shutdown. When Kantata
+    does not honour `page` (found now, or earlier by the run: `trust`), `w` is read through
+    page 1 only by date ranges that fit one page (`_read_narrowed`)."""
+    trust = trust if trust is not None else pagination.PagingTrust()
     read = WindowRead(w, reads=1)
     page_no = 1
+    first: tuple[int, int, int] | None = None
     guard = pagination.PageGuard(f"window {w.param}", max_pages=MAX_PAGES)
     while page_no <= MAX_PAGES:
+        if page_no > 1 and trust.ignored:
+            return await _read_narrowed(deps, read, first)
         page = await deps.client.list_page(_params(deps, w, page_no), priority="reconcile")
         read.pages += 1
-        guard.check(page_no, page)
+        try:
+            guard.check(page_no, page)
+        except PageIgnoredError as exc:  # past page 1 only
+            pull.note_page_ignored(None, str(exc), trust)
+            continue  # not merged; the top of the loop narrows
+        if page_no == 1:
+            first = (len(page.result_ids), page.count, page.page_size)
         read.first_count = page.count if read.first_count is None else read.first_count
         read.last_count = page.count
         deps.made_progress()
         if not page.result_ids:
             break
-        ids = _ids(page.result_ids)
-        read.listed |= ids
-        read.unreadable_ids += len(page.result_ids) - len(ids)
-        for e in store.newest_per_id(page.entries):
-            cur = read.entries.get(e.id)
-            if cur is None or e.updated_at > cur.updated_at:
-                read.entries[e.id] = e
-        read.side.update({(o.kind, o.id): o for o in page.side})
-        read.rejected.extend(page.rejected)
-        read.altered.update({a.id: a for a in page.altered if a.kind == "time_entries"})
+        _merge(read, page)
         if (page_no >= page.page_count and pagination.count_usable(page.count)) \
-                or len(page.result_ids) < page.page_size:
+                or len(page.result_ids) < page.page_size \
+                or (pagination.count_usable(page.count)
+                    and page_no * page.page_size >= page.count):
             break
         if deps.should_stop():
             raise Stopped(f"stopped before window {w.param} was read completely")
@@ -183,14 +210,49 @@ async def read_window(deps: Deps, w: Window) -> WindowRead:
     return read
 
 
-async def _read_until_trusted(deps: Deps, w: Window) -> WindowRead:
+async def _read_narrowed(deps: Deps, read: WindowRead,
+                         first: tuple[int, int, int] | None) -> WindowRead:
+    """Complete `read` of `read.window` through page 1 only (issue #27, as
+    `pull.read_narrowed`): `windows.Narrowing` halves the range until each range's page 1
+    holds all of it. `first`: (rows, count, page size) of the window's page 1 when `read`
+    holds it. The read is trusted as a page-by-page read is: Kantata's count of the window
+    equals the distinct ids listed; a day one page cannot hold makes it `incomplete`."""
+    w = read.window
+    plan = Narrowing(w, deps.settings.per_page)
+    if first is not None:
+        plan.answer(w, listed=first[0], count=first[1], page_size=first[2])
+    while (r := plan.next()) is not None:
+        if deps.should_stop():
+            raise Stopped(f"stopped before window {w.param} was read completely")
+        page = await deps.client.list_page(_params(deps, r, 1), priority="reconcile")
+        read.pages += 1
+        if page.result_ids and page.page_number not in (None, 1):
+            raise PagingError(f"window {w.param}, range {r.param}, page 1: Kantata answered "
+                              f"page {page.page_number} instead; read stopped")
+        if r == w:
+            read.first_count = page.count
+        plan.answer(r, listed=len(page.result_ids), count=page.count,
+                    page_size=page.page_size)
+        deps.made_progress()
+        _merge(read, page)
+    read.last_count = read.first_count
+    if plan.too_big:
+        read.incomplete = "; ".join(tb.describe() for tb in plan.too_big)
+    log.info("window_narrowed", window=w.param, requests=plan.requests,
+             ranges=plan.complete_ranges, days_too_big=len(plan.too_big), purpose=PURPOSE)
+    return read
+
+
+async def _read_until_trusted(deps: Deps, w: Window,
+                              trust: pagination.PagingTrust | None = None) -> WindowRead:
     pages = 0
     last: tuple[frozenset[int], int | None, int | None] | None = None
+    trust = trust if trust is not None else pagination.PagingTrust()
     for attempt in range(1, MAX_READS + 1):
-        read = await read_window(deps, w)
+        read = await read_window(deps, w, trust)
         pages += read.pages
         read.pages, read.reads = pages, attempt
-        if read.trusted:
+        if read.trusted or read.incomplete is not None:  # reading again cannot help a day
             return read
         shape = (frozenset(read.listed), read.first_count, read.last_count)
         if shape == last and not read.unreadable_ids:
@@ -281,7 +343,7 @@ async def _note_full_read(conn: Any, read: WindowRead) -> None:
 async def _full_window(deps: Deps, stats: RunStats, w: Window, rep: WindowReport) -> None:
     """Read every page of `w` (until trusted) and apply it, closing the window's checkpoint."""
     rep.mode = "full"
-    read = await _read_until_trusted(deps, w)
+    read = await _read_until_trusted(deps, w, stats.paging)
     rep.requests += read.pages
     rep.reads += read.reads
     rep.remote_count, rep.trusted = read.last_count, read.trusted
@@ -334,7 +396,7 @@ async def _count_window(deps: Deps, stats: RunStats, w: Window, state: CountStat
         if step == "nonsense" or (step == "read" and r == w):
             return False
         if step == "read":
-            read = await _read_until_trusted(deps, r)
+            read = await _read_until_trusted(deps, r, stats.paging)
             rep.requests += read.pages
             rep.reads += read.reads
             rep.ranges_read += 1
@@ -560,9 +622,10 @@ class VerifyResult:
         return not self.diffs and not self.errors
 
 
-async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult) -> None:
+async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult,
+                         trust: pagination.PagingTrust | None = None) -> None:
     try:
-        read = await _read_until_trusted(deps, w)
+        read = await _read_until_trusted(deps, w, trust)
     except AuthError:
         raise
     except (RetriableError, FatalError) as exc:
@@ -593,10 +656,11 @@ async def verify_range(deps: Deps, since: date, until: date) -> VerifyResult:
         mine = reconcile.bucket_summaries(windows, await store.daily_summary(conn, since, until))
     res = VerifyResult(windows=windows)
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
+    trust = pagination.PagingTrust()  # whether Kantata honours `page`, learnt once
 
     async def one(w: Window) -> None:
         async with sem:
-            await _verify_window(deps, w, mine[w], res)
+            await _verify_window(deps, w, mine[w], res, trust)
 
     await _all(one(w) for w in windows)
     res.diffs.sort(key=lambda d: d.window)

@@ -8,6 +8,7 @@ the run's figures and error, whatever happens.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,10 +23,10 @@ from syncd import store
 from syncd.errors import redact
 from syncd.kantata import RUN_REQUESTS, KantataClient, RequestTally
 from syncd.metrics import Metrics
-from syncd.pagination import PageSize
+from syncd.pagination import PageSize, PagingTrust
 from syncd.settings import Settings
 
-__all__ = ["Deps", "RunStats", "job_run"]
+__all__ = ["Deps", "RunStats", "error_line", "job_run"]
 
 log = structlog.get_logger(__name__)
 
@@ -74,11 +75,41 @@ class RunStats:
     errors: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     tally: RequestTally = field(default_factory=RequestTally)
+    #: whether Kantata honours `page`, as learnt during this run (issue #27)
+    paging: PagingTrust = field(default_factory=PagingTrust)
 
     @property
     def requests(self) -> int:
         """Kantata requests this run has sent so far (its own, whatever runs alongside)."""
         return self.tally.n
+
+
+_WINDOW = re.compile(r"\d{4}-\d{2}-\d{2}:\d{4}-\d{2}-\d{2}")
+
+
+def error_line(errors: list[str]) -> str:
+    """The run's error line from its errors (`RunStats.errors`), each said once: errors of
+    windows (`"<window>: <message>"`, the window as `Window.param`) whose message is the same
+    once the window is taken out of it are folded into one item, `"22 windows (first ..
+    last): <message>"` with the window in the message written `<window>`. Other errors are
+    kept as they are; items in the order they first occur, joined by "; "."""
+    groups: dict[str, list[str]] = {}
+    for e in errors:
+        head, sep, rest = e.partition(": ")
+        if sep and _WINDOW.fullmatch(head):
+            key = rest.replace(head, "<window>")
+            groups.setdefault(key, []).append(head)
+        else:
+            groups.setdefault(e, [])
+    out = []
+    for msg, windows in groups.items():
+        if len(windows) > 1:
+            out.append(f"{len(windows)} windows ({min(windows)} .. {max(windows)}): {msg}")
+        elif windows:
+            out.append(f"{windows[0]}: {msg.replace('<window>', windows[0])}")
+        else:
+            out.append(msg)
+    return "; ".join(out)
 
 
 @asynccontextmanager
@@ -97,7 +128,7 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
             try:
                 yield stats
                 if stats.errors:
-                    status, error = "partial", redact("; ".join(stats.errors))[:4000]
+                    status, error = "partial", redact(error_line(stats.errors))[:4000]
             except Exception as exc:  # also a bug's exception: recorded with its message
                 status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
                 raise

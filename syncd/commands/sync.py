@@ -9,6 +9,7 @@ from typing import Any
 from syncd import migrate, pull
 from syncd.app import open_deps
 from syncd.commands._util import parse_date, run_async
+from syncd.runs import error_line
 from syncd.settings import Settings
 
 
@@ -19,7 +20,7 @@ async def _sync(settings: Settings, args: argparse.Namespace) -> int:
         stats = await pull.sync_once(deps, since=args.since, until=args.until)
     print(f"sync {stats.run_id}: {stats.pages} pages, {stats.rows_upserted} rows upserted, "
           f"{stats.rows_altered} stored with text replaced, {stats.rows_rejected} rejected"
-          + (f", errors: {'; '.join(stats.errors)}"
+          + (f", errors: {error_line(stats.errors)}"
              if stats.errors else ""))
     return 1 if stats.errors else 0
 

@@ -246,3 +246,53 @@ def test_side_part_keeps_only_side_objects_and_their_problems() -> None:
     assert [o.id for o in part.side] == [5]
     assert [a.kind for a in part.altered] == ["workspaces"]
     assert len(part.rejected) == 1 and part.rejected[0].reason.startswith("workspaces:")
+
+
+# ---------------------------------------------------------------- the paging loop guard
+def _listing(ids: list[str], *, count: int, number: int | None, size: int = 2) -> Any:
+    from syncd.models import Page
+    return Page(count=count, page_count=99, page_number=number, page_size=size,
+                result_ids=tuple(ids), entries=(), side=(), rejected=())
+
+
+def test_a_server_ignoring_page_is_told_apart_from_other_paging_faults() -> None:
+    """Past page 1 a repeated page, an unechoed page number or a page beyond `count` raise
+    PageIgnoredError (the pull narrows instead, issue #27); page 1 wrong raises PagingError."""
+    from syncd.errors import PageIgnoredError, PagingError
+    from syncd.pagination import PageGuard
+
+    g = PageGuard("window W")
+    g.check(1, _listing(["1", "2"], count=10, number=1))
+    with pytest.raises(PageIgnoredError, match="same 2 ids as page 1"):
+        g.check(2, _listing(["1", "2"], count=10, number=2))
+    with pytest.raises(PageIgnoredError, match="answered page 1 instead"):
+        PageGuard("w").check(2, _listing(["3", "4"], count=10, number=1))
+    with pytest.raises(PageIgnoredError, match="beyond the 1 page"):
+        PageGuard("w").check(2, _listing(["3", "4"], count=2, number=2))
+    for bad in (_listing(["1", "2"], count=10, number=3), _listing(["1", "2"], count=0, number=1)):
+        with pytest.raises(PagingError) as caught:
+            PageGuard("w").check(1, bad)
+        assert not isinstance(caught.value, PageIgnoredError)
+
+
+def test_a_stand_in_page_counts_as_page_1_of_the_query() -> None:
+    from syncd.errors import PageIgnoredError
+    from syncd.pagination import PageGuard
+
+    g = PageGuard("second S")
+    g.seen(1, ("1", "2"))  # the keyset page standing in for the second's page 1
+    with pytest.raises(PageIgnoredError, match="same 2 ids as page 1"):
+        g.check(2, _listing(["1", "2"], count=4, number=2))
+    g2 = PageGuard("second S")
+    g2.seen(1, ("1", "2"))
+    g2.check(2, _listing(["3", "4"], count=4, number=2))  # a server that pages: fine
+
+
+def test_paging_trust_is_learnt_once() -> None:
+    from syncd.pagination import PagingTrust
+
+    t = PagingTrust()
+    assert not t.ignored
+    assert t.distrust("page 2 repeats page 1") is True
+    assert t.distrust("again") is False
+    assert t.ignored and t.reason == "page 2 repeats page 1"
