@@ -25,7 +25,7 @@ __all__ = [
     "daily_summary", "finish_run", "live_counts_by_day", "record_full_read",
     "unmirrored_rejects", "finish_window", "get_cursor", "newest_per_id",
     "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
-    "start_window", "upsert_entries", "upsert_side", "window_rows", "window_states",
+    "start_window", "upsert_entries", "upsert_page_body", "upsert_side", "window_rows", "window_states",
 ]
 
 #: The mirror's entry columns, in the order of `TimeEntry`'s fields and of the
@@ -73,6 +73,120 @@ WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
        AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
+
+# ---------------------------------------------------------------- pages typed by PostgreSQL
+# Issue #26: a list page's body goes to PostgreSQL as it came, and one statement types,
+# validates and upserts its entries set-based, with the rules of UPSERT_ENTRIES. Its checks are
+# a subset of what `pagination.parse_time_entry` accepts, with the same values: a page with any
+# entry outside them writes nothing and says so (`bad`), and the caller takes the careful path
+# for that page. Python has checked the ids and foreign keys (`pagination.decode_page_fast`).
+_BIG = 2**53  # an integer a double holds exactly: the careful path refuses larger floats
+_TS = ("^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+       "([.][0-9]{1,6})?([Zz]|[+-](0[0-9]|1[0-4]):[0-5][0-9])$")
+
+
+def _json(f: str) -> str:
+    return f"(s.e -> '{f}')"
+
+
+def _valid_date(d: str) -> str:
+    """SQL: `d` (text starting YYYY-MM-DD, digits checked) is a real date in years
+    1900..2200; integer arithmetic only, so it cannot raise."""
+    y, m, day = (f"substr({d}, 1, 4)::int", f"substr({d}, 6, 2)::int",
+                 f"substr({d}, 9, 2)::int")
+    return (f"({y} BETWEEN 1900 AND 2200 AND {m} BETWEEN 1 AND 12 AND {day} BETWEEN 1 AND "
+            f"CASE WHEN {m} = 2 THEN CASE WHEN ({y} % 4 = 0 AND {y} % 100 <> 0) "
+            f"OR {y} % 400 = 0 THEN 29 ELSE 28 END WHEN {m} IN (4, 6, 9, 11) THEN 30 "
+            "ELSE 31 END)")
+
+
+def _string(f: str) -> str:
+    return f"CASE WHEN jsonb_typeof({_json(f)}) = 'string' THEN {_json(f)} #>> '{{}}' END"
+
+
+def _fast_value(c: str) -> str:
+    """SQL: the value of column `c` from entry `s.e`, NULL when absent, null or not within the
+    fast checks (CASE, not AND: only CASE fixes the order in which PostgreSQL evaluates)."""
+    v = _json(c)
+    n = f"{v}::numeric"
+    ranges = {"time_in_minutes": (0, 1_000_000, "integer"),
+              "rate_in_cents": (-_BIG + 1, _BIG - 1, "bigint"),
+              "cost_rate_in_cents": (-_BIG + 1, _BIG - 1, "bigint"),
+              "currency_base_unit": (0, 2**31 - 1, "integer")}
+    if c in ("workspace_id", "user_id", "story_id", "role_id"):
+        return f"(s.e ->> '{c}')::bigint"  # null or 1-18 digits: checked by Python
+    if c in ranges:
+        lo, hi, ty = ranges[c]
+        return (f"CASE WHEN jsonb_typeof({v}) = 'number' THEN CASE WHEN {n} BETWEEN {lo} AND "
+                f"{hi} AND {n} = trunc({n}) THEN {n}::{ty} END END")
+    if c in ("billable", "approved", "is_invoiced", "taxable"):
+        return f"CASE WHEN jsonb_typeof({v}) = 'boolean' THEN {v}::boolean END"
+    if c in ("notes", "currency", "currency_symbol", "location"):
+        return _string(c)
+    if c == "date_performed":
+        d = _string(c)
+        return (f"CASE WHEN {d} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$' THEN CASE WHEN "
+                f"{_valid_date(d)} THEN ({d})::date END END")
+    if c in ("created_at", "updated_at"):
+        t = _string(c)
+        return (f"CASE WHEN {t} ~ '{_TS}' THEN CASE WHEN {_valid_date(t)} "
+                f"THEN upper({t})::timestamptz END END")
+    raise ValueError(c)
+
+
+def _fast_ok(c: str) -> str:
+    """SQL: column `c` of the entry is within the fast checks (a required one present)."""
+    if c in ("date_performed", "time_in_minutes", "updated_at"):
+        return f"x.{c} IS NOT NULL"
+    return f"(x.{c} IS NOT NULL OR coalesce(jsonb_typeof(x.raw -> '{c}'), 'null') = 'null')"
+
+
+_TYPED = ENTRY_COLUMNS[1:-1]
+UPSERT_PAGE_BODY = f"""
+WITH s AS MATERIALIZED (
+    SELECT k.id, d.m -> k.key AS e
+    FROM (SELECT $1::jsonb -> 'time_entries' AS m) d,
+         unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS k(id, key, n)
+    ORDER BY k.n),
+x AS MATERIALIZED (
+    SELECT s.id, {", ".join(f"{_fast_value(c)} AS {c}" for c in _TYPED)}, s.e AS raw
+    FROM s),
+bad AS (SELECT count(*) FILTER (WHERE NOT ({" AND ".join(_fast_ok(c) for c in _TYPED)})) AS n
+        FROM x),
+w AS (
+    INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                          learned_via)
+    SELECT x.id, {", ".join(f"x.{c}" for c in _TYPED)}, x.raw, NULL::timestamptz, now(),
+           syncd.history_source()
+    FROM x WHERE (SELECT n FROM bad) = 0
+    ON CONFLICT (id) DO UPDATE SET
+        {ENTRY_SET_LIST},
+        raw = {MERGED_RAW},
+        deleted_at = NULL,
+        synced_at = excluded.synced_at,
+        learned_via = excluded.learned_via
+    WHERE t.updated_at < excluded.updated_at
+       OR (t.updated_at = excluded.updated_at
+           AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
+    RETURNING 1)
+SELECT (SELECT n FROM bad) AS bad, (SELECT count(*) FROM w) AS changed
+"""
+
+
+async def upsert_page_body(conn: asyncpg.Connection, body: bytes, ids: Sequence[int]
+                           ) -> int | None:
+    """Upsert the entries `ids` of one list page from its body (JSON bytes as Kantata sent
+    them, checked by `pagination.decode_page_fast`) in one statement that PostgreSQL types,
+    validates and writes set-based, with the rules of `upsert_entries` (older versions never
+    win, an absent key keeps its stored column, history trigger and `learned_via` alike).
+    Returns rows changed, or None, having written nothing, when some entry is outside the
+    statement's checks: the caller then stores the page through `upsert_entries`."""
+    keys = sorted(set(ids))  # one lock order for concurrent writers, as upsert_entries
+    if not keys:
+        return 0
+    row = await conn.fetchrow(UPSERT_PAGE_BODY, body.decode(), keys, [str(k) for k in keys])
+    return None if row["bad"] else int(row["changed"])
+
 
 SIDE_SQL = {
     "workspaces": ("kantata.workspaces", "title"),
