@@ -224,6 +224,47 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
         deps.made_progress()  # an empty incremental page: nothing to write, no transaction
         return 0, page
     sent = page
+    refused = False  # PostgreSQL's cast refused a value of the right shape: careful path
+    while True:
+        try:
+            changed, page, side = await _store_transaction(
+                deps, sent, stats, side, purpose=purpose, window=window, page_no=page_no,
+                watermark=watermark, side_seen=side_seen, page_size=page_size,
+                referenced_side=referenced_side, refused=refused)
+            break
+        except asyncpg.DataError as exc:
+            if sent.body is None or refused:
+                raise
+            log.info("page_body_refused", purpose=purpose, page=page_no, error=str(exc))
+            refused = True
+    if page is not sent:
+        stats.details["pages_stored_carefully"] = \
+            stats.details.get("pages_stored_carefully", 0) + 1
+    if side_seen is not None:
+        side_seen.update(((o.kind, o.id), o.raw) for o in side)
+        side_seen.update((("rejected", hash(r.raw)), r.raw) for r in page.rejected
+                         if _side_reject(r))
+    stats.pages += 1
+    stats.rows_upserted += changed
+    stats.rows_rejected += len(page.rejected)
+    deps.metrics.rows_upserted.labels(stats.job).inc(changed)
+    deps.metrics.rows_rejected.labels(stats.job).inc(len(page.rejected))
+    for r in page.rejected:
+        log.warning("record_rejected", entry_id=r.entry_id, reason=r.reason)
+    note_altered(deps, stats, page.altered)
+    deps.made_progress()
+    return changed, page
+
+
+async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
+                             side: tuple[SideObject, ...], *, purpose: str | None,
+                             window: Window | None, page_no: int, watermark: datetime | None,
+                             side_seen: SideSeen | None, page_size: int | None,
+                             referenced_side: bool, refused: bool
+                             ) -> tuple[int, Page, tuple[SideObject, ...]]:
+    """The transaction of `store_landed` (retried on deadlocks): (rows changed, the page as
+    stored, the side-loaded objects written). `refused`: take the careful path for a page
+    with `body` at once."""
     async for attempt in AsyncRetrying(stop=stop_after_attempt(4), reraise=True,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
@@ -235,7 +276,7 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
                         conn, "backfill" if purpose == "backfill" else "pull",
                         history=deps.settings.history)
                 fast = None
-                if page.body is not None:
+                if page.body is not None and not refused:
                     fast = await store.upsert_page_body(conn, page.body,
                                                         [r.id for r in page.refs])
                 if fast is not None:
@@ -257,23 +298,8 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
                                                   len(page.listed()), page_size)
                 if watermark is not None:
                     await store.set_watermark(conn, watermark)
-    if page is not sent:
-        stats.details["pages_stored_carefully"] = \
-            stats.details.get("pages_stored_carefully", 0) + 1
-    if side_seen is not None:
-        side_seen.update(((o.kind, o.id), o.raw) for o in side)
-        side_seen.update((("rejected", hash(r.raw)), r.raw) for r in page.rejected
-                         if _side_reject(r))
-    stats.pages += 1
-    stats.rows_upserted += changed
-    stats.rows_rejected += len(page.rejected)
-    deps.metrics.rows_upserted.labels(stats.job).inc(changed)
-    deps.metrics.rows_rejected.labels(stats.job).inc(len(page.rejected))
-    for r in page.rejected:
-        log.warning("record_rejected", entry_id=r.entry_id, reason=r.reason)
-    note_altered(deps, stats, page.altered)
-    deps.made_progress()
-    return changed, page
+            return changed, page, side
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _unseen_side(side: tuple[SideObject, ...], side_seen: SideSeen | None

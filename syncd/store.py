@@ -80,68 +80,80 @@ WHERE t.updated_at < excluded.updated_at
 # a subset of what `pagination.parse_time_entry` accepts, with the same values: a page with any
 # entry outside them writes nothing and says so (`bad`), and the caller takes the careful path
 # for that page. Python has checked the ids and foreign keys (`pagination.decode_page_fast`).
-_BIG = 2**53  # an integer a double holds exactly: the careful path refuses larger floats
-_TS = ("^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-       "([.][0-9]{1,6})?([Zz]|[+-](0[0-9]|1[0-4]):[0-5][0-9])$")
+#: The shapes (digits as #) of a timestamp and a date the fast statement takes: what Kantata
+#: sends (api-notes §5: second precision with an offset); `t`/`z` are upper-cased first. A cast
+#: that still fails (February 30) aborts the statement and the page takes the careful path.
+_TS_SHAPES = ("'####-##-##T##:##:##Z'", "'####-##-##T##:##:##+##:##'",
+              "'####-##-##T##:##:##-##:##'")
+_INT_RANGES = {"time_in_minutes": (0, 1_000_000, "integer"),
+               "rate_in_cents": (None, None, "bigint"),
+               "cost_rate_in_cents": (None, None, "bigint"),
+               "currency_base_unit": (0, 2**31 - 1, "integer")}
+_FKS = ("workspace_id", "user_id", "story_id", "role_id")
+_BOOLS = ("billable", "approved", "is_invoiced", "taxable")
+_TEXTS = ("notes", "currency", "currency_symbol", "location")
+_STAMPS = ("created_at", "updated_at")
+_REQUIRED = ("date_performed", "time_in_minutes", "updated_at")
+_TYPED = ENTRY_COLUMNS[1:-1]
 
 
-def _json(f: str) -> str:
-    return f"(s.e -> '{f}')"
+def _year_ok(v: str) -> str:
+    """SQL: the year of `v` (text starting with 4 digits) is within 1900..2200, as the careful
+    path requires (`pagination.MIN_YEAR`, `MAX_YEAR`; the year as written, offset and all)."""
+    return f"substr({v}, 1, 4) BETWEEN '1900' AND '2200'"
 
 
-def _valid_date(d: str) -> str:
-    """SQL: `d` (text starting YYYY-MM-DD, digits checked) is a real date in years
-    1900..2200; integer arithmetic only, so it cannot raise."""
-    y, m, day = (f"substr({d}, 1, 4)::int", f"substr({d}, 6, 2)::int",
-                 f"substr({d}, 9, 2)::int")
-    return (f"({y} BETWEEN 1900 AND 2200 AND {m} BETWEEN 1 AND 12 AND {day} BETWEEN 1 AND "
-            f"CASE WHEN {m} = 2 THEN CASE WHEN ({y} % 4 = 0 AND {y} % 100 <> 0) "
-            f"OR {y} % 400 = 0 THEN 29 ELSE 28 END WHEN {m} IN (4, 6, 9, 11) THEN 30 "
-            "ELSE 31 END)")
-
-
-def _string(f: str) -> str:
-    return f"CASE WHEN jsonb_typeof({_json(f)}) = 'string' THEN {_json(f)} #>> '{{}}' END"
+def _record_type(c: str) -> str:
+    """How `jsonb_to_record` hands column `c` over: text for what is checked by its spelling
+    (ids, integers, dates, timestamps), jsonb for what needs its JSON type (flags, text)."""
+    return "jsonb" if c in _BOOLS + _TEXTS else "text"
 
 
 def _fast_value(c: str) -> str:
-    """SQL: the value of column `c` from entry `s.e`, NULL when absent, null or not within the
-    fast checks (CASE, not AND: only CASE fixes the order in which PostgreSQL evaluates)."""
-    v = _json(c)
-    n = f"{v}::numeric"
-    ranges = {"time_in_minutes": (0, 1_000_000, "integer"),
-              "rate_in_cents": (-_BIG + 1, _BIG - 1, "bigint"),
-              "cost_rate_in_cents": (-_BIG + 1, _BIG - 1, "bigint"),
-              "currency_base_unit": (0, 2**31 - 1, "integer")}
-    if c in ("workspace_id", "user_id", "story_id", "role_id"):
-        return f"(s.e ->> '{c}')::bigint"  # null or 1-18 digits: checked by Python
-    if c in ranges:
-        lo, hi, ty = ranges[c]
-        return (f"CASE WHEN jsonb_typeof({v}) = 'number' THEN CASE WHEN {n} BETWEEN {lo} AND "
-                f"{hi} AND {n} = trunc({n}) THEN {n}::{ty} END END")
-    if c in ("billable", "approved", "is_invoiced", "taxable"):
+    """SQL: the value of column `c` from the entry's fields `j.*`, NULL when absent, null or
+    not within the fast checks (CASE, not AND: only CASE fixes the order in which PostgreSQL
+    evaluates). The checks are of shape (cheap: `translate` of digits); a value of the right
+    shape that PostgreSQL still refuses (a 30th of February, `1-2` as an integer) makes the
+    cast raise, the statement fails and the page takes the careful path (`pull.store_landed`):
+    PostgreSQL never takes what the careful path refuses, and never reads it otherwise."""
+    v = f"j.{c}"
+    if c in _FKS:
+        return f"{v}::bigint"  # null or 1-18 digits: checked by Python
+    if c in _INT_RANGES:
+        # a JSON integer or a string of digits: the careful path reads both (`_int`); 15
+        # digits stay below 2**53; a JSON 60.0 is not of this shape (careful path)
+        lo, hi, ty = _INT_RANGES[c]
+        shape = (f"CASE WHEN length({v}) BETWEEN 1 AND 15 AND translate({v}, '-0123456789', "
+                 f"'') = '' THEN ")
+        if lo is None:
+            return f"{shape}{v}::bigint END"
+        return (f"{shape}CASE WHEN {v}::bigint BETWEEN {lo} AND {hi} THEN {v}::{ty} END END")
+    if c in _BOOLS:
         return f"CASE WHEN jsonb_typeof({v}) = 'boolean' THEN {v}::boolean END"
-    if c in ("notes", "currency", "currency_symbol", "location"):
-        return _string(c)
+    if c in _TEXTS:
+        return f"CASE WHEN jsonb_typeof({v}) = 'string' THEN {v} #>> '{{}}' END"
     if c == "date_performed":
-        d = _string(c)
-        return (f"CASE WHEN {d} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$' THEN CASE WHEN "
-                f"{_valid_date(d)} THEN ({d})::date END END")
-    if c in ("created_at", "updated_at"):
-        t = _string(c)
-        return (f"CASE WHEN {t} ~ '{_TS}' THEN CASE WHEN {_valid_date(t)} "
-                f"THEN upper({t})::timestamptz END END")
+        return (f"CASE WHEN translate({v}, '0123456789', '##########') = '####-##-##' "
+                f"THEN CASE WHEN {_year_ok(v)} THEN {v}::date END END")
+    if c in _STAMPS:
+        u = f"upper({v})"
+        return (f"CASE WHEN translate({u}, '0123456789', '##########') IN "
+                f"({', '.join(_TS_SHAPES)}) THEN CASE WHEN {_year_ok(v)} "
+                f"AND substr({v}, 12, 2) <= '23' AND substr({v}, 15, 2) <= '59' "
+                f"AND substr({v}, 18, 2) <= '59' AND substr({v} || '00', 21, 2) <= '14' "
+                f"AND substr({v} || '00', 24, 2) <= '59' THEN {u}::timestamptz END END")
     raise ValueError(c)
 
 
 def _fast_ok(c: str) -> str:
     """SQL: column `c` of the entry is within the fast checks (a required one present)."""
-    if c in ("date_performed", "time_in_minutes", "updated_at"):
+    if c in _REQUIRED:
         return f"x.{c} IS NOT NULL"
-    return f"(x.{c} IS NOT NULL OR coalesce(jsonb_typeof(x.raw -> '{c}'), 'null') = 'null')"
+    null = (f"coalesce(jsonb_typeof(x.j_{c}), 'null') = 'null'" if _record_type(c) == "jsonb"
+            else f"x.j_{c} IS NULL")
+    return f"(x.{c} IS NOT NULL OR {null})"
 
 
-_TYPED = ENTRY_COLUMNS[1:-1]
 UPSERT_PAGE_BODY = f"""
 WITH s AS MATERIALIZED (
     SELECT k.id, d.m -> k.key AS e
@@ -149,8 +161,9 @@ WITH s AS MATERIALIZED (
          unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS k(id, key, n)
     ORDER BY k.n),
 x AS MATERIALIZED (
-    SELECT s.id, {", ".join(f"{_fast_value(c)} AS {c}" for c in _TYPED)}, s.e AS raw
-    FROM s),
+    SELECT s.id, s.e AS raw, {", ".join(f"{_fast_value(c)} AS {c}" for c in _TYPED)},
+           {", ".join(f"j.{c} AS j_{c}" for c in _TYPED if c not in _REQUIRED)}
+    FROM s, jsonb_to_record(s.e) AS j({", ".join(f"{c} {_record_type(c)}" for c in _TYPED)})),
 bad AS (SELECT count(*) FILTER (WHERE NOT ({" AND ".join(_fast_ok(c) for c in _TYPED)})) AS n
         FROM x),
 w AS (
@@ -180,7 +193,9 @@ async def upsert_page_body(conn: asyncpg.Connection, body: bytes, ids: Sequence[
     validates and writes set-based, with the rules of `upsert_entries` (older versions never
     win, an absent key keeps its stored column, history trigger and `learned_via` alike).
     Returns rows changed, or None, having written nothing, when some entry is outside the
-    statement's checks: the caller then stores the page through `upsert_entries`."""
+    statement's checks: the caller then stores the page through `upsert_entries`. Raises
+    asyncpg.DataError when a value of the right shape is not one (a 30th of February): the
+    transaction is then aborted, and the caller stores the page carefully in a new one."""
     keys = sorted(set(ids))  # one lock order for concurrent writers, as upsert_entries
     if not keys:
         return 0
