@@ -361,6 +361,13 @@ class EntrySlots:
             self._changed.notify_all()
 
 
+#: Whether the backfill lets PostgreSQL type its pages (issue #26). Off: measured on 200,000
+#: entries (2 repetitions, tests/benchmarks/run.py, pages of 200), the statement costs
+#: PostgreSQL ~4.6 s more CPU than the careful path's `unnest` of records while the client's
+#: CPU stays ~9.5 s (its per-entry decoding was not where that time went), so the backfill
+#: was ~25 % slower. Both paths store the same (tests/integration/test_dual_path.py).
+PAGES_TYPED_BY_POSTGRES = False
+
 #: Entries in flight per process (`EntrySlots`): two pages of 5,000, about 40 MB decoded.
 ENTRIES_IN_FLIGHT = 5_000
 
@@ -375,7 +382,8 @@ def entry_slots(deps: Deps) -> EntrySlots:
 async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = "backfill",
                       first_page: int = 1, first_size: int | None = None,
                       priority: str = "pull", side_seen: SideSeen | None = None,
-                      side_loads: SideLoads | None = None, fast: bool = True) -> WindowResult:
+                      side_loads: SideLoads | None = None, fast: bool | None = None
+                      ) -> WindowResult:
     """Read every page of `w` (oldest first), storing each; re-read the window when Kantata's
     final count shows entries were skipped. Errors are returned in the result, not raised.
     Page n+1 is requested while page n is stored (at most two requests in flight per window,
@@ -386,8 +394,9 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
     the pages are asked for without `include=` and their objects come from it (once per
     run). `fast`: PostgreSQL types and stores each page from its body (issue #26,
     `pagination.decode_page_fast`, `store.upsert_page_body`), a page its checks refuse taking
-    the careful path (`store_landed`)."""
+    the careful path (`store_landed`); None: `PAGES_TYPED_BY_POSTGRES`."""
     sizer, slots = deps.page_size, entry_slots(deps)
+    fast = PAGES_TYPED_BY_POSTGRES if fast is None else fast
 
     async def get(page_no: int, size: int) -> tuple[Page, int]:
         params = {**_base_params(deps, include=side_loads is None), "per_page": str(size),
