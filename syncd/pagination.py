@@ -28,11 +28,11 @@ from typing import Any
 import orjson
 
 from syncd.errors import InvalidRecord, MalformedResponseError, PagingError
-from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
+from syncd.models import Altered, EntryRef, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
     "ALTERED_KEY", "DOCUMENTED_MAX_PER_PAGE", "INCLUDE_GATED", "PageGuard", "PageSize",
-    "SideRef", "decode_json", "decode_json_storable", "decode_page",
+    "SideRef", "decode_json", "decode_json_storable", "decode_page", "decode_page_fast",
     "make_storable", "parse_side_object", "parse_time_entry", "sanitise", "side_part",
     "side_refs", "sideload_plan",
 ]
@@ -554,6 +554,27 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
             altered.append(alt)
         if not absent.issuperset(INCLUDE_GATED) and type(raw) is dict:
             absent.update(k for k in INCLUDE_GATED if k not in raw)
+    side = _side_objects(doc, storable, rejected, altered)
+    count = _envelope_int(doc, meta, "count", len(ids))
+    assert count is not None
+    return Page(
+        count=count,
+        page_count=_envelope_int(doc, meta, "page_count", 1 if ids else 0) or 0,
+        page_number=_envelope_int(doc, meta, "page_number", None),
+        page_size=_envelope_int(doc, meta, "page_size", len(ids)) or 0,
+        absent_keys=frozenset(absent),
+        result_ids=tuple(ids),
+        entries=tuple(entries),
+        side=tuple(side),
+        rejected=tuple(rejected),
+        altered=tuple(altered),
+    )
+
+
+def _side_objects(doc: Mapping[str, Any], storable: bool, rejected: list[Rejected],
+                  altered: list[Altered]) -> list[SideObject]:
+    """The side-loaded objects of a page (api-notes §2 Includes); their rejects and
+    alterations are appended to `rejected` and `altered`."""
     side: list[SideObject] = []
     for kind in SIDE_KINDS:
         objs = doc.get(kind)
@@ -571,19 +592,84 @@ def decode_page(body: bytes | Mapping[str, Any], *, storable: bool = False) -> P
                         altered.append(alt)
             except InvalidRecord as exc:
                 rejected.append(Rejected(entry_id=None, reason=exc.reason, raw=_raw_text(raw)))
+    return side
+
+
+#: A JSON number that orjson would not give back as written (issue #26): an exponent, 20 or
+#: more integer digits (orjson reads an integer beyond 64 bits as a float), 16 or more
+#: significant digits with a fraction (beyond a double's precision), or a fraction of two or
+#: more digits ending in 0 (`1.50` comes back `1.5`; found by tests/integration/
+#: test_dual_path.py and a probe of 3,000 random spellings). The careful path stores
+#: such a number as orjson re-spells it, PostgreSQL's jsonb as written; a page holding one goes
+#: the careful path so that both store the same `raw`. Matched after `:`, `,` or `[` (where a
+#: value starts); the same bytes inside a string only cost the careful path.
+_RESPELLED_NUMBER = re.compile(
+    rb"[:,\[]\s*-?(?:[0-9]{20}|[0-9]+(?:\.[0-9]+)?[eE]|(?=[0-9.]{17})[0-9]+\.|"
+    rb"[0-9]+\.[0-9]*[0-9]0(?![0-9]))")
+_FAST_ID_DIGITS = 18
+
+
+def decode_page_fast(doc: Any, body: bytes, *, storable: bool) -> Page:
+    """`decode_page` for a page whose entries PostgreSQL is to type, validate and store
+    (issue #26, `store.upsert_page_body`): `doc` is `body` decoded (`decode_json_storable`,
+    with its `storable`). Returns a Page with `body` set, no `entries` and one `EntryRef` per
+    listed entry (id and foreign keys, in `results` order, repeats kept), the envelope figures,
+    `absent_keys` and the side-loaded objects as `decode_page` gives them.
+
+    Python checks only what it decides on: each `results` item is a `{key: "time_entries",
+    id}` reference to an object in `time_entries` whose `id` field, if any, equals the key, the
+    key is a positive integer of at most 18 digits without leading zeros, and each foreign key
+    is null, absent or a string of at most 18 digits. Anything else, a body that is not
+    provably storable text (`storable` false: NUL, unpaired surrogates) or longer than
+    MAX_TEXT, or a number orjson re-spells (`_RESPELLED_NUMBER`), returns `decode_page(doc)`
+    instead: the careful path for that page. Raises MalformedResponseError like
+    `decode_page`."""
+    if (not storable or len(body) > MAX_TEXT or type(doc) is not dict
+            or _RESPELLED_NUMBER.search(body)):
+        return decode_page(doc, storable=storable)
+    results, keyed, meta = doc.get("results"), doc.get("time_entries"), doc.get("meta") or {}
+    if type(results) is not list or not results or type(keyed) is not dict \
+            or type(meta) is not dict:
+        return decode_page(doc, storable=storable)
+    refs: list[EntryRef] = []
+    ids: list[str] = []
+    absent: set[str] = set()
+    try:
+        for ref in results:
+            rid = ref["id"] if type(ref) is dict else None
+            raw = keyed.get(rid) if type(rid) is str else None
+            if (type(raw) is not dict or ref.get("key", "time_entries") != "time_entries"
+                    or not 0 < len(rid) <= _FAST_ID_DIGITS or not rid.isascii()  # type: ignore[arg-type]
+                    or not rid.isdigit() or rid[0] == "0"  # type: ignore[union-attr, index]
+                    or raw.get("id", rid) != rid):
+                return decode_page(doc, storable=storable)
+            get = raw.get
+            refs.append(EntryRef(int(rid), _id_or_fail(get("workspace_id")),  # type: ignore[arg-type]
+                                 _id_or_fail(get("user_id")), _id_or_fail(get("story_id")),
+                                 _id_or_fail(get("role_id"))))
+            ids.append(rid)  # type: ignore[arg-type]
+            if len(absent) < len(INCLUDE_GATED):
+                absent.update(k for k in INCLUDE_GATED if k not in raw)
+    except (KeyError, ValueError, TypeError):
+        return decode_page(doc, storable=storable)
+    rejected: list[Rejected] = []
+    altered: list[Altered] = []
+    side = _side_objects(doc, storable, rejected, altered)
     count = _envelope_int(doc, meta, "count", len(ids))
     assert count is not None
     return Page(
         count=count,
-        page_count=_envelope_int(doc, meta, "page_count", 1 if ids else 0) or 0,
+        page_count=_envelope_int(doc, meta, "page_count", 1) or 0,
         page_number=_envelope_int(doc, meta, "page_number", None),
         page_size=_envelope_int(doc, meta, "page_size", len(ids)) or 0,
         absent_keys=frozenset(absent),
         result_ids=tuple(ids),
-        entries=tuple(entries),
+        entries=(),
         side=tuple(side),
         rejected=tuple(rejected),
         altered=tuple(altered),
+        body=body,
+        refs=tuple(refs),
     )
 
 

@@ -16,9 +16,13 @@ column sent as text and cast by PostgreSQL, no retries, validation, checkpoints 
   objects are parsed with the page and otherwise ignored).
 - `--table own`: a table of the mirror's columns with only its primary key (created before the
   clock starts); `--table mirror`: `kantata.time_entries` itself, with its indexes and triggers.
+- `--parse pg` (issue #26, the reference row): the page body is handed to PostgreSQL as it came,
+  one `INSERT … SELECT … FROM jsonb_each($1::jsonb -> 'time_entries') … ON CONFLICT (id) DO
+  UPDATE` per page, every column cast by PostgreSQL; Python decodes only page 1 of a listing
+  (for `meta.page_count`). `--parse python` (default): orjson, then one `unnest` of text arrays.
 
     python -m tests.benchmarks.bare --base-url URL --token T --dsn DSN --since D --until D
-        [--listing plain|windows] [--include] [--table own|mirror]
+        [--listing plain|windows] [--include] [--table own|mirror] [--parse python|pg]
 
 prints one JSON line: {"rows", "pages", "requests", "bytes", "seconds"}.
 """
@@ -68,6 +72,22 @@ WHERE t.updated_at < excluded.updated_at
 """
 
 
+def pg_upsert_sql(table: str) -> str:
+    """The one statement per page of `--parse pg`: PostgreSQL parses the body and casts every
+    column (newer `updated_at` wins, as in the mirror)."""
+    return f"""
+INSERT INTO {table} AS t ({", ".join(COLUMNS)}, raw, synced_at)
+SELECT {", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in zip(COLUMNS, TYPES, strict=True))},
+       e.value, now()
+FROM jsonb_each($1::jsonb -> 'time_entries') AS e
+ON CONFLICT (id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])}, raw = excluded.raw,
+    deleted_at = NULL, synced_at = excluded.synced_at
+WHERE t.updated_at < excluded.updated_at
+RETURNING 1
+"""
+
+
 PLAIN = {"per_page": "200", "from_archived_workspaces": "true", "on_my_account": "false"}
 INCLUDE = "workspace,user,story,role"
 
@@ -112,8 +132,8 @@ def _text(v: object) -> str | None:
 
 
 async def run(base_url: str, token: str, dsn: str, since: date, until: date, *,
-              listing: str = "plain", include: bool = False, table: str = "own"
-              ) -> dict[str, float]:
+              listing: str = "plain", include: bool = False, table: str = "own",
+              parse: str = "python") -> dict[str, float]:
     """Copy every entry of the listings into the database; return the figures (seconds)."""
     queue: asyncio.Queue[tuple[dict[str, str], int] | None] = asyncio.Queue()
     for q in listings(listing, include, since, until):
@@ -125,7 +145,8 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date, *,
     if table == "own":
         async with pool.acquire() as conn:
             await conn.execute(OWN_DDL)
-    upsert = upsert_sql(OWN_TABLE if table == "own" else "kantata.time_entries")
+    target = OWN_TABLE if table == "own" else "kantata.time_entries"
+    upsert = upsert_sql(target) if parse == "python" else pg_upsert_sql(target)
     headers = {"Authorization": f"Bearer {token}"}
     url = base_url.rstrip("/") + "/time_entries"
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
@@ -142,16 +163,23 @@ async def run(base_url: str, token: str, dsn: str, since: date, until: date, *,
                 body = await resp.read()
             figures["requests"] += 1
             figures["bytes"] += len(body)
-            doc = orjson.loads(body)
+            if page == 1 or parse == "python":
+                doc = orjson.loads(body)
             if page == 1:
                 for p in range(2, doc["meta"]["page_count"] + 1):
                     queue.put_nowait((query, p))
                     pending += 1
-            cols = page_columns(doc)
-            if cols[0]:
+            if parse == "pg":
                 async with pool.acquire() as conn:
-                    await conn.execute(upsert, *cols)
-                figures["rows"] += len(cols[0])
+                    rows = len(await conn.fetch(upsert, body.decode()))
+            else:
+                cols = page_columns(doc)
+                rows = len(cols[0])
+                if rows:
+                    async with pool.acquire() as conn:
+                        await conn.execute(upsert, *cols)
+            if rows:
+                figures["rows"] += rows
                 figures["pages"] += 1
             pending -= 1
             if pending == 0:
@@ -186,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listing", choices=("plain", "windows"), default="plain")
     p.add_argument("--include", action="store_true", help="side-load workspace,user,story,role")
     p.add_argument("--table", choices=("own", "mirror"), default="own")
+    p.add_argument("--parse", choices=("python", "pg"), default="python",
+                   help="who decodes the page: Python (orjson) or PostgreSQL (the body as jsonb)")
     a = p.parse_args(argv)
     figures = asyncio.run(run(a.base_url, a.token, a.dsn, a.since, a.until,
-                              listing=a.listing, include=a.include, table=a.table))
+                              listing=a.listing, include=a.include, table=a.table,
+                              parse=a.parse))
     sys.stdout.write(orjson.dumps(figures).decode() + "\n")
     return 0
 
