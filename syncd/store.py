@@ -75,132 +75,53 @@ WHERE t.updated_at < excluded.updated_at
 """
 
 # ---------------------------------------------------------------- pages typed by PostgreSQL
-# Issue #26: a list page's body goes to PostgreSQL as it came, and one statement types,
-# validates and upserts its entries set-based, with the rules of UPSERT_ENTRIES. Its checks are
-# a subset of what `pagination.parse_time_entry` accepts, with the same values: a page with any
-# entry outside them writes nothing and says so (`bad`), and the caller takes the careful path
-# for that page. Python has checked the ids and foreign keys (`pagination.decode_page_fast`).
-#: The shapes (digits as #) of a timestamp and a date the fast statement takes: what Kantata
-#: sends (api-notes §5: second precision with an offset); `t`/`z` are upper-cased first. A cast
-#: that still fails (February 30) aborts the statement and the page takes the careful path.
-_TS_SHAPES = ("'####-##-##T##:##:##Z'", "'####-##-##T##:##:##+##:##'",
-              "'####-##-##T##:##:##-##:##'")
-_INT_RANGES = {"time_in_minutes": (0, 1_000_000, "integer"),
-               "rate_in_cents": (None, None, "bigint"),
-               "cost_rate_in_cents": (None, None, "bigint"),
-               "currency_base_unit": (0, 2**31 - 1, "integer")}
-_FKS = ("workspace_id", "user_id", "story_id", "role_id")
-_BOOLS = ("billable", "approved", "is_invoiced", "taxable")
-_TEXTS = ("notes", "currency", "currency_symbol", "location")
-_STAMPS = ("created_at", "updated_at")
-_REQUIRED = ("date_performed", "time_in_minutes", "updated_at")
-_TYPED = ENTRY_COLUMNS[1:-1]
-
-
-def _year_ok(v: str) -> str:
-    """SQL: the year of `v` (text starting with 4 digits) is within 1900..2200, as the careful
-    path requires (`pagination.MIN_YEAR`, `MAX_YEAR`; the year as written, offset and all)."""
-    return f"substr({v}, 1, 4) BETWEEN '1900' AND '2200'"
-
-
-def _record_type(c: str) -> str:
-    """How `jsonb_to_record` hands column `c` over: text for what is checked by its spelling
-    (ids, integers, dates, timestamps), jsonb for what needs its JSON type (flags, text)."""
-    return "jsonb" if c in _BOOLS + _TEXTS else "text"
-
-
-def _fast_value(c: str) -> str:
-    """SQL: the value of column `c` from the entry's fields `j.*`, NULL when absent, null or
-    not within the fast checks (CASE, not AND: only CASE fixes the order in which PostgreSQL
-    evaluates). The checks are of shape (cheap: `translate` of digits); a value of the right
-    shape that PostgreSQL still refuses (a 30th of February, `1-2` as an integer) makes the
-    cast raise, the statement fails and the page takes the careful path (`pull.store_landed`):
-    PostgreSQL never takes what the careful path refuses, and never reads it otherwise."""
-    v = f"j.{c}"
-    if c in _FKS:
-        return f"{v}::bigint"  # null or 1-18 digits: checked by Python
-    if c in _INT_RANGES:
-        # a JSON integer or a string of digits: the careful path reads both (`_int`); 15
-        # digits stay below 2**53; a JSON 60.0 is not of this shape (careful path)
-        lo, hi, ty = _INT_RANGES[c]
-        shape = (f"CASE WHEN length({v}) BETWEEN 1 AND 15 AND translate({v}, '-0123456789', "
-                 f"'') = '' THEN ")
-        if lo is None:
-            return f"{shape}{v}::bigint END"
-        return (f"{shape}CASE WHEN {v}::bigint BETWEEN {lo} AND {hi} THEN {v}::{ty} END END")
-    if c in _BOOLS:
-        return f"CASE WHEN jsonb_typeof({v}) = 'boolean' THEN {v}::boolean END"
-    if c in _TEXTS:
-        return f"CASE WHEN jsonb_typeof({v}) = 'string' THEN {v} #>> '{{}}' END"
-    if c == "date_performed":
-        return (f"CASE WHEN translate({v}, '0123456789', '##########') = '####-##-##' "
-                f"THEN CASE WHEN {_year_ok(v)} THEN {v}::date END END")
-    if c in _STAMPS:
-        u = f"upper({v})"
-        return (f"CASE WHEN translate({u}, '0123456789', '##########') IN "
-                f"({', '.join(_TS_SHAPES)}) THEN CASE WHEN {_year_ok(v)} "
-                f"AND substr({v}, 12, 2) <= '23' AND substr({v}, 15, 2) <= '59' "
-                f"AND substr({v}, 18, 2) <= '59' AND substr({v} || '00', 21, 2) <= '14' "
-                f"AND substr({v} || '00', 24, 2) <= '59' THEN {u}::timestamptz END END")
-    raise ValueError(c)
-
-
-def _fast_ok(c: str) -> str:
-    """SQL: column `c` of the entry is within the fast checks (a required one present)."""
-    if c in _REQUIRED:
-        return f"x.{c} IS NOT NULL"
-    null = (f"coalesce(jsonb_typeof(x.j_{c}), 'null') = 'null'" if _record_type(c) == "jsonb"
-            else f"x.j_{c} IS NULL")
-    return f"(x.{c} IS NOT NULL OR {null})"
-
-
+# Issue #26: a list page's body goes to PostgreSQL as it came and one statement types and
+# upserts its entries set-based, with the rules of UPSERT_ENTRIES. Python has checked that
+# every entry is within the fast path's rules (`pagination.decode_page_fast`: the
+# `time_entries` map holds exactly the listed entries, ids and foreign keys are digit strings,
+# every typed field has the JSON type and spelling the careful path would take unchanged), so
+# the statement only casts. A value of the right spelling that PostgreSQL still refuses (a 30th
+# of February) raises asyncpg.DataError and the page is stored carefully in a new transaction.
+#: The PostgreSQL type of each typed column (`syncd.time_entry_in`, migrations/0005).
+_PAGE_TYPES = {
+    "workspace_id": "bigint", "user_id": "bigint", "story_id": "bigint", "role_id": "bigint",
+    "date_performed": "date", "time_in_minutes": "integer", "billable": "boolean",
+    "notes": "text", "rate_in_cents": "bigint", "cost_rate_in_cents": "bigint",
+    "currency": "text", "currency_symbol": "text", "currency_base_unit": "integer",
+    "approved": "boolean", "is_invoiced": "boolean", "taxable": "boolean", "location": "text",
+    "created_at": "timestamptz", "updated_at": "timestamptz"}
+assert tuple(_PAGE_TYPES) == ENTRY_COLUMNS[1:-1]
+# `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
+# `upsert_entries` does, so concurrent windows never deadlock.
 UPSERT_PAGE_BODY = f"""
-WITH s AS MATERIALIZED (
-    SELECT k.id, d.m -> k.key AS e
-    FROM (SELECT $1::jsonb -> 'time_entries' AS m) d,
-         unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS k(id, key, n)
-    ORDER BY k.n),
-x AS MATERIALIZED (
-    SELECT s.id, s.e AS raw, {", ".join(f"{_fast_value(c)} AS {c}" for c in _TYPED)},
-           {", ".join(f"j.{c} AS j_{c}" for c in _TYPED if c not in _REQUIRED)}
-    FROM s, jsonb_to_record(s.e) AS j({", ".join(f"{c} {_record_type(c)}" for c in _TYPED)})),
-bad AS (SELECT count(*) FILTER (WHERE NOT ({" AND ".join(_fast_ok(c) for c in _TYPED)})) AS n
-        FROM x),
-w AS (
-    INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
-                                          learned_via)
-    SELECT x.id, {", ".join(f"x.{c}" for c in _TYPED)}, x.raw, NULL::timestamptz, now(),
-           syncd.history_source()
-    FROM x WHERE (SELECT n FROM bad) = 0
-    ON CONFLICT (id) DO UPDATE SET
-        {ENTRY_SET_LIST},
-        raw = {MERGED_RAW},
-        deleted_at = NULL,
-        synced_at = excluded.synced_at,
-        learned_via = excluded.learned_via
-    WHERE t.updated_at < excluded.updated_at
-       OR (t.updated_at = excluded.updated_at
-           AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
-    RETURNING 1)
-SELECT (SELECT n FROM bad) AS bad, (SELECT count(*) FROM w) AS changed
+INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                      learned_via)
+SELECT e.key::bigint, {", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYPES.items())},
+       e.value, NULL::timestamptz, now(), syncd.history_source()
+FROM jsonb_each($1::jsonb -> 'time_entries') AS e
+ORDER BY 1
+ON CONFLICT (id) DO UPDATE SET
+    {ENTRY_SET_LIST},
+    raw = {MERGED_RAW},
+    deleted_at = NULL,
+    synced_at = excluded.synced_at,
+    learned_via = excluded.learned_via
+WHERE t.updated_at < excluded.updated_at
+   OR (t.updated_at = excluded.updated_at
+       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
 
 
-async def upsert_page_body(conn: asyncpg.Connection, body: bytes, ids: Sequence[int]
-                           ) -> int | None:
-    """Upsert the entries `ids` of one list page from its body (JSON bytes as Kantata sent
-    them, checked by `pagination.decode_page_fast`) in one statement that PostgreSQL types,
-    validates and writes set-based, with the rules of `upsert_entries` (older versions never
-    win, an absent key keeps its stored column, history trigger and `learned_via` alike).
-    Returns rows changed, or None, having written nothing, when some entry is outside the
-    statement's checks: the caller then stores the page through `upsert_entries`. Raises
-    asyncpg.DataError when a value of the right shape is not one (a 30th of February): the
-    transaction is then aborted, and the caller stores the page carefully in a new one."""
-    keys = sorted(set(ids))  # one lock order for concurrent writers, as upsert_entries
-    if not keys:
-        return 0
-    row = await conn.fetchrow(UPSERT_PAGE_BODY, body.decode(), keys, [str(k) for k in keys])
-    return None if row["bad"] else int(row["changed"])
+async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:
+    """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
+    accepted by `pagination.decode_page_fast`) in one statement that PostgreSQL types and
+    writes set-based, with the rules of `upsert_entries` (older versions never win, an absent
+    key keeps its stored column, history trigger and `learned_via` alike). Returns rows
+    changed. Raises asyncpg.DataError when a value of the right spelling is not one (a 30th
+    of February): the transaction is then aborted, and the caller stores the page carefully
+    in a new one."""
+    status = await conn.execute(UPSERT_PAGE_BODY, body.decode())
+    return int(status.rsplit(" ", 1)[-1])
 
 
 SIDE_SQL = {

@@ -230,7 +230,7 @@ async def test_fast_and_careful_paths_store_the_same(db_dsn: str, second_dsn: st
         assert stats["fast"].rows_altered == stats["careful"].rows_altered
     # every route was taken, often: the comparison above is not vacuous
     assert taken["fast"] >= PAGES // 4, taken
-    assert taken["refused"] >= 2, taken
+    assert taken["refused"] >= 1, taken  # a 30th of February: PostgreSQL refuses it
     assert taken["careful_in_python"] >= 10, taken
     assert got["careful"]["history"], "no entry was ever updated"
     assert got["careful"]["rejects"] and len(got["careful"]["entries"]) >= 30
