@@ -294,7 +294,7 @@ class KantataClient:
         return ApiResponse(status, body, rid, raw, storable)
 
     async def _read(self, path: str, params: Mapping[str, str], priority: Priority,
-                    decode: bool, *, shrinkable: bool = False
+                    decode: bool, *, shrinkable: bool = False, fast: bool = False
                     ) -> tuple[ApiResponse, Page | None]:
         endpoint = _endpoint(path)
 
@@ -327,8 +327,10 @@ class KantataClient:
                 classify(resp.status, resp.body, request_id=resp.request_id)
                 if decode and not resp.raw.strip():
                     raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
-                page = (pagination.decode_page(resp.body, storable=resp.storable)
-                        if decode else None)
+                page = (None if not decode else
+                        pagination.decode_page_fast(resp.body, resp.raw,
+                                                    storable=resp.storable) if fast else
+                        pagination.decode_page(resp.body, storable=resp.storable))
                 if page is not None and attempt.retry_state.attempt_number <= \
                         self.retry.max_retries:
                     missing = [r.entry_id for r in page.rejected
@@ -342,7 +344,8 @@ class KantataClient:
 
     # ------------------------------------------------------------------ reads
     async def _read_list(self, params: Mapping[str, str], priority: Priority, *,
-                         shrinkable: bool = False) -> tuple[ApiResponse, Page]:
+                         shrinkable: bool = False, fast: bool = False
+                         ) -> tuple[ApiResponse, Page]:
         """`GET /time_entries` whose entries carry their foreign keys: a page that lacks them
         (the contract returns them only with their `include=`) teaches the client to ask for
         them on every list request from then on; that page is asked for again at once, with
@@ -350,7 +353,7 @@ class KantataClient:
         if self.include_fks:
             params = with_includes(params, FK_INCLUDES)
         resp, page = await self._read("/time_entries", params, priority, True,
-                                      shrinkable=shrinkable)
+                                      shrinkable=shrinkable, fast=fast)
         assert page is not None
         if page.absent_keys and not self.include_fks:
             self.include_fks = True
@@ -358,7 +361,7 @@ class KantataClient:
                         detail="list pages without include= lack foreign keys; asking for "
                                f"include={','.join(FK_INCLUDES)} on every list request")
             resp, page = await self._read("/time_entries", with_includes(params, FK_INCLUDES),
-                                          priority, True, shrinkable=shrinkable)
+                                          priority, True, shrinkable=shrinkable, fast=fast)
             assert page is not None
         if page.absent_keys:
             log.warning("kantata_foreign_keys_absent", absent=sorted(page.absent_keys),
@@ -366,14 +369,17 @@ class KantataClient:
         return resp, page
 
     async def list_page(self, params: Mapping[str, str], *,
-                        priority: Priority = "pull", shrinkable: bool = False) -> Page:
+                        priority: Priority = "pull", shrinkable: bool = False,
+                        fast: bool = False) -> Page:
         """`GET /time_entries` with `params` (visibility overrides added), decoded, its entries
         with their foreign keys (`_read_list`). Retries transient failures; raises
         RetriableError when they persist, FatalAPIError on 4xx. `shrinkable`: the page may be
         too big to answer in time, so a timeout, reset or 5xx is raised at once
-        (RetriableAPIError, `too_slow(exc)` true) for the caller to ask a smaller page."""
+        (RetriableAPIError, `too_slow(exc)` true) for the caller to ask a smaller page.
+        `fast`: the page's entries are left for PostgreSQL to type (`Page.body`,
+        `pagination.decode_page_fast`)."""
         return (await self._read_list({**VISIBILITY, **params}, priority,
-                                      shrinkable=shrinkable))[1]
+                                      shrinkable=shrinkable, fast=fast))[1]
 
     async def get_by_ids(self, ids: Sequence[int], *, priority: Priority = "push",
                          extra: Mapping[str, str] | None = None) -> Page:

@@ -51,6 +51,19 @@ class TimeEntry(NamedTuple):
     raw: str
 
 
+class EntryRef(NamedTuple):
+    """What Python keeps of a listed entry whose page PostgreSQL types and stores (issue #26,
+    `pagination.decode_page_fast`): its id and foreign keys, in `TimeEntry`'s first five
+    positions, so the side-load planning (`pagination.side_refs`, `sideload_plan`) reads both
+    alike."""
+
+    id: int
+    workspace_id: int | None
+    user_id: int | None
+    story_id: int | None
+    role_id: int | None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SideObject:
     """A side-loaded workspace, user, story or role (api-notes §2 Includes), kept as raw JSON text
@@ -108,3 +121,12 @@ class Page:
     #: Include-gated foreign keys (`pagination.INCLUDE_GATED`) that some listed entry did not
     #: carry at all (absent, not null): the request lacked their `include=` (TE TimeEntry).
     absent_keys: frozenset[str] = frozenset()
+    #: The page's bytes as they came, when PostgreSQL is to type and store its entries (issue
+    #: #26, `pagination.decode_page_fast`): `entries` is then empty and `refs` lists them.
+    body: bytes | None = None
+    refs: tuple[EntryRef, ...] = ()
+
+    def listed(self) -> tuple[TimeEntry, ...] | tuple[EntryRef, ...]:
+        """The page's entries as typed by Python (`entries`) or, for a page PostgreSQL types,
+        their `refs`: id first, then workspace, user, story and role ids."""
+        return self.refs if self.body is not None else self.entries

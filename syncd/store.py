@@ -25,7 +25,7 @@ __all__ = [
     "daily_summary", "finish_run", "live_counts_by_day", "record_full_read",
     "unmirrored_rejects", "finish_window", "get_cursor", "newest_per_id",
     "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
-    "start_window", "upsert_entries", "upsert_side", "window_rows", "window_states",
+    "start_window", "upsert_entries", "upsert_page_body", "upsert_side", "window_rows", "window_states",
 ]
 
 #: The mirror's entry columns, in the order of `TimeEntry`'s fields and of the
@@ -73,6 +73,56 @@ WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
        AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
+
+# ---------------------------------------------------------------- pages typed by PostgreSQL
+# Issue #26: a list page's body goes to PostgreSQL as it came and one statement types and
+# upserts its entries set-based, with the rules of UPSERT_ENTRIES. Python has checked that
+# every entry is within the fast path's rules (`pagination.decode_page_fast`: the
+# `time_entries` map holds exactly the listed entries, ids and foreign keys are digit strings,
+# every typed field has the JSON type and spelling the careful path would take unchanged), so
+# the statement only casts. A value of the right spelling that PostgreSQL still refuses (a 30th
+# of February) raises asyncpg.DataError and the page is stored carefully in a new transaction.
+#: The PostgreSQL type of each typed column (`syncd.time_entry_in`, migrations/0005).
+_PAGE_TYPES = {
+    "workspace_id": "bigint", "user_id": "bigint", "story_id": "bigint", "role_id": "bigint",
+    "date_performed": "date", "time_in_minutes": "integer", "billable": "boolean",
+    "notes": "text", "rate_in_cents": "bigint", "cost_rate_in_cents": "bigint",
+    "currency": "text", "currency_symbol": "text", "currency_base_unit": "integer",
+    "approved": "boolean", "is_invoiced": "boolean", "taxable": "boolean", "location": "text",
+    "created_at": "timestamptz", "updated_at": "timestamptz"}
+assert tuple(_PAGE_TYPES) == ENTRY_COLUMNS[1:-1]
+# `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
+# `upsert_entries` does, so concurrent windows never deadlock.
+UPSERT_PAGE_BODY = f"""
+INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                      learned_via)
+SELECT e.key::bigint, {", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYPES.items())},
+       e.value, NULL::timestamptz, now(), syncd.history_source()
+FROM jsonb_each($1::jsonb -> 'time_entries') AS e
+ORDER BY 1
+ON CONFLICT (id) DO UPDATE SET
+    {ENTRY_SET_LIST},
+    raw = {MERGED_RAW},
+    deleted_at = NULL,
+    synced_at = excluded.synced_at,
+    learned_via = excluded.learned_via
+WHERE t.updated_at < excluded.updated_at
+   OR (t.updated_at = excluded.updated_at
+       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
+"""
+
+
+async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:
+    """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
+    accepted by `pagination.decode_page_fast`) in one statement that PostgreSQL types and
+    writes set-based, with the rules of `upsert_entries` (older versions never win, an absent
+    key keeps its stored column, history trigger and `learned_via` alike). Returns rows
+    changed. Raises asyncpg.DataError when a value of the right spelling is not one (a 30th
+    of February): the transaction is then aborted, and the caller stores the page carefully
+    in a new one."""
+    status = await conn.execute(UPSERT_PAGE_BODY, body.decode())
+    return int(status.rsplit(" ", 1)[-1])
+
 
 SIDE_SQL = {
     "workspaces": ("kantata.workspaces", "title"),

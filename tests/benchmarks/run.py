@@ -584,8 +584,15 @@ def validation_cost(sim: SimProcess, since: date, until: date) -> dict[str, floa
     def bare(b: bytes) -> object:
         return page_columns(orjson.loads(b))
 
+    from syncd import pull
+
     def syncd_decode(b: bytes) -> object:
-        return pagination.decode_page(b)
+        # what syncd's backfill does with a page: with PostgreSQL typing pages (issue #26,
+        # off by default) decode it once and keep ids, foreign keys and the envelope
+        doc, storable = pagination.decode_json_storable(b)
+        if pull.PAGES_TYPED_BY_POSTGRES:
+            return pagination.decode_page_fast(doc, b, storable=storable)
+        return pagination.decode_page(doc, storable=storable)
 
     return {"pages_sampled": len(pages),
             "bytes_per_page": statistics.mean(len(b) for b in pages),

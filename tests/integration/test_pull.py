@@ -19,10 +19,15 @@ from tests.oracle import mirror_diff
 pytestmark = pytest.mark.integration
 
 
-async def test_backfill_is_an_exact_mirror(deps: Deps, sim: Simulator,
-                                           conn: asyncpg.Connection) -> None:
+@pytest.mark.parametrize("typed_by_postgres", [False, True])
+async def test_backfill_is_an_exact_mirror(deps: Deps, sim: Simulator, conn: asyncpg.Connection,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           typed_by_postgres: bool) -> None:
+    monkeypatch.setattr(pull, "PAGES_TYPED_BY_POSTGRES", typed_by_postgres)
     stats = await pull.sync_once(deps)
     assert stats.errors == []
+    # issue #26: with PostgreSQL typing pages, none needed the careful path
+    assert "pages_stored_carefully" not in stats.details
     remote = sim.list_entries()
     assert len(remote) == 600
     assert await mirror_diff(conn, remote) == []

@@ -89,18 +89,18 @@ async def test_backfill_side_loads_each_object_once_and_each_page_carries_its_ow
     transaction, so no committed entry ever points at an object that is not stored yet."""
     committed: set[tuple[str, int]] = set()
     uncovered: list[tuple[str, int]] = []
-    real = pull.store_page
+    real = pull.store_landed  # what read_window stores each page with
 
-    async def spy(deps: Any, page: Any, stats: Any, **kw: Any) -> int:
+    async def spy(deps: Any, page: Any, stats: Any, **kw: Any) -> tuple[int, Any]:
         have = committed | {(o.kind, o.id) for o in page.side}
-        uncovered.extend(r for r in pagination.side_refs(page.entries) if r not in have
+        uncovered.extend(r for r in pagination.side_refs(page.listed()) if r not in have
                          and r in refs)
-        n = await real(deps, page, stats, **kw)
-        committed.update((o.kind, o.id) for o in page.side)
-        return n
+        n, landed = await real(deps, page, stats, **kw)
+        committed.update((o.kind, o.id) for o in landed.side)
+        return n, landed
 
     refs = _sim_refs(sim)
-    monkeypatch.setattr(pull, "store_page", spy)
+    monkeypatch.setattr(pull, "store_landed", spy)
     async with open_deps(make_settings(db_dsn, sim_url, per_page=20)) as deps:
         stats = await pull.sync_once(deps)
     assert stats.errors == []
