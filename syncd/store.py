@@ -91,12 +91,14 @@ _PAGE_TYPES = {
     "approved": "boolean", "is_invoiced": "boolean", "taxable": "boolean", "location": "text",
     "created_at": "timestamptz", "updated_at": "timestamptz"}
 assert tuple(_PAGE_TYPES) == ENTRY_COLUMNS[1:-1]
+#: The typed values of the page statement's select list, from the _PAGE_TYPES constant.
+PAGE_BODY_VALUES = ", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYPES.items())
 # `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
 # `upsert_entries` does, so concurrent windows never deadlock.
 UPSERT_PAGE_BODY = f"""
 INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
                                       learned_via)
-SELECT e.key::bigint, {", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYPES.items())},
+SELECT e.key::bigint, {PAGE_BODY_VALUES},
        e.value, NULL::timestamptz, now(), syncd.history_source()
 FROM jsonb_each($1::jsonb -> 'time_entries') AS e
 ORDER BY 1

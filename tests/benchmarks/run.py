@@ -587,8 +587,9 @@ def validation_cost(sim: SimProcess, since: date, until: date) -> dict[str, floa
     from syncd import pull
 
     def syncd_decode(b: bytes) -> object:
-        # what syncd's backfill does with a page: with PostgreSQL typing pages (issue #26,
-        # off by default) decode it once and keep ids, foreign keys and the envelope
+        # what syncd's backfill does with a page: with PostgreSQL typing pages (issue #26, on
+        # by default) decode it once, check each entry's shape, keep ids, foreign keys and
+        # the envelope
         doc, storable = pagination.decode_json_storable(b)
         if pull.PAGES_TYPED_BY_POSTGRES:
             return pagination.decode_page_fast(doc, b, storable=storable)

@@ -73,7 +73,7 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     assert all(10 < p["peak_rss_mb"]["max"] < 500 for p in res["rss_ladder"])
     names = {t["target"].split(" ")[0] for t in res["targets"]}
     assert {"backfill", "peak", "idle", "push:", "full", "reconciliation"} <= names
-    assert "| plain listing → own table (**reference**)" in proc.stdout
+    assert "| plain listing, PostgreSQL parses each page → own table (**reference**)" in proc.stdout
     assert "| target |" in proc.stdout
 
     # issue #16: the difference from the reference is accounted for item by item
@@ -81,7 +81,8 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     items = {i["item"].split(" (")[0]: i for i in acct["items"]}
     for want in ("process start and imports", "side-loads on every page", "the request ceiling",
                  "monthly `date_performed_between` windows", "validation and decoding",
-                 "SQL: window checkpoints", "total: syncd default − the plain-listing reference"):
+                 "SQL: window checkpoints",
+                 "total: syncd default − the PostgreSQL-parsing reference"):
         assert want in items, sorted(items)
     assert acct["syncd_run"]["details"]["windows_known_empty"] > 0  # 10 years back by default
     assert acct["statements"]["window checkpoints"]["calls"] > 0
