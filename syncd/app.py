@@ -34,12 +34,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET TimeZone = 'UTC'")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's `reset` on release: nothing. asyncpg has already rolled back a transaction
+    left open (`Connection._reset`, before this hook). syncd keeps no session state on pooled
+    connections (LISTEN and the leader's advisory lock live on the control connection,
+    `control.py`), so asyncpg's default reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET
+    ALL) cost a round trip per release, about 0.2 ms of CPU a page stored (issue #26), and its
+    RESET ALL undid `_init_connection`'s `SET TimeZone` after the first release."""
+
+
 async def open_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
-    """Create the asyncpg pool (libpq PG* variables apply when no URL is set)."""
+    """Create the asyncpg pool (libpq PG* variables apply when no URL is set); every connection
+    keeps its session settings (`_init_connection`, `_keep_session`)."""
     dsn = settings.dsn()
     size = max_size or max(4, settings.window_concurrency + settings.push_concurrency + 2)
     pool = await asyncpg.create_pool(dsn=dsn, min_size=1, max_size=size,
-                                     init=_init_connection, command_timeout=300)
+                                     init=_init_connection, reset=_keep_session,
+                                     command_timeout=300)
     assert pool is not None
     return pool
 

@@ -151,3 +151,28 @@ async def test_the_upsert_record_type_matches_the_mirror_table(conn: asyncpg.Con
              AND NOT attisdropped""")))
     assert [name for name, _ in record] == list(store.ENTRY_COLUMNS)
     assert record == [(name, table[name]) for name, _ in record]
+
+
+async def test_pooled_connections_keep_their_session_and_lose_open_transactions(
+        db_dsn: str) -> None:
+    """The pool's release costs no reset round trip (issue #26) yet a released connection
+    still comes back clean: `_init_connection`'s UTC stays (asyncpg's default RESET ALL undid
+    it after the first release), and a transaction left open is rolled back."""
+    from syncd.app import open_pool
+    from tests.integration.conftest import make_settings
+
+    pool = await open_pool(make_settings(db_dsn, "http://127.0.0.1:9/api/v1"), max_size=1)
+    try:
+        for _ in range(2):
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW TimeZone") == "UTC"
+                await conn.execute("CREATE TEMP TABLE IF NOT EXISTS left_open (x int)")
+        conn = await pool.acquire()
+        await conn.execute("BEGIN")
+        await conn.execute("INSERT INTO left_open VALUES (1)")
+        await pool.release(conn)
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM left_open") == 0
+    finally:
+        await pool.close()
