@@ -100,7 +100,7 @@ INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, s
                                       learned_via)
 SELECT e.key::bigint, {PAGE_BODY_VALUES},
        e.value, NULL::timestamptz, now(), syncd.history_source()
-FROM jsonb_each($1::jsonb -> 'time_entries') AS e
+FROM jsonb_each(convert_from($1::bytea, 'UTF8')::jsonb -> 'time_entries') AS e
 ORDER BY 1
 ON CONFLICT (id) DO UPDATE SET
     {ENTRY_SET_LIST},
@@ -122,7 +122,9 @@ async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:
     changed. Raises asyncpg.DataError when a value of the right spelling is not one (a 30th
     of February): the transaction is then aborted, and the caller stores the page carefully
     in a new one."""
-    status = await conn.execute(UPSERT_PAGE_BODY, body.decode())
+    # bytes as they came, as bytea: no Python str of the page (up to 4 bytes a character for
+    # a page with one emoji) and no UTF-8 encoding of it again on the way out
+    status = await conn.execute(UPSERT_PAGE_BODY, body)
     return int(status.rsplit(" ", 1)[-1])
 
 
