@@ -58,12 +58,8 @@ def _set_column(c: str) -> str:
 MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"
 #: The SET list of the upsert, from the ENTRY_COLUMNS constant (no outside value).
 ENTRY_SET_LIST = ", ".join(_set_column(c) for c in ENTRY_COLUMNS[1:-1])
-UPSERT_ENTRIES = f"""
-INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
-                                      learned_via)
-SELECT u.*, NULL::timestamptz, now(), syncd.history_source()
-FROM unnest($1::syncd.time_entry_in[]) AS u
-ON CONFLICT (id) DO UPDATE SET
+#: What an upsert of entries does with a stored row (UPSERT_ENTRIES, UPSERT_PAGE_BODY).
+ENTRY_ON_CONFLICT = f"""ON CONFLICT (id) DO UPDATE SET
     {ENTRY_SET_LIST},
     raw = {MERGED_RAW},
     deleted_at = NULL,
@@ -73,6 +69,12 @@ WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
        AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
+UPSERT_ENTRIES = f"""
+INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                      learned_via)
+SELECT u.*, NULL::timestamptz, now(), syncd.history_source()
+FROM unnest($1::syncd.time_entry_in[]) AS u
+{ENTRY_ON_CONFLICT}"""
 
 # ---------------------------------------------------------------- pages typed by PostgreSQL
 # Issue #26: a list page's body goes to PostgreSQL as it came and one statement types and
@@ -102,16 +104,7 @@ SELECT e.key::bigint, {PAGE_BODY_VALUES},
        e.value, NULL::timestamptz, now(), syncd.history_source()
 FROM jsonb_each(convert_from($1::bytea, 'UTF8')::jsonb -> 'time_entries') AS e
 ORDER BY 1
-ON CONFLICT (id) DO UPDATE SET
-    {ENTRY_SET_LIST},
-    raw = {MERGED_RAW},
-    deleted_at = NULL,
-    synced_at = excluded.synced_at,
-    learned_via = excluded.learned_via
-WHERE t.updated_at < excluded.updated_at
-   OR (t.updated_at = excluded.updated_at
-       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
-"""
+{ENTRY_ON_CONFLICT}"""
 
 
 async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:

@@ -4,6 +4,7 @@ a migrated template database cloned per test, and a scrubbed SYNCD_* environment
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -85,34 +86,40 @@ def template_db(pg_server_dsn: str) -> str:
     return name
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(pg_server_dsn: str, prefix: str,
+                           template: str | None = None) -> AsyncIterator[str]:
+    """A new database (a copy of `template`, else empty) for the block; dropped after it.
+    Yields its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
+    finally:
+        await admin.close()
+    try:
+        yield _with_db(pg_server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(pg_server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def db_dsn(pg_server_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test; dropped afterwards."""
-    name = f"syncd_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield _with_db(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_server_dsn, "syncd_t", template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture
 async def empty_db_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
     """A fresh database with no migrations applied."""
-    name = f"syncd_e_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield _with_db(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(pg_server_dsn, "syncd_e") as dsn:
+        yield dsn
 
 
 @pytest.fixture

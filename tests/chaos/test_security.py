@@ -241,6 +241,7 @@ ALLOWED: dict[str, dict[str, str]] = {
         "ENTRY_SET_LIST": "SET list built from the ENTRY_COLUMNS constant",
         "MERGED_RAW": "a constant jsonb expression",
         "PAGE_BODY_VALUES": "casts of the _PAGE_TYPES constant's columns",
+        "ENTRY_ON_CONFLICT": "the upsert's conflict clause, built from the constants above",
         "table": "table name from the SIDE_SQL constant", "label": "column from SIDE_SQL",
         "extra_col": "literal column fragment", "extra_val": "literal fragment",
         "extra_set": "literal SET fragment",

@@ -27,7 +27,7 @@ from syncd.app import open_deps
 from syncd.pull import store_landed
 from syncd.runs import Deps, RunStats
 from syncd.windows import Window
-from tests.conftest import _with_db
+from tests.conftest import scratch_database
 from tests.integration.conftest import make_settings
 
 SEED = 2026
@@ -142,14 +142,8 @@ def page_body(rng: random.Random) -> bytes:
 
 @pytest.fixture
 async def second_dsn(pg_server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    name = f"syncd_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    await admin.close()
-    yield _with_db(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with scratch_database(pg_server_dsn, "syncd_t", template_db) as dsn:
+        yield dsn
 
 
 ENTRY = ", ".join(c for c in store.ENTRY_COLUMNS if c != "raw")
