@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from syncd import cursor, pagination, store
 from syncd.errors import (
-    AuthError,
+    STOPS_THE_RUN,
     FatalError,
     MalformedResponseError,
     PagingError,
@@ -392,8 +392,8 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.error = "stopped before the window finished"
                     res.distinct = distinct_count(res.ids)
                     return res
-        except AuthError:
-            raise  # the token is refused: no other window can succeed either
+        except STOPS_THE_RUN:
+            raise  # token refused or Kantata unreachable: no other window can succeed either
         except (RetriableError, FatalError) as exc:
             res.error = f"{type(exc).__name__}: {exc}"
             res.distinct = distinct_count(res.ids)
@@ -478,6 +478,8 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
               "date_performed_between": Window(todo[0].start, todo[-1].end).param}
     try:
         page = await deps.client.list_page(params)
+    except STOPS_THE_RUN:
+        raise
     except (RetriableError, MalformedResponseError):
         return todo
     if page.rejected:
@@ -540,7 +542,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             results.append(res)
 
     try:
-        async with asyncio.TaskGroup() as tg:  # an AuthError cancels the other windows
+        async with asyncio.TaskGroup() as tg:  # STOPS_THE_RUN cancels the other windows
             for w in todo:
                 tg.create_task(one(w))
     except BaseExceptionGroup as group:  # report the cause itself, not a group of one

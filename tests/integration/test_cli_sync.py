@@ -99,6 +99,24 @@ async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: 
     assert await mirror_diff(conn, sim.list_entries()) == []
 
 
+async def test_sync_against_an_unreachable_kantata_stops_at_the_first_windows(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """The first backfill against a closed port tried every window in turn (15 minutes at
+    the default back-off): the first request that cannot connect through its retries ends
+    the run, with one line and exit code 1."""
+    env = env_for(db_dsn, "http://127.0.0.1:9/api/v1", SYNCD_MAX_RETRIES="2",
+                  SYNCD_BACKOFF_BASE="0.01", SYNCD_BACKOFF_CAP="0.02")
+    code, out, err = await syncd(env, "sync")
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("syncd:")] == [
+        "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
+        "GET /time_entries could not connect: ClientConnectorError on all 3 attempts of a "
+        "request; check SYNCD_KANTATA_BASE_URL and the network"]
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'failed'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'") == 0
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs") == "failed"
+
+
 async def test_migrate_cli_is_idempotent_and_run_refuses_pending(empty_db_dsn: str) -> None:
     env = env_for(empty_db_dsn, "http://127.0.0.1:9/api/v1")
     code, out, err = await syncd(env, "sync")

@@ -336,6 +336,29 @@ async def test_the_reconcile_command_prints_per_window_figures(
     assert await _deleted_ids(conn) == {int(e["id"])}
 
 
+async def test_the_reconcile_command_stops_at_once_when_kantata_is_unreachable(
+        deps: Deps, db_dsn: str, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like verify, reconciliation went on window after window against a closed port."""
+    await pull.sync_once(deps)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", "http://127.0.0.1:9/api/v1")  # discard port
+    monkeypatch.setenv("SYNCD_MAX_RETRIES", "1")
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--full"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("syncd:")] == [
+        "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
+        "GET /time_entries could not connect: ClientConnectorError on all 2 attempts of a "
+        "request; check SYNCD_KANTATA_BASE_URL and the network"]
+    tried = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = 'reconcile' "
+                                "AND status <> 'pending'")
+    assert 1 <= tried <= 2 * deps.settings.window_concurrency  # not all 80+ of the range
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
+        == "failed"
+
+
 async def test_shutdown_mid_run_leaves_unfinished_windows_due_and_deletes_nothing_from_them(
         small_pages: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
     deps = small_pages
