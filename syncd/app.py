@@ -142,7 +142,12 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
                 request_timeout=settings.request_timeout,
                 connect_timeout=settings.connect_timeout,
                 max_connections=settings.max_connections, metrics=metrics)
-            yield Deps(pool=pool, client=client, settings=settings, metrics=metrics)
+            deps = Deps(pool=pool, client=client, settings=settings, metrics=metrics)
+            try:
+                yield deps
+            finally:
+                if deps.run_owner is not None:  # its session's run locks go with it
+                    await deps.run_owner.close()
     finally:
         try:
             await keeper.close()

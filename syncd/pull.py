@@ -466,6 +466,20 @@ class _Progress:
             sys.stderr.flush()
 
 
+async def give_back(deps: Deps, purpose: str, w: Window, reason: str) -> None:
+    """`store.give_back_window` for a window whose read stopped, even while the task is
+    being cancelled (the write is shielded); a database error is logged, and the next run
+    start gives the window back anyway (`store.close_dead_runs`)."""
+    async def write() -> None:
+        async with deps.pool.acquire() as conn:
+            await store.give_back_window(conn, purpose, w, reason)
+
+    try:
+        await asyncio.shield(write())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("window_not_given_back", window=w.param, error=f"{type(exc).__name__}: {exc}")
+
+
 async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
                                            stats: RunStats) -> list[Window]:
     """One request (the earliest entry of the whole range, `per_page=1`) tells which windows
@@ -492,7 +506,7 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
         return todo
     async with deps.pool.acquire() as conn, conn.transaction():
         for w in empty:
-            await store.start_window(conn, "backfill", w, restart=True)
+            await store.start_window(conn, "backfill", w, restart=True, run_id=stats.run_id)
             await store.finish_window(conn, "backfill", w, status="done", remote_count=0)
     stats.details["windows_known_empty"] = len(empty)
     log.info("backfill_windows_known_empty", windows=len(empty),
@@ -522,14 +536,23 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
         async with sem:
             if deps.should_stop():
                 return
-            resume = not force and states.get(w, {}).get("status") == "running"
-            async with deps.pool.acquire() as conn:
-                pages_done, size = await store.start_window(conn, "backfill", w,
-                                                            restart=not resume)
-            res = await read_window(deps, w, stats, first_page=pages_done + 1, first_size=size,
-                                    side_seen=side_seen, side_loads=side_loads)
+            # 'pending' with pages done: given back by a run that stopped (give_back_window)
+            resume = not force and states.get(w, {}).get("status") in ("running", "pending")
+            try:
+                async with deps.pool.acquire() as conn:
+                    pages_done, size = await store.start_window(conn, "backfill", w,
+                                                                restart=not resume,
+                                                                run_id=stats.run_id)
+                res = await read_window(deps, w, stats, first_page=pages_done + 1,
+                                        first_size=size, side_seen=side_seen,
+                                        side_loads=side_loads)
+            except BaseException as exc:  # the run stops (STOPS_THE_RUN, SIGTERM, deadline)
+                await give_back(deps, "backfill", w, f"interrupted: {type(exc).__name__}")
+                raise
             if res.error and deps.should_stop():
-                return  # left 'running': the next run resumes at its next page
+                # the next run resumes at its next page
+                await give_back(deps, "backfill", w, "interrupted: stopped by shutdown")
+                return
             status = "failed" if res.error else "done"
             async with deps.pool.acquire() as conn:
                 await store.finish_window(conn, "backfill", w, status=status,

@@ -365,9 +365,9 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
     """Reconcile one window: counting first when `state` (its `CountState`) says its full
     read is not due, in full when it is or `state` is None (`--full`)."""
     rep = WindowReport(w)
-    async with deps.pool.acquire() as conn:
-        await store.start_window(conn, PURPOSE, w, restart=True)
     try:
+        async with deps.pool.acquire() as conn:
+            await store.start_window(conn, PURPOSE, w, restart=True, run_id=stats.run_id)
         settled = False
         if state is not None and not reconcile.full_read_due(
                 state, now=now, interval=deps.settings.reconcile_full_interval):
@@ -389,6 +389,9 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed",
                                       remote_count=None, error=rep.error)
+    except BaseException as exc:  # cancelled (SIGTERM of a one-shot command, a deadline)
+        await pull.give_back(deps, PURPOSE, w, f"interrupted: {type(exc).__name__}")
+        raise
     stats.pages += rep.requests
     stats.rows_upserted += rep.upserted
     deps.metrics.rows_upserted.labels("reconcile").inc(rep.upserted)

@@ -84,12 +84,14 @@ def register(sub: Any) -> None:
                    SYNCD_OVERLAP seconds after they happened; no later pull reads them again
                    (the next pull starts at max(watermark - SYNCD_OVERLAP, settled through))
   entries          live rows, rows marked deleted, and the last write to the mirror
-  windows          backfill windows by status
+  windows          backfill and reconcile windows by status (a window left running by a
+                   process that is gone shows as pending: the next run resumes it)
   altered records  stored with text PostgreSQL cannot hold replaced
   rejected records not stored at all (totals may be short): syncd.rejected_records
   outbox           rows by status and the oldest pending one
   last ok          each job's last successful run
-  recent runs      the latest runs with their figures and errors
+  recent runs      the latest runs with their figures and errors; a run whose process is
+                   gone (killed) shows as interrupted, "abandoned: ..."
 
 Deletions in Kantata follow with reconciliation (syncd.window_freshness). Exit code 1 when the
 database cannot be reached or migrations are pending.""")
