@@ -126,6 +126,11 @@ class Settings(BaseSettings):
                                 "across restarts and raised slowly to find a higher one")
     rate_limit_floor_per_minute: float = Field(
         6.0, gt=0, description="a learned limit is never lowered below this rate")
+    rate_limit_forget_after: float = Field(
+        86400.0, ge=0, description="seconds without a 429 after which a learned limit is "
+                                   "forgotten (a throttle that has ended must not cap syncd "
+                                   "for ever): syncd then runs unpaced and learns again at "
+                                   "the next 429; 0: never")
 
     # --- push (outbox) -----------------------------------------------------------------------
     push_interval: float = Field(
