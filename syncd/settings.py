@@ -308,8 +308,11 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":  # only the TOML file can name unknown keys
+            close = difflib.get_close_matches(loc.lower(), list(Settings.model_fields), n=1,
+                                              cutoff=0.7)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"invalid setting: unknown key {loc!r} in SYNCD_CONFIG_FILE (keys are "
-                         "the SYNCD_* names in lower case without the prefix)")
+                         f"the SYNCD_* names in lower case without the prefix){hint}")
         elif loc:
             lines.append(f"invalid setting SYNCD_{loc.upper()}: {msg}")
         else:

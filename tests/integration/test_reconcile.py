@@ -330,10 +330,19 @@ async def test_the_reconcile_command_prints_per_window_figures(
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["window", "checked", "upserted", "revived", "deleted", "kept"]
-    march = next(line for line in lines if line.startswith("2025-03-01:2025-03-31"))
-    assert march.split()[4] == "1"  # marked deleted
-    assert lines[-1].startswith("3 windows:") and "1 marked deleted" in lines[-1]
+    # only the window where something was found (a trial user got all 122 windows)
+    assert len(lines) == 3 and lines[1].startswith("2025-03-01:2025-03-31")
+    assert lines[1].split()[4] == "1"  # marked deleted
+    assert lines[-1].startswith("3 windows: 1 changed, 2 unchanged (not listed; --verbose "
+                                "lists every window), 0 failed;")
+    assert "1 marked deleted" in lines[-1]
     assert await _deleted_ids(conn) == {int(e["id"])}
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--since", "2025-02-01",
+                                              "--until", "2025-04-30", "--verbose"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and [x.split()[0] for x in lines[1:4]] == [
+        "2025-02-01:2025-02-28", "2025-03-01:2025-03-31", "2025-04-01:2025-04-30"]
+    assert lines[-1].startswith("3 windows: 0 changed, 3 unchanged, 0 failed;")
 
 
 async def test_the_reconcile_command_stops_at_once_when_kantata_is_unreachable(
