@@ -47,10 +47,6 @@ class Saved:
     base_url: str = ""
 
 
-COLUMNS = ("kantata_base_url, limit_requests, window_seconds, window_longer_than, "
-           "last_request_at, recent_starts, last_throttled_at, updated_at")
-
-
 def _saved(row: asyncpg.Record) -> Saved:
     return Saved(Learned(row["limit_requests"], row["window_seconds"],
                          row["window_longer_than"]), row["last_request_at"],
@@ -64,7 +60,8 @@ async def load(conn: asyncpg.Connection, key: BudgetKey) -> Saved | None:
     if await conn.fetchval("SELECT to_regclass('syncd.request_budget')") is None:
         return None
     row = await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM syncd.request_budget "
+        "SELECT kantata_base_url, limit_requests, window_seconds, window_longer_than, "
+        "last_request_at, recent_starts, last_throttled_at, updated_at FROM syncd.request_budget "
         "WHERE kantata_base_url = $1 AND token_sha256 = $2", key.base_url, key.token_sha256)
     return None if row is None else _saved(row)
 
@@ -75,7 +72,9 @@ async def load_all(conn: asyncpg.Connection) -> list[Saved]:
     if await conn.fetchval("SELECT to_regclass('syncd.request_budget')") is None:
         return []
     return [_saved(r) for r in await conn.fetch(
-        f"SELECT {COLUMNS} FROM syncd.request_budget ORDER BY updated_at DESC")]
+        "SELECT kantata_base_url, limit_requests, window_seconds, window_longer_than, "
+        "last_request_at, recent_starts, last_throttled_at, updated_at "
+        "FROM syncd.request_budget ORDER BY updated_at DESC")]
 
 
 async def forget(conn: asyncpg.Connection, key: BudgetKey) -> None:

@@ -309,9 +309,9 @@ DEAD_RUN_ERROR = ("abandoned: the process running it is gone (killed, or lost it
 
 #: Runs whose owning process is gone: `running` rows without their advisory lock
 #: (`runs.RunOwner`, `syncd.run_is_live`, migration 0014).
-CLOSE_DEAD_RUNS = f"""
+CLOSE_DEAD_RUNS = """
 UPDATE syncd.sync_runs SET status = 'interrupted', finished_at = now(),
-       error = coalesce(error, '{DEAD_RUN_ERROR}')
+       error = coalesce(error, $1)
 WHERE status = 'running' AND NOT syncd.run_is_live(id)
 """
 
@@ -340,7 +340,7 @@ async def close_dead_runs(conn: asyncpg.Connection) -> Closed:
     """Close the runs whose process is gone (`interrupted`, with `DEAD_RUN_ERROR`) and give
     the windows left `running` by them back (`pending`, pages kept); called at every run
     start. A run of a live process, however long, is never touched."""
-    runs = await conn.execute(CLOSE_DEAD_RUNS)
+    runs = await conn.execute(CLOSE_DEAD_RUNS, DEAD_RUN_ERROR)
     windows = await conn.execute(GIVE_BACK_ORPHANED_WINDOWS)
     return Closed(int(runs.rsplit(" ", 1)[-1]), int(windows.rsplit(" ", 1)[-1]))
 
@@ -379,14 +379,13 @@ async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[s
         """SELECT job, max(finished_at) AS at FROM syncd.sync_runs
            WHERE status IN ('ok', 'partial') GROUP BY job""")}
     snap["runs"] = [dict(r) for r in await conn.fetch(
-        f"""SELECT run_id::text, job, started_at, finished_at,
-                   CASE WHEN dead THEN 'interrupted' ELSE status END AS status, pages, requests,
-                   rows_upserted, rows_rejected,
-                   CASE WHEN dead THEN coalesce(error, '{DEAD_RUN_ERROR}') ELSE error END
-                       AS error
-            FROM (SELECT *, status = 'running' AND NOT syncd.run_is_live(id) AS dead
-                  FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1) r
-            ORDER BY started_at DESC""", runs)]
+        """SELECT run_id::text, job, started_at, finished_at,
+                  CASE WHEN dead THEN 'interrupted' ELSE status END AS status, pages, requests,
+                  rows_upserted, rows_rejected,
+                  CASE WHEN dead THEN coalesce(error, $2) ELSE error END AS error
+           FROM (SELECT *, status = 'running' AND NOT syncd.run_is_live(id) AS dead
+                 FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1) r
+           ORDER BY started_at DESC""", runs, DEAD_RUN_ERROR)]
     snap["rejected_records"] = await conn.fetchval("SELECT count(*) FROM syncd.rejected_records")
     snap["rejected"] = [dict(r) for r in await conn.fetch(
         """SELECT entry_id, reason, occurrences, last_seen FROM syncd.rejected_records
