@@ -57,8 +57,10 @@ async def open_pool(settings: Settings, *, max_size: int | None = None) -> async
 
 class BudgetKeeper:
     """Keeps the budget's learned limit in `syncd.request_budget` (`budget_store`): `restore()`
-    at start, a save in the background whenever it changes (`changed`, the budget's
-    `on_change`), and a last one with the newest request's time at `close()`. A database
+    at start (a limit whose last 429 is older than the budget's `forget_after` is deleted
+    instead), a save in the background whenever it changes (`changed`, the budget's
+    `on_change`), a delete when it expires (`forgotten`, its `on_forget`), and a last save
+    with the newest request's time at `close()`. A database
     error is logged (`request_budget_not_saved` / `_not_loaded`) and never stops a job: the
     limit is then learned again."""
 
@@ -67,6 +69,7 @@ class BudgetKeeper:
         self.pool, self.key, self.budget = pool, key, budget
         self._pending: Learned | None = None
         self._task: asyncio.Task[None] | None = None
+        self._forget_task: asyncio.Task[None] | None = None
 
     async def restore(self) -> budget_store.Saved | None:
         """Load the saved limit into the budget; returns what was loaded (None: nothing)."""
@@ -78,15 +81,41 @@ class BudgetKeeper:
             return None
         if saved is not None:
             now = datetime.now(UTC)
+            throttled = saved.last_throttled_at.timestamp() if saved.last_throttled_at else None
+            forget_after = self.budget.forget_after
+            if throttled is not None and forget_after is not None \
+                    and now.timestamp() >= throttled + forget_after:
+                log.info("request_budget_forgotten", limit=saved.learned.limit,
+                         window_seconds=round(saved.learned.window, 3),
+                         last_throttled_at=saved.last_throttled_at.isoformat()
+                         if saved.last_throttled_at else None,
+                         detail="no 429 for SYNCD_RATE_LIMIT_FORGET_AFTER: learned again at "
+                                "the next 429")
+                await self._forget()
+                return None
             quiet = None if saved.last_request_at is None else (
                 now - saved.last_request_at).total_seconds()
             recent = None if saved.recent_starts is None else [
                 (now - t).total_seconds() for t in saved.recent_starts]
-            self.budget.restore(saved.learned, quiet, recent)
+            self.budget.restore(saved.learned, quiet, recent, throttled)
             log.info("request_budget_restored", limit=saved.learned.limit,
                      window_seconds=round(saved.learned.window, 3),
                      per_minute=round(saved.learned.per_minute, 1))
         return saved
+
+    def forgotten(self) -> None:
+        """The budget's `on_forget`: the learned limit expired; delete it soon."""
+        log.info("request_budget_forgotten",
+                 detail="no 429 for SYNCD_RATE_LIMIT_FORGET_AFTER: learned again at the next 429")
+        self._pending = None
+        self._forget_task = asyncio.get_running_loop().create_task(self._forget())
+
+    async def _forget(self) -> None:
+        try:
+            async with asyncio.timeout(SAVE_TIMEOUT), self.pool.acquire() as conn:
+                await budget_store.forget(conn, self.key)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("request_budget_not_saved", error=f"{type(exc).__name__}: {exc}")
 
     def changed(self, learned: Learned) -> None:
         """The budget's `on_change`: save `learned` soon (the newest one wins)."""
@@ -103,9 +132,12 @@ class BudgetKeeper:
 
     async def _save(self, learned: Learned, last_request_at: datetime | None,
                     recent: list[datetime] | None = None) -> None:
+        at = self.budget.throttled_at
+        throttled = None if at is None else datetime.fromtimestamp(at, UTC)
         try:
             async with asyncio.timeout(SAVE_TIMEOUT), self.pool.acquire() as conn:
-                await budget_store.save(conn, self.key, learned, last_request_at, recent)
+                await budget_store.save(conn, self.key, learned, last_request_at, recent,
+                                        throttled)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             log.warning("request_budget_not_saved", error=f"{type(exc).__name__}: {exc}")
 
@@ -113,6 +145,8 @@ class BudgetKeeper:
         """Finish a pending save, then save the limit with the newest request's start."""
         if self._task is not None:
             await asyncio.shield(self._task)
+        if self._forget_task is not None:
+            await asyncio.shield(self._forget_task)
         learned = self.budget.learned
         if learned is not None:
             now = datetime.now(UTC)
@@ -139,12 +173,14 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
     connector = aiohttp.TCPConnector(limit=settings.max_connections,
                                      ssl=None if settings.kantata_tls_verify else False)
     budget = RequestBudget(settings.rate_limit_per_minute, settings.rate_limit_floor_per_minute,
-                           probe_cap=settings.backoff_cap)
+                           probe_cap=settings.backoff_cap,
+                           forget_after=settings.rate_limit_forget_after or None)
     keeper = BudgetKeeper(pool, budget_store.BudgetKey.of(settings.kantata_base_url,
                                                           token.get_secret_value()), budget)
     try:
         await keeper.restore()
         budget.on_change = keeper.changed
+        budget.on_forget = keeper.forgotten
         async with aiohttp.ClientSession(connector=connector) as session:
             client = KantataClient(
                 session, settings.kantata_base_url, token, budget=budget,
@@ -153,7 +189,12 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
                 request_timeout=settings.request_timeout,
                 connect_timeout=settings.connect_timeout,
                 max_connections=settings.max_connections, metrics=metrics)
-            yield Deps(pool=pool, client=client, settings=settings, metrics=metrics)
+            deps = Deps(pool=pool, client=client, settings=settings, metrics=metrics)
+            try:
+                yield deps
+            finally:
+                if deps.run_owner is not None:  # its session's run locks go with it
+                    await deps.run_owner.close()
     finally:
         try:
             await keeper.close()

@@ -22,9 +22,16 @@ Kantata publishes no limit, no window and no rate headers, only "retry after a s
   limit is raised by 5 % (at least one request), and again after each window that the raise
   survives, so a raised limit is found.
 
-The learned limit is kept in PostgreSQL by the caller (`on_change`, `restore`; see
-`syncd.budget_store`), so a restart starts at the learned rate instead of paying for the lesson
-again. `SYNCD_RATE_LIMIT_PER_MINUTE` presets an operator ceiling that only binds: request
+A learned limit is forgotten after `forget_after` seconds (`SYNCD_RATE_LIMIT_FORGET_AFTER`, a
+day by default) without a 429: a throttle Kantata applied for a while (an incident, another
+client's burst) must not cap syncd for ever, and an idle daemon (one pull request a minute) is
+never held back by the limit, so the raises above never happen for it. After that syncd starts
+unpaced again and learns anew at the next 429, for a few refused requests and a window of
+waiting.
+
+The learned limit is kept in PostgreSQL by the caller (`on_change`, `on_forget`, `restore`;
+see `syncd.budget_store`), so a restart starts at the learned rate instead of paying for the
+lesson again. `SYNCD_RATE_LIMIT_PER_MINUTE` presets an operator ceiling that only binds: request
 starts are spaced by the generic cell rate algorithm (`Gcra`) at that rate (a 0.25 s
 tolerance makes up for an event loop that wakes late). Waiters are served by priority
 (write-back before reconciliation before pull), then in arrival order.
@@ -38,6 +45,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,13 +167,21 @@ class RequestBudget:
     called with it (synchronously, from the event loop) whenever it changes. `probe_cap`
     (seconds, `SYNCD_BACKOFF_CAP`) bounds the wait between probes while Kantata refuses before
     admitting any request of syncd's (the window is then full of other clients' requests and
-    tells nothing), and after every candidate window was refused.
+    tells nothing), and after every candidate window was refused. `forget_after` (seconds,
+    None: never) drops a learned limit when that long has passed since Kantata's last 429
+    (`throttled_at`, wall-clock seconds since the epoch; None: no 429 seen or restored);
+    `on_forget` is called then.
     """
 
     def __init__(self, ceiling_per_minute: float | None = None,
                  floor_per_minute: float = 6.0, *,
                  on_change: Callable[[Learned], None] | None = None,
-                 probe_cap: float = 60.0) -> None:
+                 probe_cap: float = 60.0, forget_after: float | None = None,
+                 on_forget: Callable[[], None] | None = None) -> None:
+        self.forget_after = forget_after
+        self.on_forget = on_forget
+        #: wall-clock time (time.time()) of Kantata's last 429 (None: none seen or restored)
+        self.throttled_at: float | None = None
         self.ceiling = ceiling_per_minute
         self.floor = (floor_per_minute if ceiling_per_minute is None
                       else min(floor_per_minute, ceiling_per_minute))
@@ -193,14 +209,18 @@ class RequestBudget:
 
     # ------------------------------------------------------------------ state from outside
     def restore(self, learned: Learned, quiet_seconds: float | None,
-                recent: Sequence[float] | None = None) -> None:
+                recent: Sequence[float] | None = None,
+                throttled_at: float | None = None) -> None:
         """Start from a `learned` limit kept by an earlier process, whose last request started
         `quiet_seconds` ago (None: unknown) and whose last starts were `recent` (seconds ago
         each; None: unknown). Those still inside the window count as this process's own; when
         they are unknown and the last request may still be inside Kantata's window, the window
         is assumed full and requests start one every window/limit, at the learned rate,
-        instead of a burst Kantata would refuse."""
+        instead of a burst Kantata would refuse. `throttled_at`: the wall-clock time of the
+        last 429 the limit was learned or confirmed by (None: unknown, taken as now), from which
+        `forget_after` counts."""
         self.learned = learned
+        self.throttled_at = time.time() if throttled_at is None else throttled_at
         self._probe = None
         self._starts.clear()
         now = asyncio.get_running_loop().time()
@@ -257,6 +277,7 @@ class RequestBudget:
         taken as now). The first one starts the probes; with a limit learned, the limit
         becomes what Kantata admitted in the window before the refused start."""
         self.throttles += 1
+        self.throttled_at = time.time()
         loop_now = asyncio.get_running_loop().time()
         at = loop_now if started is None else started
         trial = self._trial
@@ -351,9 +372,34 @@ class RequestBudget:
         if self.on_change is not None:
             self.on_change(learned)
 
+    def forget_at(self) -> float | None:
+        """Wall-clock time (seconds since the epoch) at which the learned limit is forgotten
+        if Kantata answers no 429 before; None when nothing is learned or it never is."""
+        if self.learned is None or self.forget_after is None or self.throttled_at is None:
+            return None
+        return self.throttled_at + self.forget_after
+
+    def _forget_if_due(self) -> None:
+        """Drop the learned limit once `forget_after` has passed without a 429 (module
+        docstring): syncd starts unpaced and learns again at the next 429."""
+        due = self.forget_at()
+        if due is None or time.time() < due or self._trial is not None:
+            return
+        self.learned = None
+        self._bound_windows, self._probe_after = 0, PROBE_AFTER_WINDOWS
+        if self.on_forget is not None:
+            self.on_forget()
+
     # ------------------------------------------------------------------ dispatching
     def _delay(self, now: float) -> float:
-        """Seconds until the next start is allowed at loop time `now`."""
+        """Seconds until the next start is allowed at loop time `now` (or until the learned
+        limit is forgotten, when that comes first: the dispatcher looks again then)."""
+        self._forget_if_due()
+        delay = self._paced_delay(now)
+        due = self.forget_at()
+        return delay if due is None else min(delay, max(0.0, due - time.time()))
+
+    def _paced_delay(self, now: float) -> float:
         delay = self.pacer.delay(now) if self.ceiling else 0.0
         probe = self._probe
         if probe is not None:

@@ -16,7 +16,7 @@ import asyncpg
 
 from syncd.budget import Learned
 
-__all__ = ["BudgetKey", "Saved", "load", "save"]
+__all__ = ["BudgetKey", "Saved", "forget", "load", "load_all", "save"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,24 @@ class BudgetKey:
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """A stored limit, when (aware) the saving process last started a request (or None) and
-    the starts it made in the last window before it stopped (aware; None: not known)."""
+    """A stored limit, when (aware) the saving process last started a request (or None), the
+    starts it made in the last window before it stopped (aware; None: not known), Kantata's
+    last 429 that taught or confirmed it (`last_throttled_at`, aware; None: not recorded) and
+    when the row was last written (`updated_at`)."""
 
     learned: Learned
     last_request_at: datetime | None
     recent_starts: list[datetime] | None = None
+    last_throttled_at: datetime | None = None
+    updated_at: datetime | None = None
+    base_url: str = ""
+
+
+def _saved(row: asyncpg.Record) -> Saved:
+    return Saved(Learned(row["limit_requests"], row["window_seconds"],
+                         row["window_longer_than"]), row["last_request_at"],
+                 None if row["recent_starts"] is None else list(row["recent_starts"]),
+                 row["last_throttled_at"], row["updated_at"], row["kantata_base_url"])
 
 
 async def load(conn: asyncpg.Connection, key: BudgetKey) -> Saved | None:
@@ -48,32 +60,50 @@ async def load(conn: asyncpg.Connection, key: BudgetKey) -> Saved | None:
     if await conn.fetchval("SELECT to_regclass('syncd.request_budget')") is None:
         return None
     row = await conn.fetchrow(
-        "SELECT limit_requests, window_seconds, window_longer_than, last_request_at, "
-        "recent_starts "
-        "FROM syncd.request_budget WHERE kantata_base_url = $1 AND token_sha256 = $2",
-        key.base_url, key.token_sha256)
-    if row is None:
-        return None
-    return Saved(Learned(row["limit_requests"], row["window_seconds"],
-                         row["window_longer_than"]), row["last_request_at"],
-                 None if row["recent_starts"] is None else list(row["recent_starts"]))
+        "SELECT kantata_base_url, limit_requests, window_seconds, window_longer_than, "
+        "last_request_at, recent_starts, last_throttled_at, updated_at FROM syncd.request_budget "
+        "WHERE kantata_base_url = $1 AND token_sha256 = $2", key.base_url, key.token_sha256)
+    return None if row is None else _saved(row)
+
+
+async def load_all(conn: asyncpg.Connection) -> list[Saved]:
+    """Every saved limit (one per base URL and token), newest first, for `syncd status`;
+    [] when the table does not exist yet."""
+    if await conn.fetchval("SELECT to_regclass('syncd.request_budget')") is None:
+        return []
+    return [_saved(r) for r in await conn.fetch(
+        "SELECT kantata_base_url, limit_requests, window_seconds, window_longer_than, "
+        "last_request_at, recent_starts, last_throttled_at, updated_at "
+        "FROM syncd.request_budget ORDER BY updated_at DESC")]
+
+
+async def forget(conn: asyncpg.Connection, key: BudgetKey) -> None:
+    """Delete the limit for `key` (it expired: `RequestBudget.forget_after`)."""
+    await conn.execute("DELETE FROM syncd.request_budget "
+                       "WHERE kantata_base_url = $1 AND token_sha256 = $2",
+                       key.base_url, key.token_sha256)
 
 
 async def save(conn: asyncpg.Connection, key: BudgetKey, learned: Learned,
                last_request_at: datetime | None,
-               recent_starts: list[datetime] | None = None) -> None:
+               recent_starts: list[datetime] | None = None,
+               last_throttled_at: datetime | None = None) -> None:
     """Upsert the limit for `key`. `last_request_at` and `recent_starts` (aware) are written
     at shutdown; None keeps the stored time and clears the starts (a running process: they
-    would be out of date)."""
+    would be out of date). `last_throttled_at` (aware): Kantata's last 429; None keeps the
+    stored one (a new row: now)."""
     await conn.execute(
         "INSERT INTO syncd.request_budget AS b (kantata_base_url, token_sha256, limit_requests, "
-        "window_seconds, window_longer_than, last_request_at, recent_starts) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "window_seconds, window_longer_than, last_request_at, recent_starts, "
+        "last_throttled_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now())) "
         "ON CONFLICT (kantata_base_url, token_sha256) DO UPDATE SET "
         "limit_requests = excluded.limit_requests, window_seconds = excluded.window_seconds, "
         "window_longer_than = excluded.window_longer_than, "
         "last_request_at = coalesce(excluded.last_request_at, b.last_request_at), "
         "recent_starts = excluded.recent_starts, "
+        "last_throttled_at = coalesce($8, b.last_throttled_at), "
         "updated_at = now()",
         key.base_url, key.token_sha256, learned.limit, float(learned.window),
-        min(float(learned.longer_than), float(learned.window)), last_request_at, recent_starts)
+        min(float(learned.longer_than), float(learned.window)), last_request_at, recent_starts,
+        last_throttled_at)

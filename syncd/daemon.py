@@ -128,7 +128,7 @@ async def prune_history(deps: Deps) -> int:
     async with job_run(deps, "prune") as stats:
         async with deps.pool.acquire() as conn:
             n = await store.prune_runs(conn, s.run_history_days)
-            closed = await store.close_abandoned_runs(conn)
+            closed = (await store.close_dead_runs(conn)).runs
             done = await outbox.prune_done(conn, s.outbox_done_retention_days)
             versions = await store.prune_versions(conn, s.history_retention_days)
         stats.details["runs_deleted"] = n

@@ -54,6 +54,17 @@ class RetriableAPIError(RetriableError):
         self.sent = sent
 
 
+class KantataUnreachable(RetriableAPIError):
+    """No connection to Kantata could be made on any attempt of one request, through the whole
+    retry budget (`SYNCD_MAX_RETRIES` with back-off): refused, host unreachable, DNS, TLS
+    handshake, connect timeout. Nothing else would get through either, so a command stops at
+    the first such request instead of trying window after window (`syncd sync`, `verify`,
+    `reconcile`); the daemon tries again at its next scheduled run. `sent` is always False."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message, sent=False)
+
+
 class MalformedResponseError(RetriableError):
     """A 200 answer that is not the documented envelope (truncated JSON, HTML, missing ids)."""
 
@@ -94,6 +105,12 @@ class AuthError(FatalAPIError):
     """401/403: the token is missing, revoked, or lacks permission."""
 
 
+#: Errors after which no other request of the run can succeed: the token is refused, or Kantata
+#: cannot be reached at all. A use case that reports other errors per window (backfill,
+#: reconciliation, verify) re-raises these, which ends the whole run at once.
+STOPS_THE_RUN: tuple[type[SyncdError], ...] = (AuthError, KantataUnreachable)
+
+
 class ConfigError(FatalError):
     """Invalid configuration; the message names the setting."""
 
@@ -113,3 +130,4 @@ class InvalidRecord(SkippableError):
         super().__init__(f"time entry {entry_id or '?'}: {reason}")
         self.entry_id = entry_id
         self.reason = reason
+

@@ -37,6 +37,7 @@ from syncd.budget import RequestBudget
 from syncd.errors import (
     AuthError,
     FatalAPIError,
+    KantataUnreachable,
     MalformedResponseError,
     RetriableAPIError,
     RetriableError,
@@ -316,31 +317,51 @@ class KantataClient:
                 retry_after_cap=self.retry.retry_after_cap,
                 capped=hint is not None and hint > self.retry.retry_after_cap)
 
-        async for attempt in AsyncRetrying(
-                stop=self.retry.stop, wait=self.retry.wait,
-                retry=retry_if_exception(retry), reraise=True,
-                before_sleep=log_retry):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    self.metrics.retries.labels(endpoint).inc()
-                resp = await self.send("GET", path, params=params, priority=priority)
-                classify(resp.status, resp.body, request_id=resp.request_id)
-                if decode and not resp.raw.strip():
-                    raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
-                page = (None if not decode else
-                        pagination.decode_page_fast(resp.body, resp.raw,
-                                                    storable=resp.storable) if fast else
-                        pagination.decode_page(resp.body, storable=resp.storable))
-                if page is not None and attempt.retry_state.attempt_number <= \
-                        self.retry.max_retries:
-                    missing = [r.entry_id for r in page.rejected
-                               if r.reason == pagination.MISSING_FROM_KEYED]
-                    if missing:  # an inconsistent answer: ask again before rejecting records
-                        raise MalformedResponseError(
-                            f"page lists {len(missing)} id(s) absent from `time_entries` "
-                            f"(e.g. {missing[0]})")
-                return resp, page
+        unsent_only, attempts = True, 0  # every attempt failed before a byte was sent
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=self.retry.stop, wait=self.retry.wait,
+                    retry=retry_if_exception(retry), reraise=True,
+                    before_sleep=log_retry):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.metrics.retries.labels(endpoint).inc()
+                    attempts += 1
+                    try:
+                        resp = await self.send("GET", path, params=params, priority=priority)
+                    except RetriableAPIError as exc:
+                        unsent_only = unsent_only and not exc.sent
+                        raise
+                    unsent_only = False
+                    return self._decoded(resp, decode, attempt.retry_state.attempt_number,
+                                         fast=fast)
+        except RetriableAPIError as exc:
+            if not (unsent_only and attempts > self.retry.max_retries):
+                raise
+            # the whole retry budget spent without one connection: Kantata cannot be reached
+            raise KantataUnreachable(
+                f"Kantata cannot be reached at {self._base}: {exc} on all {attempts} attempts "
+                "of a request; check SYNCD_KANTATA_BASE_URL and the network") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _decoded(self, resp: ApiResponse, decode: bool, attempt_number: int, *,
+                 fast: bool = False) -> tuple[ApiResponse, Page | None]:
+        """Classify and decode one answer of `_read` (raising what `_read` retries); `fast`:
+        leave the entries for PostgreSQL to type (`pagination.decode_page_fast`)."""
+        classify(resp.status, resp.body, request_id=resp.request_id)
+        if decode and not resp.raw.strip():
+            raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
+        page = (None if not decode else
+                pagination.decode_page_fast(resp.body, resp.raw, storable=resp.storable)
+                if fast else pagination.decode_page(resp.body, storable=resp.storable))
+        if page is not None and attempt_number <= self.retry.max_retries:
+            missing = [r.entry_id for r in page.rejected
+                       if r.reason == pagination.MISSING_FROM_KEYED]
+            if missing:  # an inconsistent answer: ask again before rejecting records
+                raise MalformedResponseError(
+                    f"page lists {len(missing)} id(s) absent from `time_entries` "
+                    f"(e.g. {missing[0]})")
+        return resp, page
 
     # ------------------------------------------------------------------ reads
     async def _read_list(self, params: Mapping[str, str], priority: Priority, *,

@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from syncd import cursor, pagination, store
 from syncd.errors import (
-    AuthError,
+    STOPS_THE_RUN,
     FatalError,
     MalformedResponseError,
     PageIgnoredError,
@@ -508,8 +508,8 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.error = "stopped before the window finished"
                     res.distinct = distinct_count(res.ids)
                     return res
-        except AuthError:
-            raise  # the token is refused: no other window can succeed either
+        except STOPS_THE_RUN:
+            raise  # token refused or Kantata unreachable: no other window can succeed either
         except PageIgnoredError as exc:
             note_page_ignored(stats, str(exc))
             res.narrow = True
@@ -614,7 +614,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
     each day whose entries one page cannot hold (those days' page 1 is stored all the same)
     or the request that failed. The window's page checkpoint is reset first: a run that stops
     midway reads the window again from its page 1 (stored pages are not lost, only read
-    again). Raises AuthError."""
+    again). Raises what `errors.STOPS_THE_RUN` names (token refused, Kantata unreachable)."""
     w = res.window
     plan = Narrowing(w, deps.page_size.current)
     res.narrow = False
@@ -642,7 +642,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
             res.rejected += len(page.rejected)
             res.pages += 1
             del page
-    except AuthError:
+    except STOPS_THE_RUN:
         raise
     except (RetriableError, FatalError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
@@ -693,6 +693,20 @@ class _Progress:
             sys.stderr.flush()
 
 
+async def give_back(deps: Deps, purpose: str, w: Window, reason: str) -> None:
+    """`store.give_back_window` for a window whose read stopped, even while the task is
+    being cancelled (the write is shielded); a database error is logged, and the next run
+    start gives the window back anyway (`store.close_dead_runs`)."""
+    async def write() -> None:
+        async with deps.pool.acquire() as conn:
+            await store.give_back_window(conn, purpose, w, reason)
+
+    try:
+        await asyncio.shield(write())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("window_not_given_back", window=w.param, error=f"{type(exc).__name__}: {exc}")
+
+
 async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
                                            stats: RunStats) -> list[Window]:
     """One request (the earliest entry of the whole range, `per_page=1`) tells which windows
@@ -705,6 +719,8 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
               "date_performed_between": Window(todo[0].start, todo[-1].end).param}
     try:
         page = await deps.client.list_page(params)
+    except STOPS_THE_RUN:
+        raise
     except (RetriableError, MalformedResponseError):
         return todo
     if page.rejected:
@@ -717,7 +733,7 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
         return todo
     async with deps.pool.acquire() as conn, conn.transaction():
         for w in empty:
-            await store.start_window(conn, "backfill", w, restart=True)
+            await store.start_window(conn, "backfill", w, restart=True, run_id=stats.run_id)
             await store.finish_window(conn, "backfill", w, status="done", remote_count=0)
     stats.details["windows_known_empty"] = len(empty)
     log.info("backfill_windows_known_empty", windows=len(empty),
@@ -747,17 +763,26 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
         async with sem:
             if deps.should_stop():
                 return
-            resume = not force and states.get(w, {}).get("status") == "running"
-            async with deps.pool.acquire() as conn:
-                pages_done, size = await store.start_window(conn, "backfill", w,
-                                                            restart=not resume)
-            res = await read_window(deps, w, stats, first_page=pages_done + 1, first_size=size,
-                                    side_seen=side_seen, side_loads=side_loads)
-            if res.narrow:  # Kantata does not honour `page`: ranges that fit one page
-                res = await read_narrowed(deps, res, stats, side_seen=side_seen,
-                                          side_loads=side_loads)
+            # 'pending' with pages done: given back by a run that stopped (give_back_window)
+            resume = not force and states.get(w, {}).get("status") in ("running", "pending")
+            try:
+                async with deps.pool.acquire() as conn:
+                    pages_done, size = await store.start_window(conn, "backfill", w,
+                                                                restart=not resume,
+                                                                run_id=stats.run_id)
+                res = await read_window(deps, w, stats, first_page=pages_done + 1,
+                                        first_size=size, side_seen=side_seen,
+                                        side_loads=side_loads)
+                if res.narrow:  # Kantata does not honour `page`: ranges that fit one page
+                    res = await read_narrowed(deps, res, stats, side_seen=side_seen,
+                                              side_loads=side_loads)
+            except BaseException as exc:  # the run stops (STOPS_THE_RUN, SIGTERM, deadline)
+                await give_back(deps, "backfill", w, f"interrupted: {type(exc).__name__}")
+                raise
             if res.error and deps.should_stop():
-                return  # left 'running': the next run resumes at its next page
+                # the next run resumes at its next page
+                await give_back(deps, "backfill", w, "interrupted: stopped by shutdown")
+                return
             status = "failed" if res.error else "done"
             async with deps.pool.acquire() as conn:
                 await store.finish_window(conn, "backfill", w, status=status,
@@ -770,7 +795,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             results.append(res)
 
     try:
-        async with asyncio.TaskGroup() as tg:  # an AuthError cancels the other windows
+        async with asyncio.TaskGroup() as tg:  # STOPS_THE_RUN cancels the other windows
             for w in todo:
                 tg.create_task(one(w))
     except BaseExceptionGroup as group:  # report the cause itself, not a group of one

@@ -19,7 +19,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -76,6 +76,8 @@ class PushReport:
     #: seconds until the earliest pending row is due (None: nothing pending); the daemon wakes
     #: the push then instead of at its next poll, so a lost answer is looked up in seconds
     next_due_seconds: float | None = None
+    #: when (aware) the earliest pending row is next tried (None: nothing pending)
+    next_due_at: datetime | None = None
 
     @property
     def done(self) -> int:
@@ -98,14 +100,24 @@ class PushReport:
                 "reclaimed": self.reclaimed, "requests": self.requests,
                 "mirror_rows": self.mirror_rows,
                 "outcomes": {f"{op}:{o}": n for (op, o), n in sorted(self.tally.counts.items())},
-                "outbox_after": self.counts_after}
+                "outbox_after": self.counts_after,
+                "next_attempt_at": self.next_due_at.isoformat() if self.next_due_at else None}
 
     def summary(self) -> str:
+        """One line: the drain's figures, the outbox after it and, when rows wait for a
+        retry, when the earliest is next tried (UTC, and in how many seconds)."""
         after = ", ".join(f"{k}={v}" for k, v in self.counts_after.items() if v) or "empty"
+        waiting = ""
+        if self.next_due_at is not None and self.counts_after.get("pending"):
+            when = self.next_due_at.astimezone(UTC).isoformat(timespec="seconds")
+            waiting = (f"; next attempt of a waiting row at {when} (in "
+                       f"{self.next_due_seconds:.0f} s: the daemon tries it then, or run "
+                       "`syncd push` again after it)" if self.next_due_seconds else
+                       "; a pending row is due now")
         return (f"push {self.run_id}: {self.batches} batches, {self.claimed} rows: "
                 f"{self.done} done, {self.failed} failed, {self.conflict} conflict, "
                 f"{self.retry} to retry later; {self.requests} Kantata requests; "
-                f"outbox now: {after}")
+                f"outbox now: {after}{waiting}")
 
 
 @dataclass
@@ -497,6 +509,9 @@ async def _publish_counts(deps: Deps, report: PushReport, now: datetime | None) 
         return
     report.counts_after = snap["counts"]
     report.next_due_seconds = snap["next_due_seconds"]
+    if report.next_due_seconds is not None:
+        report.next_due_at = (now or datetime.now(UTC)) + timedelta(
+            seconds=report.next_due_seconds)
     for status, n in snap["counts"].items():
         deps.metrics.outbox_rows.labels(status).set(n)
     deps.metrics.outbox_oldest_pending.set(snap["oldest_pending_seconds"] or 0.0)

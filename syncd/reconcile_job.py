@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import structlog
 
 from syncd import pagination, pull, reconcile, store
-from syncd.errors import AuthError, FatalError, PageIgnoredError, PagingError, RetriableError
+from syncd.errors import (STOPS_THE_RUN, FatalError, PageIgnoredError, PagingError,
+                          RetriableError)
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
@@ -427,9 +428,9 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
     """Reconcile one window: counting first when `state` (its `CountState`) says its full
     read is not due, in full when it is or `state` is None (`--full`)."""
     rep = WindowReport(w)
-    async with deps.pool.acquire() as conn:
-        await store.start_window(conn, PURPOSE, w, restart=True)
     try:
+        async with deps.pool.acquire() as conn:
+            await store.start_window(conn, PURPOSE, w, restart=True, run_id=stats.run_id)
         settled = False
         if state is not None and not reconcile.full_read_due(
                 state, now=now, interval=deps.settings.reconcile_full_interval):
@@ -441,16 +442,19 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
                                           remote_count=rep.remote_count, error=rep.error)
         else:
             await _full_window(deps, stats, w, rep)
-    except AuthError as exc:  # the whole run stops; the window says why
+    except STOPS_THE_RUN as exc:  # the whole run stops; the window says why
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed", remote_count=None,
-                                      error=f"AuthError: {exc}")
+                                      error=f"{type(exc).__name__}: {exc}")
         raise
     except (RetriableError, FatalError, Stopped) as exc:
         rep.error = f"{type(exc).__name__}: {exc}"
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed",
                                       remote_count=None, error=rep.error)
+    except BaseException as exc:  # cancelled (SIGTERM of a one-shot command, a deadline)
+        await pull.give_back(deps, PURPOSE, w, f"interrupted: {type(exc).__name__}")
+        raise
     stats.pages += rep.requests
     stats.rows_upserted += rep.upserted
     deps.metrics.rows_upserted.labels("reconcile").inc(rep.upserted)
@@ -479,7 +483,7 @@ async def _catch_up(deps: Deps, stats: RunStats) -> None:
         stats.details["incremental_pages"] = await pull.incremental(
             deps, datetime.now(UTC), stats, wm, settled)
     except (RetriableError, FatalError) as exc:
-        if isinstance(exc, AuthError):
+        if isinstance(exc, STOPS_THE_RUN):
             raise
         stats.errors.append(f"incremental pass before counting: {type(exc).__name__}: {exc}")
         log.warning("reconcile_catch_up_failed", error=f"{type(exc).__name__}: {exc}")
@@ -546,7 +550,8 @@ async def reconcile_range(deps: Deps, since: date, until: date, *, full: bool = 
     window; only windows whose count differs are read, narrowed to the days that differ),
     except windows whose full read is due; `full` reads every window in full (`syncd
     reconcile --full`). Raises ValueError when `until < since`, AuthError when Kantata refuses
-    the token; other request errors fail only their window (reported, run 'partial').
+    the token, KantataUnreachable when it cannot be reached at all (`errors.STOPS_THE_RUN`);
+    other request errors fail only their window (reported, run 'partial').
     Deletions are stamped with the database clock; `now` (aware, default: the clock) decides
     which full reads are due."""
     now = now or datetime.now(UTC)
@@ -626,7 +631,7 @@ async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult
                          trust: pagination.PagingTrust | None = None) -> None:
     try:
         read = await _read_until_trusted(deps, w, trust)
-    except AuthError:
+    except STOPS_THE_RUN:
         raise
     except (RetriableError, FatalError) as exc:
         res.errors.append((w, f"{type(exc).__name__}: {exc}"))
@@ -649,7 +654,8 @@ async def _verify_window(deps: Deps, w: Window, mine: Summary, res: VerifyResult
 async def verify_range(deps: Deps, since: date, until: date) -> VerifyResult:
     """Compare the live mirror with Kantata window by window over `since`..`until`: count, sum
     of `time_in_minutes` and max `updated_at`, then ids for windows that differ. Writes nothing
-    (no run history either; database reads run in read-only transactions). Raises AuthError;
+    (no run history either; database reads run in read-only transactions). Raises AuthError
+    and KantataUnreachable (`errors.STOPS_THE_RUN`);
     other request errors are per window."""
     windows = month_windows(since, until, deps.settings.backfill_window_months)
     async with deps.pool.acquire() as conn, conn.transaction(readonly=True):

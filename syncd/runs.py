@@ -4,10 +4,16 @@
 binds `run_id` and `job` to every log line of the run, counts the Kantata requests sent for the
 run (`kantata.RUN_REQUESTS`, a context variable: jobs share one client), and closes the row with
 the run's figures and error, whatever happens.
+
+A process that is killed cannot close its rows: `RunOwner` holds an advisory lock per open run
+on a session of the process's own (migration 0014), which PostgreSQL releases when the process
+dies. `syncd status` shows a `running` row without its lock as `interrupted`, and every run
+start closes such rows and gives their windows back (`store.close_dead_runs`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -26,9 +32,91 @@ from syncd.metrics import Metrics
 from syncd.pagination import PageSize, PagingTrust
 from syncd.settings import Settings
 
-__all__ = ["Deps", "RunStats", "error_line", "job_run"]
+__all__ = ["RUN_LOCK_CLASS", "Deps", "RunOwner", "RunStats", "error_line", "job_run"]
 
 log = structlog.get_logger(__name__)
+
+
+#: The first key of the runs' advisory locks ('SYNR'; the second is the row id mod 2^31), as in
+#: `syncd.run_is_live` (migration 0014). The two-integer form never meets the one-bigint keys
+#: of the leader lock and the migration lock.
+RUN_LOCK_CLASS = 0x53594E52
+
+
+class RunOwner:
+    """The process's hold on the runs it opened: one PostgreSQL session of its own (outside
+    the pool, opened on first use with `dsn`) that inserts each run row and, in the same
+    transaction, takes the session-level advisory lock (RUN_LOCK_CLASS, id mod 2^31); the
+    lock is released when the row is closed, or by PostgreSQL when the session ends (the
+    process died). A lost session is opened again at the next run and takes the locks of the
+    runs still open. Calls are serialised (one session). Raises what asyncpg raises when the
+    database cannot be reached."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._held: dict[uuid.UUID, int] = {}  # open runs: run_id -> row id
+
+    async def _session(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._conn = await asyncpg.connect(self.dsn)
+        for rid in self._held.values():  # the old session's locks went with it
+            await self._conn.execute("SELECT pg_advisory_lock($1, ($2 % 2147483648)::int)",
+                                     RUN_LOCK_CLASS, rid)
+        return self._conn
+
+    async def open_run(self, run_id: uuid.UUID, job: str) -> None:
+        """Insert the `syncd.sync_runs` row of `run_id` (status running) and hold its lock."""
+        async with self._lock:
+            for attempt in (1, 2):  # a session dropped since the last run: open a new one
+                conn = await self._session()
+                try:
+                    async with conn.transaction():
+                        rid = await conn.fetchval(
+                            "INSERT INTO syncd.sync_runs (run_id, job) VALUES ($1, $2) "
+                            "RETURNING id", run_id, job)
+                        await conn.execute(
+                            "SELECT pg_advisory_lock($1, ($2 % 2147483648)::int)",
+                            RUN_LOCK_CLASS, rid)
+                except (OSError, asyncpg.InterfaceError,
+                        asyncpg.PostgresConnectionError) as exc:
+                    await self._drop()
+                    if attempt == 2:
+                        raise
+                    log.info("run_owner_session_reopened", error=f"{type(exc).__name__}: {exc}")
+                    continue
+                self._held[run_id] = rid
+                return
+
+    async def close_run(self, run_id: uuid.UUID) -> None:
+        """Release the lock of `run_id` (after its row was closed); never raises."""
+        async with self._lock:
+            rid = self._held.pop(run_id, None)
+            if rid is None or self._conn is None or self._conn.is_closed():
+                return
+            try:
+                await self._conn.execute(
+                    "SELECT pg_advisory_unlock($1, ($2 % 2147483648)::int)", RUN_LOCK_CLASS, rid)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("run_lock_not_released", error=f"{type(exc).__name__}: {exc}")
+                await self._drop()  # the session's locks go with it
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        """End the session (releasing every lock it holds)."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.is_closed():
+                try:
+                    await asyncio.wait_for(conn.close(), 5)
+                except (OSError, TimeoutError, asyncpg.InterfaceError):
+                    conn.terminate()
 
 
 @dataclass
@@ -45,6 +133,14 @@ class Deps:
     _page_size: PageSize | None = field(default=None, repr=False)
     #: entries in flight across windows (`pull.EntrySlots`, made on first use)
     entry_slots: Any = field(default=None, repr=False)
+    #: the process's hold on its open runs (`RunOwner`, made on first use)
+    run_owner: RunOwner | None = field(default=None, repr=False)
+
+    def owner(self) -> RunOwner:
+        """The process's `RunOwner` (made on first use; `app.open_deps` closes it)."""
+        if self.run_owner is None:
+            self.run_owner = RunOwner(self.settings.dsn())
+        return self.run_owner
 
     @property
     def page_size(self) -> PageSize:
@@ -123,7 +219,12 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
     try:
         with structlog.contextvars.bound_contextvars(run_id=str(stats.run_id), job=job):
             async with deps.pool.acquire() as conn:
-                await store.start_run(conn, stats.run_id, job)
+                closed = await store.close_dead_runs(conn)
+            if closed.runs or closed.windows:
+                log.warning("dead_runs_closed", runs=closed.runs, windows=closed.windows,
+                            detail="runs whose process is gone (killed) closed as "
+                                   "interrupted; their windows resume at the next read")
+            await deps.owner().open_run(stats.run_id, job)
             log.info("job_started")
             try:
                 yield stats
@@ -159,6 +260,7 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                             asyncpg.InternalClientError) as exc:
                         log.warning("run_history_write_failed", attempt=attempt,
                                     error=f"{type(exc).__name__}: {exc}")
+                await deps.owner().close_run(stats.run_id)
                 log.info("job_finished", status=status, seconds=round(elapsed, 3),
                          pages=stats.pages, requests=requests, rows_upserted=stats.rows_upserted,
                          rows_rejected=stats.rows_rejected, rows_altered=stats.rows_altered,

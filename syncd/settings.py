@@ -126,6 +126,11 @@ class Settings(BaseSettings):
                                 "across restarts and raised slowly to find a higher one")
     rate_limit_floor_per_minute: float = Field(
         6.0, gt=0, description="a learned limit is never lowered below this rate")
+    rate_limit_forget_after: float = Field(
+        86400.0, ge=0, description="seconds without a 429 after which a learned limit is "
+                                   "forgotten (a throttle that has ended must not cap syncd "
+                                   "for ever): syncd then runs unpaced and learns again at "
+                                   "the next 429; 0: never")
 
     # --- push (outbox) -----------------------------------------------------------------------
     push_interval: float = Field(
@@ -303,8 +308,11 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":  # only the TOML file can name unknown keys
+            close = difflib.get_close_matches(loc.lower(), list(Settings.model_fields), n=1,
+                                              cutoff=0.7)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"invalid setting: unknown key {loc!r} in SYNCD_CONFIG_FILE (keys are "
-                         "the SYNCD_* names in lower case without the prefix)")
+                         f"the SYNCD_* names in lower case without the prefix){hint}")
         elif loc:
             lines.append(f"invalid setting SYNCD_{loc.upper()}: {msg}")
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -272,19 +273,32 @@ async def window_states(conn: asyncpg.Connection, purpose: str) -> dict[Window, 
 
 
 async def start_window(conn: asyncpg.Connection, purpose: str, w: Window,
-                       *, restart: bool) -> tuple[int, int | None]:
-    """Mark a window running; return (pages already done, the page size they were read with),
-    (0, None) when `restart`."""
+                       *, restart: bool, run_id: uuid.UUID | None = None
+                       ) -> tuple[int, int | None]:
+    """Mark a window running, read by run `run_id`; return (pages already done, the page size
+    they were read with), (0, None) when `restart`."""
     row = await conn.fetchrow(
-        """INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at)
-           VALUES ($1, $2, $3, 'running', now())
+        """INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at,
+                                      run_id)
+           VALUES ($1, $2, $3, 'running', now(), $5)
            ON CONFLICT (purpose, window_start, window_end) DO UPDATE
-           SET status = 'running', started_at = now(), last_error = NULL,
+           SET status = 'running', started_at = now(), last_error = NULL, run_id = $5,
                pages_done = CASE WHEN $4 THEN 0 ELSE syncd.windows.pages_done END,
                rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END,
                page_size = CASE WHEN $4 THEN NULL ELSE syncd.windows.page_size END
-           RETURNING pages_done, page_size""", purpose, w.start, w.end, restart)
+           RETURNING pages_done, page_size""", purpose, w.start, w.end, restart, run_id)
     return row["pages_done"], row["page_size"]
+
+
+async def give_back_window(conn: asyncpg.Connection, purpose: str, w: Window,
+                           reason: str) -> None:
+    """A window whose read stopped before its end (shutdown, cancellation, a run stopped by
+    `errors.STOPS_THE_RUN`): back to `pending` with its stored pages (`pages_done`) kept, so
+    the next run resumes it; `reason` goes to last_error. Never left `running`."""
+    await conn.execute(
+        """UPDATE syncd.windows SET status = 'pending', last_error = $4
+           WHERE purpose = $1 AND window_start = $2 AND window_end = $3
+             AND status = 'running'""", purpose, w.start, w.end, pg_text(reason))
 
 
 async def checkpoint_window(conn: asyncpg.Connection, purpose: str, w: Window, pages_done: int,
@@ -336,15 +350,46 @@ async def prune_runs(conn: asyncpg.Connection, older_than_days: int) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def close_abandoned_runs(conn: asyncpg.Connection, older_than_hours: float = 6.0) -> int:
-    """Mark runs still `running` after `older_than_hours` as `interrupted` (their process was
-    killed, or could not write its history while the database was away); return how many."""
-    status = await conn.execute(
-        """UPDATE syncd.sync_runs SET status = 'interrupted', finished_at = now(),
-               error = coalesce(error, 'the process ended without closing this run')
-           WHERE status = 'running'
-             AND started_at < now() - make_interval(secs => $1 * 3600)""", older_than_hours)
-    return int(status.rsplit(" ", 1)[-1])
+#: the error of a run closed because its process is gone
+DEAD_RUN_ERROR = ("abandoned: the process running it is gone (killed, or lost its database "
+                  "session) without closing the run")
+
+#: Runs whose owning process is gone: `running` rows without their advisory lock
+#: (`runs.RunOwner`, `syncd.run_is_live`, migration 0014).
+CLOSE_DEAD_RUNS = """
+UPDATE syncd.sync_runs SET status = 'interrupted', finished_at = now(),
+       error = coalesce(error, $1)
+WHERE status = 'running' AND NOT syncd.run_is_live(id)
+"""
+
+#: Windows left `running` by a run that is no longer running (closed above, or closed without
+#: giving them back): pending again, pages kept, so the next read resumes them.
+GIVE_BACK_ORPHANED_WINDOWS = """
+UPDATE syncd.windows w SET status = 'pending',
+       last_error = coalesce(last_error, 'interrupted: the run reading it ended first; '
+                                         'resumed by the next run')
+WHERE w.status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM syncd.sync_runs r
+                  WHERE r.run_id = w.run_id AND r.status = 'running'
+                    AND syncd.run_is_live(r.id))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What `close_dead_runs` closed: run rows and windows."""
+
+    runs: int
+    windows: int
+
+
+async def close_dead_runs(conn: asyncpg.Connection) -> Closed:
+    """Close the runs whose process is gone (`interrupted`, with `DEAD_RUN_ERROR`) and give
+    the windows left `running` by them back (`pending`, pages kept); called at every run
+    start. A run of a live process, however long, is never touched."""
+    runs = await conn.execute(CLOSE_DEAD_RUNS, DEAD_RUN_ERROR)
+    windows = await conn.execute(GIVE_BACK_ORPHANED_WINDOWS)
+    return Closed(int(runs.rsplit(" ", 1)[-1]), int(windows.rsplit(" ", 1)[-1]))
 
 
 # Mirrored records stored with text made storable (issue #12); served by the partial indexes
@@ -370,15 +415,24 @@ async def status_snapshot(conn: asyncpg.Connection, *, runs: int = 10) -> dict[s
                   max(synced_at) AS last_write
            FROM kantata.time_entries""")
     snap["entries"] = dict(row) if row else {}
+    # what the next run start makes of rows a dead process left `running` (close_dead_runs)
     snap["windows"] = {f"{r['purpose']}:{r['status']}": r["n"] for r in await conn.fetch(
-        "SELECT purpose, status, count(*) AS n FROM syncd.windows GROUP BY 1, 2 ORDER BY 1, 2")}
+        """SELECT purpose, CASE WHEN status = 'running' AND NOT EXISTS (
+                       SELECT 1 FROM syncd.sync_runs r WHERE r.run_id = w.run_id
+                       AND r.status = 'running' AND syncd.run_is_live(r.id))
+                   THEN 'pending' ELSE status END AS status, count(*) AS n
+            FROM syncd.windows w GROUP BY 1, 2 ORDER BY 1, 2""")}
     snap["last_success"] = {r["job"]: r["at"] for r in await conn.fetch(
         """SELECT job, max(finished_at) AS at FROM syncd.sync_runs
            WHERE status IN ('ok', 'partial') GROUP BY job""")}
     snap["runs"] = [dict(r) for r in await conn.fetch(
-        """SELECT run_id::text, job, started_at, finished_at, status, pages, requests,
-                  rows_upserted, rows_rejected, error
-           FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1""", runs)]
+        """SELECT run_id::text, job, started_at, finished_at,
+                  CASE WHEN dead THEN 'interrupted' ELSE status END AS status, pages, requests,
+                  rows_upserted, rows_rejected,
+                  CASE WHEN dead THEN coalesce(error, $2) ELSE error END AS error
+           FROM (SELECT *, status = 'running' AND NOT syncd.run_is_live(id) AS dead
+                 FROM syncd.sync_runs ORDER BY started_at DESC LIMIT $1) r
+           ORDER BY started_at DESC""", runs, DEAD_RUN_ERROR)]
     snap["rejected_records"] = await conn.fetchval("SELECT count(*) FROM syncd.rejected_records")
     snap["rejected"] = [dict(r) for r in await conn.fetch(
         """SELECT entry_id, reason, occurrences, last_seen FROM syncd.rejected_records

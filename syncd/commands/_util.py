@@ -27,10 +27,13 @@ def parse_date(value: str) -> date:
 
 def add_range_arguments(p: argparse.ArgumentParser) -> None:
     """`--since`/`--until` over date_performed, defaulting to the backfill range."""
-    p.add_argument("--since", type=parse_date, help="first date_performed (YYYY-MM-DD); "
-                                                     "default: the backfill start")
-    p.add_argument("--until", type=parse_date, help="last date_performed (inclusive); default: "
-                                                     "today + SYNCD_LOOKAHEAD_DAYS")
+    p.add_argument("--since", type=parse_date,
+                   help="first date_performed date (YYYY-MM-DD, inclusive; the calendar day "
+                        "Kantata records the work on, no time zone applies); default: the "
+                        "backfill start")
+    p.add_argument("--until", type=parse_date,
+                   help="last date_performed date (YYYY-MM-DD, inclusive; a calendar date, "
+                        "no time zone applies); default: today + SYNCD_LOOKAHEAD_DAYS")
 
 
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:

@@ -1,6 +1,7 @@
 """`syncd reconcile [--since DATE] [--until DATE] [--full]`: check windows once (counting first,
 or every page with `--full`), mark vanished entries deleted, upsert missing or older ones, and
-print per-window figures."""
+print the windows where something was found or changed (every window with `--verbose`) and
+a summary by outcome."""
 
 from __future__ import annotations
 
@@ -24,21 +25,33 @@ def _mode(r: WindowReport) -> str:
     return r.mode or "-"
 
 
-def render(reports: list[WindowReport]) -> str:
-    """One line per window plus a total line."""
-    lines = [HEADER]
-    for r in reports:
+def changed(r: WindowReport) -> bool:
+    """Something was found or changed in the window (rows upserted, revived or marked deleted,
+    deletion candidates kept by the probe), or it failed."""
+    return bool(r.upserted or r.revived or r.marked_deleted or r.kept or r.error)
+
+
+def render(reports: list[WindowReport], *, verbose: bool = False) -> str:
+    """The windows where something was found or changed (every window with `verbose`), one
+    line each under a header, then a summary line: windows by outcome, then the totals."""
+    shown = reports if verbose else [r for r in reports if changed(r)]
+    lines = [HEADER] if shown else []
+    for r in shown:
         lines.append(f"{r.window.param:<23} {r.checked:>8} {r.upserted:>8} {r.revived:>7} "
                      f"{r.marked_deleted:>7} {r.kept:>5} {r.requests:>5} {_mode(r):<6} "
                      f"{r.error or ''}".rstrip())
     failed = sum(1 for r in reports if r.error)
-    lines.append(f"{len(reports)} windows: {sum(r.checked for r in reports)} checked, "
+    found = sum(1 for r in reports if changed(r) and not r.error)
+    same = len(reports) - found - failed
+    hidden = "" if verbose or not same else " (not listed; --verbose lists every window)"
+    lines.append(f"{len(reports)} windows: {found} changed, {same} unchanged{hidden}, "
+                 f"{failed} failed" + (" (retried next run)" if failed else "") + "; "
+                 f"{sum(r.checked for r in reports)} checked, "
                  f"{sum(r.upserted for r in reports)} upserted, "
                  f"{sum(r.marked_deleted for r in reports)} marked deleted, "
                  f"{sum(r.requests for r in reports)} GETs ("
                  + ", ".join(f"{sum(1 for r in reports if r.mode == m)} {m}"
-                             for m in ("count", "days", "full")) + ")"
-                 + (f", {failed} failed (retried next run)" if failed else ""))
+                             for m in ("count", "days", "full")) + ")")
     return "\n".join(lines)
 
 
@@ -49,7 +62,7 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         async with deps.pool.acquire() as conn:
             await migrate.check_current(conn)
         reports = await reconcile_job.reconcile_range(deps, since, until, full=args.full)
-    print(render(reports))
+    print(render(reports, verbose=args.verbose))
     return 1 if any(r.error for r in reports) else 0
 
 
@@ -71,4 +84,7 @@ def register(sub: Any) -> None:
     add_range_arguments(p)
     p.add_argument("--full", action="store_true",
                    help="read every window page by page now, whatever the counts say")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="list every window, not only those where something was found or "
+                        "changed")
     p.set_defaults(func=_cmd)

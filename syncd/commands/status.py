@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
-from syncd import migrate, store
+from syncd import budget, budget_store, migrate, store
 from syncd.commands._util import run_async
 from syncd.settings import Settings
 
@@ -44,6 +44,14 @@ def render_text(snap: dict[str, Any]) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(snap["outbox"].items())) or "empty"
         lines.append(f"outbox:           {counts} (oldest pending "
                      f"{_fmt(snap.get('outbox_oldest_pending'))})")
+    limits = snap.get("rate_limits")
+    if limits is not None and not limits:
+        lines.append("rate limit:       none learned (Kantata has not answered 429)")
+    for b in limits or []:
+        lines.append(f"rate limit:       {b['limit_requests']} requests per "
+                     f"{b['window_seconds']:g} s ({b['per_minute']}/min) learned from 429s of "
+                     f"{b['kantata_base_url']}, last 429 {_fmt(b['last_throttled_at'])}; "
+                     f"{b['relaxed_by']}")
     for job, at in sorted(snap.get("last_success", {}).items()):
         lines.append(f"last ok {job + ':':<10} {_fmt(at)}")
     lines.append("recent runs:")
@@ -54,11 +62,36 @@ def render_text(snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rate_limits(saved: list[budget_store.Saved], forget_after: float) -> list[dict[str, Any]]:
+    """The learned rate limits (`syncd.request_budget`) as `syncd status` shows them: the
+    limit, when Kantata's last 429 taught or confirmed it, and how it is relaxed (raised
+    `budget.RAISE` after `budget.PROBE_AFTER_WINDOWS` windows held back at it without a 429;
+    forgotten `forget_after` seconds after the last 429, 0: never)."""
+    out = []
+    for s in saved:
+        learned = s.learned
+        forget_at = (s.last_throttled_at + timedelta(seconds=forget_after)
+                     if forget_after and s.last_throttled_at else None)
+        out.append({
+            "kantata_base_url": s.base_url, "limit_requests": learned.limit,
+            "window_seconds": learned.window, "per_minute": round(learned.per_minute, 1),
+            "last_throttled_at": s.last_throttled_at, "updated_at": s.updated_at,
+            "forget_at": forget_at,
+            "relaxed_by": (f"raised {budget.RAISE:.0%} after {budget.PROBE_AFTER_WINDOWS} "
+                           "windows held back at it without a 429, then each window; "
+                           + (f"forgotten at {forget_at.isoformat()} without another 429 "
+                              "(SYNCD_RATE_LIMIT_FORGET_AFTER)" if forget_at else
+                              "never forgotten (SYNCD_RATE_LIMIT_FORGET_AFTER=0)"))})
+    return out
+
+
 async def _status(settings: Settings, as_json: bool) -> int:
     conn = await asyncpg.connect(settings.dsn())
     try:
         await migrate.check_current(conn)
         snap = await store.status_snapshot(conn)
+        snap["rate_limits"] = rate_limits(await budget_store.load_all(conn),
+                                          settings.rate_limit_forget_after)
     finally:
         await conn.close()
     if as_json:
@@ -84,12 +117,17 @@ def register(sub: Any) -> None:
                    SYNCD_OVERLAP seconds after they happened; no later pull reads them again
                    (the next pull starts at max(watermark - SYNCD_OVERLAP, settled through))
   entries          live rows, rows marked deleted, and the last write to the mirror
-  windows          backfill windows by status
+  windows          backfill and reconcile windows by status (a window left running by a
+                   process that is gone shows as pending: the next run resumes it)
   altered records  stored with text PostgreSQL cannot hold replaced
   rejected records not stored at all (totals may be short): syncd.rejected_records
   outbox           rows by status and the oldest pending one
+  rate limit       the limit learned from Kantata's 429s (syncd.request_budget), its last
+                   429, and how it is relaxed: raised 5 % after 10 windows at it without a
+                   429, forgotten SYNCD_RATE_LIMIT_FORGET_AFTER after the last 429
   last ok          each job's last successful run
-  recent runs      the latest runs with their figures and errors
+  recent runs      the latest runs with their figures and errors; a run whose process is
+                   gone (killed) shows as interrupted, "abandoned: ..."
 
 Deletions in Kantata follow with reconciliation (syncd.window_freshness). Exit code 1 when the
 database cannot be reached or migrations are pending.""")

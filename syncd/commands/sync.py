@@ -30,11 +30,20 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("sync", help="run one pull cycle (backfill what is missing, then "
-                                    "incremental) and exit")
+    p = sub.add_parser(
+        "sync", help="run one pull cycle (backfill what is missing, then incremental) and exit",
+        description="One pull cycle: backfill the date_performed windows not read yet, then an "
+                    "incremental pass by updated_at; then exit. With --since/--until: re-read "
+                    "exactly the entries performed on those dates, then the incremental pass. "
+                    "The dates are date_performed dates: the calendar day Kantata records the "
+                    "work on (YYYY-MM-DD, no time and no time zone: the same day whatever "
+                    "the zone of this machine, the database or UTC), both ends inclusive.")
     p.add_argument("--since", type=parse_date,
-                   help="re-read the windows of date_performed from this date (YYYY-MM-DD), "
-                        "then run the incremental pass")
+                   help="first date_performed date to re-read (YYYY-MM-DD, inclusive; a "
+                        "calendar date, no time zone applies); default: the backfill start "
+                        "when only --until is given")
     p.add_argument("--until", type=parse_date,
-                   help="re-read up to this date (inclusive); default: today + lookahead")
+                   help="last date_performed date to re-read (YYYY-MM-DD, inclusive; a "
+                        "calendar date, no time zone applies); default: today + "
+                        "SYNCD_LOOKAHEAD_DAYS")
     p.set_defaults(func=_cmd)

@@ -24,6 +24,13 @@ from .app import build_app
 log = logging.getLogger("syncd.simulator")
 
 
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
 def _lock_date(value: str) -> date | str | None:
     if value in ("auto", "none", ""):
         return None if value in ("none", "") else "auto"
@@ -93,7 +100,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-entries", type=_non_negative, default=None,
                    help="size workspaces, users and stories as for this many entries (default: "
                         "--entries); holds a page's side-loads constant across --entries")
-    p.add_argument("--seed", type=int, default=1, help="seed of the deterministic data (default 1)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the deterministic data (default 1): ids, users, workspaces, "
+                        "minutes, notes and every other field but the dates are the same for "
+                        "a seed on any day; the dates (date_performed, created_at, "
+                        "updated_at, and approved/invoiced, which follow an entry's age) end "
+                        "at --anchor")
+    p.add_argument("--anchor", type=_date, default=None,
+                   help="the day the seed data ends, YYYY-MM-DD, not after today (default: "
+                        "today in --timezone, so dates move with the day by whole days, never "
+                        "with the time of day); set it to get the same dates on any day too")
     p.add_argument("--timezone", type=_zone, default="America/Los_Angeles",
                    help="IANA zone of the account; timestamps carry its UTC offset "
                         "(default America/Los_Angeles)")
@@ -121,7 +137,7 @@ def build_simulator(args: argparse.Namespace) -> Simulator:
     contract = ContractConfig.from_dict(dict(getattr(args, "contract", None) or []))
     return Simulator(SimConfig(
         token=args.token, entries=args.entries, reference_entries=args.reference_entries,
-        seed=args.seed, timezone=args.timezone,
+        seed=args.seed, anchor=getattr(args, "anchor", None), timezone=args.timezone,
         max_per_page=args.max_per_page, lock_date=args.lock_date,
         rate_limit_per_minute=args.rate_limit_per_minute, retry_after=args.retry_after,
         hang_seconds=args.hang_seconds, contract=contract))

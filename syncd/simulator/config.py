@@ -29,7 +29,12 @@ class SimConfig:
         reference_entries: size the workspaces, users and stories as for an account with this
             many entries (``None``: as for ``entries``). The side-loads of a page grow with
             them, so a memory benchmark can vary ``entries`` with the page shape held constant.
-        seed: seed of the deterministic data generator.
+        seed: seed of the deterministic data generator: ids, workspaces, users, minutes,
+            notes and every other field but the dates are the same for a seed on any day.
+        anchor: the day the seed data ends (its entries span the 730 days before this day's
+            local midnight); ``None``: today in ``timezone``, so the dates move with the day
+            (by whole days, whatever the time) and the tests' "recent" windows hold data.
+            Set it to get the very same dates on any day; it must not be after today.
         timezone: IANA zone used to render ``created_at``/``updated_at`` offsets and to interpret
             offset-less filter input (api-notes §11, §14 Q3). Default US Pacific.
         max_per_page: silent clamp for ``per_page``/``limit`` (api-notes §3, §14 Q4).
@@ -49,6 +54,7 @@ class SimConfig:
     entries: int = 1000
     reference_entries: int | None = None
     seed: int = 1
+    anchor: date | None = None
     timezone: str = "America/Los_Angeles"
     max_per_page: int = 200
     lock_date: date | str | None = None

@@ -15,6 +15,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
+from datetime import time as dtime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -170,7 +171,12 @@ class Simulator:
         self._submission_keys: dict[int, tuple[int, int, int]] = {}
         self.fmt_ts: Callable[[int], str] = lru_cache(maxsize=1 << 16)(self._fmt_ts)
         rng = random.Random(self.config.seed)
-        now = self.now()
+        anchor = self.config.anchor or self.today()
+        if anchor > self.today():
+            raise ValueError(f"SimConfig: anchor {anchor} is after today ({self.today()}): "
+                             "the seed data would be from the future")
+        # the data starts from the anchor day's local midnight: the same for a whole day
+        now = math.floor(datetime.combine(anchor, dtime(0), self.tz).timestamp())
         ref = self.config.reference_entries
         seed_reference_data(self.roles, self.workspaces, self.stories, self.users, self.store,
                             self.config.entries if ref is None else ref, rng, now)

@@ -1,6 +1,12 @@
 """Deterministic generation of realistic seed data.
 
-Given ``(entries, seed, now, timezone)`` the output is identical across runs. Shapes produced:
+Given ``(entries, seed, now, timezone)`` the output is identical across runs. ``now`` is the
+account's local midnight that starts the anchor day (`SimConfig.anchor`, default today), so the
+data depends on the day, never on the time of day; and every random draw is made whatever the
+dates say, so ids, workspaces, users, stories, roles, minutes, rates, notes, flags and external
+references are the same for a seed on any day: only the dates and times (``date_performed``,
+``created_at``, ``updated_at``) move with the anchor, by whole days, together with what follows
+from an entry's age (approved, invoiced). Shapes produced:
 
 * workspaces (8..300, scaled with ``entries``): some archived (every 7th, from index 5), some on
   another account (every 9th, from index 7; only visible with ``on_my_account=false``), some
@@ -8,7 +14,8 @@ Given ``(entries, seed, now, timezone)`` the output is identical across runs. Sh
   GBP, JPY);
 * users (6..250), each with a default role and hourly rates; user 0 owns the API token;
 * 4 stories per workspace (about one in five non-billable), 6 roles, 4 account locations;
-* entries with ``created_at`` spread evenly over the last 730 days (ids increase with creation),
+* entries with ``created_at`` spread evenly over the 730 days before ``now`` (ids increase with
+  creation),
   ``date_performed`` 0-6 days before creation, notes drawn from a pool containing unicode,
   emoji, newlines, ``""`` and ``null``; ~70% of entries older than 14 days approved, ~half of
   the approved ones older than 60 days invoiced; 3% with an external reference;
@@ -197,17 +204,20 @@ def seed_entries(store: EntryStore, workspaces: dict[int, Workspace], stories: d
         if rnd() < 0.1:
             billable = not billable
         age = today_ord - d_ord
-        approved = age > 14 and rnd() < 0.7
-        invoiced = approved and age > 60 and rnd() < 0.5
-        r = rnd()
+        # every draw is made whatever the dates say, so the stream (and every field that is
+        # not a date) is the same for a seed on any day
+        r_approved, r_invoiced = rnd(), rnd()
+        approved = age > 14 and r_approved < 0.7
+        invoiced = approved and age > 60 and r_invoiced < 0.5
+        r, r_later = rnd(), rnd()
         if r < 0.60:
             updated = created
         elif r < 0.85:
-            updated = created + int(rnd() * min(10 * 86400, now - created))
+            updated = created + int(r_later * min(10 * 86400, now - created))
         else:
             k = bisect.bisect_left(clusters, created)
             if k < n_clusters:
-                k = min(n_clusters - 1, k + int(rnd() * 3))
+                k = min(n_clusters - 1, k + int(r_later * 3))
                 updated = clusters[k]
             else:
                 updated = created

@@ -4,6 +4,7 @@ the simulator and PostgreSQL, including a kill mid-backfill and foreign time zon
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -89,6 +90,14 @@ async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: 
     done_before = {(r["window_start"], r["window_end"]) for r in await conn.fetch(
         "SELECT window_start, window_end FROM syncd.windows WHERE status = 'done'")}
     assert 20 <= len(done_before) < 84
+    # the killed run and the windows it was reading are not shown `running` (they were for
+    # 6 hours and for ever)
+    code, out, _ = await syncd(env, "status", "--json")
+    snap = json.loads(out)
+    assert [r["status"] for r in snap["runs"]] == ["interrupted"]
+    assert "abandoned" in snap["runs"][0]["error"]
+    assert not [k for k in snap["windows"] if k.endswith(":running")], snap["windows"]
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'running'")
     sim.clear_faults()
     sim.clear_requests()
     code, _, err = await syncd(env, "sync")
@@ -97,6 +106,27 @@ async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: 
     redone = {f"{a}:{b}" for a, b in done_before} & asked
     assert redone == set(), f"finished windows were fetched again: {sorted(redone)[:5]}"
     assert await mirror_diff(conn, sim.list_entries()) == []
+    runs = await conn.fetch("SELECT status, error FROM syncd.sync_runs ORDER BY id")
+    assert [r["status"] for r in runs] == ["interrupted", "ok"]  # closed by the next start
+    assert "abandoned" in runs[0]["error"]
+
+
+async def test_sync_against_an_unreachable_kantata_stops_at_the_first_windows(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """The first backfill against a closed port tried every window in turn (15 minutes at
+    the default back-off): the first request that cannot connect through its retries ends
+    the run, with one line and exit code 1."""
+    env = env_for(db_dsn, "http://127.0.0.1:9/api/v1", SYNCD_MAX_RETRIES="2",
+                  SYNCD_BACKOFF_BASE="0.01", SYNCD_BACKOFF_CAP="0.02")
+    code, out, err = await syncd(env, "sync")
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("syncd:")] == [
+        "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
+        "GET /time_entries could not connect: ClientConnectorError on all 3 attempts of a "
+        "request; check SYNCD_KANTATA_BASE_URL and the network"]
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'failed'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'") == 0
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs") == "failed"
 
 
 async def test_migrate_cli_is_idempotent_and_run_refuses_pending(empty_db_dsn: str) -> None:
@@ -145,6 +175,11 @@ async def test_sigterm_on_a_one_shot_sync_records_an_interrupted_run(
     assert proc.returncode == 143, err.decode()[-2000:]
     assert "stopped by SIGTERM" in err.decode()
     assert await conn.fetchval("SELECT status FROM syncd.sync_runs") == "interrupted"
+    # the windows it was reading are pending again with their pages, never left `running`
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'running'") \
+        == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'pending' "
+                               "AND last_error LIKE 'interrupted%'") >= 1
 
 
 async def test_cli_input_mistakes_are_named(db_dsn: str, empty_db_dsn: str, sim_url: str) -> None:

@@ -4,7 +4,9 @@ against the simulator and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
+from datetime import datetime
 
 import asyncpg
 import orjson
@@ -61,6 +63,23 @@ async def test_push_then_list_retry_and_discard(db_dsn: str, sim_url: str, sim: 
     report = orjson.loads(out)
     assert code == 1 and report["outcomes"] == {"update:failed": 1}
     assert report["outbox_after"]["done"] == 1 and report["outbox_after"]["failed"] == 1
+
+
+async def test_push_says_when_a_waiting_row_is_tried_next(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A trial user saw "1 to retry later" and no word of when."""
+    env = env_for(db_dsn, "http://127.0.0.1:9/api/v1")  # refused: certainly not sent
+    rid = await enqueue(conn, "create", payload=new_entry(sim, 1))
+    code, out, err = await syncd(env, "push")
+    assert code == 0, err[-2000:]
+    due = await conn.fetchval("SELECT next_attempt_at FROM syncd.outbox WHERE id = $1", rid)
+    assert due is not None and "1 to retry later" in out
+    shown = re.search(r"next attempt of a waiting row at (\S+) \(in (\d+) s", out)
+    assert shown, out
+    assert abs((datetime.fromisoformat(shown[1]) - due).total_seconds()) < 2
+    code, out, _ = await syncd(env, "push", "--json")
+    assert abs((datetime.fromisoformat(orjson.loads(out)["next_attempt_at"]) - due)
+               .total_seconds()) < 2
 
 
 async def test_outbox_commands_need_only_the_database(db_dsn: str, sim_url: str) -> None:

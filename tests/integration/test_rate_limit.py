@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import timedelta
 
 import asyncpg
 
-from syncd import pull
+from syncd import budget_store, pull, store
+from syncd.commands import status
 from syncd.app import open_deps
 from syncd.simulator import Simulator
 from tests.integration.conftest import TOKEN, make_settings
@@ -63,3 +65,23 @@ async def test_backfill_under_a_sliding_limit_learns_it_and_keeps_it(
     assert admitted_again >= admitted - 2
     assert refused <= 1, refused  # no burst into a window the first run filled, no probes
     assert seconds <= 1.3 * feasible(admitted_again), (seconds, admitted_again)
+
+    # `syncd status` shows the learned limit, its last 429 and how it is relaxed
+    snap = {"rate_limits": status.rate_limits(await budget_store.load_all(conn), 86400.0)}
+    (shown,) = snap["rate_limits"]
+    assert (shown["limit_requests"], shown["window_seconds"]) == (LIMIT, WINDOW)
+    last_429 = await conn.fetchval("SELECT last_throttled_at FROM syncd.request_budget")
+    assert shown["last_throttled_at"] == last_429 and last_429 is not None
+    assert shown["forget_at"] == last_429 + timedelta(days=1)
+    text = status.render_text({**await store.status_snapshot(conn), **snap})
+    line = next(x for x in text.splitlines() if x.startswith("rate limit:"))
+    assert f"{LIMIT} requests per 1 s (600.0/min)" in line and "raised 5%" in line
+    assert f"forgotten at {(last_429 + timedelta(days=1)).isoformat()}" in line
+
+    # a day without a 429 (SYNCD_RATE_LIMIT_FORGET_AFTER): the next start forgets the limit
+    await conn.execute("UPDATE syncd.request_budget "
+                       "SET last_throttled_at = now() - interval '25 hours'")
+    async with open_deps(make_settings(db_dsn, sim_url, rate_limit_per_minute=None)) as deps:
+        assert deps.client.budget.learned is None
+        assert deps.client.budget.rate_per_minute == float("inf")
+    assert await conn.fetchval("SELECT count(*) FROM syncd.request_budget") == 0

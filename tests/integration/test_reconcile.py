@@ -330,10 +330,42 @@ async def test_the_reconcile_command_prints_per_window_figures(
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["window", "checked", "upserted", "revived", "deleted", "kept"]
-    march = next(line for line in lines if line.startswith("2025-03-01:2025-03-31"))
-    assert march.split()[4] == "1"  # marked deleted
-    assert lines[-1].startswith("3 windows:") and "1 marked deleted" in lines[-1]
+    # only the window where something was found (a trial user got all 122 windows)
+    assert len(lines) == 3 and lines[1].startswith("2025-03-01:2025-03-31")
+    assert lines[1].split()[4] == "1"  # marked deleted
+    assert lines[-1].startswith("3 windows: 1 changed, 2 unchanged (not listed; --verbose "
+                                "lists every window), 0 failed;")
+    assert "1 marked deleted" in lines[-1]
     assert await _deleted_ids(conn) == {int(e["id"])}
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--since", "2025-02-01",
+                                              "--until", "2025-04-30", "--verbose"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and [x.split()[0] for x in lines[1:4]] == [
+        "2025-02-01:2025-02-28", "2025-03-01:2025-03-31", "2025-04-01:2025-04-30"]
+    assert lines[-1].startswith("3 windows: 0 changed, 3 unchanged, 0 failed;")
+
+
+async def test_the_reconcile_command_stops_at_once_when_kantata_is_unreachable(
+        deps: Deps, db_dsn: str, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like verify, reconciliation went on window after window against a closed port."""
+    await pull.sync_once(deps)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", "http://127.0.0.1:9/api/v1")  # discard port
+    monkeypatch.setenv("SYNCD_MAX_RETRIES", "1")
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--full"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("syncd:")] == [
+        "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
+        "GET /time_entries could not connect: ClientConnectorError on all 2 attempts of a "
+        "request; check SYNCD_KANTATA_BASE_URL and the network"]
+    tried = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = 'reconcile' "
+                                "AND status <> 'pending'")
+    assert 1 <= tried <= 2 * deps.settings.window_concurrency  # not all 80+ of the range
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
+        == "failed"
 
 
 async def test_shutdown_mid_run_leaves_unfinished_windows_due_and_deletes_nothing_from_them(

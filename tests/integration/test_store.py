@@ -3,6 +3,7 @@ instants under any session time zone, revival of rows marked deleted."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -94,18 +95,56 @@ async def test_a_rejected_record_is_resolved_when_a_valid_version_is_stored(
     assert left == ["12"]
 
 
-async def test_runs_abandoned_by_a_killed_process_are_closed(conn: asyncpg.Connection) -> None:
+async def test_runs_of_a_process_that_is_gone_are_closed_and_their_windows_given_back(
+        conn: asyncpg.Connection, db_dsn: str) -> None:
+    """A kill -9 left its run `running` in `syncd status` for 6 hours and its windows for
+    ever: a run is live exactly while its process's session holds the run's lock."""
     import uuid
 
-    old, fresh = uuid.uuid4(), uuid.uuid4()
-    await store.start_run(conn, old, "pull")
-    await store.start_run(conn, fresh, "pull")
-    await conn.execute("UPDATE syncd.sync_runs SET started_at = now() - interval '7 hours' "
-                       "WHERE run_id = $1", old)
-    assert await store.close_abandoned_runs(conn) == 1
-    rows = {r["run_id"]: r for r in await conn.fetch("SELECT * FROM syncd.sync_runs")}
-    assert rows[old]["status"] == "interrupted" and "without closing" in rows[old]["error"]
-    assert rows[fresh]["status"] == "running"
+    from syncd.runs import RunOwner
+    from syncd.windows import Window
+
+    owner = RunOwner(db_dsn)
+    killed, alive, old = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await owner.open_run(killed, "pull")
+    await store.start_run(conn, old, "pull")  # a row of a process without a lock (pre-0014)
+    w1, w2 = Window(date(2025, 1, 1), date(2025, 1, 31)), Window(date(2025, 2, 1),
+                                                                  date(2025, 2, 28))
+    await store.start_window(conn, "backfill", w1, restart=True, run_id=killed)
+    await store.checkpoint_window(conn, "backfill", w1, 3, 600, 200)
+    other = RunOwner(db_dsn)
+    try:
+        await other.open_run(alive, "reconcile")
+        await store.start_window(conn, "backfill", w2, restart=True, run_id=alive)
+        snap = await store.status_snapshot(conn)
+        shown = {r["run_id"]: r["status"] for r in snap["runs"]}
+        assert shown == {str(killed): "running", str(alive): "running",
+                         str(old): "interrupted"}
+        assert owner._conn is not None
+        owner._conn.terminate()  # the process dies: PostgreSQL ends its session
+        for _ in range(100):  # the server notices the closed socket at once
+            if (await store.status_snapshot(conn))["runs"][-1]["status"] == "interrupted":
+                break
+            await asyncio.sleep(0.02)
+        snap = await store.status_snapshot(conn)
+        shown = {r["run_id"]: r["status"] for r in snap["runs"]}
+        assert shown == {str(killed): "interrupted", str(alive): "running",
+                         str(old): "interrupted"}
+        assert snap["windows"] == {"backfill:pending": 1, "backfill:running": 1}
+        assert await conn.fetchval("SELECT count(*) FROM syncd.sync_runs "
+                                   "WHERE status = 'running'") == 3  # status writes nothing
+
+        assert await store.close_dead_runs(conn) == store.Closed(runs=2, windows=1)
+        rows = {r["run_id"]: r for r in await conn.fetch("SELECT * FROM syncd.sync_runs")}
+        assert rows[killed]["status"] == "interrupted" and "abandoned" in rows[killed]["error"]
+        assert rows[alive]["status"] == "running"
+        win = {r["window_start"]: r for r in await conn.fetch("SELECT * FROM syncd.windows")}
+        assert win[w1.start]["status"] == "pending" and win[w1.start]["pages_done"] == 3
+        assert win[w2.start]["status"] == "running"
+        assert await store.close_dead_runs(conn) == store.Closed(runs=0, windows=0)
+    finally:
+        await other.close()
+        await owner.close()
 
 
 @pytest.mark.parametrize("datestyle", ["ISO, MDY", "SQL, DMY", "German", "Postgres, YMD"])

@@ -121,15 +121,24 @@ async def test_verify_range_is_usable_as_an_oracle(deps: Deps, sim: Simulator) -
     assert res.requests == len(res.windows)  # every month fits in one page of 200
 
 
-async def test_unreachable_kantata_exits_2(
+async def test_unreachable_kantata_stops_at_the_first_window_with_one_line(
         deps: Deps, db_dsn: str, sim_url: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial user's verify against a closed port tried window after window for over 15
+    minutes: the first request that cannot connect through its retries stops the command."""
     await pull.sync_once(deps)
     cli_env(monkeypatch, db_dsn, sim_url)
     monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", "http://127.0.0.1:9/api/v1")  # discard port
-    code, out, _ = await _verify(capsys, "--since", "2025-01-01", "--until", "2025-02-28")
+    monkeypatch.setenv("SYNCD_MAX_RETRIES", "2")
+    monkeypatch.setenv("SYNCD_BACKOFF_BASE", "0.01")
+    monkeypatch.setenv("SYNCD_BACKOFF_CAP", "0.02")
+    code, out, err = await _verify(capsys)  # the whole backfill range: 80+ windows
     assert code == 2
-    assert "ERROR 2025-01-01:2025-01-31" in out and "INCOMPLETE" in out
+    assert out == ""  # no window after window of ERROR lines
+    assert err.strip().splitlines() == [
+        "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
+        "GET /time_entries could not connect: ClientConnectorError on all 3 attempts of a "
+        "request; check SYNCD_KANTATA_BASE_URL and the network"]
 
 
 async def test_bad_token_missing_token_and_unreachable_database_exit_2(

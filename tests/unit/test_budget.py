@@ -264,3 +264,29 @@ async def test_refusals_before_anything_is_admitted_wait_at_most_the_probe_cap()
     assert loop.time() - t0 < (len(budget_module.CANDIDATE_WINDOWS) + 3) * 0.25
     assert budget.learned is None and budget.probes == len(budget_module.CANDIDATE_WINDOWS) + 3
     await budget.close()
+
+
+async def test_a_learned_limit_is_forgotten_after_a_spell_without_429() -> None:
+    """A limit learned from a temporary throttle capped syncd for ever (an idle daemon is never
+    held back, so it was never raised): `forget_after` seconds after the last 429 it is
+    dropped and requests start unpaced; a 429 before that confirms it and restarts the
+    clock."""
+    forgotten: list[bool] = []
+    budget = RequestBudget(None, forget_after=0.3, on_forget=lambda: forgotten.append(True))
+    budget.restore(Learned(2, 60.0), quiet_seconds=0.0)  # window full: next start in 30 s
+    assert budget.forget_at() == pytest.approx(budget.throttled_at + 0.3)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.sleep(0.2)
+    budget.throttled(None)  # Kantata still limits: the clock starts again
+    await asyncio.wait_for(budget.acquire("pull"), 5)
+    assert 0.45 <= loop.time() - t0 < 2, "held until the limit was forgotten"
+    assert budget.learned is None and forgotten == [True]
+    assert budget.rate_per_minute == float("inf") and budget.forget_at() is None
+    for _ in range(20):  # unpaced now
+        await asyncio.wait_for(budget.acquire("pull"), 0.1)
+    kept = RequestBudget(None, forget_after=None)  # SYNCD_RATE_LIMIT_FORGET_AFTER=0
+    kept.restore(Learned(2, 60.0), quiet_seconds=60.0, throttled_at=0.0)
+    assert kept.forget_at() is None
+    await budget.close()
+    await kept.close()

@@ -15,7 +15,14 @@ from pydantic import SecretStr
 
 from syncd import budget as budget_module
 from syncd.budget import RequestBudget
-from syncd.errors import AuthError, FatalAPIError, MalformedResponseError, RetriableAPIError
+from syncd.errors import (
+    STOPS_THE_RUN,
+    AuthError,
+    FatalAPIError,
+    KantataUnreachable,
+    MalformedResponseError,
+    RetriableAPIError,
+)
 from syncd.kantata import KantataClient, RetryPolicy
 from syncd.pgserver import free_port
 
@@ -239,3 +246,27 @@ async def test_a_throttled_retry_is_a_warning_with_the_hint_and_the_cap(
     assert throttled["retry_after_cap"] == 0.05 and throttled["capped"] is True
     assert throttled["wait"] == 0.05
     assert retries[1]["retry_after"] is None and retries[1]["capped"] is False
+
+
+async def test_a_read_that_never_connects_through_its_retries_says_kantata_is_unreachable(
+        client: KantataClient) -> None:
+    """`syncd verify` against a closed port went on window after window for 15 minutes: a
+    read whose every attempt could not connect is KantataUnreachable (errors.STOPS_THE_RUN),
+    one that got any answer or may have been sent stays an ordinary retriable error."""
+    async with aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{free_port()}/api/v1"
+        nobody = KantataClient(session, base, SecretStr(TOKEN), budget=client.budget,
+                               retry=RetryPolicy(max_retries=2, base=0.001, cap=0.01))
+        with pytest.raises(KantataUnreachable) as gone:
+            await nobody.list_page({})
+    assert isinstance(gone.value, STOPS_THE_RUN) and gone.value.sent is False
+    assert "cannot be reached" in str(gone.value) and base in str(gone.value)
+    assert "all 3 attempts" in str(gone.value) and TOKEN not in str(gone.value)
+    refused = aiohttp.ClientConnectorError(None, OSError(111, "refused"))  # type: ignore[arg-type]
+    with aioresponses() as m:  # one answer among the failures: not "unreachable"
+        m.get(LIST, status=503)
+        for _ in range(3):
+            m.get(LIST, exception=refused)
+        with pytest.raises(RetriableAPIError) as other:
+            await client.list_page({})
+    assert not isinstance(other.value, KantataUnreachable) and other.value.sent is False

@@ -96,3 +96,32 @@ def test_database_urls_libpq_accepts_still_pass() -> None:
     for url in ("postgresql://syncd@/syncd?host=/run/postgresql", "postgres://u:p@h:5432/d",
                 "postgresql://u@127.0.0.1/d"):
         assert Settings(database_url=url, kantata_token="t").dsn() == url
+
+
+def test_an_unknown_key_in_the_config_file_suggests_the_setting_meant(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial user's `pull_intervall = 600` was refused without a hint."""
+    toml = tmp_path / "syncd.toml"
+    toml.write_text("pull_intervall = 600\nkantata_url = 'x'\nzzz_nothing_like_it = 1\n")
+    for k in [k for k in os.environ if k.startswith("SYNCD_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SYNCD_CONFIG_FILE", str(toml))
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'pull_intervall' in SYNCD_CONFIG_FILE" in err
+    assert "did you mean 'pull_interval'?" in err
+    assert "did you mean 'kantata_base_url'?" in err
+    nothing = next(line for line in err.splitlines() if "zzz_nothing_like_it" in line)
+    assert "did you mean" not in nothing
+
+
+def test_sync_help_says_what_since_and_until_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    """The dates are date_performed calendar dates, inclusive, with no time zone."""
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for arg in ("--since SINCE first date_performed date", "--until UNTIL last date_performed "
+                                                           "date"):
+        assert arg in text
+    assert text.count("inclusive; a calendar date, no time zone applies") == 2
