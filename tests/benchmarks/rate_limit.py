@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import date
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,7 @@ async def main(argv: list[str] | None = None) -> int:
             pg.stop(remove=True)
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"## Backfill of {args.entries:,} entries under a sliding rate limit, "
-          f"default settings ({date.today().isoformat()})\n")
+          f"default settings ({datetime.now(UTC).date().isoformat()})\n")
     print("| limit | run | wall s | admitted R | 429s | stated ideal s | ratio | "
           "feasible ideal s | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")

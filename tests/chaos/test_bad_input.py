@@ -514,7 +514,7 @@ async def test_persistently_bad_page_fails_its_window_only(
 
     with capture_logs() as logs:
         stats = await pull.sync_once(deps, since=date(2024, 1, 1),
-                                     until=date.today() + timedelta(days=31))
+                                     until=datetime.now(UTC).date() + timedelta(days=31))
 
     assert picked, "no window had a second page"
     # log: the window failure names the cause

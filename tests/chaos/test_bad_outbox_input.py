@@ -16,7 +16,7 @@ from syncd import pull
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
-from tests.integration.conftest import make_settings, sim, sim_url  # noqa: F401 (fixtures)
+from tests.integration.conftest import make_settings
 from tests.integration.outbox_helpers import (
     drain,
     editable_ids,

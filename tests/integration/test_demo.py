@@ -6,7 +6,7 @@ import asyncio
 import os
 import re
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -149,7 +149,7 @@ async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(
             async with http.get(sim_url.group(1) + "/_sim/lock_date") as resp:
                 lock = date.fromisoformat((await resp.json())["lock_date"])
         assert f"lock date {lock}" in "".join(out)
-        assert timedelta(days=60) <= date.today() - lock < timedelta(days=67)
+        assert timedelta(days=60) <= datetime.now(UTC).date() - lock < timedelta(days=67)
         conn = await asyncpg.connect(db_dsn)
         try:
             # a row Kantata refuses (dated on or before the lock date): push exits 1, and the

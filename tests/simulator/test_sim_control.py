@@ -156,7 +156,7 @@ async def test_timestamps_use_account_offset(contract: Any, tz: str, instant: da
 
 def test_naive_clock_rejected() -> None:
     with pytest.raises(ValueError):
-        Simulator(SimConfig(entries=0, clock=lambda: datetime(2025, 1, 1)))
+        Simulator(SimConfig(entries=0, clock=lambda: datetime(2025, 1, 1)))  # noqa: DTZ001 (naive on purpose)
 
 
 # ------------------------------------------------------------------------------- seed

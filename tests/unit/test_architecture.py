@@ -21,8 +21,9 @@ def test_import_contracts_hold() -> None:
 
 
 def test_lint_is_clean() -> None:
-    """ruff with the rules in pyproject.toml: pyflakes errors and naive datetimes."""
+    """ruff with the rules in pyproject.toml (pyflakes errors and naive datetimes) over the
+    code and its tests."""
     exe = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    res = subprocess.run([exe, "check", "--output-format", "concise", "syncd"], cwd=ROOT,
+    res = subprocess.run([exe, "check", "--output-format", "concise", "syncd", "tests"], cwd=ROOT,
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
