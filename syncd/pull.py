@@ -34,7 +34,7 @@ from syncd.errors import (
 from syncd.kantata import too_slow
 from syncd.models import Altered, Page, Rejected, SideObject
 from syncd.runs import Deps, RunStats, job_run
-from syncd.windows import Narrowing, Window, month_windows
+from syncd.windows import Narrowing, Window, describe_too_big, month_windows
 
 __all__ = ["WindowResult", "backfill", "incremental", "sync_once"]
 
@@ -652,11 +652,13 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
     stats.details["windows_narrowed"] = stats.details.get("windows_narrowed", 0) + 1
     stats.details["narrowed_requests"] = (stats.details.get("narrowed_requests", 0)
                                           + plan.requests)
-    for tb in plan.too_big:
-        log.warning("window_day_too_big", window=w.param, day=tb.day.isoformat(),
-                    count=tb.count, listed=tb.listed, page_size=tb.page_size)
+    if plan.too_big:  # one warning a window, however many days
+        log.warning("window_days_too_big", window=w.param, days=len(plan.too_big),
+                    first=plan.too_big[0].day.isoformat(),
+                    last=plan.too_big[-1].day.isoformat(),
+                    page_size=plan.too_big[0].page_size)
     if plan.too_big and res.error is None:
-        res.error = ("; ".join(tb.describe() for tb in plan.too_big)
+        res.error = (describe_too_big(plan.too_big)
                      + f"; window {w.param} not complete, its other days are stored")
     log.info("window_narrowed", window=w.param, requests=plan.requests,
              ranges=plan.complete_ranges, skipped_empty=plan.skipped,
@@ -845,7 +847,7 @@ async def _narrow_second(deps: Deps, req: cursor.PullRequest, stats: RunStats,
              ranges=plan.complete_ranges, days_too_big=len(plan.too_big))
     if plan.too_big:
         raise PagingError(
-            f"{label}: " + "; ".join(tb.describe() for tb in plan.too_big)
+            f"{label}: " + describe_too_big(plan.too_big)
             + f"; the watermark stays before {second.isoformat()} (nothing after it is "
             "skipped; the next pass reads that second again)")
     return plan.requests, True

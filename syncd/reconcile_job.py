@@ -34,7 +34,7 @@ from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
 from syncd.settings import Settings
-from syncd.windows import Narrowing, Window, month_windows
+from syncd.windows import Narrowing, Window, describe_too_big, month_windows
 
 __all__ = [
     "VerifyResult", "WindowRead", "WindowReport", "overdue_now", "read_window", "reconcile_due",
@@ -238,7 +238,7 @@ async def _read_narrowed(deps: Deps, read: WindowRead,
         _merge(read, page)
     read.last_count = read.first_count
     if plan.too_big:
-        read.incomplete = "; ".join(tb.describe() for tb in plan.too_big)
+        read.incomplete = describe_too_big(plan.too_big)
     log.info("window_narrowed", window=w.param, requests=plan.requests,
              ranges=plan.complete_ranges, days_too_big=len(plan.too_big), purpose=PURPOSE)
     return read

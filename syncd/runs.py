@@ -187,25 +187,37 @@ def error_line(errors: list[str]) -> str:
     """The run's error line from its errors (`RunStats.errors`), each said once: errors of
     windows (`"<window>: <message>"`, the window as `Window.param`) whose message is the same
     once the window is taken out of it are folded into one item, `"22 windows (first ..
-    last): <message>"` with the window in the message written `<window>`. Other errors are
-    kept as they are; items in the order they first occur, joined by "; "."""
-    groups: dict[str, list[str]] = {}
+    last): <message>"` with the window in the message written `<window>`; windows whose
+    messages differ only in their numbers and dates (a day count, the days named) are folded
+    the same way, the first one's message standing for all, `"24 windows (first .. last),
+    e.g. <window>: <message>"`. Other errors are kept as they are; items in the order they
+    first occur, joined by "; ". Its length follows the kinds of error, not the windows."""
+    groups: dict[str, list[tuple[str, str]]] = {}
     for e in errors:
         head, sep, rest = e.partition(": ")
         if sep and _WINDOW.fullmatch(head):
-            key = rest.replace(head, "<window>")
-            groups.setdefault(key, []).append(head)
+            key = _DIGITS.sub("#", rest.replace(head, "<window>"))
+            groups.setdefault(key, []).append((head, rest))
         else:
             groups.setdefault(e, [])
     out = []
-    for msg, windows in groups.items():
-        if len(windows) > 1:
-            out.append(f"{len(windows)} windows ({min(windows)} .. {max(windows)}): {msg}")
-        elif windows:
-            out.append(f"{windows[0]}: {msg.replace('<window>', windows[0])}")
+    for key, items in groups.items():
+        windows = [w for w, _ in items]
+        msgs = {m.replace(w, "<window>") for w, m in items}
+        if len(items) > 1 and len(msgs) == 1:
+            out.append(f"{len(items)} windows ({min(windows)} .. {max(windows)}): {msgs.pop()}")
+        elif len(items) > 1:
+            first, msg = items[0]
+            out.append(f"{len(items)} windows ({min(windows)} .. {max(windows)}), e.g. "
+                       f"{first}: {msg}")
+        elif items:
+            out.append(f"{items[0][0]}: {items[0][1]}")
         else:
-            out.append(msg)
+            out.append(key)
     return "; ".join(out)
+
+
+_DIGITS = re.compile(r"\d+")
 
 
 @asynccontextmanager

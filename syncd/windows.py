@@ -11,12 +11,13 @@ filter, issue #27).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
-__all__ = ["Fit", "Narrowing", "TooBig", "Window", "halves", "month_windows", "page_fit",
-           "parse_window"]
+__all__ = ["Fit", "Narrowing", "TooBig", "Window", "describe_too_big", "halves",
+           "month_windows", "page_fit", "parse_window"]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -112,6 +113,24 @@ class TooBig:
         return (f"day {self.day.isoformat()} has {many}, more than one page of "
                 f"{self.page_size} holds, and Kantata does not honour `page`: only "
                 f"{self.listed} of them were read")
+
+
+def describe_too_big(days: Sequence[TooBig]) -> str:
+    """One line for any number of days one page cannot hold (`TooBig`), its length bounded
+    whatever their number: a single day as `TooBig.describe`, several as their number, first
+    and last day and the fullest one. Raises ValueError for no days."""
+    if not days:
+        raise ValueError("no days")
+    if len(days) == 1:
+        return days[0].describe()
+    first, last = min(d.day for d in days), max(d.day for d in days)
+    fullest = max(days, key=lambda d: d.count)
+    most = (f"; the fullest, {fullest.day.isoformat()}, has {fullest.count}"
+            if fullest.count >= 0 else "")
+    return (f"{len(days)} days ({first.isoformat()} .. {last.isoformat()}) have more entries "
+            f"than one page of {days[0].page_size} holds{most}, and Kantata does not honour "
+            f"`page`: only the first page of each was read "
+            f"({sum(d.listed for d in days)} entries)")
 
 
 @dataclass
