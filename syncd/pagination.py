@@ -755,6 +755,12 @@ class PageSize:
             self._served = size
 
     @property
+    def known_served(self) -> int | None:
+        """The page size (entries) Kantata last served a request of this process, if any
+        answer said (`served`); None before."""
+        return self._served
+
+    @property
     def expected(self) -> int:
         """Entries a request of `current` is expected to bring: the last served size when it
         is smaller (Kantata clamps `per_page`), else `current`."""

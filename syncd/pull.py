@@ -616,7 +616,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
     midway reads the window again from its page 1 (stored pages are not lost, only read
     again). Raises what `errors.STOPS_THE_RUN` names (token refused, Kantata unreachable)."""
     w = res.window
-    plan = Narrowing(w, deps.page_size.current)
+    plan = Narrowing(w, deps.page_size.expected)
     res.narrow = False
     if res.first is not None:
         listed, count, size = res.first
@@ -907,6 +907,8 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             if req.updated_before is not None:  # numbered inside a second: start it again
                 req = cursor.PullRequest(req.updated_after, req.updated_before, page=1)
             continue
+        if page.page_size and params["per_page"] == str(sizer.current):
+            sizer.served(page.page_size)  # what Kantata serves: sizes reconciliation's reads
         pages += 1
         query = (req.updated_after, req.updated_before)
         if query not in guards:

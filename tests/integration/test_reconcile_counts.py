@@ -133,6 +133,33 @@ async def test_settled_mirror_and_three_deletions_cost_what_the_formulas_say(
           f"(≤ {len(windows) + 3 * (8 + pages)}; a day is ≤ {pages} page(s))")
 
 
+async def test_a_deletion_is_narrowed_to_its_day_by_the_size_kantata_serves(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """A new user's trial: at the default SYNCD_PER_PAGE (5,000) against a Kantata serving
+    fewer, a month's read was costed as one page of 5,000, so one deletion read the whole
+    month (13 GETs at 200) instead of narrowing to its day (7). The cost of a read follows
+    the size Kantata served this process (learned by the reconciliation's own incremental
+    pass)."""
+    sim = Simulator(SimConfig(token=TOKEN, entries=6_000, seed=3, lock_date=None,
+                              max_per_page=20))
+    before = sim.list_entries()
+    async with running_simulator(sim) as url:
+        async with open_deps(settings(db_dsn, url, backfill_start=_first_month(before))) as d:
+            windows = await _settle(d, conn, sim)
+        busy = Counter(e["date_performed"][:7] for e in before).most_common(1)[0][0]
+        gone = int(next(e for e in before if e["date_performed"][:7] == busy)["id"])
+        sim.delete_entry(gone)
+        sim.clear_requests()
+        async with open_deps(settings(db_dsn, url, backfill_start=_first_month(before))) as d:
+            assert d.settings.per_page == 5000  # the default, a fresh process
+            after = await reconcile_job.reconcile_range(d, windows[0].start, windows[-1].end)
+    assert [r.error for r in after if r.error] == []
+    assert _summary(after) == {"count": len(windows) - 1, "days": 1}
+    assert await _deleted_ids(conn) == {gone}
+    month_pages = math.ceil(sum(e["date_performed"][:7] == busy for e in before) / 20)
+    assert len(_gets(sim)) < len(windows) + month_pages  # a whole month's read costs more
+
+
 # ----------------------------------------------------------------- what can fool a count
 async def test_a_create_after_the_pass_hides_a_deletion_in_its_window_until_the_next_check(
         deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
