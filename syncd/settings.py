@@ -301,8 +301,13 @@ class Settings(BaseSettings):
         return self.backfill_start or date(today.year - 10, today.month, 1)
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per invalid setting, naming its variable; never echoes the input value."""
+def format_validation_error(exc: ValidationError,
+                            environ: Mapping[str, str] | None = None) -> str:
+    """One line per invalid setting, naming its variable and where its value came from (the
+    environment, or the SYNCD_CONFIG_FILE path); never echoes the input value. `environ`:
+    the process environment by default."""
+    env = os.environ if environ is None else environ
+    file = env.get("SYNCD_CONFIG_FILE")
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
@@ -311,10 +316,13 @@ def format_validation_error(exc: ValidationError) -> str:
             close = difflib.get_close_matches(loc.lower(), list(Settings.model_fields), n=1,
                                               cutoff=0.7)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"invalid setting: unknown key {loc!r} in SYNCD_CONFIG_FILE (keys are "
-                         f"the SYNCD_* names in lower case without the prefix){hint}")
+            lines.append(f"invalid setting: unknown key {loc!r} in SYNCD_CONFIG_FILE {file} "
+                         f"(keys are the SYNCD_* names in lower case without the prefix){hint}")
         elif loc:
-            lines.append(f"invalid setting SYNCD_{loc.upper()}: {msg}")
+            name = f"SYNCD_{loc.upper()}"
+            where = (" (from the environment)" if name in env
+                     else f" (from {file})" if file else "")
+            lines.append(f"invalid setting {name}{where}: {msg}")
         else:
             lines.append(_name_setting(msg.removeprefix("Value error, ")))
     return "\n".join(lines)

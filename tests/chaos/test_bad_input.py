@@ -678,18 +678,18 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 
 CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("interval_negative", {"SYNCD_PULL_INTERVAL": "-5"},
-     "invalid setting SYNCD_PULL_INTERVAL: Input should be greater than 0"),
+     "invalid setting SYNCD_PULL_INTERVAL (from the environment): Input should be greater than 0"),
     ("per_page_over_max", {"SYNCD_PER_PAGE": "9000"},
-     "invalid setting SYNCD_PER_PAGE: Input should be less than or equal to 5000"),
+     "invalid setting SYNCD_PER_PAGE (from the environment): Input should be less than or equal to 5000"),
     ("backfill_start_not_a_date", {"SYNCD_BACKFILL_START": "2024-13-01"},
-     "invalid setting SYNCD_BACKFILL_START:"),
+     "invalid setting SYNCD_BACKFILL_START (from the environment):"),
     ("bad_log_level", {"SYNCD_LOG_LEVEL": "LOUD"},
-     "invalid setting SYNCD_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+     "invalid setting SYNCD_LOG_LEVEL (from the environment): Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     ("bad_conflict_policy", {"SYNCD_CONFLICT_POLICY": "remote_wins"},
-     "invalid setting SYNCD_CONFLICT_POLICY: Input should be 'park' or 'local_wins'"),
-    ("port_out_of_range", {"SYNCD_HTTP_PORT": "70000"}, "invalid setting SYNCD_HTTP_PORT:"),
+     "invalid setting SYNCD_CONFLICT_POLICY (from the environment): Input should be 'park' or 'local_wins'"),
+    ("port_out_of_range", {"SYNCD_HTTP_PORT": "70000"}, "invalid setting SYNCD_HTTP_PORT (from the environment):"),
     ("base_url_not_http", {"SYNCD_KANTATA_BASE_URL": "ftp://api.mavenlink.com"},
-     "invalid setting SYNCD_KANTATA_BASE_URL: Value error, must be an http(s) URL"),
+     "invalid setting SYNCD_KANTATA_BASE_URL (from the environment): Value error, must be an http(s) URL"),
     ("plain_http_to_loopback_without_opt_in",
      {"SYNCD_KANTATA_BASE_URL": "http://127.0.0.1:8089/api/v1"},
      "only allowed for a loopback simulator with SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"),
@@ -738,8 +738,7 @@ def test_empty_token_file_counts_as_missing(
 @pytest.mark.parametrize(("toml", "message"), [
     ("pull_interval = 60\nbogus_key = 1\n",
      "invalid setting: unknown key 'bogus_key' in SYNCD_CONFIG_FILE"),
-    ('pull_interval = "soon"\n', "invalid setting SYNCD_PULL_INTERVAL: Input should be a valid "
-                                 "number"),
+    ('pull_interval = "soon"\n', "invalid setting SYNCD_PULL_INTERVAL (from "),
     ("pull_interval = \n", "invalid setting SYNCD_CONFIG_FILE: "),  # not TOML: was a traceback
     (b"pull_interval = 1\n# \xff\xfe\n", "invalid setting SYNCD_CONFIG_FILE: "),
 ], ids=["unknown_key", "wrong_type", "not_toml", "not_utf8"])
@@ -751,6 +750,8 @@ def test_bad_config_file_is_one_line_naming_it(
     code, err = run_cli(monkeypatch, capsys, {"SYNCD_CONFIG_FILE": str(f)}, ["status"])
     assert code == 2 and message in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1
+    if "SYNCD_PULL_INTERVAL" in message or "unknown key" in message:
+        assert str(f) in err  # which file: a value in the environment would say so instead
 
 
 def test_config_file_that_does_not_exist_is_an_error_not_ignored(

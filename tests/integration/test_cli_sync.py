@@ -146,7 +146,8 @@ async def test_invalid_configuration_is_one_clear_line(db_dsn: str) -> None:
     code, out, err = await syncd(env, "sync")
     assert code == 2
     assert err.strip().splitlines() == [
-        "syncd: invalid setting SYNCD_PULL_INTERVAL: Input should be a valid number, "
+        "syncd: invalid setting SYNCD_PULL_INTERVAL (from the environment): Input should be a "
+        "valid number, "
         "unable to parse string as a number"]
 
 

@@ -33,7 +33,7 @@ def test_the_command_line_refuses_it_with_exit_2(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SYNCD_OUTBOX_LEASE", "1")
     assert main(["outbox", "list"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("syncd: invalid setting SYNCD_OUTBOX_LEASE: ") and "\n" not in err
+    assert err.startswith("syncd: invalid setting SYNCD_OUTBOX_LEASE (from the environment): ") and "\n" not in err
 
 
 def test_syncd_config_says_where_each_value_came_from_and_masks_secrets(
@@ -88,7 +88,7 @@ def test_a_database_url_asyncpg_cannot_use_is_refused_at_start(
     monkeypatch.setenv("SYNCD_KANTATA_TOKEN", "t")
     assert main(["run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("syncd: invalid setting SYNCD_DATABASE_URL: ") and why in err
+    assert err.startswith("syncd: invalid setting SYNCD_DATABASE_URL (from the environment): ") and why in err
     assert "hunter2" not in err and "\n" not in err
 
 
