@@ -96,6 +96,10 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         print(f"syncd: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}",
-              file=sys.stderr)
+        # Kantata's network errors arrive as RetriableError above: an OSError here is
+        # PostgreSQL's connection
+        hint = ("; check SYNCD_DATABASE_URL and that PostgreSQL is running there"
+                if isinstance(exc, OSError) else "")
+        print(f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}"
+              f"{hint}", file=sys.stderr)
         return 1

@@ -197,3 +197,15 @@ async def test_cli_input_mistakes_are_named(db_dsn: str, empty_db_dsn: str, sim_
         await conn.close()
     code, out, err = await syncd(env_for(empty_db_dsn, sim_url), "status")
     assert code == 1 and "run `syncd migrate` first" in err
+
+
+async def test_a_database_that_is_down_is_one_line_pointing_at_its_setting() -> None:
+    """A trial's user saw a bare ConnectionRefusedError and could not tell which connection
+    failed: the line names SYNCD_DATABASE_URL (never the password)."""
+    env = env_for("postgresql://syncd:s3cret-pw@127.0.0.1:9/nowhere",
+                  "http://127.0.0.1:9/api/v1")
+    code, _, err = await syncd(env, "sync")
+    assert code == 1, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("syncd: database or network error: ") and \
+        "check SYNCD_DATABASE_URL" in line and "s3cret-pw" not in line, line
