@@ -789,6 +789,12 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             async with deps.pool.acquire() as conn:
                 await store.finish_window(conn, "backfill", w, status=status,
                                           remote_count=res.remote_count, error=res.error)
+                # the run's figures so far: `syncd status` of a long backfill (or of one
+                # killed midway) shows what it did, not zeros until it ends
+                await store.note_run_progress(conn, stats.run_id, pages=stats.pages,
+                                              requests=stats.requests,
+                                              rows_upserted=stats.rows_upserted,
+                                              rows_rejected=stats.rows_rejected)
             if res.error:
                 stats.errors.append(f"{w.param}: {res.error}")
                 log.warning("window_failed", window=w.param, error=res.error)

@@ -23,7 +23,7 @@ from syncd.reconcile import RowVersion
 from syncd.windows import Window
 
 __all__ = [
-    "daily_summary", "finish_run", "live_counts_by_day", "record_full_read",
+    "daily_summary", "finish_run", "note_run_progress", "live_counts_by_day", "record_full_read",
     "unmirrored_rejects", "finish_window", "get_cursor", "newest_per_id",
     "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
     "start_window", "upsert_entries", "upsert_page_body", "upsert_side", "window_rows", "window_states",
@@ -340,6 +340,17 @@ async def finish_run(conn: asyncpg.Connection, run_id: uuid.UUID, *, status: str
            WHERE run_id = $1""",
         run_id, status, pages, requests, rows_upserted, rows_rejected, pg_text(error),
         orjson.dumps(details or {}).decode())
+
+
+async def note_run_progress(conn: asyncpg.Connection, run_id: uuid.UUID, *, pages: int,
+                            requests: int, rows_upserted: int, rows_rejected: int) -> None:
+    """Write a running run's figures so far (`finish_run` writes the final ones); a run no
+    longer `running` is left as it is."""
+    await conn.execute(
+        """UPDATE syncd.sync_runs SET pages = $2, requests = $3, rows_upserted = $4,
+               rows_rejected = $5
+           WHERE run_id = $1 AND status = 'running'""",
+        run_id, pages, requests, rows_upserted, rows_rejected)
 
 
 async def prune_runs(conn: asyncpg.Connection, older_than_days: int) -> int:

@@ -63,3 +63,30 @@ async def test_two_concurrent_pushers_report_what_each_wrote_and_sent(
         row = await _run_row(conn, report.run_id)
         assert (row["requests"], row["rows_upserted"]) == (report.requests, report.mirror_rows)
     assert a.requests + b.requests == len(sim.requests)
+
+
+async def test_a_running_backfill_shows_its_figures_so_far(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A trial's user killed a backfill at 7,797 rows and `syncd status` showed its run with
+    0 pages, 0 requests and 0 rows: the figures are written as each window ends."""
+    sim.set_faults({"latency_ms": 30})  # windows end one after another while we look
+    pulling = asyncio.create_task(pull.sync_once(deps))
+    try:
+        row = None
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            row = await conn.fetchrow(
+                "SELECT status, pages, requests, rows_upserted FROM syncd.sync_runs "
+                "WHERE job = 'pull' AND rows_upserted > 0")
+            if row is not None:
+                break
+        assert row is not None and row["status"] == "running", row
+        assert row["pages"] > 0 and row["requests"] > 0
+        done = await conn.fetchval("SELECT coalesce(sum(rows_seen), 0) FROM syncd.windows "
+                                   "WHERE purpose = 'backfill' AND status = 'done'")
+        assert 0 < row["rows_upserted"] <= await conn.fetchval(
+            "SELECT count(*) FROM kantata.time_entries") and done > 0
+    finally:
+        stats = await pulling
+    final = await _run_row(conn, stats.run_id)
+    assert final["status"] == "ok" and final["rows_upserted"] == stats.rows_upserted == 600
