@@ -56,6 +56,8 @@ def mask_dsn(dsn: str, replacement: str | None = "********") -> str:
         password = parts.password
     except ValueError:
         return "<database URL>"
+    if password is None and "password=" not in parts.query:
+        return dsn  # unchanged (geturl would turn postgresql:///db into postgresql:/db)
     if password is not None:
         host = parts.netloc.rsplit("@", 1)[-1]
         user = parts.username or ""
