@@ -71,7 +71,9 @@ def test_syncd_config_masks_the_database_password_in_either_form(
         url: str, shown: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A new user's `?password=` query parameter was shown in clear (libpq accepts both)."""
-    from syncd import cli
+    from syncd import cli, errors
+
+    monkeypatch.setattr(errors, "_SECRETS", set())  # what this command registers, only
 
     for k in [k for k in os.environ if k.startswith("SYNCD_")]:
         monkeypatch.delenv(k)
@@ -80,6 +82,11 @@ def test_syncd_config_masks_the_database_password_in_either_form(
     out = capsys.readouterr().out
     assert "s3cret" not in out
     assert "SYNCD_DATABASE_URL" in out and f"  {shown}  (env)" in out
+    # and every command keeps it out of its errors and logs (asyncpg may quote the DSN)
+    from syncd.errors import redact
+
+    assert redact(f"cannot connect: {url}") == f"cannot connect: {shown}".replace(
+        "********", "[redacted]")
 
 
 def test_both_forms_of_the_database_password_are_kept_out_of_errors() -> None:
