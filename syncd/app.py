@@ -164,9 +164,10 @@ async def open_deps(settings: Settings, *, metrics: Metrics | None = None,
     token = settings.token()
     logs.register_secret(token.get_secret_value())
     if settings.database_url is not None:
-        from urllib.parse import urlsplit
+        from syncd.errors import dsn_passwords
 
-        logs.register_secret(urlsplit(settings.dsn() or "").password)
+        for password in dsn_passwords(settings.dsn()):  # user:pass@ and ?password=
+            logs.register_secret(password)
     metrics = metrics or Metrics()
     own_pool = pool is None
     pool = pool or await open_pool(settings)

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from syncd import logs
-    from syncd.errors import ConfigError
+    from syncd.errors import ConfigError, dsn_passwords
     from syncd.settings import Settings, format_validation_error, unknown_variables
 
     args = build_parser(argv).parse_args(argv)
@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"syncd: {exc}", file=sys.stderr)
             return 2
         logs.configure(settings.log_level, settings.log_format)
+        for password in dsn_passwords(settings.dsn()):  # user:pass@ and ?password=, for
+            logs.register_secret(password)  # every command: never in an error or a log line
     else:
         logs.configure("INFO", "auto")
     try:

@@ -32,14 +32,13 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
 from syncd import __version__, early_signals, logs, migrate, outbox, pull, store
 from syncd.app import open_deps, open_pool
 from syncd.control import ControlConnection
-from syncd.errors import FatalError
+from syncd.errors import FatalError, dsn_passwords
 from syncd.http import OpsState, start_http
 from syncd.metrics import Metrics
 from syncd.runs import Deps, job_run
@@ -241,8 +240,8 @@ class Daemon:
     # ------------------------------------------------------------------ startup steps
     def _register_secrets(self) -> tuple[str, ...]:
         token = self.settings.token().get_secret_value()  # ValueError when missing
-        password = urlsplit(self.settings.dsn() or "").password
-        secrets = tuple(x for x in (token, password) if x)
+        passwords = dsn_passwords(self.settings.dsn())  # user:pass@ and ?password=
+        secrets = tuple(x for x in (token, *passwords) if x)
         for x in secrets:
             logs.register_secret(x)
         return secrets

@@ -8,6 +8,8 @@ Messages never contain the Kantata token or a database password.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
 REDACTED = "[redacted]"
 _SECRETS: set[str] = set()
 
@@ -27,6 +29,47 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def dsn_passwords(dsn: str | None) -> list[str]:
+    """The passwords a PostgreSQL URL carries: the `user:password@` one and every `password=`
+    query parameter (libpq connection URIs, PostgreSQL docs 34.1.1.2, accept both). Empty for
+    None, a URL without one, or text that is not a URL."""
+    if not dsn:
+        return []
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password] if parts.password else []
+    except ValueError:  # e.g. a port that is not a number
+        return []
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+              if k == "password" and v]
+    return found
+
+
+def mask_dsn(dsn: str, replacement: str | None = "********") -> str:
+    """`dsn` with its passwords (`user:password@` and `password=` query parameters) replaced
+    by `replacement`, or left out when it is None (for a `psql` line to copy). Text that is not
+    a URL comes back with the passwords found in it replaced, or as `<database URL>`."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "<database URL>"
+    if password is None and "password=" not in parts.query:
+        return dsn  # unchanged (geturl would turn postgresql:///db into postgresql:/db)
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}@{host}" if replacement is None
+                               else f"{user}:{replacement}@{host}")
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "password" for k, _ in pairs):
+            kept = [(k, v) for k, v in pairs if k != "password"] if replacement is None else \
+                [(k, replacement if k == "password" else v) for k, v in pairs]
+            parts = parts._replace(query=urlencode(kept, safe="*"))
+    return parts.geturl()
 
 
 class SyncdError(Exception):

@@ -33,7 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, mask_dsn
 
 __all__ = ["Settings", "describe", "format_validation_error", "is_loopback_url", "load_settings",
            "reference_table"]
@@ -376,11 +376,7 @@ def reference_table() -> str:
 
 
 def _masked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username or ''}:********@{host}").geturl()
+    return mask_dsn(url)
 
 
 def describe(settings: Settings, environ: Mapping[str, str]) -> list[tuple[str, str, str]]:

@@ -4,7 +4,10 @@ Starts a throwaway PostgreSQL from the local server binaries (or uses the empty 
 with --database-url), starts the simulator with seeded, real-shaped data on a loopback port,
 migrates, backfills, shows a few incremental cycles with remote edits, checks the mirror against
 the simulator and prints how to connect with psql. `syncd demo --stop` stops the demo's
-PostgreSQL.
+PostgreSQL and removes it, with every database in it (also any you created there).
+
+While a `syncd demo --keep` serves from the same --dir, another `syncd demo` refuses to start
+(it would restart that demo's PostgreSQL and drop its database): stop it first.
 
 The demo writes simulated entries, so it never takes SYNCD_DATABASE_URL from the environment
 (the variable that names a real mirror), and it refuses a database that already holds mirrored
@@ -25,13 +28,12 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from syncd import logs, migrate, pull, reconcile_job
 from syncd.app import open_deps
-from syncd.errors import redact, register_secret
+from syncd.errors import dsn_passwords, mask_dsn, redact, register_secret
 from syncd.pgserver import PgServerError, TempPostgres, find_bin_dir
 from syncd.settings import Settings
 
@@ -92,22 +94,17 @@ async def _remote_activity(sim: Any, cycle: int) -> tuple[str, list[str]]:
     invoiced = next((e for e in entries if e["is_invoiced"]), None)
     if invoiced is not None:
         sim.edit_entry(int(invoiced["id"]), {"billable": not invoiced["billable"]})
+    what += "; an approved and an invoiced entry changed"
+    if not open_entries:  # a tiny --entries: nothing open to delete
+        return what, []
     gone = open_entries[len(open_entries) // 2]
     sim.delete_entry(int(gone["id"]))
-    return (what + "; an approved and an invoiced entry changed, one entry deleted",
-            [gone["date_performed"]])
+    return what + ", one entry deleted", [gone["date_performed"]]
 
 
 def _without_password(dsn: str) -> str:
-    """`dsn` with its password left out, for printing."""
-    try:
-        parts = urlsplit(dsn)
-        if parts.password is None:
-            return dsn
-    except ValueError:
-        return "<the --database-url you gave>"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+    """`dsn` with its passwords (`user:pass@`, `?password=`) left out, for printing."""
+    return mask_dsn(dsn, None)
 
 
 async def _holds_entries(dsn: str) -> bool:
@@ -135,10 +132,8 @@ async def _demo(args: argparse.Namespace) -> int:
         _say("    (SYNCD_DATABASE_URL is ignored: the demo writes simulated entries; give it an "
              "empty database with --database-url to use your own server)")
     if url:
-        try:
-            register_secret(urlsplit(url).password)
-        except ValueError:  # a port that is not a number: asyncpg says so below
-            pass
+        for password in dsn_passwords(url):  # user:pass@ and ?password=
+            register_secret(password)
         try:
             holds = await _holds_entries(url)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
@@ -233,9 +228,14 @@ async def _demo(args: argparse.Namespace) -> int:
     _say("  SELECT entry_id, changed_at, change, diff FROM kantata.time_entry_changes")
     _say("    WHERE change <> 'first_seen' ORDER BY changed_at DESC LIMIT 10;")
     if pg is not None:
-        where = "" if args.dir == _default_dir() else f" --dir {args.dir}"
-        _say(f"Stop the demo database with: syncd demo --stop{where}   (data in {args.dir})")
+        _say(f"Stop the demo database with: syncd demo --stop{_dir_option(args.dir)}   "
+             f"(removes the throwaway server in {args.dir} and every database in it)")
     return 0 if check.startswith("exact mirror") else 1
+
+
+def _dir_option(directory: Path) -> str:
+    """` --dir DIR` when `directory` is not the default, for a command line to copy."""
+    return "" if directory == _default_dir() else f" --dir {directory}"
 
 
 def _syncd_command() -> str:
@@ -306,6 +306,30 @@ def _stop_kept_demo(directory: Path) -> None:
     _say(f"stopped the demo's simulator (pid {pid})")
 
 
+def _kept_demo_pid(directory: Path) -> int | None:
+    """The pid of a `syncd demo --keep` still serving from `directory`, or None: no pid file,
+    an unreadable one, or a stale one whose process is gone (or is no longer syncd: a reused
+    pid, where /proc tells)."""
+    try:
+        pid = int((directory / "keep.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc: alive is all we know
+    # empty for a process between fork and exec, or a zombie: count it as alive
+    return None if cmdline and b"syncd" not in cmdline else pid
+
+
 def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     if args.stop:
         if not args.dir.exists():
@@ -314,8 +338,16 @@ def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
         _stop_kept_demo(args.dir)
         TempPostgres(args.dir / "pg").stop(remove=True)
         shutil.rmtree(args.dir, ignore_errors=True)
-        _say(f"stopped the demo PostgreSQL and removed {args.dir}")
+        _say(f"stopped the demo PostgreSQL and removed {args.dir}: the whole throwaway "
+             "server with every database in it (the demo's and any you created there)")
         return 0
+    kept = _kept_demo_pid(args.dir)
+    if kept is not None:
+        # a second demo would restart the kept demo's PostgreSQL, drop its database and cut
+        # its sessions (found by a new-user trial): refuse before touching anything
+        print(f"syncd demo: a kept demo (pid {kept}) is still running from {args.dir}; "
+              f"`syncd demo --stop{_dir_option(args.dir)}` ends it", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_demo(args))
     except PgServerError as exc:
@@ -328,17 +360,32 @@ def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
         return 130
 
 
+def _count(least: int) -> Any:
+    """An argparse type: an integer of at least `least`, else a usage error (exit 2)."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {n}")
+        return n
+    return parse
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole mirror on a throwaway PostgreSQL and the "
                                     "simulator, then show how to query it",
                        description=__doc__)
-    p.add_argument("--entries", type=int, default=20_000,
+    p.add_argument("--entries", type=_count(1), default=20_000,
                    help="time entries to seed in the simulator")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated data")
-    p.add_argument("--cycles", type=int, default=3, help="incremental cycles to show")
+    p.add_argument("--cycles", type=_count(0), default=3, help="incremental cycles to show")
     p.add_argument("--dir", type=Path, default=_default_dir(),
                    help="where the throwaway PostgreSQL lives")
-    p.add_argument("--stop", action="store_true", help="stop the demo PostgreSQL and exit")
+    p.add_argument("--stop", action="store_true",
+                   help="stop a kept demo and remove the throwaway PostgreSQL in --dir with "
+                        "every database in it (also any you created there), then exit")
     p.add_argument("--keep", action="store_true",
                    help="keep the simulator running after the demo and print the SYNCD_* "
                         "exports and a recipe to try the outbox against it (Ctrl-C stops)")

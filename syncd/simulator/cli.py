@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -168,13 +169,20 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; returns the process exit code."""
+    """Serve until SIGINT/SIGTERM; returns the process exit code: 0 after a signal, 1 when it
+    cannot serve (port taken, address not local), said in one line on stderr."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return asyncio.run(_serve(args))
     except OSError as e:
-        log.error("cannot serve on %s:%s: %s", args.host, args.port, e)
+        # one plain line and exit 1 (a new-user trial saw only a log event): the port is taken,
+        # the host is not an address of this machine, ...
+        why = (e.strerror or str(e)).lower() if e.errno is not None else str(e)
+        print(f"syncd simulator: cannot serve on {args.host}:{args.port}: {why} "
+              "(choose another --port)" if e.errno == errno.EADDRINUSE else
+              f"syncd simulator: cannot serve on {args.host}:{args.port}: {why}",
+              file=sys.stderr, flush=True)
         return 1
 
 

@@ -228,3 +228,99 @@ def test_an_interrupted_demo_says_how_to_stop_what_it_left() -> None:
         tmp_path.rmdir()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "syncd demo --stop" in err and "Traceback" not in err
+
+
+def _no_server_may_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything that would touch the demo's PostgreSQL fails the test."""
+    def touched(*_: object) -> None:
+        raise AssertionError("the demo touched its PostgreSQL")
+
+    monkeypatch.setattr(demo, "_start_postgres", touched)
+    monkeypatch.setattr(demo, "_holds_entries", touched)
+    monkeypatch.setattr(demo, "find_bin_dir", lambda: Path("/usr/lib/postgresql/bin"))
+
+
+@pytest.mark.parametrize("extra", [[], ["--database-url", "postgresql://u@127.0.0.1:1/x"]])
+def test_a_second_demo_refuses_while_a_kept_one_runs(
+        extra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A new-user trial: a second `syncd demo` restarted the kept demo's PostgreSQL and dropped
+    its database. It now refuses in one line, naming the pid and `syncd demo --stop`."""
+    import subprocess
+
+    _no_server_may_start(monkeypatch)
+    # a live process whose command line names syncd, like `syncd demo --keep`
+    kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "syncd"])
+    try:
+        (tmp_path / "keep.pid").write_text(str(kept.pid))
+        assert cli.main(["demo", "--entries", "10", "--dir", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"syncd demo: a kept demo (pid {kept.pid}) is still running from "
+                       f"{tmp_path}; `syncd demo --stop --dir {tmp_path}` ends it")
+        assert kept.poll() is None and (tmp_path / "keep.pid").exists()
+    finally:
+        kept.kill()
+        kept.wait()
+
+
+@pytest.mark.parametrize("holder", ["dead", "not syncd"])
+def test_a_stale_kept_demo_pid_file_does_not_block(
+        holder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The pid file of a kept demo that is gone (or whose pid now names another program) does
+    not block: the demo goes on (here to its no-PostgreSQL message)."""
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        if holder == "dead":
+            other.kill()
+            other.wait()
+        else:  # its command line is readable once exec is done
+            import time
+
+            cmdline = Path(f"/proc/{other.pid}/cmdline")
+            for _ in range(100):
+                if cmdline.read_bytes():
+                    break
+                time.sleep(0.01)
+        (tmp_path / "keep.pid").write_text(str(other.pid))
+        monkeypatch.setattr(demo, "find_bin_dir", lambda: None)
+        assert cli.main(["demo", "--entries", "10", "--dir", str(tmp_path)]) == 2
+        captured = capsys.readouterr()
+        assert "apt-get install postgresql" in captured.out and "kept demo" not in captured.err
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--entries", "-5"], "argument --entries: expected a number >= 1, got -5"),
+    (["--entries", "0"], "argument --entries: expected a number >= 1, got 0"),
+    (["--entries", "many"], "argument --entries: expected a whole number, got 'many'"),
+    (["--cycles", "-1"], "argument --cycles: expected a number >= 0, got -1"),
+])
+def test_bad_demo_numbers_are_usage_errors_before_anything_runs(
+        argv: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`syncd demo --entries -5` ended in a traceback from SimConfig after starting PostgreSQL."""
+    _no_server_may_start(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--dir", str(tmp_path), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_demo_stop_says_it_removes_every_database_on_the_demo_server(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--stop` removed databases a user had created on the demo server without mention."""
+    (tmp_path / "demo").mkdir()
+    assert cli.main(["demo", "--stop", "--dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {tmp_path / 'demo'}: the whole throwaway server with every database in it" \
+        in out and not (tmp_path / "demo").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "every database in it (also any you created there)" in " ".join(
+        capsys.readouterr().out.split())

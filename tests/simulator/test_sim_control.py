@@ -286,6 +286,22 @@ def test_cli_serves_until_sigterm(unused_tcp_port: int) -> None:
             proc.wait()
 
 
+def test_cli_on_a_taken_port_fails_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A new-user trial: the port in use was only logged. Exit 1 and one plain line."""
+    import socket
+
+    from syncd import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["simulator", "--port", str(port), "--entries", "10"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"syncd simulator: cannot serve on 127.0.0.1:{port}: ")
+    assert err.endswith("address already in use (choose another --port)"), err
+
+
 @pytest.fixture
 def unused_tcp_port() -> int:
     import socket

@@ -59,6 +59,51 @@ def test_syncd_config_says_where_each_value_came_from_and_masks_secrets(
     assert len(lines) == len(Settings.model_fields)
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://127.0.0.1:5432/db?password=s3cret&user=bob",
+     "postgresql://127.0.0.1:5432/db?password=********&user=bob"),
+    ("postgresql://bob:s3cret@127.0.0.1:5432/db",
+     "postgresql://bob:********@127.0.0.1:5432/db"),
+    ("postgresql://bob:s3cret@127.0.0.1:5432/db?sslmode=disable&password=s3cret",
+     "postgresql://bob:********@127.0.0.1:5432/db?sslmode=disable&password=********"),
+])
+def test_syncd_config_masks_the_database_password_in_either_form(
+        url: str, shown: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's `?password=` query parameter was shown in clear (libpq accepts both)."""
+    from syncd import cli, errors
+
+    monkeypatch.setattr(errors, "_SECRETS", set())  # what this command registers, only
+
+    for k in [k for k in os.environ if k.startswith("SYNCD_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("SYNCD_DATABASE_URL", url)
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    assert "SYNCD_DATABASE_URL" in out and f"  {shown}  (env)" in out
+    # and every command keeps it out of its errors and logs (asyncpg may quote the DSN)
+    from syncd.errors import redact
+
+    assert redact(f"cannot connect: {url}") == f"cannot connect: {shown}".replace(
+        "********", "[redacted]")
+
+
+def test_both_forms_of_the_database_password_are_kept_out_of_errors() -> None:
+    from syncd.errors import dsn_passwords, mask_dsn, redact, register_secret
+
+    url = "postgresql://bob:pw-in-userinfo@127.0.0.1/db?password=pw-in-query&user=bob"
+    assert dsn_passwords(url) == ["pw-in-userinfo", "pw-in-query"]
+    assert dsn_passwords("postgresql://127.0.0.1/db?user=bob") == []
+    assert dsn_passwords(None) == []
+    for p in dsn_passwords(url):
+        register_secret(p)
+    assert redact(f"cannot connect to {url}") == (
+        "cannot connect to postgresql://bob:[redacted]@127.0.0.1/db?password=[redacted]&user=bob")
+    # the psql line the demo prints leaves both out
+    assert mask_dsn(url, None) == "postgresql://bob@127.0.0.1/db?user=bob"
+
+
 @pytest.mark.parametrize("argv", [["config", "--reference"], ["config"], ["--help"]])
 def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
     """`syncd config | head -c0`: exit 0 and no traceback (found by a new-user trial)."""
