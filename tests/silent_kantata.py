@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class SilentKantata:
-    """`url` is the base URL (…/api/v1); `requests` counts the request lines received."""
+    """`url` is the base URL (…/api/v1); `lines` are the request lines received, in order."""
 
     url: str = ""
-    requests: int = 0
+    lines: list[str] = field(default_factory=list)
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -22,9 +22,13 @@ class SilentKantata:
         try:
             while line := await reader.readline():
                 if line.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"DELETE"):
-                    self.requests += 1
+                    self.lines.append(line.decode("latin-1").strip())
         except ConnectionError:
             pass
+
+    @property
+    def requests(self) -> int:
+        return len(self.lines)
 
 
 @asynccontextmanager
