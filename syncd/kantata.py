@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -50,7 +51,8 @@ from syncd.metrics import Metrics
 from syncd.models import Page, Priority
 
 __all__ = ["RUN_REQUESTS", "SILENT_LIMIT", "ApiResponse", "KantataClient", "RequestTally",
-           "RetryPolicy", "Silence", "classify", "error_messages", "parse_retry_after"]
+           "RetryPolicy", "Silence", "classify", "error_messages", "parse_retry_after",
+           "setting_hint"]
 
 log = structlog.get_logger(__name__)
 
@@ -226,16 +228,33 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"), datetime.now(UTC))
 
 
+def setting_hint(status: int, method: str, url: str) -> str:
+    """What an operator should check after a refused read of `url` (no query string, no
+    credentials: `KantataClient.where`), or "" when the status names no setting: 401/403 →
+    SYNCD_KANTATA_TOKEN; 404 on a list or lookup (the contract's paths exist on every Kantata,
+    TE spec `/time_entries`) → SYNCD_KANTATA_BASE_URL, which should end in /api/v1."""
+    if status in (401, 403):
+        what = "refused the token" if status == 401 else "denied the token access"
+        return f"{method} {url} {what}; check SYNCD_KANTATA_TOKEN"
+    if status == 404:
+        return (f"{method} {url} does not exist; check SYNCD_KANTATA_BASE_URL (Kantata's API "
+                "root, ending in /api/v1, like https://api.mavenlink.com/api/v1)")
+    return ""
+
+
 def classify(status: int, body: Any, *, request_id: str | None = None,
-             retry_after: float | None = None) -> None:
+             retry_after: float | None = None, hint: str = "") -> None:
     """Raise the error class for a non-2xx answer; return for 2xx.
 
     429, 5xx → RetriableAPIError; 401/403 → AuthError; other 4xx → FatalAPIError (with the
-    `errors` list for item mapping). Source: api-notes §9-§10.
+    `errors` list for item mapping). `hint` (`setting_hint`) is appended to a 4xx's message
+    after Kantata's own. Source: api-notes §9-§10.
     """
     if 200 <= status < 300:
         return
     msg = error_messages(body)
+    if hint and status < 500 and status != 429:
+        msg = f"{msg} ({redact(hint)})"
     if status == 429 or status >= 500:
         raise RetriableAPIError(status, msg, retry_after=retry_after, request_id=request_id)
     errors = body.get("errors") if isinstance(body, Mapping) else None
@@ -283,6 +302,12 @@ class KantataClient:
 
     def __repr__(self) -> str:  # never show the header dict
         return f"KantataClient({self._base!r})"
+
+    def where(self, path: str) -> str:
+        """The URL of `path` as an error may show it: no query string, no user or password."""
+        u = urlsplit(self._base + path)
+        host = u.netloc.rpartition("@")[2]
+        return redact(urlunsplit((u.scheme, host, u.path, "", "")))
 
     # ------------------------------------------------------------------ transport
     async def send(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
@@ -389,7 +414,7 @@ class KantataClient:
                         raise
                     unsent_only = False
                     return self._decoded(resp, decode, attempt.retry_state.attempt_number,
-                                         fast=fast)
+                                         fast=fast, path=path)
         except KantataUnreachable:
             raise
         except RetriableAPIError as exc:
@@ -412,10 +437,12 @@ class KantataClient:
             sent=True)
 
     def _decoded(self, resp: ApiResponse, decode: bool, attempt_number: int, *,
-                 fast: bool = False) -> tuple[ApiResponse, Page | None]:
+                 fast: bool = False, path: str = "/time_entries"
+                 ) -> tuple[ApiResponse, Page | None]:
         """Classify and decode one answer of `_read` (raising what `_read` retries); `fast`:
         leave the entries for PostgreSQL to type (`pagination.decode_page_fast`)."""
-        classify(resp.status, resp.body, request_id=resp.request_id)
+        classify(resp.status, resp.body, request_id=resp.request_id,
+                 hint=setting_hint(resp.status, "GET", self.where(path)))
         if decode and not resp.raw.strip():
             raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
         page = (None if not decode else

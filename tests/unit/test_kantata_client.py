@@ -150,6 +150,40 @@ async def test_4xx_is_not_retried_and_carries_kantata_message(
         assert sum(len(v) for v in m.requests.values()) == 1
 
 
+async def test_a_refused_read_names_the_url_and_the_setting_to_check() -> None:
+    """A new user's wrong base URL gave `FatalAPIError: HTTP 404: no error message`: the
+    message now shows the URL asked (no query string, no user, password or token) and points
+    to SYNCD_KANTATA_BASE_URL; a 401 or 403 points to SYNCD_KANTATA_TOKEN."""
+    base = "http://127.0.0.1:9/v1"  # a base URL missing its /api
+    wrong = re.compile(r"^http://127\.0\.0\.1:9/v1/time_entries(\?.*)?$")
+    async with aiohttp.ClientSession() as session:
+        budget = RequestBudget(60_000)
+        c = KantataClient(session, base, SecretStr(TOKEN), budget=budget,
+                          retry=RetryPolicy(max_retries=0))
+        with aioresponses() as m:
+            m.get(wrong, status=404, body=b"")
+            m.get(wrong, status=401, payload={"errors": [{"message": f"bad {TOKEN}"}]})
+            m.get(wrong, status=403, body=b"")
+            m.get(wrong, status=400, payload={"errors": [{"message": "bad filter"}]})
+            errors = []
+            for _ in range(4):
+                with pytest.raises(FatalAPIError) as err:
+                    await c.list_page({"page": "1"})
+                errors.append(str(err.value))
+        with_user = KantataClient(session, f"http://me:{TOKEN}@127.0.0.1:9/api/v1/",
+                                  SecretStr(TOKEN), budget=budget)
+        assert with_user.where("/time_entries") == "http://127.0.0.1:9/api/v1/time_entries"
+        await budget.close()
+    url = "http://127.0.0.1:9/v1/time_entries"
+    assert errors == [
+        f"HTTP 404: no error message (GET {url} does not exist; check SYNCD_KANTATA_BASE_URL "
+        "(Kantata's API root, ending in /api/v1, like https://api.mavenlink.com/api/v1))",
+        f"HTTP 401: bad [redacted] (GET {url} refused the token; check SYNCD_KANTATA_TOKEN)",
+        f"HTTP 403: no error message (GET {url} denied the token access; check "
+        "SYNCD_KANTATA_TOKEN)",
+        "HTTP 400: bad filter"]  # names no setting
+
+
 async def test_bulk_create_is_never_retried_blindly(client: KantataClient) -> None:
     with aioresponses() as m:
         m.post(LIST, exception=aiohttp.ServerDisconnectedError())
