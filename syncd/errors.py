@@ -98,14 +98,17 @@ class RetriableAPIError(RetriableError):
 
 
 class KantataUnreachable(RetriableAPIError):
-    """No connection to Kantata could be made on any attempt of one request, through the whole
-    retry budget (`SYNCD_MAX_RETRIES` with back-off): refused, host unreachable, DNS, TLS
-    handshake, connect timeout. Nothing else would get through either, so a command stops at
-    the first such request instead of trying window after window (`syncd sync`, `verify`,
-    `reconcile`); the daemon tries again at its next scheduled run. `sent` is always False."""
+    """Kantata cannot be worked with at all: either no connection could be made on any attempt
+    of one request, through the whole retry budget (`SYNCD_MAX_RETRIES` with back-off: refused,
+    host unreachable, DNS, TLS handshake, connect timeout; `sent` False), or Kantata accepted
+    connections but answered none of `kantata.SILENT_LIMIT` requests in a row (each timed out
+    after SYNCD_REQUEST_TIMEOUT or lost its connection; `sent` True, `kantata.Silence`).
+    Nothing else would get through either, so a command stops at the first such request
+    instead of trying window after window (`syncd sync`, `verify`, `reconcile`); the daemon
+    tries again at its next scheduled run. Raised by reads only."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(0, message, sent=False)
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(0, message, sent=sent)
 
 
 class MalformedResponseError(RetriableError):

@@ -14,13 +14,16 @@ The token appears only in the Authorization header and never in an error or log 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -47,8 +50,9 @@ from syncd.errors import (
 from syncd.metrics import Metrics
 from syncd.models import Page, Priority
 
-__all__ = ["RUN_REQUESTS", "ApiResponse", "KantataClient", "RequestTally", "RetryPolicy",
-           "classify", "error_messages", "parse_retry_after"]
+__all__ = ["RUN_REQUESTS", "SILENT_LIMIT", "ApiResponse", "KantataClient", "RequestTally",
+           "RetryPolicy", "Silence", "classify", "error_messages", "parse_retry_after",
+           "setting_hint"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +67,45 @@ VISIBILITY = {"from_archived_workspaces": "true", "on_my_account": "false"}
 #: The associations whose foreign keys (`pagination.INCLUDE_GATED`) the contract returns only
 #: when they are included (TE TimeEntry schema: "will only be included in the response if").
 FK_INCLUDES = ("workspace", "user", "story", "role")
+
+
+#: Requests in a row, process-wide, that Kantata accepted but never answered (each timed out
+#: after SYNCD_REQUEST_TIMEOUT or lost its connection, with no status) before a read gives up
+#: with `KantataUnreachable`: a Kantata that accepts connections and answers nothing otherwise
+#: cost every request its whole retry budget of timeouts, window after window (13+ minutes
+#: for `syncd sync`). 3 silences in a row (a single outage of 3 request timeouts, 4.5 minutes
+#: at the default) are not a blip; any answer, even an error status, starts the count again.
+SILENT_LIMIT = 3
+
+
+@dataclass(slots=True)
+class Silence:
+    """The count of consecutive unanswered requests (`SILENT_LIMIT`); plain data, no I/O.
+
+    `unanswered(started, ended)` records a request (monotonic seconds) that got no answer and
+    returns whether `limit` is reached; a request that started before the last counted one
+    ended overlapped it (concurrent windows timing out together are one silence, not several),
+    so `limit` counts silences one after another, at least `limit` request timeouts in all.
+    `answered()` is called for any answer with a status and resets the count. Requests whose
+    timeout a smaller page may avoid (`too_slow` on a shrinkable page) are not recorded: the
+    page-size halving (`pagination.PageSize`) handles them."""
+
+    limit: int = SILENT_LIMIT
+    count: int = 0
+    since: float = -math.inf  # when the last counted silence ended
+
+    def answered(self) -> None:
+        self.count, self.since = 0, -math.inf
+
+    def unanswered(self, started: float, ended: float) -> bool:
+        if started >= self.since:
+            self.count += 1
+            self.since = ended
+        return self.reached
+
+    @property
+    def reached(self) -> bool:
+        return self.count >= self.limit
 
 
 def too_slow(exc: BaseException) -> bool:
@@ -185,16 +228,33 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"), datetime.now(UTC))
 
 
+def setting_hint(status: int, method: str, url: str) -> str:
+    """What an operator should check after a refused read of `url` (no query string, no
+    credentials: `KantataClient.where`), or "" when the status names no setting: 401/403 →
+    SYNCD_KANTATA_TOKEN; 404 on a list or lookup (the contract's paths exist on every Kantata,
+    TE spec `/time_entries`) → SYNCD_KANTATA_BASE_URL, which should end in /api/v1."""
+    if status in (401, 403):
+        what = "refused the token" if status == 401 else "denied the token access"
+        return f"{method} {url} {what}; check SYNCD_KANTATA_TOKEN"
+    if status == 404:
+        return (f"{method} {url} does not exist; check SYNCD_KANTATA_BASE_URL (Kantata's API "
+                "root, ending in /api/v1, like https://api.mavenlink.com/api/v1)")
+    return ""
+
+
 def classify(status: int, body: Any, *, request_id: str | None = None,
-             retry_after: float | None = None) -> None:
+             retry_after: float | None = None, hint: str = "") -> None:
     """Raise the error class for a non-2xx answer; return for 2xx.
 
     429, 5xx → RetriableAPIError; 401/403 → AuthError; other 4xx → FatalAPIError (with the
-    `errors` list for item mapping). Source: api-notes §9-§10.
+    `errors` list for item mapping). `hint` (`setting_hint`) is appended to a 4xx's message
+    after Kantata's own. Source: api-notes §9-§10.
     """
     if 200 <= status < 300:
         return
     msg = error_messages(body)
+    if hint and status < 500 and status != 429:
+        msg = f"{msg} ({redact(hint)})"
     if status == 429 or status >= 500:
         raise RetriableAPIError(status, msg, retry_after=retry_after, request_id=request_id)
     errors = body.get("errors") if isinstance(body, Mapping) else None
@@ -234,6 +294,8 @@ class KantataClient:
         self.metrics.rate_limit.set(budget.rate_per_minute / 60)
         self.metrics.rate_limit_floor.set(budget.floor / 60)
         self.requests_sent = 0
+        #: Unanswered requests in a row, across every job and window (`SILENT_LIMIT`).
+        self.silence = Silence()
         #: Learned from the first list page that lacked them: this Kantata returns the
         #: foreign keys only with their `include=`, so every list request asks for them.
         self.include_fks = False
@@ -241,12 +303,21 @@ class KantataClient:
     def __repr__(self) -> str:  # never show the header dict
         return f"KantataClient({self._base!r})"
 
+    def where(self, path: str) -> str:
+        """The URL of `path` as an error may show it: no query string, no user or password."""
+        u = urlsplit(self._base + path)
+        host = u.netloc.rpartition("@")[2]
+        return redact(urlunsplit((u.scheme, host, u.path, "", "")))
+
     # ------------------------------------------------------------------ transport
     async def send(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
-                   json: Any = None, priority: Priority = "pull") -> ApiResponse:
+                   json: Any = None, priority: Priority = "pull",
+                   shrinkable: bool = False) -> ApiResponse:
         """Send one request (no retry). Returns any answer with a status; raises
         RetriableAPIError(status 0) when no answer came (timeout, reset, refused), with
-        `sent=False` when the connection could not even be made (nothing was sent)."""
+        `sent=False` when the connection could not even be made (nothing was sent). A request
+        sent but not answered is counted in `silence` unless `shrinkable` (a smaller page may
+        be answered); any answer resets the count."""
         data = orjson.dumps(json) if json is not None else None
         headers = dict(self._auth)
         if data is not None:
@@ -258,6 +329,7 @@ class KantataClient:
             tally = RUN_REQUESTS.get()
             if tally is not None:
                 tally.n += 1
+            asked = time.monotonic()
             try:
                 async with self._session.request(
                         method, self._base + path, params=params, data=data, headers=headers,
@@ -269,10 +341,13 @@ class KantataClient:
                 self.budget.unanswered(started)
                 self.metrics.requests.labels(endpoint, method, "0").inc()
                 sent = not isinstance(exc, _NOT_SENT)
+                if sent and not shrinkable:
+                    self.silence.unanswered(asked, time.monotonic())
                 kind = ("could not connect" if not sent else
                         "timed out" if isinstance(exc, TimeoutError) else "failed")
                 raise RetriableAPIError(0, f"{method} {endpoint} {kind}: "
                                            f"{type(exc).__name__}", sent=sent) from None
+        self.silence.answered()
         self.metrics.requests.labels(endpoint, method, str(status)).inc()
         if status == 429:
             self.budget.throttled(started)
@@ -302,7 +377,8 @@ class KantataClient:
         def retry(exc: BaseException) -> bool:
             # a page that may be too big is not asked for again at the same size: the caller
             # halves it (`pagination.PageSize`); 429s and malformed bodies are retried as ever
-            return isinstance(exc, RetriableError) and not (shrinkable and too_slow(exc))
+            return (isinstance(exc, RetriableError) and not isinstance(exc, KantataUnreachable)
+                    and not (shrinkable and too_slow(exc)))
 
         def log_retry(state: RetryCallState) -> None:  # the cause of every retry is logged
             exc = state.outcome.exception() if state.outcome else None
@@ -328,13 +404,19 @@ class KantataClient:
                         self.metrics.retries.labels(endpoint).inc()
                     attempts += 1
                     try:
-                        resp = await self.send("GET", path, params=params, priority=priority)
+                        resp = await self.send("GET", path, params=params, priority=priority,
+                                               shrinkable=shrinkable)
                     except RetriableAPIError as exc:
                         unsent_only = unsent_only and not exc.sent
+                        if exc.sent and exc.status == 0 and not shrinkable \
+                                and self.silence.reached:
+                            raise self._silent(exc) from None
                         raise
                     unsent_only = False
                     return self._decoded(resp, decode, attempt.retry_state.attempt_number,
-                                         fast=fast)
+                                         fast=fast, path=path)
+        except KantataUnreachable:
+            raise
         except RetriableAPIError as exc:
             if not (unsent_only and attempts > self.retry.max_retries):
                 raise
@@ -344,11 +426,23 @@ class KantataClient:
                 "of a request; check SYNCD_KANTATA_BASE_URL and the network") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _silent(self, last: RetriableAPIError) -> KantataUnreachable:
+        """The error of a Kantata that accepts connections but answers nothing (`Silence`);
+        `last` is the latest unanswered request's error."""
+        return KantataUnreachable(
+            f"Kantata at {self._base} accepted connections but answered none of the last "
+            f"{self.silence.count} requests within SYNCD_REQUEST_TIMEOUT "
+            f"({self._timeout.total:g} s), the last: {last}; check SYNCD_KANTATA_BASE_URL "
+            "and Kantata's status",
+            sent=True)
+
     def _decoded(self, resp: ApiResponse, decode: bool, attempt_number: int, *,
-                 fast: bool = False) -> tuple[ApiResponse, Page | None]:
+                 fast: bool = False, path: str = "/time_entries"
+                 ) -> tuple[ApiResponse, Page | None]:
         """Classify and decode one answer of `_read` (raising what `_read` retries); `fast`:
         leave the entries for PostgreSQL to type (`pagination.decode_page_fast`)."""
-        classify(resp.status, resp.body, request_id=resp.request_id)
+        classify(resp.status, resp.body, request_id=resp.request_id,
+                 hint=setting_hint(resp.status, "GET", self.where(path)))
         if decode and not resp.raw.strip():
             raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
         page = (None if not decode else

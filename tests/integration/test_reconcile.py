@@ -20,6 +20,7 @@ from syncd.runs import Deps
 from syncd.simulator import Simulator
 from tests.integration.conftest import TOKEN, make_settings
 from tests.oracle import mirror_diff
+from tests.silent_kantata import silent_kantata
 
 pytestmark = pytest.mark.integration
 
@@ -408,3 +409,36 @@ async def test_a_refused_token_fails_the_window_with_the_reason(
                               "WHERE purpose = 'reconcile'")
     assert row["status"] == "failed"
     assert "Invalid OAuth 2 Request" in row["last_error"]
+
+
+async def test_the_reconcile_command_stops_when_kantata_accepts_but_never_answers(
+        deps: Deps, db_dsn: str, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like sync and verify, reconciliation spent every retry of every window waiting for a
+    Kantata that accepted connections and answered nothing."""
+    await pull.sync_once(deps)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    monkeypatch.setenv("SYNCD_MAX_RETRIES", "6")  # the default: each read retried
+    monkeypatch.setenv("SYNCD_REQUEST_TIMEOUT", "0.3")
+    monkeypatch.setenv("SYNCD_BACKOFF_BASE", "0.01")
+    monkeypatch.setenv("SYNCD_BACKOFF_CAP", "0.02")
+    capsys.readouterr()
+    async with silent_kantata() as sk:
+        monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", sk.url)
+        code = await asyncio.wait_for(
+            asyncio.to_thread(cli.main, ["reconcile", "--full"]), 120)
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("syncd:")] == [
+        f"syncd: KantataUnreachable: Kantata at {sk.url} accepted connections but answered "
+        "none of the last 3 requests within SYNCD_REQUEST_TIMEOUT (0.3 s), the last: "
+        "GET /time_entries timed out: TimeoutError; check SYNCD_KANTATA_BASE_URL and "
+        "Kantata's status"]
+    # 3 rounds of the concurrent windows (overlapping silences count once), with room for a
+    # slow machine: not 7 attempts on each window
+    assert 3 <= sk.requests <= 6 * deps.settings.window_concurrency, sk.lines
+    tried = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = 'reconcile' "
+                                "AND status <> 'pending'")
+    assert 1 <= tried <= 2 * deps.settings.window_concurrency  # not all 80+ of the range
+    assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
+        == "failed"

@@ -16,6 +16,7 @@ from syncd import cli, pull, reconcile_job
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
+from tests.silent_kantata import silent_kantata
 from tests.integration.test_reconcile import (  # noqa: F401 - fixtures
     cli_env,
     settings,
@@ -139,6 +140,32 @@ async def test_unreachable_kantata_stops_at_the_first_window_with_one_line(
         "syncd: KantataUnreachable: Kantata cannot be reached at http://127.0.0.1:9/api/v1: "
         "GET /time_entries could not connect: ClientConnectorError on all 3 attempts of a "
         "request; check SYNCD_KANTATA_BASE_URL and the network"]
+
+
+async def test_a_kantata_that_never_answers_stops_verify_with_one_line(
+        deps: Deps, db_dsn: str, sim_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """verify against a Kantata that accepted connections and answered nothing spent 7
+    request timeouts on each round of windows, then went on to the next ones: the third
+    unanswered request in a row stops the command."""
+    await pull.sync_once(deps)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    monkeypatch.setenv("SYNCD_MAX_RETRIES", "6")  # the default: each read retried
+    monkeypatch.setenv("SYNCD_REQUEST_TIMEOUT", "0.3")
+    monkeypatch.setenv("SYNCD_BACKOFF_BASE", "0.01")
+    monkeypatch.setenv("SYNCD_BACKOFF_CAP", "0.02")
+    async with silent_kantata() as sk:
+        monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", sk.url)
+        code, out, err = await asyncio.wait_for(_verify(capsys), 120)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"syncd: KantataUnreachable: Kantata at {sk.url} accepted connections but answered "
+        "none of the last 3 requests within SYNCD_REQUEST_TIMEOUT (0.3 s), the last: "
+        "GET /time_entries timed out: TimeoutError; check SYNCD_KANTATA_BASE_URL and "
+        "Kantata's status"]
+    # 3 rounds of the concurrent windows (overlapping silences count once), with room for a
+    # slow machine: not 7 attempts on each window
+    assert 3 <= sk.requests <= 6 * deps.settings.window_concurrency, sk.lines
 
 
 async def test_bad_token_missing_token_and_unreachable_database_exit_2(

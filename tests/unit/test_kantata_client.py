@@ -23,8 +23,9 @@ from syncd.errors import (
     MalformedResponseError,
     RetriableAPIError,
 )
-from syncd.kantata import KantataClient, RetryPolicy
+from syncd.kantata import SILENT_LIMIT, KantataClient, RetryPolicy, Silence
 from syncd.pgserver import free_port
+from tests.silent_kantata import silent_kantata
 
 BASE = "http://127.0.0.1:9/api/v1"
 TOKEN = "tok-SECRET-123456"
@@ -149,6 +150,40 @@ async def test_4xx_is_not_retried_and_carries_kantata_message(
         assert sum(len(v) for v in m.requests.values()) == 1
 
 
+async def test_a_refused_read_names_the_url_and_the_setting_to_check() -> None:
+    """A new user's wrong base URL gave `FatalAPIError: HTTP 404: no error message`: the
+    message now shows the URL asked (no query string, no user, password or token) and points
+    to SYNCD_KANTATA_BASE_URL; a 401 or 403 points to SYNCD_KANTATA_TOKEN."""
+    base = "http://127.0.0.1:9/v1"  # a base URL missing its /api
+    wrong = re.compile(r"^http://127\.0\.0\.1:9/v1/time_entries(\?.*)?$")
+    async with aiohttp.ClientSession() as session:
+        budget = RequestBudget(60_000)
+        c = KantataClient(session, base, SecretStr(TOKEN), budget=budget,
+                          retry=RetryPolicy(max_retries=0))
+        with aioresponses() as m:
+            m.get(wrong, status=404, body=b"")
+            m.get(wrong, status=401, payload={"errors": [{"message": f"bad {TOKEN}"}]})
+            m.get(wrong, status=403, body=b"")
+            m.get(wrong, status=400, payload={"errors": [{"message": "bad filter"}]})
+            errors = []
+            for _ in range(4):
+                with pytest.raises(FatalAPIError) as err:
+                    await c.list_page({"page": "1"})
+                errors.append(str(err.value))
+        with_user = KantataClient(session, f"http://me:{TOKEN}@127.0.0.1:9/api/v1/",
+                                  SecretStr(TOKEN), budget=budget)
+        assert with_user.where("/time_entries") == "http://127.0.0.1:9/api/v1/time_entries"
+        await budget.close()
+    url = "http://127.0.0.1:9/v1/time_entries"
+    assert errors == [
+        f"HTTP 404: no error message (GET {url} does not exist; check SYNCD_KANTATA_BASE_URL "
+        "(Kantata's API root, ending in /api/v1, like https://api.mavenlink.com/api/v1))",
+        f"HTTP 401: bad [redacted] (GET {url} refused the token; check SYNCD_KANTATA_TOKEN)",
+        f"HTTP 403: no error message (GET {url} denied the token access; check "
+        "SYNCD_KANTATA_TOKEN)",
+        "HTTP 400: bad filter"]  # names no setting
+
+
 async def test_bulk_create_is_never_retried_blindly(client: KantataClient) -> None:
     with aioresponses() as m:
         m.post(LIST, exception=aiohttp.ServerDisconnectedError())
@@ -270,3 +305,56 @@ async def test_a_read_that_never_connects_through_its_retries_says_kantata_is_un
         with pytest.raises(RetriableAPIError) as other:
             await client.list_page({})
     assert not isinstance(other.value, KantataUnreachable) and other.value.sent is False
+
+
+def test_silence_counts_unanswered_requests_one_after_another_and_any_answer_resets_it(
+        ) -> None:
+    """The pure decision of `kantata.Silence`: `SILENT_LIMIT` requests in a row without an
+    answer; requests overlapping a counted one (concurrent windows) are the same silence."""
+    s = Silence(limit=3)
+    assert [s.unanswered(0.0, 1.0), s.unanswered(1.5, 2.5)] == [False, False]
+    assert s.unanswered(2.0, 3.0) is False and s.count == 2  # started inside the last one
+    s.answered()  # any answer, even an error status
+    assert s.count == 0
+    assert [s.unanswered(t, t + 1) for t in (10.0, 11.0, 12.0)] == [False, False, True]
+    assert s.reached and Silence().limit == SILENT_LIMIT == 3
+
+
+async def test_a_kantata_that_accepts_but_never_answers_is_given_up_after_three_requests(
+        client: KantataClient) -> None:
+    """A new user's sync and verify ran for 13+ minutes against a Kantata that accepted
+    connections and answered nothing: every request waited SYNCD_REQUEST_TIMEOUT through
+    every retry. The third unanswered request in a row is KantataUnreachable
+    (errors.STOPS_THE_RUN); a shrinkable page's timeout does not count (its size is halved)."""
+    async with silent_kantata() as sk, aiohttp.ClientSession() as session:
+        hung = KantataClient(session, sk.url, SecretStr(TOKEN), budget=client.budget,
+                             retry=RetryPolicy(max_retries=6, base=0.001, cap=0.01),
+                             request_timeout=0.2)
+        for _ in range(4):  # a too-big page: the caller halves it, nothing counted
+            with pytest.raises(RetriableAPIError) as big:
+                await hung.list_page({}, shrinkable=True)
+            assert not isinstance(big.value, KantataUnreachable)
+        assert hung.silence.count == 0 and sk.requests == 4
+        with pytest.raises(KantataUnreachable) as gone:
+            await hung.list_page({})
+    assert sk.requests == 4 + 3  # not 7 attempts
+    assert isinstance(gone.value, STOPS_THE_RUN) and gone.value.sent is True
+    assert str(gone.value) == (
+        f"Kantata at {sk.url} accepted connections but answered none of the last 3 requests "
+        "within SYNCD_REQUEST_TIMEOUT (0.2 s), the last: GET /time_entries timed out: "
+        "TimeoutError; check SYNCD_KANTATA_BASE_URL and Kantata's status")
+
+
+async def test_timeouts_between_answers_are_retried_as_before(client: KantataClient) -> None:
+    """Two timeouts, an error status (an answer: the count starts again), two more timeouts:
+    retried to the answer, never KantataUnreachable."""
+    with aioresponses() as m:
+        for exc in (asyncio.TimeoutError(), aiohttp.ServerDisconnectedError()):
+            m.get(LIST, exception=exc)
+        m.get(LIST, status=503)
+        for exc in (asyncio.TimeoutError(), aiohttp.ServerDisconnectedError()):
+            m.get(LIST, exception=exc)
+        m.get(LIST, payload=envelope(5))
+        client.retry = RetryPolicy(max_retries=6, base=0.001, cap=0.01)
+        page = await client.list_page({})
+    assert [e.id for e in page.entries] == [5] and client.silence.count == 0
