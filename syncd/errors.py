@@ -151,10 +151,15 @@ class AuthError(FatalAPIError):
     """401/403: the token is missing, revoked, or lacks permission."""
 
 
-#: Errors after which no other request of the run can succeed: the token is refused, or Kantata
-#: cannot be reached at all. A use case that reports other errors per window (backfill,
+class WrongBaseURL(FatalAPIError):
+    """404 on the list endpoint `GET /time_entries`, which every Kantata has (TE spec paths):
+    SYNCD_KANTATA_BASE_URL does not name Kantata's API root, so no request can succeed."""
+
+
+#: Errors after which no other request of the run can succeed: the token is refused, the base
+#: URL names no Kantata API, or Kantata cannot be reached at all. A use case that reports other errors per window (backfill,
 #: reconciliation, verify) re-raises these, which ends the whole run at once.
-STOPS_THE_RUN: tuple[type[SyncdError], ...] = (AuthError, KantataUnreachable)
+STOPS_THE_RUN: tuple[type[SyncdError], ...] = (AuthError, WrongBaseURL, KantataUnreachable)
 
 
 class ConfigError(FatalError):

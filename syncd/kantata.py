@@ -44,6 +44,7 @@ from syncd.errors import (
     MalformedResponseError,
     RetriableAPIError,
     RetriableError,
+    WrongBaseURL,
     redact,
     register_secret,
 )
@@ -441,8 +442,14 @@ class KantataClient:
                  ) -> tuple[ApiResponse, Page | None]:
         """Classify and decode one answer of `_read` (raising what `_read` retries); `fast`:
         leave the entries for PostgreSQL to type (`pagination.decode_page_fast`)."""
-        classify(resp.status, resp.body, request_id=resp.request_id,
-                 hint=setting_hint(resp.status, "GET", self.where(path)))
+        try:
+            classify(resp.status, resp.body, request_id=resp.request_id,
+                     hint=setting_hint(resp.status, "GET", self.where(path)))
+        except FatalAPIError as exc:
+            if exc.status == 404 and path == "/time_entries":  # the listing itself is missing
+                raise WrongBaseURL(exc.status, str(exc).removeprefix("HTTP 404: "),
+                                   errors=exc.errors, request_id=exc.request_id) from None
+            raise
         if decode and not resp.raw.strip():
             raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
         page = (None if not decode else

@@ -76,6 +76,18 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
+def database_error_line(exc: BaseException) -> str:
+    """The one line for an error reaching or using PostgreSQL (secrets redacted). Kantata's
+    network errors arrive as RetriableError: an OSError is PostgreSQL's connection, and a
+    database or role that does not exist is the URL's too, so those name SYNCD_DATABASE_URL."""
+    points_at_url = isinstance(exc, OSError | asyncpg.InvalidCatalogNameError
+                               | asyncpg.InvalidAuthorizationSpecificationError
+                               | asyncpg.InvalidPasswordError)
+    hint = ("; check SYNCD_DATABASE_URL and that PostgreSQL is running there"
+            if points_at_url else "")
+    return f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}{hint}"
+
+
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run `coro`; turn expected failures into one line on stderr and exit code 1 (2 for
     configuration). SIGTERM cancels the work like Ctrl-C does, so the run is recorded as
@@ -96,10 +108,5 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         print(f"syncd: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # Kantata's network errors arrive as RetriableError above: an OSError here is
-        # PostgreSQL's connection
-        hint = ("; check SYNCD_DATABASE_URL and that PostgreSQL is running there"
-                if isinstance(exc, OSError) else "")
-        print(f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}"
-              f"{hint}", file=sys.stderr)
+        print(database_error_line(exc), file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ import orjson
 
 from syncd import migrate, reconcile_job
 from syncd.app import open_deps
-from syncd.commands._util import add_range_arguments
+from syncd.commands._util import add_range_arguments, database_error_line
 from syncd.errors import SyncdError
 from syncd.reconcile import Summary, WindowDiff
 from syncd.reconcile_job import VerifyResult
@@ -125,7 +125,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     except SyncdError as exc:
         print(f"syncd: {type(exc).__name__}: {exc}", file=sys.stderr)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"syncd: database or network error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(database_error_line(exc), file=sys.stderr)
     return ERROR
 
 

@@ -232,3 +232,12 @@ async def test_a_database_that_is_down_is_one_line_pointing_at_its_setting() -> 
     [line] = err.strip().splitlines()
     assert line.startswith("syncd: database or network error: ") and \
         "check SYNCD_DATABASE_URL" in line and "s3cret-pw" not in line, line
+
+
+async def test_verify_and_a_missing_database_name_the_setting_too() -> None:
+    """The re-check found verify without the hint, and a database that does not exist named no
+    setting in any command."""
+    env = env_for("postgresql://syncd:s3cret-pw@127.0.0.1:9/nowhere",
+                  "http://127.0.0.1:9/api/v1")
+    code, _, err = await syncd(env, "verify")
+    assert code == 2 and "check SYNCD_DATABASE_URL" in err and "s3cret-pw" not in err, err

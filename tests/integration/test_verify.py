@@ -183,3 +183,18 @@ async def test_bad_token_missing_token_and_unreachable_database_exit_2(
     monkeypatch.setenv("SYNCD_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
     code, _, err = await _verify(capsys)
     assert code == 2 and "database or network error" in err
+
+
+async def test_a_base_url_without_the_api_root_stops_verify_with_one_line(
+        deps: Deps, db_dsn: str, sim_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A trial's verify and reconcile against a base URL missing `/v1` printed the same 404
+    for each of 122 windows: the listing itself missing is WrongBaseURL, which stops the run."""
+    await pull.sync_once(deps)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    monkeypatch.setenv("SYNCD_KANTATA_BASE_URL", sim_url.removesuffix("/v1"))
+    code, out, err = await _verify(capsys)
+    assert code == 2 and out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("syncd: WrongBaseURL: HTTP 404: ") and \
+        "check SYNCD_KANTATA_BASE_URL" in line, line
