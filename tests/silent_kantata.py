@@ -45,3 +45,17 @@ async def silent_kantata() -> AsyncIterator[SilentKantata]:
         for w in sk._writers:
             w.close()
         await server.wait_closed()
+
+
+#: Settings that make a silent Kantata quick to give up on (a 0.3 s request timeout, the
+#: default retries, short back-offs), as SYNCD_* variables.
+QUICK_GIVE_UP = {"SYNCD_MAX_RETRIES": "6", "SYNCD_REQUEST_TIMEOUT": "0.3",
+                 "SYNCD_BACKOFF_BASE": "0.01", "SYNCD_BACKOFF_CAP": "0.02"}
+
+
+def gave_up_line(url: str, timeout: str = "0.3") -> str:
+    """The one line a command ends with when Kantata at `url` answered nothing."""
+    return (f"syncd: KantataUnreachable: Kantata at {url} accepted connections but answered "
+            f"none of the last 3 requests within SYNCD_REQUEST_TIMEOUT ({timeout} s), the last: "
+            "GET /time_entries timed out: TimeoutError; check SYNCD_KANTATA_BASE_URL and "
+            "Kantata's status")

@@ -25,15 +25,17 @@ def parse_date(value: str) -> date:
             f"{value!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-31") from None
 
 
-def add_range_arguments(p: argparse.ArgumentParser) -> None:
-    """`--since`/`--until` over date_performed, defaulting to the backfill range."""
+def add_range_arguments(p: argparse.ArgumentParser, *, what: str = "",
+                        since_default: str = "the backfill start") -> None:
+    """`--since`/`--until` over date_performed (`what`: e.g. " to re-read"), defaulting to
+    the backfill range."""
     p.add_argument("--since", type=parse_date,
-                   help="first date_performed date (YYYY-MM-DD, inclusive; the calendar day "
-                        "Kantata records the work on, no time zone applies); default: the "
-                        "backfill start")
+                   help=f"first date_performed date{what} (YYYY-MM-DD, inclusive; a calendar "
+                        "date, no time zone applies: the day Kantata records the work on); "
+                        f"default: {since_default}")
     p.add_argument("--until", type=parse_date,
-                   help="last date_performed date (YYYY-MM-DD, inclusive; a calendar date, "
-                        "no time zone applies); default: today + SYNCD_LOOKAHEAD_DAYS")
+                   help=f"last date_performed date{what} (YYYY-MM-DD, inclusive; a calendar "
+                        "date, no time zone applies); default: today + SYNCD_LOOKAHEAD_DAYS")
 
 
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:

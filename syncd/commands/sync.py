@@ -8,7 +8,7 @@ from typing import Any
 
 from syncd import migrate, pull
 from syncd.app import open_deps
-from syncd.commands._util import parse_date, run_async
+from syncd.commands._util import add_range_arguments, run_async
 from syncd.runs import error_line
 from syncd.settings import Settings
 
@@ -38,12 +38,6 @@ def register(sub: Any) -> None:
                     "The dates are date_performed dates: the calendar day Kantata records the "
                     "work on (YYYY-MM-DD, no time and no time zone: the same day whatever "
                     "the zone of this machine, the database or UTC), both ends inclusive.")
-    p.add_argument("--since", type=parse_date,
-                   help="first date_performed date to re-read (YYYY-MM-DD, inclusive; a "
-                        "calendar date, no time zone applies); default: the backfill start "
-                        "when only --until is given")
-    p.add_argument("--until", type=parse_date,
-                   help="last date_performed date to re-read (YYYY-MM-DD, inclusive; a "
-                        "calendar date, no time zone applies); default: today + "
-                        "SYNCD_LOOKAHEAD_DAYS")
+    add_range_arguments(p, what=" to re-read",
+                        since_default="the backfill start when only --until is given")
     p.set_defaults(func=_cmd)
