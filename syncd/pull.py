@@ -275,6 +275,17 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
         with attempt:
+            if (sent.body is not None and not refused and not side and not sent.rejected
+                    and watermark is None and sent.listed()):
+                # the common page: one statement, one round trip (store.store_page_body)
+                async with deps.pool.acquire() as conn:
+                    changed = await store.store_page_body(
+                        conn, sent.body,
+                        learned_via="backfill" if purpose == "backfill" else "pull",
+                        history=deps.settings.history,
+                        checkpoint=None if purpose is None or window is None else
+                        (purpose, window, page_no, len(sent.listed()), page_size))
+                return changed, sent, side
             async with deps.pool.acquire() as conn, conn.transaction():
                 page = sent
                 if page.listed():

@@ -108,6 +108,51 @@ ORDER BY 1
 {ENTRY_ON_CONFLICT}"""
 
 
+# The whole write of a listed page in one statement (one round trip instead of BEGIN, write
+# context, upsert, checkpoint and COMMIT: five): `store_page_body`. The write context is set
+# (transaction-local) by a materialized CTE that the insert joins, so it is in force before the
+# first row is written and for the statement-level triggers, which fire after the statement.
+_PAGE_WRITE_CONTEXT = """ctx AS MATERIALIZED (
+    SELECT set_config('syncd.learned_via', $2, true) AS via,
+           set_config('syncd.history', $3, true) AS history)"""
+_PAGE_STORED = f"""stored AS (
+    INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
+                                          learned_via)
+    SELECT e.key::bigint, {PAGE_BODY_VALUES},
+           e.value, NULL::timestamptz, now(), ctx.via
+    FROM ctx CROSS JOIN jsonb_each(convert_from($1::bytea, 'UTF8')::jsonb -> 'time_entries') AS e
+    ORDER BY 1
+    {ENTRY_ON_CONFLICT}
+    RETURNING 1)"""
+_PAGE_CHECKPOINT = """checkpoint AS (
+    UPDATE syncd.windows SET pages_done = $7,
+           rows_seen = CASE WHEN $7 = 1 THEN 0 ELSE rows_seen END + $8,
+           page_size = coalesce($9, page_size)
+    WHERE purpose = $4 AND window_start = $5 AND window_end = $6)"""
+STORE_PAGE_BODY = f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED}\nSELECT count(*) FROM stored"
+STORE_PAGE_BODY_CHECKPOINTED = (f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED},\n"
+                                f"{_PAGE_CHECKPOINT}\nSELECT count(*) FROM stored")
+
+
+async def store_page_body(conn: asyncpg.Connection, body: bytes, *, learned_via: str,
+                          history: bool, checkpoint: tuple[str, Window, int, int, int | None]
+                          | None = None) -> int:
+    """`upsert_page_body` with its write context (`set_write_context`) and, given
+    `checkpoint` = (purpose, window, pages_done, rows, page_size), the window's checkpoint
+    (`checkpoint_window`), all in one statement: one round trip, atomic on its own (call it
+    outside a transaction block, or inside one). Returns rows changed. Raises ValueError for
+    an unknown `learned_via` and asyncpg.DataError as `upsert_page_body` does (nothing of it
+    is then written)."""
+    if learned_via not in LEARNED_VIA:
+        raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
+    mode = "on" if history else "off"
+    if checkpoint is None:
+        return await conn.fetchval(STORE_PAGE_BODY, body, learned_via, mode)
+    purpose, w, pages_done, rows, page_size = checkpoint
+    return await conn.fetchval(STORE_PAGE_BODY_CHECKPOINTED, body, learned_via, mode,
+                               purpose, w.start, w.end, pages_done, rows, page_size)
+
+
 async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:
     """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
     accepted by `pagination.decode_page_fast`) in one statement that PostgreSQL types and

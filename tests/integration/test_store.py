@@ -215,3 +215,58 @@ async def test_pooled_connections_keep_their_session_and_lose_open_transactions(
             assert await conn.fetchval("SELECT count(*) FROM left_open") == 0
     finally:
         await pool.close()
+
+
+def page_body(*entries: dict[str, Any]) -> bytes:
+    """A list page's body with `entries` (raw time entries, each with an `id`)."""
+    return json.dumps({"count": len(entries), "meta": {"count": len(entries), "page_count": 1,
+                                                       "page_number": 1},
+                       "results": [{"key": "time_entries", "id": e["id"]} for e in entries],
+                       "time_entries": {e["id"]: e for e in entries}}).encode()
+
+
+def raw_entry(i: int, updated: str, **over: Any) -> dict[str, Any]:
+    return {"id": str(i), "updated_at": updated, "created_at": "2026-01-01T00:00:00Z",
+            "date_performed": "2026-01-01", "time_in_minutes": 30, "notes": "n",
+            "workspace_id": "1", "user_id": "2", "story_id": None, "role_id": None, **over}
+
+
+async def test_a_page_in_one_statement_sets_its_context_and_checkpoint(
+        conn: asyncpg.Connection) -> None:
+    """`store_page_body`: write context (learned_via, history mode), rows and the window's
+    checkpoint in one statement; nothing of it survives a refused value, and the context does
+    not outlive the statement."""
+    from syncd.windows import Window
+    w = Window(date(2026, 1, 1), date(2026, 1, 31))
+    await store.start_window(conn, "backfill", w, restart=True)
+    body = page_body(raw_entry(1, "2026-01-02T10:00:00Z"), raw_entry(2, "2026-01-02T10:00:00Z"))
+    assert await store.store_page_body(conn, body, learned_via="backfill", history=True,
+                                       checkpoint=("backfill", w, 1, 2, 200)) == 2
+    assert [tuple(r) for r in await conn.fetch(
+        "SELECT id, learned_via FROM kantata.time_entries ORDER BY id")] == \
+        [(1, "backfill"), (2, "backfill")]
+    assert tuple(await conn.fetchrow(
+        "SELECT pages_done, rows_seen, page_size FROM syncd.windows")) == (1, 2, 200)
+    # the context was the statement's own: a plain write afterwards is `sql`
+    assert await conn.fetchval("SELECT syncd.history_source()") == "sql"
+    # history off: an update writes no history row; no checkpoint: windows unchanged
+    edited = page_body(raw_entry(1, "2026-01-03T10:00:00Z", notes="edited"))
+    assert await store.store_page_body(conn, edited, learned_via="pull", history=False) == 1
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entry_history") == 0
+    assert await conn.fetchval(
+        "SELECT learned_via FROM kantata.time_entries WHERE id = 1") == "pull"
+    # history on: the replaced version goes to the history, in the same statement
+    again = page_body(raw_entry(1, "2026-01-04T10:00:00Z", notes="again"))
+    assert await store.store_page_body(conn, again, learned_via="pull", history=True) == 1
+    assert await conn.fetchval("SELECT notes FROM kantata.time_entry_history") == "edited"
+    # a value PostgreSQL refuses: DataError, and neither rows nor checkpoint moved
+    bad = page_body(raw_entry(3, "2026-01-02T10:00:00Z"),
+                    raw_entry(4, "2026-01-02T10:00:00Z", date_performed="2026-02-30"))
+    with pytest.raises(asyncpg.DataError):
+        await store.store_page_body(conn, bad, learned_via="backfill", history=True,
+                                    checkpoint=("backfill", w, 2, 2, 200))
+    assert await conn.fetchval("SELECT count(*) FROM kantata.time_entries") == 2
+    assert tuple(await conn.fetchrow(
+        "SELECT pages_done, rows_seen FROM syncd.windows")) == (1, 2)
+    with pytest.raises(ValueError, match="learned_via"):
+        await store.store_page_body(conn, body, learned_via="guess", history=True)
