@@ -4,18 +4,28 @@ parsed once. It must decide exactly like the slow path."""
 
 from __future__ import annotations
 
+import json
 import random
+from typing import Any
 
 import orjson
 
 from syncd.errors import InvalidRecord
 from syncd.pagination import (
+    _FAST_DATE,
+    _FAST_INSTANT,
+    MAX_BIGINT,
+    MAX_INT,
+    MAX_TEXT,
     _common_time_entry,
+    _fast_entries_ok,
+    _no_float,
     decode_json_storable,
     decode_page,
     parse_time_entry,
 )
 from syncd.simulator import SimConfig, Simulator
+from tests.integration.test_dual_path import entry as dual_path_entry
 from tests.unit.test_pagination import entry, page
 
 WS = {"id": "10", "title": "Website ✓", "updated_at": "2026-03-08T03:00:00-07:00"}
@@ -105,3 +115,69 @@ def test_the_common_case_path_decides_exactly_like_the_careful_path() -> None:
         assert got == want, raw
         checked += 1
     assert checked == 4000 and 500 < fast_hits < 4000
+
+
+# ---------------------------------------------------------------- the page's checks by column
+# The rules of `pagination._fast_entries_ok`, stated entry by entry (the form they had until
+# the checks ran column by column): the oracle the column-wise checks are compared with.
+def entry_ok(raw: dict[str, Any]) -> bool:
+    get = raw.get
+    minutes, rate, cost, unit = (get("time_in_minutes"), get("rate_in_cents"),
+                                 get("cost_rate_in_cents"), get("currency_base_unit"))
+    if type(minutes) is not int or not 0 <= minutes <= 1_000_000 \
+            or (rate is not None and (type(rate) is not int
+                                      or not -MAX_BIGINT <= rate <= MAX_BIGINT)) \
+            or (cost is not None and (type(cost) is not int
+                                      or not -MAX_BIGINT <= cost <= MAX_BIGINT)) \
+            or (unit is not None and (type(unit) is not int or not 0 <= unit <= MAX_INT)):
+        return False
+    for v in (get("billable"), get("approved"), get("is_invoiced"), get("taxable")):
+        if v is not None and v is not True and v is not False:
+            return False
+    for v in (get("notes"), get("currency"), get("currency_symbol"), get("location")):
+        if v is not None and (type(v) is not str or len(v) > MAX_TEXT):
+            return False
+    u, c, d = get("updated_at"), get("created_at"), get("date_performed")
+    if type(u) is not str or not _FAST_INSTANT.fullmatch(u) \
+            or (c is not None and (c != u and (type(c) is not str
+                                              or not _FAST_INSTANT.fullmatch(c)))) \
+            or type(d) is not str or not _FAST_DATE.fullmatch(d):
+        return False
+    return _no_float(raw)
+
+
+def test_the_checks_by_column_decide_as_the_checks_entry_by_entry() -> None:
+    """`_fast_entries_ok` over a page is true exactly when every entry passes the rules
+    stated one entry at a time, on 20,000 random entries (valid, awkward and broken, the
+    generator of the dual-path test) in pages of 1 to 12, and on edge spellings that only a
+    joined check could get wrong (a value holding the separator, two instants in one)."""
+    rng = random.Random(26)
+    decided = {True: 0, False: 0}
+    for _ in range(4000):
+        p_bad = rng.choice([0.0, 0.0, 0.02, 0.1, 0.4])
+        raws = [json.loads(dual_path_entry_json(rng, i, p_bad))
+                for i in range(1, rng.randint(1, 12) + 1)]
+        want = all(map(entry_ok, raws))
+        assert _fast_entries_ok(raws) is want, raws
+        decided[want] += 1
+    assert min(decided.values()) > 500, decided  # both answers, often
+    good = {"updated_at": "2024-01-01T10:00:00Z", "date_performed": "2024-01-01",
+            "time_in_minutes": 30}
+    two = "2024-01-01T10:00:00Z\n2024-01-01T10:00:00Z"
+    for odd in ({"updated_at": two}, {"created_at": two}, {"date_performed": "2024-01-01\n"},
+                {"created_at": ""}, {"notes": 5}, {"billable": 1}, {"time_in_minutes": True},
+                {"rate_in_cents": 2**63}, {"currency_base_unit": -1}, {"x": [1.5]},
+                {"x": {"y": 2.0}}, {"x": 0.5}):
+        raws = [dict(good), {**good, **odd}]
+        assert _fast_entries_ok(raws) is False, odd
+        assert entry_ok(raws[1]) is False, odd
+    assert _fast_entries_ok([dict(good), {**good, "x": {"y": [1, "a"]}}]) is True
+
+
+def dual_path_entry_json(rng: random.Random, eid: int, p_bad: float) -> bytes:
+    """One entry of the dual-path test's generator as JSON bytes (its awkward number
+    spellings written as such, as its page bodies do)."""
+    text = json.dumps(dual_path_entry(rng, eid, p_bad))
+    for marker in ("6e1", "60.00", "1e3", "3.14159265358979323846", "1.50"):
+        text = text.replace(f'"__NUM_{marker}__"', marker)
+    return text.replace('"__NUM_18446744073709551616__"', "18446744073709551615").encode()
