@@ -16,6 +16,8 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import compress
+from operator import attrgetter, ne
 
 import asyncpg
 import structlog
@@ -169,7 +171,8 @@ class SideLoads:
                 # asyncio.wait, not gather: cancelling this page must not cancel the futures
                 # other windows' requests will resolve
                 await asyncio.wait(waits)
-        side = tuple(self.objects[r] for r in needed if r in self.objects)
+        # set and map operations, not a loop: ~270 references a page, on every page
+        side = tuple(map(self.objects.__getitem__, needed & self.objects.keys()))
         return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
 
 
@@ -320,7 +323,13 @@ def _unseen_side(side: tuple[SideObject, ...], side_seen: SideSeen | None
     """The side-loaded objects this run has not stored yet with the same raw JSON."""
     if side_seen is None:
         return side
-    return tuple(o for o in side if side_seen.get((o.kind, o.id)) != o.raw)
+    # C-level iteration (every page of a backfill lists ~270 objects, nearly all seen): each
+    # object's stored raw text, compared with its own (identical strings compare by identity)
+    return tuple(compress(side, map(ne, map(side_seen.get, map(_SIDE_KEY, side)),
+                                    map(_SIDE_RAW, side))))
+
+
+_SIDE_KEY, _SIDE_RAW = attrgetter("kind", "id"), attrgetter("raw")
 
 
 def _side_reject(r: Rejected) -> bool:
