@@ -159,6 +159,9 @@ class ApiResponse:
     request_id: str | None
     raw: bytes = b""
     storable: bool = False  # `body` provably holds no NUL / unpaired surrogate (pagination)
+    #: A list page already decoded by `pagination.decode_page_typed` (`send(typed=True)`);
+    #: `body` is then None.
+    page: Page | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,12 +316,14 @@ class KantataClient:
     # ------------------------------------------------------------------ transport
     async def send(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                    json: Any = None, priority: Priority = "pull",
-                   shrinkable: bool = False) -> ApiResponse:
+                   shrinkable: bool = False, typed: bool = False) -> ApiResponse:
         """Send one request (no retry). Returns any answer with a status; raises
         RetriableAPIError(status 0) when no answer came (timeout, reset, refused), with
         `sent=False` when the connection could not even be made (nothing was sent). A request
         sent but not answered is counted in `silence` unless `shrinkable` (a smaller page may
-        be answered); any answer resets the count."""
+        be answered); any answer resets the count. `typed`: a 2xx body is first offered to
+        `pagination.decode_page_typed` (a list page for PostgreSQL to type); when it takes
+        it, the answer carries the Page and no decoded `body`."""
         data = orjson.dumps(json) if json is not None else None
         headers = dict(self._auth)
         if data is not None:
@@ -358,6 +363,10 @@ class KantataClient:
         self.metrics.rate_limit.set(self.budget.rate_per_minute / 60)
         body: Any = None
         storable = False
+        if typed and 200 <= status < 300 and raw:
+            page = pagination.decode_page_typed(raw)
+            if page is not None:
+                return ApiResponse(status, None, rid, raw, True, page)
         if raw and status != 204:
             try:
                 body, storable = pagination.decode_json_storable(raw)
@@ -406,7 +415,7 @@ class KantataClient:
                     attempts += 1
                     try:
                         resp = await self.send("GET", path, params=params, priority=priority,
-                                               shrinkable=shrinkable)
+                                               shrinkable=shrinkable, typed=decode and fast)
                     except RetriableAPIError as exc:
                         unsent_only = unsent_only and not exc.sent
                         if exc.sent and exc.status == 0 and not shrinkable \
@@ -452,7 +461,7 @@ class KantataClient:
             raise
         if decode and not resp.raw.strip():
             raise MalformedResponseError(f"HTTP {resp.status} response body is empty")
-        page = (None if not decode else
+        page = (None if not decode else resp.page if resp.page is not None else
                 pagination.decode_page_fast(resp.body, resp.raw, storable=resp.storable)
                 if fast else pagination.decode_page(resp.body, storable=resp.storable))
         if page is not None and attempt_number <= self.retry.max_retries:

@@ -189,12 +189,16 @@ async def test_fast_and_careful_paths_store_the_same(db_dsn: str, second_dsn: st
         for d in deps_of.values():
             async with d.pool.acquire() as conn:
                 await store.start_window(conn, "backfill", WINDOW, restart=True)
-        taken = {"fast": 0, "refused": 0, "careful_in_python": 0}
+        taken = {"fast": 0, "refused": 0, "careful_in_python": 0, "typed": 0}
         for n in range(1, PAGES + 1):
             body = page_body(rng)
             doc, storable = pagination.decode_json_storable(body)
             careful = pagination.decode_page(doc, storable=storable)
             fast = pagination.decode_page_fast(doc, body, storable=storable)
+            typed = pagination.decode_page_typed(body)
+            if typed is not None:  # the typed lane decides and decodes as the fast path
+                assert typed == fast, body
+                taken["typed"] += 1
             _, careful_landed = await store_landed(
                 careful_deps, careful, stats["careful"], purpose="backfill", window=WINDOW,
                 page_no=n)
@@ -234,6 +238,7 @@ async def test_fast_and_careful_paths_store_the_same(db_dsn: str, second_dsn: st
     # every route was taken, often: the comparison above is not vacuous
     assert taken["fast"] >= PAGES // 4, taken
     assert one_statement >= PAGES // 8, (one_statement, taken)  # pages without side objects
+    assert taken["typed"] >= PAGES // 8, taken
     assert taken["refused"] >= 1, taken  # a 30th of February: PostgreSQL refuses it
     assert taken["careful_in_python"] >= 10, taken
     assert got["careful"]["history"], "no entry was ever updated"

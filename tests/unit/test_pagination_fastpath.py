@@ -22,6 +22,8 @@ from syncd.pagination import (
     _no_float,
     decode_json_storable,
     decode_page,
+    decode_page_fast,
+    decode_page_typed,
     parse_time_entry,
 )
 from syncd.simulator import SimConfig, Simulator
@@ -181,3 +183,54 @@ def dual_path_entry_json(rng: random.Random, eid: int, p_bad: float) -> bytes:
     for marker in ("6e1", "60.00", "1e3", "3.14159265358979323846", "1.50"):
         text = text.replace(f'"__NUM_{marker}__"', marker)
     return text.replace('"__NUM_18446744073709551616__"', "18446744073709551615").encode()
+
+
+def test_the_typed_lane_takes_only_pages_the_fast_path_takes_and_decodes_them_alike() -> None:
+    """`decode_page_typed` (msgspec) on 3,000 random pages of the dual-path generator (valid,
+    awkward, broken): whenever it takes a page, the Page equals `decode_page_fast`'s for the
+    same bytes, every field; it takes the common page often, and a real simulator page."""
+    from tests.integration.test_dual_path import page_body
+    rng = random.Random(2612)
+    took = 0
+    for _ in range(3000):
+        body = page_body(rng)
+        typed = decode_page_typed(body)
+        if typed is None:
+            continue
+        took += 1
+        doc, storable = decode_json_storable(body)
+        fast = decode_page_fast(doc, body, storable=storable)
+        assert fast.body is not None, body  # the fast path took it too
+        assert typed == fast, body
+    assert took > 600, took
+    sim = Simulator(SimConfig(token="t", entries=300, seed=3, lock_date=None))
+    body = sim.api_list({"per_page": "200", "order": "date_performed:asc",
+                         "from_archived_workspaces": "true", "on_my_account": "false"})
+    body = body if isinstance(body, bytes) else orjson.dumps(body)
+    page = decode_page_typed(body)
+    assert page is not None and len(page.refs) == 200 and page.body == body
+
+
+def test_the_typed_lane_leaves_every_other_page_to_the_fast_path() -> None:
+    """An unknown field, a float, a boolean spelled 1, a lone surrogate, a NUL, side-loaded
+    objects, an id that disagrees with its key: None (the page is decoded as before)."""
+    def body(**over: Any) -> bytes:
+        e = {"id": "1", "date_performed": "2024-01-01", "time_in_minutes": 30,
+             "updated_at": "2024-01-01T10:00:00Z", "workspace_id": "7", **over}
+        return json.dumps({"count": 1, "meta": {"page_count": 1}, "results": [
+            {"key": "time_entries", "id": "1"}], "time_entries": {"1": e}}).encode()
+    assert decode_page_typed(body()) is not None
+    for over in ({"extra": 1}, {"time_in_minutes": 30.0}, {"billable": 1},
+                 {"notes": "\ud800"}, {"notes": "a\u0000b"}, {"id": "2"}, {"id": 1},
+                 {"updated_at": "2024-01-01T10:00:00"}, {"workspace_id": 7},
+                 {"workspace_id": "07a"}, {"time_in_minutes": -1}):
+        assert decode_page_typed(body(**over)) is None, over
+    side = json.loads(body())
+    side["workspaces"] = {"7": {"id": "7", "title": "W"}}
+    assert decode_page_typed(json.dumps(side).encode()) is None
+    absent = decode_page_typed(json.dumps({"results": [{"id": "1"}], "time_entries": {"1": {
+        "date_performed": "2024-01-01", "time_in_minutes": 1,
+        "updated_at": "2024-01-01T10:00:00Z"}}}).encode())
+    assert absent is not None and absent.absent_keys == {"workspace_id", "user_id",
+                                                         "story_id", "role_id"}
+    assert absent.refs[0] == (1, None, None, None, None) and absent.count == 1
