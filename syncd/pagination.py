@@ -23,8 +23,8 @@ import re
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime
-from itertools import chain, repeat
-from operator import attrgetter, itemgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, ne
 from typing import Annotated, Any
 
 import msgspec
@@ -703,14 +703,15 @@ def _fast_entries_ok(raws: list[dict[str, Any]]) -> bool:
                                    or all(map(_no_float, raws)))
 
 
-def _side_ids(values: list[Any]) -> list[int | None] | None:
+def _side_ids(values: list[Any], *, typed: bool = False) -> list[int | None] | None:
     """A foreign-key column as ints (None stays None), or None when a value is not one
-    `_id_or_fail` takes (null, absent, or a digit string of at most 18 digits)."""
-    if not set(map(type, values)) <= _STRS_OR_NONE:
+    `_id_or_fail` takes (null, absent, or a digit string of at most 18 digits). `typed`: the
+    values are known to be strings or None (msgspec typed them)."""
+    if not typed and not set(map(type, values)) <= _STRS_OR_NONE:
         return None
     distinct = set(values)
     distinct.discard(None)
-    new = [v for v in distinct if v not in _ID_MEMO]
+    new = list(distinct.difference(_ID_MEMO))
     if new:
         if not _all_spelled(new, _FAST_FK):
             return None
@@ -844,8 +845,9 @@ class _TypedPage(msgspec.Struct):
 
 _TYPED_PAGE = msgspec.json.Decoder(_TypedPage)
 _FK_OF = {k: attrgetter(k) for k in INCLUDE_GATED}
-_UPDATED, _CREATED, _PERFORMED, _ENTRY_ID = (attrgetter("updated_at"), attrgetter("created_at"),
-                                             attrgetter("date_performed"), attrgetter("id"))
+_UPDATED, _CREATED, _PERFORMED, _ENTRY_ID, _REF_KEY = (
+    attrgetter("updated_at"), attrgetter("created_at"), attrgetter("date_performed"),
+    attrgetter("id"), attrgetter("key"))
 
 
 def decode_page_typed(body: bytes) -> Page | None:
@@ -867,8 +869,8 @@ def decode_page_typed(body: bytes) -> Page | None:
             or doc.workspaces is not msgspec.UNSET or doc.users is not msgspec.UNSET \
             or doc.stories is not msgspec.UNSET or doc.roles is not msgspec.UNSET:
         return None
-    ids = [r.id for r in results]
-    if [r.key for r in results].count("time_entries") != len(results) \
+    ids = list(map(_ENTRY_ID, results))
+    if list(map(_REF_KEY, results)).count("time_entries") != len(results) \
             or set(map(type, ids)) != _STRS or not _all_spelled(ids, _FAST_ID) \
             or len(set(ids)) != len(ids):
         return None
@@ -879,8 +881,11 @@ def decode_page_typed(body: bytes) -> Page | None:
     if own != ids and any(o is not msgspec.UNSET and o != i for o, i in zip(own, ids)):
         return None
     updated = list(map(_UPDATED, entries))
-    created = [c for c, u in zip(map(_CREATED, entries), updated)
-               if type(c) is str and c != u]
+    # a created_at equal to its updated_at is spelled as that is: only the others are checked
+    created = list(map(_CREATED, entries))
+    created = list(compress(created, map(ne, created, updated)))
+    if None in created or msgspec.UNSET in created:
+        created = [c for c in created if type(c) is str]
     if not _all_spelled(updated, _FAST_INSTANT) or not _all_spelled(created, _FAST_INSTANT) \
             or not _all_spelled(list(map(_PERFORMED, entries)), _FAST_DATE):
         return None
@@ -890,7 +895,7 @@ def decode_page_typed(body: bytes) -> Page | None:
         if msgspec.UNSET in column:
             absent.add(key)
             column = [None if v is msgspec.UNSET else v for v in column]
-        ints = _side_ids(column)
+        ints = _side_ids(column, typed=True)
         if ints is None:
             return None
         fks.append(ints)
