@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import compress
-from operator import attrgetter, ne
+from operator import attrgetter, itemgetter, ne
 
 import asyncpg
 import structlog
@@ -330,6 +330,7 @@ def _unseen_side(side: tuple[SideObject, ...], side_seen: SideSeen | None
 
 
 _SIDE_KEY, _SIDE_RAW = attrgetter("kind", "id"), attrgetter("raw")
+_ID = itemgetter(0)
 
 
 def _side_reject(r: Rejected) -> bool:
@@ -509,7 +510,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.upserted += changed
                 finally:
                     await slots.release(held)
-                res.ids.extend([e.id for e in page.listed()])
+                res.ids.extend(map(_ID, page.listed()))  # the id leads TimeEntry and EntryRef
                 res.rejected += len(page.rejected)
                 res.pages += 1
                 res.remote_count = page.count
