@@ -2,12 +2,13 @@
 -- kantata.time_entries row by row: every upsert inserted into five btrees (date_performed,
 -- updated_at, workspace_id, user_id, and the partial index of 0008) in random order while the
 -- table grew, +7.9 PostgreSQL CPU-seconds for 1,000,000 entries over a table with only its
--- primary key (issue #26). Like pg_restore and pgloader, syncd now drops those indexes when a
--- backfill starts into an EMPTY mirror and builds each once when the backfill ends (a sorted
--- CREATE INDEX). This table records each dropped index with its definition first, in the same
--- transaction as the DROP, so no crash can lose one: a row stays until its index is built
--- again, by the backfill that dropped it or, when that run is gone, by the start of the next
--- job or `syncd migrate`.
+-- primary key (issue #26). Like pg_restore and pgloader, syncd now drops the non-unique,
+-- non-partial ones (the four of 0001, and any such index a user added; the partial index of
+-- 0008 is normally empty and costs the load nothing) when a backfill starts into an EMPTY
+-- mirror and builds each once when the backfill ends (a sorted CREATE INDEX). This table
+-- records each dropped index with its definition first, in the same transaction as the DROP,
+-- so no crash can lose one: a row stays until its index is built again, by the backfill that
+-- dropped it or, when that run is gone, by the start of the next job or `syncd migrate`.
 
 CREATE TABLE syncd.deferred_indexes (
     index_name  text PRIMARY KEY,
