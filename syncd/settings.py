@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     sideload: bool = Field(
         True, description="include workspaces, users, stories and roles (names for BI)")
     defer_indexes: bool = Field(
-        True, description="a backfill into an empty mirror drops the secondary indexes of "
-                          "`kantata.time_entries` and builds each once at its end (one sorted "
+        True, description="a backfill into an empty mirror drops the non-unique, non-partial "
+                          "indexes of `kantata.time_entries` and builds each once at its end "
+                          "(one sorted "
                           "build instead of an insert per row; recorded in "
                           "`syncd.deferred_indexes`, never lost); `off` keeps them while it "
                           "loads, for queries on a half-loaded mirror")
