@@ -8,7 +8,7 @@ load (a sorted CREATE INDEX) is cheaper — the bulk-load technique of pg_restor
 and the partial index of 0008, over a table with only its primary key.
 
 `defer_mirror_indexes` drops every non-unique, non-constraint, non-partial index of the table
-(DEFERRABLE says why each kind is left alone) while it has
+(RECORD says why each kind is left alone) while it has
 no row at all, after recording each (name, `pg_get_indexdef`) in `syncd.deferred_indexes`
 (migration 0016) in the same transaction; `build_deferred_indexes` builds them again, each in
 a transaction of its own that also deletes its row, so a crash at any point loses no index:
@@ -37,53 +37,90 @@ log = structlog.get_logger(__name__)
 #: The table whose indexes are deferred (only the entries are numerous enough to matter).
 TABLE = "kantata.time_entries"
 
-#: How long deferring waits for the table's lock (a reader of the empty table): past it the
-#: backfill runs with its indexes in place, as before.
-LOCK_TIMEOUT = "5s"
+#: Deferring waits at most 5 s for the table's lock (a reader of the empty table): past it
+#: the backfill runs with its indexes in place, as before.
+LOCK = """SET LOCAL lock_timeout = '5s';
+LOCK TABLE kantata.time_entries IN ACCESS EXCLUSIVE MODE"""
 
 #: Names in the definitions are schema-qualified by pg_get_indexdef under this search_path,
 #: and resolved under the same one when the index is built (as pg_dump does).
 SEARCH_PATH = "SET LOCAL search_path = pg_catalog, pg_temp"
 
-#: The indexes deferred: not unique (the primary key serves `ON CONFLICT`), not behind a
-#: constraint (exclusion), valid and ready (not a failed CONCURRENTLY build), not the table's
-#: CLUSTER or replica-identity index (a property DROP would lose), and not partial: a partial
-#: index holds the rows its WHERE admits, which for syncd's own (0008: entries with altered
-#: text) is normally none, so keeping it costs the load nothing measurable while building it
-#: costs a scan of the whole table (1,000,000 entries: +0.0 s ± 0.5 s of inserts with it, 0.36 s
-#: to build it).
-DEFERRABLE = f"""
-SELECT c.relname AS index_name, pg_get_indexdef(x.indexrelid) AS definition
+#: Records the indexes deferred (`$1`: the run that builds them): not unique (the primary key
+#: serves `ON CONFLICT`), not behind a constraint (exclusion), valid and ready (not a failed
+#: CONCURRENTLY build), not the table's CLUSTER or replica-identity index (a property DROP
+#: would lose), and not partial: a partial index holds the rows its WHERE admits, which for
+#: syncd's own (0008: entries with altered text) is normally none, so keeping it costs the
+#: load nothing measurable while building it costs a scan of the whole table (1,000,000
+#: entries: +0.0 s ± 0.5 s of inserts with it, 0.36 s to build it).
+RECORD = """
+INSERT INTO syncd.deferred_indexes (index_name, definition, run_id)
+SELECT c.relname, pg_get_indexdef(x.indexrelid), $1::uuid
 FROM pg_catalog.pg_index x
 JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid
-WHERE x.indrelid = '{TABLE}'::regclass
+WHERE x.indrelid = 'kantata.time_entries'::regclass
   AND NOT x.indisunique AND NOT x.indisprimary AND NOT x.indisexclusion
   AND x.indisvalid AND x.indisready AND x.indislive
   AND NOT x.indisclustered AND NOT x.indisreplident AND x.indpred IS NULL
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = x.indexrelid)
-ORDER BY c.relname
+ON CONFLICT (index_name) DO UPDATE
+SET definition = excluded.definition, run_id = excluded.run_id, deferred_at = now()
+RETURNING index_name
 """
 
-#: Whether the run that deferred a row (`d.run_id`) is live (runs.RunOwner's lock).
-OWNER_LIVE = """EXISTS (SELECT 1 FROM syncd.sync_runs r
-                        WHERE r.run_id = d.run_id AND r.status = 'running'
-                          AND syncd.run_is_live(r.id))"""
+#: Drops every recorded index that exists (those just recorded): a row means "this index does
+#: not exist now". Names are quoted by PostgreSQL (`%I`).
+DROP_RECORDED = """
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT index_name FROM syncd.deferred_indexes
+             WHERE to_regclass(format('kantata.%I', index_name)) IS NOT NULL LOOP
+        EXECUTE format('DROP INDEX kantata.%I', r.index_name);
+    END LOOP;
+END $$
+"""
 
-_CREATE = re.compile(r"^CREATE INDEX (?!IF NOT EXISTS )")
+#: The rows to build: `$1` every row (`syncd migrate`), or those of run `$2` (the caller's own
+#: backfill) and those whose run is not live (runs.RunOwner's lock, `syncd.run_is_live`).
+TO_BUILD = """
+SELECT index_name FROM syncd.deferred_indexes d
+WHERE $1 OR d.run_id = $2 OR d.run_id IS NULL
+   OR NOT EXISTS (SELECT 1 FROM syncd.sync_runs r
+                  WHERE r.run_id = d.run_id AND r.status = 'running'
+                    AND syncd.run_is_live(r.id))
+ORDER BY index_name
+"""
+
+#: The recorded indexes for `syncd status`, with whether the run that builds them is live.
+LIST = """
+SELECT index_name, deferred_at,
+       EXISTS (SELECT 1 FROM syncd.sync_runs r
+               WHERE r.run_id = d.run_id AND r.status = 'running'
+                 AND syncd.run_is_live(r.id)) AS owner_live
+FROM syncd.deferred_indexes d ORDER BY index_name
+"""
+
+#: What pg_get_indexdef writes for a non-unique index of the mirror's entries: its name (bare
+#: or quoted), the table, the access method.
+_DEFINITION = re.compile(r'CREATE INDEX (?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+") '
+                         r'ON kantata\.time_entries USING [a-z0-9_]+ \(.*', re.DOTALL)
 
 
 def rebuild_statement(definition: str) -> str:
     """The statement that builds a recorded index again, a no-op when it exists:
-    `definition` (pg_get_indexdef's `CREATE INDEX name ON ...`) with `IF NOT EXISTS`. Raises
-    ValueError for anything else (a row not written by `defer_mirror_indexes`)."""
-    if not definition.startswith("CREATE INDEX "):
-        raise ValueError(f"not a CREATE INDEX statement: {definition[:80]!r}")
-    return _CREATE.sub("CREATE INDEX IF NOT EXISTS ", definition, count=1)
+    `definition` (pg_get_indexdef's `CREATE INDEX name ON kantata.time_entries USING ...`)
+    with `IF NOT EXISTS`. Raises ValueError for anything else (a row not written by
+    `defer_mirror_indexes`); the caller runs it as one prepared statement, so a definition
+    cannot carry a second one."""
+    if _DEFINITION.fullmatch(definition) is None:
+        raise ValueError(f"not a CREATE INDEX on kantata.time_entries: {definition[:80]!r}")
+    return definition.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
 
 
 async def defer_mirror_indexes(conn: asyncpg.Connection, run_id: uuid.UUID | None = None
                                ) -> list[str]:
-    """Drop the deferrable indexes of `kantata.time_entries` (DEFERRABLE: every non-unique,
+    """Drop the deferrable indexes of `kantata.time_entries` (RECORD: every non-unique,
     non-constraint, non-partial one, user-added ones too) if, and only if, the table has no
     row at all, recording each with its definition and `run_id` (the run that builds them
     when its backfill ends) in `syncd.deferred_indexes`; one transaction, under an ACCESS
@@ -95,24 +132,16 @@ async def defer_mirror_indexes(conn: asyncpg.Connection, run_id: uuid.UUID | Non
     try:
         async with conn.transaction():
             await conn.execute(SEARCH_PATH)
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            await conn.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
-            if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {TABLE})"):
+            await conn.execute(LOCK)
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM kantata.time_entries)"):
                 return []
-            rows = await conn.fetch(DEFERRABLE)
-            for r in rows:
-                await conn.execute(
-                    "INSERT INTO syncd.deferred_indexes (index_name, definition, run_id) "
-                    "VALUES ($1, $2, $3) ON CONFLICT (index_name) DO UPDATE "
-                    "SET definition = excluded.definition, run_id = excluded.run_id, "
-                    "deferred_at = now()", r["index_name"], r["definition"], run_id)
-                await conn.execute(f"DROP INDEX kantata.{_ident(r['index_name'])}")
+            names = sorted(r["index_name"] for r in await conn.fetch(RECORD, run_id))
+            await conn.execute(DROP_RECORDED)
     except asyncpg.LockNotAvailableError:
         log.warning("mirror_indexes_not_deferred", table=TABLE,
-                    reason=f"the table's lock was not granted within {LOCK_TIMEOUT} "
-                           "(a reader?); the backfill keeps its indexes")
+                    reason="the table's lock was not granted within 5 s (a reader?); the "
+                           "backfill keeps its indexes")
         return []
-    names = [r["index_name"] for r in rows]
     if names:
         log.info("mirror_indexes_deferred", table=TABLE, indexes=names,
                  seconds=round(time.monotonic() - started, 3),
@@ -121,48 +150,53 @@ async def defer_mirror_indexes(conn: asyncpg.Connection, run_id: uuid.UUID | Non
     return names
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def build_deferred_indexes(conn: asyncpg.Connection, *, mine: uuid.UUID | None = None,
                                  every: bool = False, reason: str = "") -> list[str]:
     """Build the indexes recorded in `syncd.deferred_indexes` that no live run owns (their
     run is gone, or none was recorded) plus those of run `mine` (the caller's own backfill,
     ending), or all of them with `every` (`syncd migrate`: a migration must find every index
     it may alter, even while a backfill of another process is loading), each in its own
-    transaction: its row is locked (a row another process is building
-    is skipped), its `CREATE INDEX IF NOT EXISTS` runs (`rebuild_statement`; the server's
+    transaction: its row is locked (a row another process is building is skipped), its
+    `CREATE INDEX IF NOT EXISTS` runs (`rebuild_statement`; the server's
     `maintenance_work_mem` and parallel maintenance workers: 1,000,000 entries build in the
-    same time with 64MB and 128MB) and the row is deleted, so a crash in the middle
-    loses nothing. Returns the names built, in name order; [] at once when the table does not
-    exist (migrations before 0016) or holds nothing to build. `reason` goes to the log line.
-    Raises what asyncpg raises (the index whose build failed keeps its row; the ones built
-    before stay built)."""
+    same time with 64MB and 128MB) and the row is deleted, so a crash in the middle loses
+    nothing. Returns the names built, in name order; [] at once when the table does not exist
+    (migrations before 0016) or holds nothing to build. `reason` goes to the log line. An
+    index whose build fails keeps its row and the others are still built; then the first
+    failure is raised: ValueError for a row that is not a CREATE INDEX on the mirror's
+    entries, or what asyncpg raises (a lost connection ends the loop at once)."""
     if await conn.fetchval("SELECT to_regclass('syncd.deferred_indexes')") is None:
         return []
-    todo = [r["index_name"] for r in await conn.fetch(
-        f"""SELECT index_name FROM syncd.deferred_indexes d
-            WHERE $2 OR d.run_id = $1 OR d.run_id IS NULL OR NOT {OWNER_LIVE}
-            ORDER BY index_name""", mine, every)]
+    todo = [r["index_name"] for r in await conn.fetch(TO_BUILD, every, mine)]
     if not todo:
         return []
     started = time.monotonic()
     built = []
+    failed: list[Exception] = []
     for name in todo:
-        async with conn.transaction():
-            await conn.execute(SEARCH_PATH)
-            definition = await conn.fetchval(
-                "SELECT definition FROM syncd.deferred_indexes WHERE index_name = $1 "
-                "FOR UPDATE SKIP LOCKED", name)
-            if definition is None:  # built meanwhile, or being built by another process
-                continue
-            await conn.execute(rebuild_statement(definition))
-            await conn.execute("DELETE FROM syncd.deferred_indexes WHERE index_name = $1", name)
+        try:
+            async with conn.transaction():
+                await conn.execute(SEARCH_PATH)
+                definition = await conn.fetchval(
+                    "SELECT definition FROM syncd.deferred_indexes WHERE index_name = $1 "
+                    "FOR UPDATE SKIP LOCKED", name)
+                if definition is None:  # built meanwhile, or being built by another process
+                    continue
+                await conn.fetch(rebuild_statement(definition))  # one statement: prepared
+                await conn.execute("DELETE FROM syncd.deferred_indexes WHERE index_name = $1",
+                                   name)
+        except (ValueError, asyncpg.PostgresError) as exc:  # this index only
+            log.warning("mirror_index_not_built", index=name,
+                        error=f"{type(exc).__name__}: {exc}",
+                        detail="its row stays in syncd.deferred_indexes")
+            failed.append(exc)
+            continue
         built.append(name)
     if built:
         log.info("mirror_indexes_built", table=TABLE, indexes=built,
                  seconds=round(time.monotonic() - started, 3), reason=reason)
+    if failed:
+        raise failed[0]
     return built
 
 
@@ -182,6 +216,5 @@ async def deferred_indexes(conn: asyncpg.Connection) -> list[Deferred]:
     does not exist yet (migrations not applied)."""
     if await conn.fetchval("SELECT to_regclass('syncd.deferred_indexes')") is None:
         return []
-    return [Deferred(r["index_name"], r["deferred_at"], r["owner_live"]) for r in await conn.fetch(
-        f"""SELECT index_name, deferred_at, {OWNER_LIVE} AS owner_live
-            FROM syncd.deferred_indexes d ORDER BY index_name""")]
+    return [Deferred(r["index_name"], r["deferred_at"], r["owner_live"])
+            for r in await conn.fetch(LIST)]

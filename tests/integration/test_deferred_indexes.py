@@ -189,3 +189,22 @@ async def test_a_cancelled_backfill_builds_its_indexes_before_it_ends(
     assert definitions(await indexes(conn)) == definitions(fresh)
     assert await recorded(conn) == []
     assert await conn.fetchval("SELECT status FROM syncd.sync_runs") == "interrupted"
+
+
+@pytest.mark.parametrize("definition", [
+    "CREATE UNIQUE INDEX x ON kantata.time_entries USING btree (id)",
+    "CREATE INDEX x ON kantata.workspaces USING btree (id)",
+    "CREATE INDEX x ON kantata.time_entries USING btree (id); DROP TABLE kantata.time_entries",
+    "DROP TABLE kantata.time_entries",
+])
+async def test_a_row_that_is_not_a_mirror_index_is_never_run(
+        conn: asyncpg.Connection, definition: str) -> None:
+    assert await mirror_indexes.defer_mirror_indexes(conn) == MIGRATED
+    await conn.execute("INSERT INTO syncd.deferred_indexes (index_name, definition) "
+                       "VALUES ('x', $1)", definition)
+    with pytest.raises((ValueError, asyncpg.PostgresSyntaxError)):
+        await mirror_indexes.build_deferred_indexes(conn)
+    assert await recorded(conn) == ["x"]  # kept for an operator to look at; the others built
+    assert sorted(await indexes(conn)) == sorted([*MIGRATED, *KEPT])
+    assert await conn.fetchval("SELECT to_regclass('kantata.x')") is None
+    assert await conn.fetchval("SELECT to_regclass('kantata.time_entries')") is not None
