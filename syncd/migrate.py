@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from syncd import mirror_indexes
 from syncd.errors import MigrationError
 
 __all__ = ["Migration", "apply", "check_current", "discover", "pending"]
@@ -106,12 +107,16 @@ async def check_current(conn: asyncpg.Connection) -> None:
 async def apply(conn: asyncpg.Connection, available: list[Migration] | None = None
                 ) -> list[Migration]:
     """Apply pending migrations, each in its own transaction, under an advisory lock; return
-    the ones applied. Safe to run from several processes at once."""
+    the ones applied. Indexes of the mirror left deferred by a backfill
+    (`syncd.deferred_indexes`) are built first. Safe to run from several processes at once."""
     available = available if available is not None else discover()
     done: list[Migration] = []
     await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
     try:
         await conn.execute(CREATE_TABLE)
+        # indexes a backfill dropped while loading an empty mirror (migration 0016) are built
+        # first: a migration may alter or rely on any of them
+        await mirror_indexes.build_deferred_indexes(conn, every=True, reason="syncd migrate")
         for mig in await pending(conn, available):
             async with conn.transaction():
                 await conn.execute(mig.sql)

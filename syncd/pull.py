@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from syncd import cursor, pagination, store
+from syncd import cursor, mirror_indexes, pagination, store
 from syncd.errors import (
     STOPS_THE_RUN,
     FatalError,
@@ -764,6 +764,37 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
     return [w for w in todo if w not in set(empty)]
 
 
+async def _defer_indexes(deps: Deps, stats: RunStats) -> list[str]:
+    """Drop the mirror's secondary indexes while this backfill loads an EMPTY mirror
+    (`mirror_indexes.defer_mirror_indexes`, SYNCD_DEFER_INDEXES); their build is the
+    backfill's last step. Returns the names dropped ([] when the mirror has rows)."""
+    if not deps.settings.defer_indexes:
+        return []
+    async with deps.pool.acquire() as conn:
+        names = await mirror_indexes.defer_mirror_indexes(conn, stats.run_id)
+    if names:
+        stats.details["indexes_deferred"] = names
+    return names
+
+
+async def _build_indexes(deps: Deps, stats: RunStats) -> None:
+    """Build the indexes this backfill deferred when it ends, however it ends: done, windows
+    failed, an error, a stop, or a cancellation (a deadline: it is delivered before this runs,
+    so the build runs to its end unless the run is cancelled again). A build that fails or is
+    cancelled is logged; the rows of `syncd.deferred_indexes` stay, and the next job start
+    builds them (`runs.job_run`)."""
+    try:
+        async with deps.pool.acquire() as conn:
+            await mirror_indexes.build_deferred_indexes(conn, mine=stats.run_id,
+                                                        reason="backfill ended")
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncio.CancelledError) as exc:
+        log.warning("mirror_indexes_not_built", error=f"{type(exc).__name__}: {exc}",
+                    detail="syncd.deferred_indexes keeps them: the next job start builds them")
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+
+
 async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                    stats: RunStats) -> list[WindowResult]:
     """Read all windows between `since` and `until` (inclusive). Windows already `done` are
@@ -823,12 +854,16 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             res.ids = array("q")  # counted; keeping every window's ids would hold them all
             results.append(res)
 
+    deferred = await _defer_indexes(deps, stats) if todo else []
     try:
         async with asyncio.TaskGroup() as tg:  # STOPS_THE_RUN cancels the other windows
             for w in todo:
                 tg.create_task(one(w))
     except BaseExceptionGroup as group:  # report the cause itself, not a group of one
         raise group.exceptions[0] from None
+    finally:
+        if deferred:  # whatever ended the backfill: never leave the mirror without them
+            await _build_indexes(deps, stats)
     stats.details["windows"] = len(todo)
     if side_loads is not None:
         stats.details["side_load_requests"] = side_loads.requests

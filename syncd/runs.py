@@ -25,14 +25,15 @@ from typing import Any
 import asyncpg
 import structlog
 
-from syncd import store
+from syncd import mirror_indexes, store
 from syncd.errors import redact
 from syncd.kantata import RUN_REQUESTS, KantataClient, RequestTally
 from syncd.metrics import Metrics
 from syncd.pagination import PageSize, PagingTrust
 from syncd.settings import Settings
 
-__all__ = ["RUN_LOCK_CLASS", "Deps", "RunOwner", "RunStats", "error_line", "job_run"]
+__all__ = ["RUN_LOCK_CLASS", "Deps", "RunOwner", "RunStats", "build_orphaned_indexes",
+           "error_line", "job_run"]
 
 log = structlog.get_logger(__name__)
 
@@ -220,6 +221,21 @@ def error_line(errors: list[str]) -> str:
 _DIGITS = re.compile(r"\d+")
 
 
+async def build_orphaned_indexes(deps: Deps) -> list[str]:
+    """Build the mirror's indexes that a backfill dropped (`syncd.deferred_indexes`) and
+    whose run is gone (killed before its backfill ended and built them); called at every job
+    start, after the dead runs are closed. A failed build is logged, not raised: its rows stay
+    and the next job start tries again. Returns the names built."""
+    try:
+        async with deps.pool.acquire() as conn:
+            return await mirror_indexes.build_deferred_indexes(
+                conn, reason="the run that deferred them is gone")
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("mirror_indexes_not_built", error=f"{type(exc).__name__}: {exc}",
+                    detail="syncd.deferred_indexes keeps them: the next job start builds them")
+        return []
+
+
 @asynccontextmanager
 async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
     """Record one run of `job`. The body's exception is recorded and re-raised; errors appended
@@ -236,6 +252,7 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                 log.warning("dead_runs_closed", runs=closed.runs, windows=closed.windows,
                             detail="runs whose process is gone (killed) closed as "
                                    "interrupted; their windows resume at the next read")
+            await build_orphaned_indexes(deps)
             await deps.owner().open_run(stats.run_id, job)
             log.info("job_started")
             try:

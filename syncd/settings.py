@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         4, ge=1, le=32, description="windows read at once by backfill and reconciliation")
     sideload: bool = Field(
         True, description="include workspaces, users, stories and roles (names for BI)")
+    defer_indexes: bool = Field(
+        True, description="a backfill into an empty mirror drops the non-unique, non-partial "
+                          "indexes of `kantata.time_entries` and builds each once at its end "
+                          "(one sorted "
+                          "build instead of an insert per row; recorded in "
+                          "`syncd.deferred_indexes`, never lost); `off` keeps them while it "
+                          "loads, for queries on a half-loaded mirror")
 
     # --- HTTP --------------------------------------------------------------------------------
     max_connections: int = Field(8, ge=1, le=64, description="HTTP requests in flight at once")

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from syncd import budget, budget_store, migrate, store
+from syncd import budget, budget_store, migrate, mirror_indexes, store
 from syncd.commands._util import run_async
 from syncd.settings import Settings
 
@@ -52,6 +52,11 @@ def render_text(snap: dict[str, Any]) -> str:
                      f"{b['window_seconds']:g} s ({b['per_minute']}/min) learned from 429s of "
                      f"{b['kantata_base_url']}, last 429 {_fmt(b['last_throttled_at'])}; "
                      f"{b['relaxed_by']}")
+    for d in snap.get("deferred_indexes", []):
+        lines.append(f"deferred index:   {d['index_name']} (dropped {_fmt(d['deferred_at'])} "
+                     "while a backfill loads the empty mirror; "
+                     + ("built when that backfill ends)" if d["owner_live"] else
+                        "its run is gone: the next syncd job start builds it)"))
     for job, at in sorted(snap.get("last_success", {}).items()):
         lines.append(f"last ok {job + ':':<10} {_fmt(at)}")
     lines.append("recent runs:")
@@ -92,6 +97,10 @@ async def _status(settings: Settings, as_json: bool) -> int:
         snap = await store.status_snapshot(conn)
         snap["rate_limits"] = rate_limits(await budget_store.load_all(conn),
                                           settings.rate_limit_forget_after)
+        snap["deferred_indexes"] = [
+            {"index_name": d.index_name, "deferred_at": d.deferred_at,
+             "owner_live": d.owner_live}
+            for d in await mirror_indexes.deferred_indexes(conn)]
     finally:
         await conn.close()
     if as_json:
@@ -125,6 +134,9 @@ def register(sub: Any) -> None:
   rate limit       the limit learned from Kantata's 429s (syncd.request_budget), its last
                    429, and how it is relaxed: raised 5 % after 10 windows at it without a
                    429, forgotten SYNCD_RATE_LIMIT_FORGET_AFTER after the last 429
+  deferred index   (only while there are any) an index of kantata.time_entries dropped
+                   while a backfill loads an empty mirror, built when it ends
+                   (syncd.deferred_indexes); queries on its columns are slower until then
   last ok          each job's last successful run
   recent runs      the latest runs with their figures and errors; a run whose process is
                    gone (killed) shows as interrupted, "abandoned: ..."

@@ -159,7 +159,8 @@ REFERENCES = (
 
 
 def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
-               former_ceiling: bool, history_off: bool = False) -> list[Contender]:
+               former_ceiling: bool, history_off: bool = False,
+               indexes_kept: bool = False) -> list[Contender]:
     """Every backfill contender in the order they run in each repetition: the reference
     clients, syncd with its defaults (the backfill start too: 10 years back), then the
     labelled non-default syncd rows and dlt."""
@@ -179,6 +180,13 @@ def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
                                syncd_env(dsn, sim, SYNCD_RATE_LIMIT_PER_MINUTE="9000"))))
     out.append(Contender("syncd", "syncd sync (default settings)", "kantata.time_entries",
                          lambda dsn, work: ([PY, "-m", "syncd", "sync"], syncd_env(dsn, sim))))
+    if indexes_kept:
+        out.append(Contender(
+            "syncd_indexes_kept",
+            "syncd sync, indexes kept while loading (SYNCD_DEFER_INDEXES=off)",
+            "kantata.time_entries",
+            lambda dsn, work: ([PY, "-m", "syncd", "sync"],
+                               syncd_env(dsn, sim, SYNCD_DEFER_INDEXES="off"))))
     if history_off:
         out.append(Contender(
             "syncd_history_off", "syncd sync, history mode off (SYNCD_HISTORY=off)",
@@ -761,6 +769,13 @@ def accounting(res: dict[str, Any], dbs: Databases, sim: SimProcess, work: Path,
          f"{(med('syncd', 'requests') or 0) / 150:.1f} s for "
          f"{med('syncd', 'requests') or 0:.0f} requests at 150/s",
          ("syncd_ceiling_9000", "syncd"), "syncd at 9,000/minute − syncd default")
+    kept = diff("syncd", "syncd_indexes_kept")
+    if kept is not None:
+        item("the mirror's secondary indexes dropped while the empty mirror loads, built once "
+             "at the end (`SYNCD_DEFER_INDEXES`)",
+             f"Postgres CPU {diff('syncd', 'syncd_indexes_kept', 'postgres_cpu_s') or 0:+.1f} s, "
+             f"wall {kept:+.1f} s",
+             ("syncd", "syncd_indexes_kept"), "syncd default − syncd with SYNCD_DEFER_INDEXES=off")
     v = out["validation"]
     pages = med("bare", "requests") or ref_pages
     item("validation and decoding",
@@ -1002,6 +1017,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dlt", action="store_true", help="skip dlt")
     p.add_argument("--history-off", action="store_true",
                    help="add a syncd row with SYNCD_HISTORY=off (history mode's cost)")
+    p.add_argument("--indexes-kept", action="store_true",
+                   help="add a syncd row with SYNCD_DEFER_INDEXES=off (what deferring the "
+                        "mirror's indexes saves)")
     p.add_argument("--no-former-ceiling", action="store_true",
                    help="skip the syncd row with the former default ceiling (9,000/minute)")
     p.add_argument("--rss-sizes", default=None,
@@ -1064,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
             dlt_reason = "dlt is not installed (pip install -e '.[bench]')"
         cs = contenders(sim, since, until, dlt=use_dlt and dlt_reason is None,
                         former_ceiling=not args.no_former_ceiling,
-                        history_off=args.history_off)
+                        history_off=args.history_off, indexes_kept=args.indexes_kept)
         say("warm-up: unmeasured plain and windowed passes render every entry and page "
             "in the simulator")
         warm = [measure(c, dbs, sim, work, "warmup") for c in cs
