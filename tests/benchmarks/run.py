@@ -596,8 +596,12 @@ def validation_cost(sim: SimProcess, since: date, until: date) -> dict[str, floa
 
     def syncd_decode(b: bytes) -> object:
         # what syncd's backfill does with a page: with PostgreSQL typing pages (issue #26, on
-        # by default) decode it once, check each entry's shape, keep ids, foreign keys and
-        # the envelope
+        # by default) the typed lane (msgspec), else decode it once, check each entry's
+        # shape, keep ids, foreign keys and the envelope (`KantataClient.send`, `_decoded`)
+        if pull.PAGES_TYPED_BY_POSTGRES:
+            page = pagination.decode_page_typed(b)
+            if page is not None:
+                return page
         doc, storable = pagination.decode_json_storable(b)
         if pull.PAGES_TYPED_BY_POSTGRES:
             return pagination.decode_page_fast(doc, b, storable=storable)
@@ -628,8 +632,9 @@ def statement_groups(stmts: list[dict[str, Any]]) -> dict[str, dict[str, float]]
     groups: dict[str, dict[str, float]] = {}
     for st in stmts:
         q = st["query"].lower()
-        if "kantata.time_entries" in q and ("insert" in q or "update" in q) \
-                and "syncd.windows" not in q:
+        if "kantata.time_entries" in q and ("insert" in q or "update" in q):
+            # a backfill page's statement carries its window checkpoint and write context
+            # (`store.store_page_body`): counted here, with the rows it writes
             g = "entry upserts"
         elif any(f"kantata.{t}" in q for t in ("workspaces", "users", "stories", "roles")):
             g = "side-loaded objects"
