@@ -170,29 +170,28 @@ def contenders(sim: SimProcess, since: date, until: date, *, dlt: bool,
                                    "--since", since.isoformat(), "--until", until.isoformat(),
                                    *args], None)
 
+    def syncd_row(name: str, label: str, **env: str) -> Contender:
+        """`syncd sync` into the mirror with its defaults but `env`."""
+        return Contender(name, label, "kantata.time_entries",
+                         lambda dsn, work: ([PY, "-m", "syncd", "sync"],
+                                            syncd_env(dsn, sim, **env)))
+
     out = [Contender(name, label, table, ref(args)) for name, label, args, table in REFERENCES]
     if former_ceiling:
-        out.append(Contender(
+        out.append(syncd_row(
             "syncd_ceiling_9000",
             "syncd sync, the former default ceiling (SYNCD_RATE_LIMIT_PER_MINUTE=9000)",
-            "kantata.time_entries",
-            lambda dsn, work: ([PY, "-m", "syncd", "sync"],
-                               syncd_env(dsn, sim, SYNCD_RATE_LIMIT_PER_MINUTE="9000"))))
-    out.append(Contender("syncd", "syncd sync (default settings)", "kantata.time_entries",
-                         lambda dsn, work: ([PY, "-m", "syncd", "sync"], syncd_env(dsn, sim))))
+            SYNCD_RATE_LIMIT_PER_MINUTE="9000"))
+    out.append(syncd_row("syncd", "syncd sync (default settings)"))
     if indexes_kept:
-        out.append(Contender(
+        out.append(syncd_row(
             "syncd_indexes_kept",
             "syncd sync, indexes kept while loading (SYNCD_DEFER_INDEXES=off)",
-            "kantata.time_entries",
-            lambda dsn, work: ([PY, "-m", "syncd", "sync"],
-                               syncd_env(dsn, sim, SYNCD_DEFER_INDEXES="off"))))
+            SYNCD_DEFER_INDEXES="off"))
     if history_off:
-        out.append(Contender(
-            "syncd_history_off", "syncd sync, history mode off (SYNCD_HISTORY=off)",
-            "kantata.time_entries",
-            lambda dsn, work: ([PY, "-m", "syncd", "sync"],
-                               syncd_env(dsn, sim, SYNCD_HISTORY="off"))))
+        out.append(syncd_row("syncd_history_off",
+                             "syncd sync, history mode off (SYNCD_HISTORY=off)",
+                             SYNCD_HISTORY="off"))
     if dlt:
         def dlt_argv(dsn: str, work: Path) -> tuple[list[str], dict[str, str] | None]:
             env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false"}
