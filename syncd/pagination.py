@@ -861,8 +861,8 @@ def decode_page_typed(body: bytes) -> Page | None:
         return None
     try:
         doc = _TYPED_PAGE.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # (nested too deeply: the caller's decoder says so)
     results, keyed = doc.results, doc.time_entries
     meta = {} if doc.meta is None else doc.meta
     if not results or len(keyed) != len(results) or type(meta) is not dict \

@@ -225,6 +225,8 @@ def test_the_typed_lane_leaves_every_other_page_to_the_fast_path() -> None:
                  {"updated_at": "2024-01-01T10:00:00"}, {"workspace_id": 7},
                  {"workspace_id": "07a"}, {"time_in_minutes": -1}):
         assert decode_page_typed(body(**over)) is None, over
+    deep = body()[:-1] + b', "padding": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert decode_page_typed(deep) is None  # nested too deeply: RecursionError, not raised
     side = json.loads(body())
     side["workspaces"] = {"7": {"id": "7", "title": "W"}}
     assert decode_page_typed(json.dumps(side).encode()) is None
