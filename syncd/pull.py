@@ -84,6 +84,20 @@ class WindowResult:
     narrow: bool = False
     #: what page 1 of this read held: (rows listed, Kantata's count, page size served)
     first: tuple[int, int, int] | None = None
+    #: entries a page listed without including them, even after the client's retries
+    #: (`pagination.MISSING_FROM_KEYED`): dead letters, and the window is not done
+    missing: int = 0
+
+    def settle(self) -> WindowResult:
+        """This result as the window's outcome: a window that lost listed entries to a page
+        that did not include them fails (their dead letters stay until a read stores them),
+        so the next run reads it again instead of counting it done without them."""
+        if self.missing and self.error is None:
+            self.error = (f"window {self.window.param}: {self.missing} listed entr"
+                          f"{'y' if self.missing == 1 else 'ies'} came without its object "
+                          f"({pagination.MISSING_FROM_KEYED}) after every retry; recorded as "
+                          "dead letters, the window is read again next run")
+        return self
 
 
 def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
@@ -511,7 +525,10 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                 finally:
                     await slots.release(held)
                 res.ids.extend(map(_ID, page.listed()))  # the id leads TimeEntry and EntryRef
-                res.rejected += len(page.rejected)
+                if page.rejected:
+                    res.rejected += len(page.rejected)
+                    res.missing += sum(r.reason == pagination.MISSING_FROM_KEYED
+                                       for r in page.rejected)
                 res.pages += 1
                 res.remote_count = page.count
                 # stored: let it go before waiting for the next one, which may wait for
@@ -559,7 +576,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         seen = res.distinct + res.rejected + assumed
         usable = res.remote_count is None or pagination.count_usable(res.remote_count)
         if usable and (res.remote_count is None or seen >= res.remote_count):
-            return res
+            return res.settle()
         digest = (hash(res.ids.tobytes()), res.distinct, res.remote_count or 0)
         if digest == previous and assumed == 0:
             # two whole reads listed the same entries in the same order: nothing changed, so
@@ -569,7 +586,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                         detail=_count_note(res.remote_count, seen))
             if not usable:
                 res.remote_count = None  # never store a count that is not one
-            return res
+            return res.settle()
         previous = digest if assumed == 0 else None
         if usable:
             log.warning("window_moved_while_reading", window=w.param, seen=seen,
@@ -661,6 +678,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
             res.upserted += await store_page(deps, page, stats, side_seen=side_seen)
             res.ids.extend([e.id for e in page.entries])
             res.rejected += len(page.rejected)
+            res.missing += sum(r.reason == pagination.MISSING_FROM_KEYED for r in page.rejected)
             res.pages += 1
             del page
     except STOPS_THE_RUN:
@@ -684,7 +702,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
     log.info("window_narrowed", window=w.param, requests=plan.requests,
              ranges=plan.complete_ranges, skipped_empty=plan.skipped,
              days_too_big=len(plan.too_big), entries=res.distinct, error=res.error)
-    return res
+    return res.settle()
 
 
 def _count_note(count: int | None, seen: int) -> str:

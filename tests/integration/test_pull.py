@@ -338,6 +338,32 @@ async def test_pages_naming_missing_ids_are_asked_again(db_dsn: str, sim_url: st
     assert await mirror_diff(conn, sim.list_entries()) == []
 
 
+async def test_an_entry_a_page_keeps_leaving_out_fails_its_window_until_it_comes(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A page that lists an entry without including it, on every retry: the entry is a dead
+    letter and its window FAILS (the run is partial), so the next sync reads the window again
+    and stores the entry; it was `done` without it, and only a reconciliation brought it back
+    (new-user trial of issue #26's session)."""
+    from syncd.app import open_deps
+
+    sim.set_faults({"bad_page_rate": 0.2, "bad_page_kinds": ["missing_ids"], "seed": 7})
+    async with open_deps(make_settings(db_dsn, sim_url, max_retries=0)) as deps:
+        stats = await pull.sync_once(deps)
+    assert stats.rows_rejected >= 1 and stats.errors, (stats.rows_rejected, stats.errors)
+    assert any("came without its object" in e for e in stats.errors), stats.errors
+    failed = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'failed' "
+                                 "AND last_error LIKE '%read again next run%'")
+    assert failed >= 1
+    assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records") >= 1
+    sim.clear_faults()
+    async with open_deps(make_settings(db_dsn, sim_url)) as deps:
+        stats = await pull.sync_once(deps)
+    assert stats.errors == []
+    assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status <> 'done'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM syncd.rejected_records") == 0
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
 async def test_windows_before_the_first_entry_cost_one_request_and_nothing_is_missed(
         db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
     """Issue #16: the default range starts years before the first entry; one probe tells
