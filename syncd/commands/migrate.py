@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd import migrate
+from syncd import migrate, mirror_indexes
 from syncd.commands._util import run_async
 from syncd.settings import Settings
 
@@ -20,8 +20,18 @@ async def _migrate(settings: Settings, dry_run: bool) -> int:
             for m in todo:
                 print(f"-- {m.name}\n{m.sql}")
             print(f"-- {len(todo)} migration(s) pending")
+            waiting = await mirror_indexes.deferred_indexes(conn)
+            if waiting:  # `syncd migrate` builds these before any migration
+                print(f"-- {len(waiting)} index(es) of kantata.time_entries deferred by a "
+                      "backfill, built first: " + ", ".join(d.index_name for d in waiting))
             return 0
+        # what apply() would build first, built here so that it can be said
+        built = await mirror_indexes.build_deferred_indexes(conn, every=True,
+                                                            reason="syncd migrate")
         done = await migrate.apply(conn)
+        if built:
+            print(f"built {len(built)} index(es) of kantata.time_entries a backfill had "
+                  "deferred: " + ", ".join(built))
         print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.name}" for m in done)
               if done else "database is up to date")
         return 0

@@ -208,3 +208,18 @@ async def test_a_row_that_is_not_a_mirror_index_is_never_run(
     assert sorted(await indexes(conn)) == sorted([*MIGRATED, *KEPT])
     assert await conn.fetchval("SELECT to_regclass('kantata.x')") is None
     assert await conn.fetchval("SELECT to_regclass('kantata.time_entries')") is not None
+
+
+async def test_the_migrate_command_says_which_indexes_it_builds(
+        conn: asyncpg.Connection, db_dsn: str, sim_url: str) -> None:
+    """`syncd migrate --dry-run` lists the deferred indexes it would build first, and
+    `syncd migrate` names those it built (it said only "database is up to date": trial)."""
+    from tests.integration.test_cli_sync import env_for, syncd
+    assert await mirror_indexes.defer_mirror_indexes(conn, None) == MIGRATED
+    env = env_for(db_dsn, sim_url)
+    code, out, _ = await syncd(env, "migrate", "--dry-run")
+    assert code == 0 and f"{len(MIGRATED)} index(es) of kantata.time_entries deferred" in out
+    assert await recorded(conn) != []  # a dry run builds nothing
+    code, out, _ = await syncd(env, "migrate")
+    assert code == 0 and f"built {len(MIGRATED)} index(es)" in out and MIGRATED[0] in out
+    assert "database is up to date" in out and await recorded(conn) == []
