@@ -81,16 +81,18 @@ async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "syncd", "sync", env=env, cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    for _ in range(200):  # wait until some windows are done, then kill -9
+    # windows READ to their end (those the first probe knows empty are done before any read)
+    read = "SELECT count(*) FROM syncd.windows WHERE status = 'done' AND remote_count > 0"
+    for _ in range(200):  # wait until some windows are read, then kill -9
         await asyncio.sleep(0.05)
-        done = await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE status = 'done'")
-        if done >= 20:
+        if await conn.fetchval(read) >= 3:
             break
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     done_before = {(r["window_start"], r["window_end"]) for r in await conn.fetch(
         "SELECT window_start, window_end FROM syncd.windows WHERE status = 'done'")}
-    assert 20 <= len(done_before) < 84
+    read_before = await conn.fetchval(read)
+    assert read_before >= 3
     # the killed run and the windows it was reading are not shown `running` (they were for
     # 6 hours and for ever)
     code, out, _ = await syncd(env, "status", "--json")
@@ -106,6 +108,7 @@ async def test_kill_mid_backfill_resumes_where_it_stopped(db_dsn: str, sim_url: 
     asked = {r["query"].get("date_performed_between") for r in sim.requests}
     redone = {f"{a}:{b}" for a, b in done_before} & asked
     assert redone == set(), f"finished windows were fetched again: {sorted(redone)[:5]}"
+    assert read_before < await conn.fetchval(read)  # killed with windows still to read
     assert await mirror_diff(conn, sim.list_entries()) == []
     runs = await conn.fetch("SELECT status, error FROM syncd.sync_runs ORDER BY id")
     assert [r["status"] for r in runs] == ["interrupted", "ok"]  # closed by the next start
