@@ -654,7 +654,7 @@ def _column(raws: list[dict[str, Any]], key: str) -> list[Any]:
 
 
 def _fast_entries_ok(raws: list[dict[str, Any]]) -> bool:
-    """Whether PostgreSQL's plain casts of every entry of `raws` (`store.UPSERT_PAGE_BODY`)
+    """Whether PostgreSQL's plain casts of every entry of `raws` (`store.STORE_PAGE_BODY`)
     store what the careful path (`parse_time_entry`) would, unchanged: minutes, amounts and
     the base unit are JSON integers in range, flags booleans, text fields strings of at most
     MAX_TEXT characters, `date_performed` and the timestamps spelled as `_FAST_DATE` and
@@ -686,21 +686,67 @@ def _fast_entries_ok(raws: list[dict[str, Any]]) -> bool:
         if not set(map(type, values)) <= _STRS_OR_NONE \
                 or max(map(len, filter(None, values)), default=0) > MAX_TEXT:
             return False
-    updated, performed = _column(raws, "updated_at"), _column(raws, "date_performed")
-    # a created_at equal to its updated_at is spelled as well as that is: checked once
-    created = [c for c, u in zip(_column(raws, "created_at"), updated, strict=True)
-               if c is not None and c != u]
-    if not set(map(type, updated)) <= _STRS or not set(map(type, performed)) <= _STRS \
-            or not set(map(type, created)) <= _STRS \
-            or not _all_spelled(updated, _FAST_INSTANT) \
-            or not _all_spelled(created, _FAST_INSTANT) \
-            or not _all_spelled(performed, _FAST_DATE):
+    if not _stamps_ok(_column(raws, "updated_at"), _column(raws, "created_at"),
+                      _column(raws, "date_performed")):
         return False
     if all(map(_FAST_KEYS.issuperset, raws)):
         return True  # every value was typed above (ids and foreign keys: the caller's)
     kinds = set(map(type, chain.from_iterable(map(dict.values, raws))))
     return float not in kinds and ((dict not in kinds and list not in kinds)
                                    or all(map(_no_float, raws)))
+
+
+def _stamps_ok(updated: list[Any], created: list[Any], performed: list[Any]) -> bool:
+    """The timestamp columns of a page's entries: every `updated_at` a string spelled as
+    `_FAST_INSTANT`, every `date_performed` one spelled as `_FAST_DATE`, every `created_at`
+    null, absent (None or msgspec's UNSET), equal to its `updated_at` (spelled as that is:
+    not matched again; two in three entries) or a string spelled as `_FAST_INSTANT`."""
+    created = list(compress(created, map(ne, created, updated)))
+    if None in created or msgspec.UNSET in created:
+        created = [c for c in created if c is not None and c is not msgspec.UNSET]
+    return (set(map(type, updated)) <= _STRS and set(map(type, performed)) <= _STRS
+            and set(map(type, created)) <= _STRS
+            and _all_spelled(updated, _FAST_INSTANT) and _all_spelled(created, _FAST_INSTANT)
+            and _all_spelled(performed, _FAST_DATE))
+
+
+def _listed_ids_ok(keys: list[Any], ids: list[Any]) -> bool:
+    """A page's `results` references, as their `key` and `id` columns: every key
+    "time_entries", every id a positive integer of at most 18 digits without leading zeros,
+    as a string, each listed once (an id listed twice: the map has fewer entries than
+    listed)."""
+    return (keys.count("time_entries") == len(keys) and set(map(type, ids)) == _STRS
+            and _all_spelled(ids, _FAST_ID) and len(set(ids)) == len(ids))
+
+
+def _refs(ids: list[str], foreign_keys: list[list[Any]], *, typed: bool = False
+          ) -> list[EntryRef] | None:
+    """One `EntryRef` per listed id, from the page's four foreign-key columns
+    (INCLUDE_GATED order, None for null or absent), or None when a foreign key is not one
+    `_side_ids` takes. `typed` as for `_side_ids`."""
+    columns = [_side_ids(c, typed=typed) for c in foreign_keys]
+    if None in columns:
+        return None
+    return list(map(tuple.__new__, repeat(EntryRef),  # type: ignore[arg-type, call-overload]
+                    zip(map(int, ids), *columns)))
+
+
+def _body_page(body: bytes, envelope: Mapping[str, Any], meta: Mapping[str, Any],
+               ids: list[str], refs: list[EntryRef], absent: set[str],
+               side: list[SideObject] | tuple[()] = (), rejected: list[Rejected] | tuple[()] = (),
+               altered: list[Altered] | tuple[()] = ()) -> Page:
+    """The Page of a list page whose entries PostgreSQL types (`Page.body`), with the
+    envelope's figures (`_envelope_int`: raises MalformedResponseError for one that is not
+    an integer)."""
+    count = _envelope_int(envelope, meta, "count", len(ids))
+    assert count is not None
+    return Page(
+        count=count,
+        page_count=_envelope_int(envelope, meta, "page_count", 1) or 0,
+        page_number=_envelope_int(envelope, meta, "page_number", None),
+        page_size=_envelope_int(envelope, meta, "page_size", len(ids)) or 0,
+        absent_keys=frozenset(absent), result_ids=tuple(ids), entries=(), side=tuple(side),
+        rejected=tuple(rejected), altered=tuple(altered), body=body, refs=tuple(refs))
 
 
 def _side_ids(values: list[Any], *, typed: bool = False) -> list[int | None] | None:
@@ -723,7 +769,7 @@ def _side_ids(values: list[Any], *, typed: bool = False) -> list[int | None] | N
 
 def decode_page_fast(doc: Any, body: bytes, *, storable: bool) -> Page:
     """`decode_page` for a page whose entries PostgreSQL is to type and store (issue #26,
-    `store.upsert_page_body`): `doc` is `body` decoded (`decode_json_storable`, with its
+    `store.store_page_body`): `doc` is `body` decoded (`decode_json_storable`, with its
     `storable`). Returns a Page with `body` set, no `entries` and one `EntryRef` per listed
     entry (id and foreign keys, in `results` order), the envelope figures, `absent_keys` and
     the side-loaded objects as `decode_page` gives them.
@@ -745,41 +791,23 @@ def decode_page_fast(doc: Any, body: bytes, *, storable: bool) -> Page:
             or type(meta) is not dict or len(keyed) != len(results) \
             or set(map(type, results)) != _DICTS:
         return decode_page(doc, storable=storable)
-    listed = list(map(dict.get, results, repeat("key"), repeat("time_entries")))
     ids = _column(results, "id")
-    if listed.count("time_entries") != len(listed) or set(map(type, ids)) != _STRS \
-            or not _all_spelled(ids, _FAST_ID) or len(set(ids)) != len(ids):
-        # (an id listed twice: the map has fewer entries than listed)
+    if not _listed_ids_ok(list(map(dict.get, results, repeat("key"), repeat("time_entries"))),
+                          ids):
         return decode_page(doc, storable=storable)
     raws = list(map(keyed.get, ids))
     if set(map(type, raws)) != _DICTS \
             or list(map(dict.get, raws, repeat("id"), ids)) != ids \
             or not _fast_entries_ok(raws):
         return decode_page(doc, storable=storable)
-    fks = [_side_ids(_column(raws, key)) for key in INCLUDE_GATED]
-    if None in fks:
+    refs = _refs(ids, [_column(raws, key) for key in INCLUDE_GATED])
+    if refs is None:
         return decode_page(doc, storable=storable)
-    refs = list(map(tuple.__new__, repeat(EntryRef), zip(map(int, ids), *fks)))  # type: ignore[arg-type, call-overload]
     absent = {k for k in INCLUDE_GATED if not all(map(dict.__contains__, raws, repeat(k)))}
     rejected: list[Rejected] = []
     altered: list[Altered] = []
     side = _side_objects(doc, storable, rejected, altered)
-    count = _envelope_int(doc, meta, "count", len(ids))
-    assert count is not None
-    return Page(
-        count=count,
-        page_count=_envelope_int(doc, meta, "page_count", 1) or 0,
-        page_number=_envelope_int(doc, meta, "page_number", None),
-        page_size=_envelope_int(doc, meta, "page_size", len(ids)) or 0,
-        absent_keys=frozenset(absent),
-        result_ids=tuple(ids),
-        entries=(),
-        side=tuple(side),
-        rejected=tuple(rejected),
-        altered=tuple(altered),
-        body=body,
-        refs=tuple(refs),
-    )
+    return _body_page(body, doc, meta, ids, refs, absent, side, rejected, altered)
 
 
 _DICTS = frozenset({dict})
@@ -796,7 +824,7 @@ _Bigint = Annotated[int, msgspec.Meta(ge=-MAX_BIGINT, le=MAX_BIGINT)]
 
 class _TypedEntry(msgspec.Struct, forbid_unknown_fields=True):
     """One entry of the contract's TimeEntry schema with only the fields PostgreSQL's page
-    statement types (`store.UPSERT_PAGE_BODY`) and the value kinds `_fast_entries_ok` lets
+    statement types (`store.STORE_PAGE_BODY`) and the value kinds `_fast_entries_ok` lets
     through; UNSET is an absent key."""
 
     date_performed: str
@@ -870,9 +898,7 @@ def decode_page_typed(body: bytes) -> Page | None:
             or doc.stories is not msgspec.UNSET or doc.roles is not msgspec.UNSET:
         return None
     ids = list(map(_ENTRY_ID, results))
-    if list(map(_REF_KEY, results)).count("time_entries") != len(results) \
-            or set(map(type, ids)) != _STRS or not _all_spelled(ids, _FAST_ID) \
-            or len(set(ids)) != len(ids):
+    if not _listed_ids_ok(list(map(_REF_KEY, results)), ids):
         return None
     entries = list(map(keyed.get, ids))
     if None in entries:
@@ -880,40 +906,24 @@ def decode_page_typed(body: bytes) -> Page | None:
     own = list(map(_ENTRY_ID, entries))
     if own != ids and any(o is not msgspec.UNSET and o != i for o, i in zip(own, ids)):
         return None
-    updated = list(map(_UPDATED, entries))
-    # a created_at equal to its updated_at is spelled as that is: only the others are checked
-    created = list(map(_CREATED, entries))
-    created = list(compress(created, map(ne, created, updated)))
-    if None in created or msgspec.UNSET in created:
-        created = [c for c in created if type(c) is str]
-    if not _all_spelled(updated, _FAST_INSTANT) or not _all_spelled(created, _FAST_INSTANT) \
-            or not _all_spelled(list(map(_PERFORMED, entries)), _FAST_DATE):
+    if not _stamps_ok(list(map(_UPDATED, entries)), list(map(_CREATED, entries)),
+                      list(map(_PERFORMED, entries))):
         return None
-    fks, absent = [], set()
+    columns, absent = [], set()
     for key in INCLUDE_GATED:
         column = list(map(_FK_OF[key], entries))
         if msgspec.UNSET in column:
             absent.add(key)
             column = [None if v is msgspec.UNSET else v for v in column]
-        ints = _side_ids(column, typed=True)
-        if ints is None:
-            return None
-        fks.append(ints)
-    envelope = {} if doc.count is None else {"count": doc.count}
+        columns.append(column)
+    refs = _refs(ids, columns, typed=True)
+    if refs is None:
+        return None
     try:
-        count = _envelope_int(envelope, meta, "count", len(ids))
-        page_count = _envelope_int(envelope, meta, "page_count", 1) or 0
-        page_number = _envelope_int(envelope, meta, "page_number", None)
-        page_size = _envelope_int(envelope, meta, "page_size", len(ids)) or 0
+        return _body_page(body, {} if doc.count is None else {"count": doc.count}, meta, ids,
+                          refs, absent)
     except MalformedResponseError:
         return None
-    assert count is not None
-    return Page(
-        count=count, page_count=page_count, page_number=page_number, page_size=page_size,
-        absent_keys=frozenset(absent), result_ids=tuple(ids), entries=(), side=(),
-        rejected=(), altered=(), body=body,
-        refs=tuple(map(tuple.__new__, repeat(EntryRef),  # type: ignore[arg-type, call-overload]
-                       zip(map(int, ids), *fks))))
 
 
 # ------------------------------------------------------------------ page size

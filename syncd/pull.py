@@ -88,6 +88,14 @@ class WindowResult:
     #: (`pagination.MISSING_FROM_KEYED`): dead letters, and the window is not done
     missing: int = 0
 
+    def count_rejected(self, page: Page) -> None:
+        """Count a stored page's dead letters, and among them its listed entries that came
+        without their object."""
+        if page.rejected:
+            self.rejected += len(page.rejected)
+            self.missing += sum(r.reason == pagination.MISSING_FROM_KEYED
+                                for r in page.rejected)
+
     def settle(self) -> WindowResult:
         """This result as the window's outcome: a window that lost listed entries to a page
         that did not include them fails (their dead letters stay until a read stores them),
@@ -232,7 +240,7 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
                        side_seen: SideSeen | None = None, page_size: int | None = None,
                        referenced_side: bool = False) -> tuple[int, Page]:
     """`store_page`, returning also the page as stored: `page` itself, or for a page with
-    `body` whose entries PostgreSQL's checks refused (`store.upsert_page_body`), the same page
+    `body` whose entries PostgreSQL's checks refused (`store.store_page_body`), the same page
     through the careful path (`careful_page`), written in the same transaction; its entries,
     rejects and alterations are what counts. `referenced_side` as for `careful_page`."""
     side = _unseen_side(page.side, side_seen)
@@ -292,25 +300,25 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
         with attempt:
+            learned_via = "backfill" if purpose == "backfill" else "pull"
             if (sent.body is not None and not refused and not side and not sent.rejected
                     and watermark is None and sent.listed()):
                 # the common page: one statement, one round trip (store.store_page_body)
                 async with deps.pool.acquire() as conn:
                     changed = await store.store_page_body(
-                        conn, sent.body,
-                        learned_via="backfill" if purpose == "backfill" else "pull",
-                        history=deps.settings.history,
+                        conn, sent.body, learned_via=learned_via, history=deps.settings.history,
                         checkpoint=None if purpose is None or window is None else
                         (purpose, window, page_no, len(sent.listed()), page_size))
                 return changed, sent, side
             async with deps.pool.acquire() as conn, conn.transaction():
                 page = sent
                 if page.listed():
-                    await store.set_write_context(
-                        conn, "backfill" if purpose == "backfill" else "pull",
-                        history=deps.settings.history)
+                    await store.set_write_context(conn, learned_via,
+                                                  history=deps.settings.history)
                 if page.body is not None and not refused:
-                    changed = await store.upsert_page_body(conn, page.body)
+                    changed = await store.store_page_body(conn, page.body,
+                                                          learned_via=learned_via,
+                                                          history=deps.settings.history)
                 else:
                     if page.body is not None:  # refused by PostgreSQL's cast: careful path
                         page = careful_page(page, referenced_side=referenced_side)
@@ -400,7 +408,7 @@ class EntrySlots:
 
 #: Whether the backfill lets PostgreSQL type its pages (issue #26): Python checks each entry's
 #: shape (`pagination.decode_page_fast`, ~1.3 ms a page of 200) and PostgreSQL casts and
-#: upserts the body in one statement (`store.upsert_page_body`), instead of Python typing every
+#: upserts the body in one statement (`store.store_page_body`), instead of Python typing every
 #: entry (~2 ms) and asyncpg encoding them as records. Measured at 200,000 entries: client CPU
 #: 7.2-8.1 s -> 5.2-5.5 s, PostgreSQL CPU 6.2-6.8 s -> 5.8 s. An earlier version whose
 #: statement checked every value and whose Python scanned the body with a regular expression
@@ -433,7 +441,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
     size its stored pages were read with. `side_seen` as for `store_page`; with `side_loads`
     the pages are asked for without `include=` and their objects come from it (once per
     run). `fast`: PostgreSQL types and stores each page from its body (issue #26,
-    `pagination.decode_page_fast`, `store.upsert_page_body`), a page its checks refuse taking
+    `pagination.decode_page_fast`, `store.store_page_body`), a page its checks refuse taking
     the careful path (`store_landed`); None: `PAGES_TYPED_BY_POSTGRES`."""
     sizer, slots = deps.page_size, entry_slots(deps)
     fast = PAGES_TYPED_BY_POSTGRES if fast is None else fast
@@ -525,10 +533,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                 finally:
                     await slots.release(held)
                 res.ids.extend(map(_ID, page.listed()))  # the id leads TimeEntry and EntryRef
-                if page.rejected:
-                    res.rejected += len(page.rejected)
-                    res.missing += sum(r.reason == pagination.MISSING_FROM_KEYED
-                                       for r in page.rejected)
+                res.count_rejected(page)
                 res.pages += 1
                 res.remote_count = page.count
                 # stored: let it go before waiting for the next one, which may wait for
@@ -677,8 +682,7 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
                         page_size=page.page_size)
             res.upserted += await store_page(deps, page, stats, side_seen=side_seen)
             res.ids.extend([e.id for e in page.entries])
-            res.rejected += len(page.rejected)
-            res.missing += sum(r.reason == pagination.MISSING_FROM_KEYED for r in page.rejected)
+            res.count_rejected(page)
             res.pages += 1
             del page
     except STOPS_THE_RUN:

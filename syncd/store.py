@@ -9,6 +9,7 @@ session's or Kantata's) can shift it.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
@@ -26,7 +27,7 @@ __all__ = [
     "daily_summary", "finish_run", "note_run_progress", "live_counts_by_day", "record_full_read",
     "unmirrored_rejects", "finish_window", "get_cursor", "newest_per_id",
     "prune_windows", "record_rejects", "set_settled", "set_watermark", "start_run",
-    "start_window", "upsert_entries", "upsert_page_body", "upsert_side", "window_rows", "window_states",
+    "start_window", "store_page_body", "upsert_entries", "upsert_side", "window_rows", "window_states",
 ]
 
 #: The mirror's entry columns, in the order of `TimeEntry`'s fields and of the
@@ -59,7 +60,7 @@ def _set_column(c: str) -> str:
 MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"
 #: The SET list of the upsert, from the ENTRY_COLUMNS constant (no outside value).
 ENTRY_SET_LIST = ", ".join(_set_column(c) for c in ENTRY_COLUMNS[1:-1])
-#: What an upsert of entries does with a stored row (UPSERT_ENTRIES, UPSERT_PAGE_BODY).
+#: What an upsert of entries does with a stored row (UPSERT_ENTRIES, STORE_PAGE_BODY).
 ENTRY_ON_CONFLICT = f"""ON CONFLICT (id) DO UPDATE SET
     {ENTRY_SET_LIST},
     raw = {MERGED_RAW},
@@ -96,18 +97,6 @@ _PAGE_TYPES = {
 assert tuple(_PAGE_TYPES) == ENTRY_COLUMNS[1:-1]
 #: The typed values of the page statement's select list, from the _PAGE_TYPES constant.
 PAGE_BODY_VALUES = ", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYPES.items())
-# `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
-# `upsert_entries` does, so concurrent windows never deadlock.
-UPSERT_PAGE_BODY = f"""
-INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
-                                      learned_via)
-SELECT e.key::bigint, {PAGE_BODY_VALUES},
-       e.value, NULL::timestamptz, now(), syncd.history_source()
-FROM jsonb_each(convert_from($1::bytea, 'UTF8')::jsonb -> 'time_entries') AS e
-ORDER BY 1
-{ENTRY_ON_CONFLICT}"""
-
-
 # The whole write of a listed page in one statement (one round trip instead of BEGIN, write
 # context, upsert, checkpoint and COMMIT: five): `store_page_body`. The write context is set
 # (transaction-local) by a materialized CTE that the insert joins, so it is in force before the
@@ -115,6 +104,8 @@ ORDER BY 1
 _PAGE_WRITE_CONTEXT = """ctx AS MATERIALIZED (
     SELECT set_config('syncd.learned_via', $2, true) AS via,
            set_config('syncd.history', $3, true) AS history)"""
+# `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
+# `upsert_entries` does, so concurrent windows never deadlock.
 _PAGE_STORED = f"""stored AS (
     INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
                                           learned_via)
@@ -124,11 +115,14 @@ _PAGE_STORED = f"""stored AS (
     ORDER BY 1
     {ENTRY_ON_CONFLICT}
     RETURNING 1)"""
-_PAGE_CHECKPOINT = """checkpoint AS (
-    UPDATE syncd.windows SET pages_done = $7,
-           rows_seen = CASE WHEN $7 = 1 THEN 0 ELSE rows_seen END + $8,
-           page_size = coalesce($9, page_size)
-    WHERE purpose = $4 AND window_start = $5 AND window_end = $6)"""
+#: `checkpoint_window`'s statement; in the page statement its parameters follow the page's
+#: three ($4..$9).
+CHECKPOINT_WINDOW = """UPDATE syncd.windows SET pages_done = $4,
+           rows_seen = CASE WHEN $4 = 1 THEN 0 ELSE rows_seen END + $5,
+           page_size = coalesce($6, page_size)
+    WHERE purpose = $1 AND window_start = $2 AND window_end = $3"""
+_PAGE_CHECKPOINT = "checkpoint AS (\n    " + re.sub(
+    r"\$(\d)", lambda m: f"${int(m[1]) + 3}", CHECKPOINT_WINDOW) + ")"
 STORE_PAGE_BODY = f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED}\nSELECT count(*) FROM stored"
 STORE_PAGE_BODY_CHECKPOINTED = (f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED},\n"
                                 f"{_PAGE_CHECKPOINT}\nSELECT count(*) FROM stored")
@@ -137,12 +131,17 @@ STORE_PAGE_BODY_CHECKPOINTED = (f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED},\n
 async def store_page_body(conn: asyncpg.Connection, body: bytes, *, learned_via: str,
                           history: bool, checkpoint: tuple[str, Window, int, int, int | None]
                           | None = None) -> int:
-    """`upsert_page_body` with its write context (`set_write_context`) and, given
+    """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
+    accepted by `pagination.decode_page_typed` or `decode_page_fast`) in one statement that
+    PostgreSQL types and writes set-based, with the rules of `upsert_entries` (older versions
+    never win, an absent key keeps its stored column, history trigger and `learned_via`
+    alike), with its write context (`set_write_context`, for this statement) and, given
     `checkpoint` = (purpose, window, pages_done, rows, page_size), the window's checkpoint
-    (`checkpoint_window`), all in one statement: one round trip, atomic on its own (call it
-    outside a transaction block, or inside one). Returns rows changed. Raises ValueError for
-    an unknown `learned_via` and asyncpg.DataError as `upsert_page_body` does (nothing of it
-    is then written)."""
+    (`checkpoint_window`): one round trip, atomic on its own (call it outside a transaction
+    block, or inside one). The body goes as bytea: no Python str of the page. Returns rows
+    changed. Raises ValueError for an unknown `learned_via`, and asyncpg.DataError when a
+    value of the right spelling is not one (a 30th of February): nothing of it is then
+    written, and the caller stores the page carefully."""
     if learned_via not in LEARNED_VIA:
         raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
     mode = "on" if history else "off"
@@ -151,20 +150,6 @@ async def store_page_body(conn: asyncpg.Connection, body: bytes, *, learned_via:
     purpose, w, pages_done, rows, page_size = checkpoint
     return await conn.fetchval(STORE_PAGE_BODY_CHECKPOINTED, body, learned_via, mode,
                                purpose, w.start, w.end, pages_done, rows, page_size)
-
-
-async def upsert_page_body(conn: asyncpg.Connection, body: bytes) -> int:
-    """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
-    accepted by `pagination.decode_page_fast`) in one statement that PostgreSQL types and
-    writes set-based, with the rules of `upsert_entries` (older versions never win, an absent
-    key keeps its stored column, history trigger and `learned_via` alike). Returns rows
-    changed. Raises asyncpg.DataError when a value of the right spelling is not one (a 30th
-    of February): the transaction is then aborted, and the caller stores the page carefully
-    in a new one."""
-    # bytes as they came, as bytea: no Python str of the page (up to 4 bytes a character for
-    # a page with one emoji) and no UTF-8 encoding of it again on the way out
-    status = await conn.execute(UPSERT_PAGE_BODY, body)
-    return int(status.rsplit(" ", 1)[-1])
 
 
 SIDE_SQL = {
@@ -350,12 +335,7 @@ async def checkpoint_window(conn: asyncpg.Connection, purpose: str, w: Window, p
                             rows: int, page_size: int | None = None) -> None:
     """Record that `pages_done` pages of `page_size` entries of `w` are stored (in the same
     transaction as the rows); a page 1 resets the count of rows seen."""
-    await conn.execute(
-        """UPDATE syncd.windows SET pages_done = $4,
-               rows_seen = CASE WHEN $4 = 1 THEN 0 ELSE rows_seen END + $5,
-               page_size = coalesce($6, page_size)
-           WHERE purpose = $1 AND window_start = $2 AND window_end = $3""",
-        purpose, w.start, w.end, pages_done, rows, page_size)
+    await conn.execute(CHECKPOINT_WINDOW, purpose, w.start, w.end, pages_done, rows, page_size)
 
 
 async def finish_window(conn: asyncpg.Connection, purpose: str, w: Window, *, status: str,

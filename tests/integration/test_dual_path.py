@@ -1,7 +1,7 @@
 """Issue #26: the same random pages, valid, awkward and broken, stored by the careful path
 (Python decodes and types every entry, `pagination.decode_page` + `store.upsert_entries`) into
 one real database and by the fast path (PostgreSQL types the body, `decode_page_fast` +
-`store.upsert_page_body`, the careful path for a page it refuses) into another: every column
+`store.store_page_body`, the careful path for a page it refuses) into another: every column
 of every row, the dead letters with their reasons, the side-loaded objects, the checkpoints
 and the history must be identical, and so must what Python decides on (ids, rejects, side
 references, envelope figures).
