@@ -129,17 +129,20 @@ class SideLoads:
     objects on each of its 1,000 pages for ~500 distinct ones.
 
     `for_page(page)` returns `page` with `side` set to every object its entries reference
-    (those another window is loading are waited for), so each page's transaction still holds
-    its entries' objects unless an earlier one of this run committed them (`SideSeen`), as
-    with a side-load on every page. Objects Kantata does not return (an invisible workspace)
+    (those another window is loading are waited for) that an earlier page of this run has
+    not committed (`side_seen`, the run's `SideSeen`, filled by `store_landed`), so each
+    page's transaction still holds its entries' objects unless an earlier one committed them,
+    as with a side-load on every page; without `side_seen`, every object they reference.
+    Objects Kantata does not return (an invisible workspace)
     are remembered as absent and not asked for again this run. Raises what
     `KantataClient.list_page` raises; a failed request's objects are asked for again by the
     next page that needs them."""
 
     ATTEMPTS = 3
 
-    def __init__(self, deps: Deps, priority: str = "pull") -> None:
-        self.deps, self.priority = deps, priority
+    def __init__(self, deps: Deps, priority: str = "pull", *,
+                 side_seen: SideSeen | None = None) -> None:
+        self.deps, self.priority, self.side_seen = deps, priority, side_seen
         self.objects: dict[pagination.SideRef, SideObject] = {}
         self.absent: set[pagination.SideRef] = set()
         self.inflight: dict[pagination.SideRef, asyncio.Future[None]] = {}
@@ -170,7 +173,9 @@ class SideLoads:
         rejected, altered = list(page.rejected), list(page.altered)
         asked: set[pagination.SideRef] = set()  # by this page: not asked again for it
         for _ in range(self.ATTEMPTS):
-            if not needed - self.objects.keys() - self.absent - asked:
+            # one-argument differences iterate the page's ~270 references, not every object
+            # the run knows (`set - dict.keys()` walks the whole dict)
+            if not needed.difference(self.objects).difference(self.absent).difference(asked):
                 break  # the common case once the run has seen the account's objects
             known = self.objects.keys() | self.absent | self.inflight.keys() | asked
             chunks, covered = pagination.sideload_plan(page.listed(), known)
@@ -193,8 +198,16 @@ class SideLoads:
                 # asyncio.wait, not gather: cancelling this page must not cancel the futures
                 # other windows' requests will resolve
                 await asyncio.wait(waits)
-        # set and map operations, not a loop: ~270 references a page, on every page
-        side = tuple(map(self.objects.__getitem__, needed & self.objects.keys()))
+        # set and map operations, not a loop: ~270 references a page, on every page, nearly
+        # all committed by an earlier page; an object this page brought itself (include=)
+        # may be newer than the one committed, so `store_landed` compares its raw text
+        if self.side_seen is not None:
+            needed = needed.difference(self.side_seen).union(
+                needed.intersection((o.kind, o.id) for o in page.side))
+        side = tuple(map(self.objects.__getitem__, needed.intersection(self.objects)))
+        if not side and not page.side and len(rejected) == len(page.rejected) \
+                and len(altered) == len(page.altered):
+            return page
         return replace(page, side=side, rejected=tuple(rejected), altered=tuple(altered))
 
 
@@ -244,7 +257,7 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
     through the careful path (`careful_page`), written in the same transaction; its entries,
     rejects and alterations are what counts. `referenced_side` as for `careful_page`."""
     side = _unseen_side(page.side, side_seen)
-    if side_seen is not None:
+    if side_seen is not None and page.rejected:
         # a side object that cannot be stored comes again with every page that includes it:
         # recorded and counted once per run
         page = replace(page, rejected=tuple(
@@ -806,9 +819,8 @@ async def _build_indexes(deps: Deps, stats: RunStats) -> None:
     cancelled is logged; the rows of `syncd.deferred_indexes` stay, and the next job start
     builds them (`runs.job_run`)."""
     try:
-        async with deps.pool.acquire() as conn:
-            await mirror_indexes.build_deferred_indexes(conn, mine=stats.run_id,
-                                                        reason="backfill ended")
+        await mirror_indexes.build_deferred_indexes(deps.pool, mine=stats.run_id,
+                                                    reason="backfill ended")
     except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError,
             asyncio.CancelledError) as exc:
         log.warning("mirror_indexes_not_built", error=f"{type(exc).__name__}: {exc}",
@@ -833,7 +845,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []
     side_seen: SideSeen = {}
-    side_loads = SideLoads(deps) if deps.settings.sideload else None
+    side_loads = SideLoads(deps, side_seen=side_seen) if deps.settings.sideload else None
 
     async def one(w: Window) -> None:
         async with sem:

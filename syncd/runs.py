@@ -227,9 +227,8 @@ async def build_orphaned_indexes(deps: Deps) -> list[str]:
     start, after the dead runs are closed. A failed build is logged, not raised: its rows stay
     and the next job start tries again. Returns the names built."""
     try:
-        async with deps.pool.acquire() as conn:
-            return await mirror_indexes.build_deferred_indexes(
-                conn, reason="the run that deferred them is gone")
+        return await mirror_indexes.build_deferred_indexes(
+            deps.pool, reason="the run that deferred them is gone")
     except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("mirror_indexes_not_built", error=f"{type(exc).__name__}: {exc}",
                     detail="syncd.deferred_indexes keeps them: the next job start builds them")

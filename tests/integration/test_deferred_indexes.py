@@ -223,3 +223,40 @@ async def test_the_migrate_command_says_which_indexes_it_builds(
     code, out, _ = await syncd(env, "migrate")
     assert code == 0 and f"built {len(MIGRATED)} index(es)" in out and MIGRATED[0] in out
     assert "database is up to date" in out and await recorded(conn) == []
+
+
+async def test_with_a_pool_two_indexes_are_built_at_a_time_and_a_bad_row_stops_none(
+        db_dsn: str, conn: asyncpg.Connection) -> None:
+    """Each build scans the whole table: given a pool, BUILDS_AT_ONCE run at once, each on a
+    connection of its own. A reader holding the table shows them waiting side by side."""
+    assert mirror_indexes.BUILDS_AT_ONCE == 2
+    assert await mirror_indexes.defer_mirror_indexes(conn) == MIGRATED
+    await conn.execute("INSERT INTO syncd.deferred_indexes (index_name, definition) "
+                       "VALUES ('x', 'DROP TABLE kantata.time_entries')")
+    blocker = await asyncpg.connect(db_dsn)
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE kantata.time_entries IN ROW EXCLUSIVE MODE")
+        task = asyncio.create_task(mirror_indexes.build_deferred_indexes(pool))
+        waiting = 0
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'CREATE INDEX IF NOT EXISTS%'")
+            if waiting >= 2:
+                break
+        await asyncio.sleep(0.2)  # a third build would have started by now
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'CREATE INDEX IF NOT EXISTS%'") == waiting == 2
+        await tx.rollback()
+        with pytest.raises(ValueError):
+            await task
+    finally:
+        await blocker.close()
+        await pool.close()
+    assert await recorded(conn) == ["x"]  # the bad row stays; every index was built
+    assert sorted(await indexes(conn)) == sorted([*MIGRATED, *KEPT])

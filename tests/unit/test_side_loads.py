@@ -93,3 +93,23 @@ async def test_a_cancelled_waiter_does_not_cancel_the_request_it_waits_for() -> 
     client.gate.set()
     page = await asyncio.wait_for(owner, 2.0)
     assert [o.id for o in page.side] == [10] and client.asked == [[1]]
+
+
+async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_committed() -> None:
+    """`side_seen` is filled by `store_landed` once a page's transaction commits: later pages
+    leave those objects out (every backfill page references ~270, nearly all committed),
+    unless the page brought a newer version itself (include=)."""
+    client = Client({1: (e(1, 10), {"workspaces": ws(10)}), 2: (e(2, 11), {"workspaces": ws(11)}),
+                     3: (e(3, 10), {})})
+    seen: dict[Any, str] = {}
+    sl = SideLoads(SimpleNamespace(client=client), side_seen=seen)  # type: ignore[arg-type]
+    first = await sl.for_page(envelope(e(1, 10)))
+    assert [o.id for o in first.side] == [10]
+    again = await sl.for_page(envelope(e(3, 10)))  # not committed yet: carried again
+    assert [o.id for o in again.side] == [10] and client.asked == [[1]]
+    seen.update(((o.kind, o.id), o.raw) for o in first.side)  # what store_landed does
+    later = await sl.for_page(envelope(e(3, 10), e(2, 11)))
+    assert [o.id for o in later.side] == [11] and client.asked == [[1], [2]]
+    newer = {"10": {"id": "10", "title": "W10, renamed"}}
+    own = await sl.for_page(envelope(e(3, 10), workspaces=newer))
+    assert [(o.id, o.label) for o in own.side] == [(10, "W10, renamed")]
