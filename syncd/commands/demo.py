@@ -383,12 +383,16 @@ def register(sub: Any) -> None:
     p.add_argument("--cycles", type=_count(0), default=3, help="incremental cycles to show")
     p.add_argument("--dir", type=Path, default=_default_dir(),
                    help="where the throwaway PostgreSQL lives")
-    p.add_argument("--stop", action="store_true",
-                   help="stop a kept demo and remove the throwaway PostgreSQL in --dir with "
-                        "every database in it (also any you created there), then exit")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the simulator running after the demo and print the SYNCD_* "
-                        "exports and a recipe to try the outbox against it (Ctrl-C stops)")
+    # one or the other: `--stop --keep` was accepted and did only the stop
+    either = p.add_mutually_exclusive_group()
+    either.add_argument("--stop", action="store_true",
+                        help="stop a kept demo and remove the throwaway PostgreSQL in --dir "
+                             "with every database in it (also any you created there), then "
+                             "exit")
+    either.add_argument("--keep", action="store_true",
+                        help="keep the simulator running after the demo and print the "
+                             "SYNCD_* exports and a recipe to try the outbox against it "
+                             "(Ctrl-C stops)")
     p.add_argument("--database-url", default=None, metavar="URL",
                    help="use this empty database instead of a throwaway server (it must hold "
                         "no mirrored entries; SYNCD_DATABASE_URL is never used by the demo)")
