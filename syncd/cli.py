@@ -91,6 +91,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `syncd` console script; returns the process exit code."""
+    console = argv is None  # the console script's own process, not a test calling main()
     if argv is None:
         argv = sys.argv[1:]
         if next((a for a in argv if not a.startswith("-")), None) == "run":
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.register_secret(password)  # every command: never in an error or a log line
     else:
         logs.configure("INFO", "auto")
+    if console:  # every import done: the collector stops walking them (issue #26)
+        from syncd.memory import freeze_startup_objects
+
+        freeze_startup_objects()
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:

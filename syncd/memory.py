@@ -1,4 +1,4 @@
-"""Process memory tuning for the sync processes (stdlib only; glibc only).
+"""Process memory tuning for the sync processes (stdlib only; the mmap threshold glibc only).
 
 A backfill with pages of 5,000 entries (issue #24) allocates a few buffers of megabytes per
 page (the response body, the decoded JSON, the upsert's encoded records) and frees them once
@@ -8,14 +8,21 @@ first big page every later one lands on the heap, whose top cannot shrink past l
 objects allocated meanwhile: peak RSS grows by tens of MB (measured: 137 MB for a 200,000-entry
 backfill at 5,000 a page, 111 MB with the threshold fixed at 128 KiB). Fixing the threshold
 makes such buffers mmap'd and returned to the system when freed.
+
+Python's cyclic garbage collector, for its part, walks every object it tracks at each full
+collection, and most of them are the modules, classes and functions imported at start, which
+live as long as the process: `freeze_startup_objects` moves them out of its reach once the
+command is ready (`gc.freeze`, the Python manual's "gc" module). Measured (issue #26), a
+1,000,000-entry backfill: 9 full collections cost 0.25 s before, 0.04 s after.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
-__all__ = ["fix_mmap_threshold"]
+__all__ = ["fix_mmap_threshold", "freeze_startup_objects"]
 
 #: glibc <malloc.h>: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -37,3 +44,13 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and \
         bool(mallopt(_M_TRIM_THRESHOLD, 2 * threshold))
+
+
+def freeze_startup_objects() -> int:
+    """Move every object the collector tracks now (the imported modules, the settings, the
+    parser) to its permanent generation, so later collections no longer walk them; call it once
+    the command's imports are done, in the console script's process only. Returns how many
+    were frozen. Objects created later are collected as ever; the frozen ones are never freed
+    (they live as long as the process anyway)."""
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -822,10 +822,12 @@ _Unset = msgspec.UnsetType
 _Bigint = Annotated[int, msgspec.Meta(ge=-MAX_BIGINT, le=MAX_BIGINT)]
 
 
-class _TypedEntry(msgspec.Struct, forbid_unknown_fields=True):
+class _TypedEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One entry of the contract's TimeEntry schema with only the fields PostgreSQL's page
     statement types (`store.STORE_PAGE_BODY`) and the value kinds `_fast_entries_ok` lets
-    through; UNSET is an absent key."""
+    through; UNSET is an absent key. `gc=False` (msgspec: for structs never in a reference
+    cycle; decoded JSON is a tree): 400 such objects a page were half of the collector's
+    young-generation passes (1,000,000 entries: 2,452 -> ~1,120, 1.16 -> ~0.6 s of CPU)."""
 
     date_performed: str
     time_in_minutes: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
@@ -850,8 +852,9 @@ class _TypedEntry(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.UNSET
 
 
-class _TypedRef(msgspec.Struct):
-    """A `results` item: `{key, id}` (checked by `decode_page_typed`, not by type)."""
+class _TypedRef(msgspec.Struct, gc=False):
+    """A `results` item: `{key, id}` (checked by `decode_page_typed`, not by type); untracked
+    by the collector as `_TypedEntry`."""
 
     key: Any = "time_entries"
     id: Any = msgspec.UNSET
