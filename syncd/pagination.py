@@ -1100,13 +1100,23 @@ def _entry_refs(e: TimeEntry) -> list[SideRef]:
     return [(kind, e[i]) for kind, i in _REF_SLOTS if e[i] is not None]
 
 
-def side_refs(entries: Sequence[TimeEntry]) -> set[SideRef]:
-    """The side-loaded objects `entries` reference, as (kind, id). This runs for every
-    backfill page: column by column, each column's distinct ids first."""
-    refs: set[SideRef] = set()
+def side_ids(entries: Sequence[TimeEntry]) -> list[tuple[str, set[int]]]:
+    """The ids of the side-loaded objects `entries` reference, by kind: [(kind, distinct
+    ids)] in INCLUDE_GATED order, column by column. `pull.SideLoads` checks a backfill page's
+    ~270-440 references against what its run has committed as sets of ints, without building
+    (kind, id) pairs."""
+    out = []
     for kind, i in _REF_SLOTS:
         ids = set(map(itemgetter(i), entries))
         ids.discard(None)
+        out.append((kind, ids))
+    return out
+
+
+def side_refs(entries: Sequence[TimeEntry]) -> set[SideRef]:
+    """The side-loaded objects `entries` reference, as (kind, id)."""
+    refs: set[SideRef] = set()
+    for kind, ids in side_ids(entries):
         refs.update(zip(repeat(kind), ids))
     return refs
 

@@ -13,7 +13,7 @@ import pytest
 
 from syncd.models import Page
 from syncd.pagination import decode_page
-from syncd.pull import SideLoads
+from syncd.pull import SideLoads, SideSeen
 from tests.unit.test_pagination import entry
 
 
@@ -101,15 +101,19 @@ async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_commi
     unless the page brought a newer version itself (include=)."""
     client = Client({1: (e(1, 10), {"workspaces": ws(10)}), 2: (e(2, 11), {"workspaces": ws(11)}),
                      3: (e(3, 10), {})})
-    seen: dict[Any, str] = {}
+    seen = SideSeen()
     sl = SideLoads(SimpleNamespace(client=client), side_seen=seen)  # type: ignore[arg-type]
     first = await sl.for_page(envelope(e(1, 10)))
     assert [o.id for o in first.side] == [10]
     again = await sl.for_page(envelope(e(3, 10)))  # not committed yet: carried again
     assert [o.id for o in again.side] == [10] and client.asked == [[1]]
-    seen.update(((o.kind, o.id), o.raw) for o in first.side)  # what store_landed does
+    seen.commit(first.side)  # what store_landed does once the page's transaction commits
+    assert seen.committed["workspaces"] == {10} and seen[("workspaces", 10)] == first.side[0].raw
     later = await sl.for_page(envelope(e(3, 10), e(2, 11)))
     assert [o.id for o in later.side] == [11] and client.asked == [[1], [2]]
     newer = {"10": {"id": "10", "title": "W10, renamed"}}
     own = await sl.for_page(envelope(e(3, 10), workspaces=newer))
     assert [(o.id, o.label) for o in own.side] == [(10, "W10, renamed")]
+    seen.commit(later.side)
+    assert await sl.for_page(envelope(e(3, 10), e(2, 11))) == envelope(e(3, 10), e(2, 11))
+    assert len(client.asked) == 2  # every reference committed: the page as it came
