@@ -146,10 +146,9 @@ class SideLoads:
     not committed (`side_seen`, the run's `SideSeen`, filled by `store_landed`), so each
     page's transaction still holds its entries' objects unless an earlier one committed them,
     as with a side-load on every page; without `side_seen`, every object they reference.
-    Objects Kantata does not return (an invisible workspace)
-    are remembered as absent and not asked for again this run. Raises what
-    `KantataClient.list_page` raises; a failed request's objects are asked for again by the
-    next page that needs them."""
+    Objects Kantata does not return (an invisible workspace) are remembered as absent and not
+    asked for again this run. Raises what `KantataClient.list_page` raises; a failed
+    request's objects are asked for again by the next page that needs them."""
 
     ATTEMPTS = 3
 
