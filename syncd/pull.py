@@ -831,7 +831,8 @@ async def _defer_indexes(deps: Deps, stats: RunStats) -> list[str]:
 async def _build_indexes(deps: Deps, stats: RunStats) -> None:
     """Build the indexes this backfill deferred when it ends, however it ends: done, windows
     failed, an error, a stop, or a cancellation (a deadline: it is delivered before this runs,
-    so the build runs to its end unless the run is cancelled again). A build that fails or is
+    so the build runs to its end unless the run is cancelled again); with them, those of runs
+    no longer live (`mirror_indexes.build_deferred_indexes`). A build that fails or is
     cancelled is logged; the rows of `syncd.deferred_indexes` stay, and the next job start
     builds them (`runs.job_run`)."""
     try:
@@ -914,6 +915,10 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     finally:
         if deferred:  # whatever ended the backfill: never leave the mirror without them
             await _build_indexes(deps, stats)
+    if not deferred and todo:
+        # another process's backfill deferred them and was killed while this one read: its
+        # indexes are built now (its run is not live), not at the next job start (a trial)
+        await _build_indexes(deps, stats)
     stats.details["windows"] = len(todo)
     if side_loads is not None:
         stats.details["side_load_requests"] = side_loads.requests

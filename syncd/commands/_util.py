@@ -16,6 +16,20 @@ import asyncpg
 from syncd.errors import FatalError, RetriableError, redact
 
 
+def at_least(least: int) -> Any:
+    """An argparse type: a whole number of at least `least`, else a usage error (exit 2)
+    naming the option."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {n}")
+        return n
+    return parse
+
+
 def parse_date(value: str) -> date:
     """argparse type for a calendar date, YYYY-MM-DD."""
     try:

@@ -33,6 +33,7 @@ import asyncpg
 
 from syncd import logs, migrate, pull, reconcile_job
 from syncd.app import open_deps
+from syncd.commands._util import at_least
 from syncd.errors import dsn_passwords, mask_dsn, redact, register_secret
 from syncd.pgserver import PgServerError, TempPostgres, find_bin_dir
 from syncd.settings import Settings
@@ -203,7 +204,7 @@ async def _demo(args: argparse.Namespace) -> int:
             check = await _check(deps, sim)
         _say(f"5/5 check: {check}")
         if args.keep:
-            _keep_serving_help(db_dsn, sim_url, token)
+            _keep_serving_help(db_dsn, sim_url, token, args.dir)
             pid_file = args.dir / "keep.pid"
             args.dir.mkdir(parents=True, exist_ok=True)
             pid_file.write_text(str(os.getpid()))
@@ -248,11 +249,13 @@ def _syncd_command() -> str:
     return str(beside) if beside.exists() else "syncd"
 
 
-def _keep_serving_help(db_dsn: str, sim_url: str, token: str) -> None:
-    """What `--keep` prints: the exports that point syncd at the demo, and a recipe."""
+def _keep_serving_help(db_dsn: str, sim_url: str, token: str, directory: Path) -> None:
+    """What `--keep` prints: the exports that point syncd at the demo, and a recipe;
+    `directory` is the demo's `--dir` (named in the stop command when not the default)."""
     syncd = _syncd_command()
     _say()
-    _say("The demo's simulator keeps running (Ctrl-C or `syncd demo --stop` stops it).")
+    _say("The demo's simulator keeps running (Ctrl-C or `syncd demo "
+         f"--stop{_dir_option(directory)}` stops it).")
     _say("In another shell, point syncd at the demo and try the outbox:")
     _say(f"  export SYNCD_DATABASE_URL='{db_dsn}' SYNCD_KANTATA_BASE_URL='{sim_url}'")
     _say(f"  export SYNCD_KANTATA_TOKEN='{token}' SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true")
@@ -330,17 +333,31 @@ def _kept_demo_pid(directory: Path) -> int | None:
     return None if cmdline and b"syncd" not in cmdline else pid
 
 
+def _stop(directory: Path) -> int:
+    """`syncd demo --stop`: end a kept demo serving from `directory` and remove what the demo
+    made there, its throwaway PostgreSQL (`pg/`, every database in it) and `keep.pid`, and
+    `directory` itself only when that leaves it empty: a `--dir` holding anything else (a
+    user's own folder) keeps it. A folder without them is left untouched."""
+    server, pid_file = directory / "pg", directory / "keep.pid"
+    if not server.exists() and not pid_file.exists():
+        _say(f"no demo PostgreSQL in {directory}; nothing to stop")
+        return 0
+    _stop_kept_demo(directory)
+    TempPostgres(server).stop(remove=True)
+    pid_file.unlink(missing_ok=True)
+    try:
+        directory.rmdir()  # only if empty
+        where = f"removed {directory}"
+    except OSError:
+        where = f"removed {server}; {directory} keeps the files the demo did not make"
+    _say(f"stopped the demo PostgreSQL and {where}: the whole throwaway server with every "
+         "database in it (the demo's and any you created there)")
+    return 0
+
+
 def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     if args.stop:
-        if not args.dir.exists():
-            _say(f"no demo PostgreSQL in {args.dir}; nothing to stop")
-            return 0
-        _stop_kept_demo(args.dir)
-        TempPostgres(args.dir / "pg").stop(remove=True)
-        shutil.rmtree(args.dir, ignore_errors=True)
-        _say(f"stopped the demo PostgreSQL and removed {args.dir}: the whole throwaway "
-             "server with every database in it (the demo's and any you created there)")
-        return 0
+        return _stop(args.dir)
     kept = _kept_demo_pid(args.dir)
     if kept is not None:
         # a second demo would restart the kept demo's PostgreSQL, drop its database and cut
@@ -356,31 +373,19 @@ def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     except KeyboardInterrupt:  # say what is left behind, as a finished demo does
         if (args.dir / "pg").exists():
             print(f"syncd demo: interrupted; its PostgreSQL in {args.dir} may still be running "
-                  "(`syncd demo --stop` stops and removes it)", file=sys.stderr)
+                  f"(`syncd demo --stop{_dir_option(args.dir)}` stops and removes it)",
+                  file=sys.stderr)
         return 130
-
-
-def _count(least: int) -> Any:
-    """An argparse type: an integer of at least `least`, else a usage error (exit 2)."""
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if n < least:
-            raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {n}")
-        return n
-    return parse
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole mirror on a throwaway PostgreSQL and the "
                                     "simulator, then show how to query it",
                        description=__doc__)
-    p.add_argument("--entries", type=_count(1), default=20_000,
+    p.add_argument("--entries", type=at_least(1), default=20_000,
                    help="time entries to seed in the simulator")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated data")
-    p.add_argument("--cycles", type=_count(0), default=3, help="incremental cycles to show")
+    p.add_argument("--cycles", type=at_least(0), default=3, help="incremental cycles to show")
     p.add_argument("--dir", type=Path, default=_default_dir(),
                    help="where the throwaway PostgreSQL lives")
     # one or the other: `--stop --keep` was accepted and did only the stop

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from syncd import outbox
-from syncd.commands._util import emit, run_async
+from syncd.commands._util import at_least, emit, run_async
 from syncd.settings import Settings
 
 OPEN = ["pending", "in_flight", "failed", "conflict"]
@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--status", action="append",
                     choices=["pending", "in_flight", "done", "failed", "conflict", "all"],
                     help="only rows in this status (repeatable; 'all' for every row)")
-    ls.add_argument("--limit", type=int, default=100, help="at most this many rows (100)")
+    ls.add_argument("--limit", type=at_least(1), default=100, help="at most this many rows (100)")
     ls.add_argument("--full", action="store_true", help="do not shorten long errors")
     ls.add_argument("--json", action="store_true",
                     help="every column as JSON, including payload and remote_entry")

@@ -125,6 +125,36 @@ async def test_a_live_run_keeps_its_deferred_indexes_until_its_session_ends(
     assert await recorded(conn) == []
 
 
+async def test_a_backfill_builds_the_indexes_of_a_run_killed_while_it_read(
+        db_dsn: str, sim_url: str, conn: asyncpg.Connection, sim: Simulator) -> None:
+    """Two backfills at once into an empty mirror: the one that deferred the indexes was
+    killed while the other read; the survivor ended with the mirror left without them until
+    the next job start (a new user's trial). It builds them when its backfill ends."""
+    fresh = await indexes(conn)
+    owner = RunOwner(db_dsn)
+    run_id = uuid.uuid4()
+    await owner.open_run(run_id, "pull")  # live when the survivor starts
+    assert await mirror_indexes.defer_mirror_indexes(conn, run_id) == MIGRATED
+    async with open_deps(make_settings(db_dsn, sim_url, per_page=50)) as d:
+        original = d.client.list_page
+        killed = False
+
+        async def list_page(*args: object, **kwargs: object) -> object:
+            nonlocal killed
+            if not killed:
+                killed = True
+                await owner.close()  # kill -9: PostgreSQL releases the session's lock
+            return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+        d.client.list_page = list_page  # type: ignore[method-assign]
+        stats = await pull.sync_once(d)
+    assert killed and stats.errors == []
+    assert "indexes_deferred" not in stats.details  # the survivor deferred nothing itself
+    assert definitions(await indexes(conn)) == definitions(fresh)
+    assert await recorded(conn) == []
+    assert await mirror_diff(conn, sim.list_entries()) == []
+
+
 async def test_migrate_builds_recorded_indexes_first(conn: asyncpg.Connection,
                                                       db_dsn: str) -> None:
     fresh = await indexes(conn)

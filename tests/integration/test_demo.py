@@ -315,7 +315,7 @@ def test_bad_demo_numbers_are_usage_errors_before_anything_runs(
 def test_demo_stop_says_it_removes_every_database_on_the_demo_server(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--stop` removed databases a user had created on the demo server without mention."""
-    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "pg").mkdir(parents=True)  # a stopped demo server's folder
     assert cli.main(["demo", "--stop", "--dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert f"removed {tmp_path / 'demo'}: the whole throwaway server with every database in it" \
@@ -324,3 +324,23 @@ def test_demo_stop_says_it_removes_every_database_on_the_demo_server(
         cli.main(["demo", "--help"])
     assert "every database in it (also any you created there)" in " ".join(
         capsys.readouterr().out.split())
+
+
+def test_demo_stop_removes_only_what_the_demo_made(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`syncd demo --stop --dir DIR` deleted all of DIR, a user's own files too, even a folder
+    that never held a demo (a new user's trial): now its server and pid file only, DIR when
+    that leaves it empty, and nothing at all where there is no demo."""
+    mine = tmp_path / "mine"
+    (mine / "pg" / "data").mkdir(parents=True)
+    (mine / "keep.pid").write_text("999999999")  # a stale kept demo
+    (mine / "notes.txt").write_text("mine")
+    assert cli.main(["demo", "--stop", "--dir", str(mine)]) == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert f"{mine} keeps the files the demo did not make" in capsys.readouterr().out
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.csv").write_text("1,2")
+    assert cli.main(["demo", "--stop", "--dir", str(precious)]) == 0
+    assert (precious / "data.csv").read_text() == "1,2"
+    assert "nothing to stop" in capsys.readouterr().out

@@ -15,3 +15,11 @@ def test_demo_refuses_stop_with_keep(capsys: pytest.CaptureFixture[str]) -> None
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "argument --keep: not allowed with argument --stop" in err
+
+
+def test_outbox_list_refuses_a_limit_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--limit -1` reached PostgreSQL ("LIMIT must not be negative", exit 1; a trial)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["outbox", "list", "--limit", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --limit: expected a number >= 1, got -1" in capsys.readouterr().err
