@@ -216,7 +216,10 @@ async def _demo(args: argparse.Namespace) -> int:
                 await stop.wait()  # Ctrl-C, SIGTERM, or `syncd demo --stop`
             finally:
                 pid_file.unlink(missing_ok=True)
-            _say("demo simulator stopped")
+            _say("demo simulator stopped" + (
+                f"; its PostgreSQL in {args.dir} keeps running with the mirror (`syncd demo "
+                f"--stop{_dir_option(args.dir)}` stops and removes it)"
+                if pg is not None and (args.dir / "pg").exists() else ""))
             return 0 if check.startswith("exact mirror") else 1
     elapsed = time.monotonic() - started
     _say()
