@@ -1074,7 +1074,10 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
     default_lo, default_hi = deps.settings.backfill_range(now.date())
     lo, hi = since or default_lo, until or default_hi
     if hi < lo:  # refused before anything is recorded
-        raise ValueError(f"nothing to backfill: {lo} is after {hi} (check --since/--until)")
+        given = [f"--since {since}"] * bool(since) + [f"--until {until}"] * bool(until)
+        raise ValueError(f"nothing to backfill: {lo} is after {hi} (check "
+                         + (" and ".join(given) if given else
+                            f"SYNCD_BACKFILL_START, {deps.settings.backfill_start}") + ")")
     async with job_run(deps, job) as stats:
         async with deps.pool.acquire() as conn:
             wm, settled = await store.get_cursor(conn)

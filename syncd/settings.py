@@ -291,6 +291,8 @@ class Settings(BaseSettings):
             text = self.kantata_token_file.read_text().strip()
             if text:
                 return SecretStr(text)
+            raise ValueError(f"invalid setting SYNCD_KANTATA_TOKEN_FILE: "
+                             f"{self.kantata_token_file} is empty (it must hold the token)")
         raise ValueError("invalid setting SYNCD_KANTATA_TOKEN: no Kantata token configured "
                          "(set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE)")
 

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def env_for(db_dsn: str, sim_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
-    env.update(SYNCD_DATABASE_URL=db_dsn, SYNCD_KANTATA_BASE_URL=sim_url,
-               SYNCD_KANTATA_TOKEN=TOKEN, SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK="true",
-               SYNCD_BACKFILL_START="2020-01-01", SYNCD_LOG_FORMAT="json", **extra)
+    env.update({"SYNCD_DATABASE_URL": db_dsn, "SYNCD_KANTATA_BASE_URL": sim_url,
+                "SYNCD_KANTATA_TOKEN": TOKEN, "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true",
+                "SYNCD_BACKFILL_START": "2020-01-01", "SYNCD_LOG_FORMAT": "json", **extra})
     return env
 
 
@@ -214,8 +214,13 @@ async def test_cli_input_mistakes_are_named(db_dsn: str, empty_db_dsn: str, sim_
     code, out, err = await syncd(env, "sync", "--since", "2026-13-01")
     assert code == 2 and "'2026-13-01' is not a date; use YYYY-MM-DD" in err
     code, out, err = await syncd(env, "sync", "--since", "2026-03-01", "--until", "2026-02-01")
-    assert code == 2 and "nothing to backfill: 2026-03-01 is after 2026-02-01" in err
+    assert code == 2 and "nothing to backfill: 2026-03-01 is after 2026-02-01 (check --since " \
+        "2026-03-01 and --until 2026-02-01)" in err
     assert "SYNCD_PULL_INTERVALL is not a setting (did you mean SYNCD_PULL_INTERVAL?)" in err
+    # no flag given: the setting that made the range empty is named, not flags (a trial)
+    code, out, err = await syncd(env_for(db_dsn, sim_url, SYNCD_BACKFILL_START="2999-01-01"),
+                                 "sync")
+    assert code == 2 and "(check SYNCD_BACKFILL_START, 2999-01-01)" in err, err
     conn = await asyncpg.connect(db_dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM syncd.sync_runs") == 0
