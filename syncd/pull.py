@@ -115,22 +115,40 @@ def _base_params(deps: Deps, *, include: bool = True) -> dict[str, str]:
     return params
 
 
-class SideSeen(dict[tuple[str, int], str]):
-    """What one run has committed of the side-loaded objects: (kind, id) -> raw JSON text;
-    and the side objects it rejected: ("rejected", hash of the raw text) -> raw text.
-    `committed[kind]` holds the same objects' ids by kind, so that `SideLoads.for_page`
-    checks a page's references as sets of ints (issue #26: ~440 references a page at
-    1,000,000 entries, as (kind, id) pairs ~10 % of the client's CPU)."""
+class SideSeen:
+    """What one run has committed of the side-loaded objects (`store_landed` records each
+    page's once its transaction commits), so that later pages neither write them again nor
+    record a side object's dead letter twice: each object's raw JSON text by (kind, id), the
+    same objects' ids by kind (`committed`: `SideLoads.for_page` checks a page's ~270-440
+    references as sets of ints; as (kind, id) pairs that was ~10 % of the client's CPU at
+    1,000,000 entries, issue #26), and the raw text of every side object it rejected."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.raw: dict[pagination.SideRef, str] = {}
         self.committed: dict[str, set[int]] = {kind: set() for kind in pagination.SIDE_KINDS}
+        self._rejected: dict[int, str] = {}  # hash of the raw text -> raw text
 
-    def commit(self, side: Sequence[SideObject]) -> None:
-        """Record `side` as committed (its page's transaction has)."""
+    def unseen(self, side: Sequence[SideObject]) -> tuple[SideObject, ...]:
+        """The objects of `side` not committed by this run with the same raw JSON."""
+        # C-level iteration: each object's committed raw text, compared with its own
+        # (identical strings compare by identity)
+        return tuple(compress(side, map(ne, map(self.raw.get, map(_SIDE_KEY, side)),
+                                        map(_SIDE_RAW, side))))
+
+    def new_rejects(self, rejected: Sequence[Rejected]) -> tuple[Rejected, ...]:
+        """`rejected` without the side objects' dead letters this run has recorded already (a
+        side object that cannot be stored comes again with every page that includes it:
+        recorded and counted once per run)."""
+        return tuple(r for r in rejected
+                     if not _side_reject(r) or self._rejected.get(hash(r.raw)) != r.raw)
+
+    def commit(self, side: Sequence[SideObject], rejected: Sequence[Rejected] = ()) -> None:
+        """Record `side` and the side objects' dead letters among `rejected` as committed
+        (their page's transaction has)."""
         for o in side:
-            self[(o.kind, o.id)] = o.raw
+            self.raw[(o.kind, o.id)] = o.raw
             self.committed[o.kind].add(o.id)
+        self._rejected.update((hash(r.raw), r.raw) for r in rejected if _side_reject(r))
 
 
 class SideLoads:
@@ -218,7 +236,7 @@ class SideLoads:
         # all committed by an earlier page; an object this page brought itself (include=)
         # may be newer than the one committed, so `store_landed` compares its raw text
         if self.side_seen is not None:
-            needed = needed.difference(self.side_seen).union(
+            needed = needed.difference(self.side_seen.raw).union(
                 needed.intersection((o.kind, o.id) for o in page.side))
         side = tuple(map(self.objects.__getitem__, needed.intersection(self.objects)))
         if not side and not page.side and len(rejected) == len(page.rejected) \
@@ -234,7 +252,7 @@ async def store_page(deps: Deps, page: Page, stats: RunStats, *, purpose: str | 
     """Write one page in one transaction: entries, side-loads, dead letters, and the checkpoint
     (window page counter or watermark). Returns rows changed. A deadlock or serialization
     failure (concurrent windows touching the same side-loaded rows) retries the transaction.
-    With `side_seen` (one dict per run), side-loaded objects already stored by this run with
+    With `side_seen` (one per run), side-loaded objects already stored by this run with
     the same raw JSON are not written again (every page repeats most of them). A page whose
     entries PostgreSQL types (`Page.body`) is stored as `store_landed` says."""
     return (await store_landed(deps, page, stats, purpose=purpose, window=window,
@@ -272,13 +290,9 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
     `body` whose entries PostgreSQL's checks refused (`store.store_page_body`), the same page
     through the careful path (`careful_page`), written in the same transaction; its entries,
     rejects and alterations are what counts. `referenced_side` as for `careful_page`."""
-    side = _unseen_side(page.side, side_seen)
+    side = page.side if side_seen is None else side_seen.unseen(page.side)
     if side_seen is not None and page.rejected:
-        # a side object that cannot be stored comes again with every page that includes it:
-        # recorded and counted once per run
-        page = replace(page, rejected=tuple(
-            r for r in page.rejected
-            if not _side_reject(r) or side_seen.get(("rejected", hash(r.raw))) != r.raw))
+        page = replace(page, rejected=side_seen.new_rejects(page.rejected))
     if not (page.listed() or side or page.rejected or watermark is not None
             or (purpose is not None and window is not None)):
         deps.made_progress()  # an empty incremental page: nothing to write, no transaction
@@ -301,9 +315,7 @@ async def store_landed(deps: Deps, page: Page, stats: RunStats, *,
         stats.details["pages_stored_carefully"] = \
             stats.details.get("pages_stored_carefully", 0) + 1
     if side_seen is not None:
-        side_seen.commit(side)
-        side_seen.update((("rejected", hash(r.raw)), r.raw) for r in page.rejected
-                         if _side_reject(r))
+        side_seen.commit(side, page.rejected)
     stats.pages += 1
     stats.rows_upserted += changed
     stats.rows_rejected += len(page.rejected)
@@ -351,7 +363,8 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                 else:
                     if page.body is not None:  # refused by PostgreSQL's cast: careful path
                         page = careful_page(page, referenced_side=referenced_side)
-                        side = _unseen_side(page.side, side_seen)
+                        side = page.side if side_seen is None else \
+                            side_seen.unseen(page.side)
                         log.info("page_stored_carefully", purpose=purpose,
                                  page=page_no, entries=len(page.entries),
                                  rejected=len(page.rejected))
@@ -367,17 +380,6 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                     await store.set_watermark(conn, watermark)
             return changed, page, side
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _unseen_side(side: tuple[SideObject, ...], side_seen: SideSeen | None
-                 ) -> tuple[SideObject, ...]:
-    """The side-loaded objects this run has not stored yet with the same raw JSON."""
-    if side_seen is None:
-        return side
-    # C-level iteration (every page of a backfill lists ~270 objects, nearly all seen): each
-    # object's stored raw text, compared with its own (identical strings compare by identity)
-    return tuple(compress(side, map(ne, map(side_seen.get, map(_SIDE_KEY, side)),
-                                    map(_SIDE_RAW, side))))
 
 
 _SIDE_KEY, _SIDE_RAW = attrgetter("kind", "id"), attrgetter("raw")

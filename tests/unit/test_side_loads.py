@@ -108,7 +108,7 @@ async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_commi
     again = await sl.for_page(envelope(e(3, 10)))  # not committed yet: carried again
     assert [o.id for o in again.side] == [10] and client.asked == [[1]]
     seen.commit(first.side)  # what store_landed does once the page's transaction commits
-    assert seen.committed["workspaces"] == {10} and seen[("workspaces", 10)] == first.side[0].raw
+    assert seen.committed["workspaces"] == {10} and seen.raw[("workspaces", 10)] == first.side[0].raw
     later = await sl.for_page(envelope(e(3, 10), e(2, 11)))
     assert [o.id for o in later.side] == [11] and client.asked == [[1], [2]]
     newer = {"10": {"id": "10", "title": "W10, renamed"}}
