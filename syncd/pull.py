@@ -1076,10 +1076,10 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
     default_lo, default_hi = deps.settings.backfill_range(now.date())
     lo, hi = since or default_lo, until or default_hi
     if hi < lo:  # refused before anything is recorded
-        given = [f"--since {since}"] * bool(since) + [f"--until {until}"] * bool(until)
-        raise ValueError(f"nothing to backfill: {lo} is after {hi} (check "
-                         + (" and ".join(given) if given else
-                            f"SYNCD_BACKFILL_START, {deps.settings.backfill_start}") + ")")
+        given = [f"--{name} {day}" for name, day in (("since", since), ("until", until))
+                 if day is not None]
+        cause = " and ".join(given) or f"SYNCD_BACKFILL_START, {deps.settings.backfill_start}"
+        raise ValueError(f"nothing to backfill: {lo} is after {hi} (check {cause})")
     async with job_run(deps, job) as stats:
         async with deps.pool.acquire() as conn:
             wm, settled = await store.get_cursor(conn)
