@@ -3,9 +3,10 @@ and a NamedTuple for the high-volume `TimeEntry`) and id types."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal, NamedTuple, NewType
+from typing import Any, Literal, NamedTuple, NewType, overload
 
 EntryId = NewType("EntryId", int)
 OutboxId = NewType("OutboxId", int)
@@ -62,6 +63,63 @@ class EntryRef(NamedTuple):
     user_id: int | None
     story_id: int | None
     role_id: int | None
+
+
+def _fk(v: str | None) -> int | None:
+    return None if v is None else int(v)
+
+
+class EntryRefs(Sequence[EntryRef]):
+    """The `EntryRef`s of a page PostgreSQL types (issue #26), kept as columns: `ids` (ints, in
+    `results` order), the four foreign-key columns as the body spells them (digit strings of
+    at most 18 digits or None, checked by `pagination`) and `side_ids`, each kind's distinct
+    referenced ids as ints ([(kind, frozenset)] in workspace, user, story, role order). A
+    backfill page needs only `ids` and `side_ids`; the per-entry tuples are built on first
+    use (side-load planning of a page with uncommitted objects, the careful path, tests), so
+    the common page converts ~440 distinct foreign keys instead of 800 values and builds no
+    tuples (`columns` gives the four columns, in `ids` order, when first needed). Equal to another EntryRefs or a tuple holding the same EntryRefs in order."""
+
+    __slots__ = ("ids", "side_ids", "_columns", "_rows")
+
+    def __init__(self, ids: list[int], columns: Callable[[], Sequence[Sequence[str | None]]],
+                 side_ids: list[tuple[str, frozenset[int]]]) -> None:
+        self.ids = ids
+        self.side_ids = side_ids
+        self._columns = columns
+        self._rows: tuple[EntryRef, ...] | None = None
+
+    def rows(self) -> tuple[EntryRef, ...]:
+        """The EntryRefs, one per listed entry (built once)."""
+        if self._rows is None:
+            self._rows = tuple(map(EntryRef, self.ids,
+                                   *(map(_fk, c) for c in self._columns())))
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> EntryRef: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[EntryRef, ...]: ...
+    def __getitem__(self, i: Any) -> Any:
+        return self.rows()[i]
+
+    def __iter__(self) -> Iterator[EntryRef]:
+        return iter(self.rows())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EntryRefs):
+            return self.ids == other.ids and self.rows() == other.rows()
+        if isinstance(other, tuple):
+            return self.rows() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.rows())
+
+    def __repr__(self) -> str:
+        return f"EntryRefs({list(self.rows())!r})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,9 +182,16 @@ class Page:
     #: The page's bytes as they came, when PostgreSQL is to type and store its entries (issue
     #: #26, `pagination.decode_page_fast`): `entries` is then empty and `refs` lists them.
     body: bytes | None = None
-    refs: tuple[EntryRef, ...] = ()
+    refs: Sequence[EntryRef] = ()
 
-    def listed(self) -> tuple[TimeEntry, ...] | tuple[EntryRef, ...]:
+    def listed(self) -> Sequence[TimeEntry] | Sequence[EntryRef]:
         """The page's entries as typed by Python (`entries`) or, for a page PostgreSQL types,
         their `refs`: id first, then workspace, user, story and role ids."""
         return self.refs if self.body is not None else self.entries
+
+    def listed_ids(self) -> Sequence[int]:
+        """The ids of `listed()`, in order (`EntryRefs.ids` as they are, without tuples)."""
+        refs = self.refs
+        if self.body is not None and isinstance(refs, EntryRefs):
+            return refs.ids
+        return [e.id for e in self.listed()]

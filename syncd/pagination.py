@@ -20,18 +20,19 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from datetime import date, datetime
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, ne
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
 
 from syncd.errors import InvalidRecord, MalformedResponseError, PageIgnoredError, PagingError
-from syncd.models import Altered, EntryRef, Page, Rejected, SideObject, TimeEntry
+from syncd.models import Altered, EntryRefs, Page, Rejected, SideObject, TimeEntry
 
 __all__ = [
     "ALTERED_KEY", "DOCUMENTED_MAX_PER_PAGE", "INCLUDE_GATED", "PageGuard", "PageSize",
@@ -719,20 +720,40 @@ def _listed_ids_ok(keys: list[Any], ids: list[Any]) -> bool:
             and _all_spelled(ids, _FAST_ID) and len(set(ids)) == len(ids))
 
 
-def _refs(ids: list[str], foreign_keys: list[list[Any]], *, typed: bool = False
-          ) -> list[EntryRef] | None:
-    """One `EntryRef` per listed id, from the page's four foreign-key columns
-    (INCLUDE_GATED order, None for null or absent), or None when a foreign key is not one
-    `_side_ids` takes. `typed` as for `_side_ids`."""
-    columns = [_side_ids(c, typed=typed) for c in foreign_keys]
-    if None in columns:
-        return None
-    return list(map(tuple.__new__, repeat(EntryRef),  # type: ignore[arg-type, call-overload]
-                    zip(map(int, ids), *columns)))
+def _refs(ids: list[str], foreign_keys: list[list[Any]] | Callable[[], list[list[Any]]], *,
+          typed: bool = False, distinct: list[set[Any]] | None = None) -> EntryRefs | None:
+    """The page's `EntryRefs` (ids and the four foreign-key columns, INCLUDE_GATED order, None
+    for null or absent), or None when a foreign key is not one `_id_or_fail` takes (null, or
+    a digit string of at most 18 digits). Only each column's distinct values are checked and
+    converted (`_ID_MEMO` remembers the spellings already checked). `typed`: the values are
+    known to be strings or None (msgspec typed them); `distinct`: each column's set of values
+    (and `foreign_keys` a function giving the columns when the refs are first read)."""
+    side = []
+    for i in range(len(INCLUDE_GATED)):
+        if distinct is None:
+            assert not callable(foreign_keys)
+            values = foreign_keys[i]
+            if not typed and not set(map(type, values)) <= _STRS_OR_NONE:
+                return None
+            seen = set(values)
+        else:
+            seen = distinct[i]
+        seen.discard(None)
+        new = seen.difference(_ID_MEMO)
+        if new:
+            if not _all_spelled(list(new), _FAST_FK):
+                return None
+            if len(_ID_MEMO) + len(new) > _MEMO_SIZE:
+                _ID_MEMO.clear()  # and every value of this column is remembered again
+                new = seen
+            _ID_MEMO.update(zip(new, map(int, new)))
+        side.append((_REF_SLOTS[i][0], frozenset(map(_ID_MEMO.__getitem__, seen))))
+    return EntryRefs(list(map(int, ids)), foreign_keys if callable(foreign_keys)
+                     else (lambda: foreign_keys), side)
 
 
 def _body_page(body: bytes, envelope: Mapping[str, Any], meta: Mapping[str, Any],
-               ids: list[str], refs: list[EntryRef], absent: set[str],
+               ids: list[str], refs: EntryRefs, absent: set[str],
                side: list[SideObject] | tuple[()] = (), rejected: list[Rejected] | tuple[()] = (),
                altered: list[Altered] | tuple[()] = ()) -> Page:
     """The Page of a list page whose entries PostgreSQL types (`Page.body`), with the
@@ -746,25 +767,7 @@ def _body_page(body: bytes, envelope: Mapping[str, Any], meta: Mapping[str, Any]
         page_number=_envelope_int(envelope, meta, "page_number", None),
         page_size=_envelope_int(envelope, meta, "page_size", len(ids)) or 0,
         absent_keys=frozenset(absent), result_ids=tuple(ids), entries=(), side=tuple(side),
-        rejected=tuple(rejected), altered=tuple(altered), body=body, refs=tuple(refs))
-
-
-def _side_ids(values: list[Any], *, typed: bool = False) -> list[int | None] | None:
-    """A foreign-key column as ints (None stays None), or None when a value is not one
-    `_id_or_fail` takes (null, absent, or a digit string of at most 18 digits). `typed`: the
-    values are known to be strings or None (msgspec typed them)."""
-    if not typed and not set(map(type, values)) <= _STRS_OR_NONE:
-        return None
-    distinct = set(values)
-    distinct.discard(None)
-    new = list(distinct.difference(_ID_MEMO))
-    if new:
-        if not _all_spelled(new, _FAST_FK):
-            return None
-        if len(_ID_MEMO) + len(new) > _MEMO_SIZE:
-            _ID_MEMO.clear()
-        _ID_MEMO.update(zip(new, map(int, new)))
-    return list(map(_ID_MEMO.get, values))
+        rejected=tuple(rejected), altered=tuple(altered), body=body, refs=refs)
 
 
 def decode_page_fast(doc: Any, body: bytes, *, storable: bool) -> Page:
@@ -853,11 +856,12 @@ class _TypedEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class _TypedRef(msgspec.Struct, gc=False):
-    """A `results` item: `{key, id}` (checked by `decode_page_typed`, not by type); untracked
-    by the collector as `_TypedEntry`."""
+    """A `results` item: `{key, id}`, the key "time_entries" when absent as in
+    `decode_page_fast`, the id a string (its spelling checked by `decode_page_typed`);
+    untracked by the collector as `_TypedEntry`."""
 
-    key: Any = "time_entries"
-    id: Any = msgspec.UNSET
+    id: str
+    key: Literal["time_entries"] = "time_entries"
 
 
 class _TypedPage(msgspec.Struct):
@@ -876,9 +880,21 @@ class _TypedPage(msgspec.Struct):
 
 _TYPED_PAGE = msgspec.json.Decoder(_TypedPage)
 _FK_OF = {k: attrgetter(k) for k in INCLUDE_GATED}
-_UPDATED, _CREATED, _PERFORMED, _ENTRY_ID, _REF_KEY = (
+_UPDATED, _CREATED, _PERFORMED, _ENTRY_ID = (
     attrgetter("updated_at"), attrgetter("created_at"), attrgetter("date_performed"),
-    attrgetter("id"), attrgetter("key"))
+    attrgetter("id"))
+
+
+def _typed_stamps_ok(entries: list[_TypedEntry]) -> bool:
+    """`_stamps_ok` for typed entries (`updated_at` and `date_performed` strings, `created_at`
+    a string, null or absent), as sets where the order does not matter: a page, ordered by
+    `date_performed`, holds a few distinct dates."""
+    updated = list(map(_UPDATED, entries))
+    created = [c for c in compress(map(_CREATED, entries),
+                                   map(ne, map(_CREATED, entries), updated))
+               if c.__class__ is str]
+    return (_all_spelled(updated, _FAST_INSTANT) and _all_spelled(created, _FAST_INSTANT)
+            and _all_spelled(list(set(map(_PERFORMED, entries))), _FAST_DATE))
 
 
 def decode_page_typed(body: bytes) -> Page | None:
@@ -900,26 +916,33 @@ def decode_page_typed(body: bytes) -> Page | None:
             or doc.workspaces is not msgspec.UNSET or doc.users is not msgspec.UNSET \
             or doc.stories is not msgspec.UNSET or doc.roles is not msgspec.UNSET:
         return None
-    ids = list(map(_ENTRY_ID, results))
-    if not _listed_ids_ok(list(map(_REF_KEY, results)), ids):
+    ids = list(map(_ENTRY_ID, results))  # strings (typed); keys "time_entries" (typed)
+    listed = set(ids)
+    if len(listed) != len(ids) or keyed.keys() != listed or not _all_spelled(ids, _FAST_ID):
         return None
-    entries = list(map(keyed.get, ids))
-    if None in entries:
-        return None
+    # every check below is of the page's entries as a set (map order); only `EntryRefs`
+    # needs `results` order, and builds it when asked
+    entries = list(keyed.values())
     own = list(map(_ENTRY_ID, entries))
-    if own != ids and any(o is not msgspec.UNSET and o != i for o, i in zip(own, ids)):
+    if own != list(keyed) and any(o is not msgspec.UNSET and o != i
+                                  for o, i in zip(own, keyed)):
         return None
-    if not _stamps_ok(list(map(_UPDATED, entries)), list(map(_CREATED, entries)),
-                      list(map(_PERFORMED, entries))):
+    if not _typed_stamps_ok(entries):
         return None
-    columns, absent = [], set()
+    distinct, absent = [], set()
     for key in INCLUDE_GATED:
-        column = list(map(_FK_OF[key], entries))
-        if msgspec.UNSET in column:
+        values = set(map(_FK_OF[key], entries))  # UNSET found by hash, not compared
+        if msgspec.UNSET in values:
             absent.add(key)
-            column = [None if v is msgspec.UNSET else v for v in column]
-        columns.append(column)
-    refs = _refs(ids, columns, typed=True)
+            values.discard(msgspec.UNSET)
+        distinct.append(values)
+
+    def columns() -> list[list[str | None]]:
+        ordered = list(map(keyed.__getitem__, ids))
+        return [[None if v is msgspec.UNSET else v for v in map(_FK_OF[key], ordered)]
+                for key in INCLUDE_GATED]
+
+    refs = _refs(ids, columns, typed=True, distinct=distinct)
     if refs is None:
         return None
     try:
@@ -1100,11 +1123,13 @@ def _entry_refs(e: TimeEntry) -> list[SideRef]:
     return [(kind, e[i]) for kind, i in _REF_SLOTS if e[i] is not None]
 
 
-def side_ids(entries: Sequence[TimeEntry]) -> list[tuple[str, set[int]]]:
+def side_ids(entries: Sequence[TimeEntry]) -> list[tuple[str, AbstractSet[int]]]:
     """The ids of the side-loaded objects `entries` reference, by kind: [(kind, distinct
-    ids)] in INCLUDE_GATED order, column by column. `pull.SideLoads` checks a backfill page's
+    ids)] in INCLUDE_GATED order, column by column (for `EntryRefs`, the sets `_refs` made). `pull.SideLoads` checks a backfill page's
     ~270-440 references against what its run has committed as sets of ints, without building
     (kind, id) pairs."""
+    if isinstance(entries, EntryRefs):
+        return entries.side_ids  # type: ignore[return-value]
     out = []
     for kind, i in _REF_SLOTS:
         ids = set(map(itemgetter(i), entries))

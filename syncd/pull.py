@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import compress
-from operator import attrgetter, itemgetter, ne
+from operator import attrgetter, ne
 
 import asyncpg
 import structlog
@@ -383,7 +383,6 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
 
 
 _SIDE_KEY, _SIDE_RAW = attrgetter("kind", "id"), attrgetter("raw")
-_ID = itemgetter(0)
 
 
 def _side_reject(r: Rejected) -> bool:
@@ -563,7 +562,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
                     res.upserted += changed
                 finally:
                     await slots.release(held)
-                res.ids.extend(map(_ID, page.listed()))  # the id leads TimeEntry and EntryRef
+                res.ids.extend(page.listed_ids())
                 res.count_rejected(page)
                 res.pages += 1
                 res.remote_count = page.count

@@ -236,3 +236,32 @@ def test_the_typed_lane_leaves_every_other_page_to_the_fast_path() -> None:
     assert absent is not None and absent.absent_keys == {"workspace_id", "user_id",
                                                          "story_id", "role_id"}
     assert absent.refs[0] == (1, None, None, None, None) and absent.count == 1
+
+
+def test_foreign_keys_survive_the_id_memo_filling_up(monkeypatch: Any) -> None:
+    """The memo of checked foreign-key spellings is cleared when full: a key it held before
+    the clear keeps its value (it read as null after a clear, so its object was never
+    side-loaded), on both lanes; the refs and the distinct ids by kind agree."""
+    from syncd import pagination
+    monkeypatch.setattr(pagination, "_MEMO_SIZE", 10)
+
+    def body() -> bytes:
+        entries = {str(i): {"id": str(i), "date_performed": "2024-01-01", "time_in_minutes": 1,
+                            "updated_at": "2024-01-01T10:00:00Z", "workspace_id": "7",
+                            "user_id": str(100 + i), "story_id": None, "role_id": "7"}
+                   for i in range(1, 5)}
+        return json.dumps({"count": 4, "meta": {"page_count": 1}, "results": [
+            {"key": "time_entries", "id": k} for k in entries], "time_entries": entries}).encode()
+
+    for decode in (decode_page_typed,
+                   lambda b: decode_page_fast(*decode_json_storable(b)[:1], b, storable=True)):
+        pagination._ID_MEMO.clear()
+        pagination._ID_MEMO.update({str(n): n for n in range(1000, 1007)})  # 7 of 10
+        pagination._ID_MEMO.update({"7": 7, "101": 101})  # known before the clear that the
+        # three other user ids cause
+        p = decode(body())
+        assert p is not None and p.body is not None
+        assert list(p.refs) == [(i, 7, 100 + i, None, 7) for i in range(1, 5)]
+        assert dict(pagination.side_ids(p.listed())) == {
+            "workspaces": {7}, "users": {101, 102, 103, 104}, "stories": set(), "roles": {7}}
+        assert p.listed_ids() == [1, 2, 3, 4]
