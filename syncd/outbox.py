@@ -14,7 +14,7 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -85,7 +85,18 @@ UPDATE syncd.outbox t SET
     claimed_at = coalesce($1, now()), attempts = t.attempts + 1
 FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.op, t.entry_id, t.payload, t.correlation_key::text AS correlation_key,
-          t.base_updated_at, t.attempts, t.sent_at, t.last_error
+          t.base_updated_at, t.attempts, t.sent_at, t.last_error,
+          CASE WHEN NOT isfinite(t.base_updated_at) THEN t.base_updated_at::text END
+              AS base_not_an_instant
+"""
+
+# Claimed rows syncd cannot send as they are (`unsendable`) are dead-lettered in the claim's
+# transaction, with the reason, so they never hold up the rows behind them.
+REFUSE = """
+UPDATE syncd.outbox t SET status = 'failed', last_error = u.reason, result = NULL,
+    done_at = coalesce($2, now()), lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($3::bigint[], $4::text[]) AS u(id, reason)
+WHERE t.id = u.id AND t.batch_id = $1 AND t.status = 'in_flight'
 """
 
 # Committed before the request goes out: a set sent_at is what tells a later claim that the
@@ -192,10 +203,30 @@ RETURNING id
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """One claimed batch: the lease token `batch_id` and the rows in id order."""
+    """One claimed batch: the lease token `batch_id`, the rows to push in id order, and the
+    rows dead-lettered at the claim (`unsendable`) as (id, op, reason)."""
 
     batch_id: uuid.UUID
     rows: list[OutboxRow]
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def unsendable(r: Mapping[str, Any]) -> str | None:
+    """Why a claimed row (CLAIM's columns) cannot be pushed as it is, or None: a value that
+    passed the checks at insert before migration 0017 refused it there (a payload number
+    beyond the range of a double, which JSON decoders refuse; a `base_updated_at` of
+    'infinity' or '-infinity'). The reason names the column and what to do."""
+    if r["base_not_an_instant"] is not None:
+        return (f"base_updated_at is {r['base_not_an_instant']}, not an instant: set it to the "
+                "entry version the change was based on (or NULL) and `syncd outbox retry`, "
+                "or discard the row")
+    if r["payload"] is not None:
+        try:
+            orjson.loads(r["payload"])
+        except orjson.JSONDecodeError as exc:
+            return (f"payload cannot be sent as JSON ({exc}): a number beyond the range of a "
+                    "double; fix the row and `syncd outbox retry`, or discard it")
+    return None
 
 
 def _row(r: Mapping[str, Any]) -> OutboxRow:
@@ -235,10 +266,20 @@ async def claim_batch(conn: asyncpg.Connection, *, owner: str, limit: int,
     this call is cancelled after the commit), attempts + 1. Claimable: pending,
     `next_attempt_at` <= `due_by` (default `now`), and no earlier open row of the same entry."""
     batch_id = batch_id or uuid.uuid4()
+    refused: list[tuple[int, str, str]] = []
     async with conn.transaction():
         rows = await conn.fetch(CLAIM, now, limit, owner, batch_id, float(lease_seconds),
                                 due_by)
-    return Claim(batch_id, sorted((_row(r) for r in rows), key=lambda r: r.id))
+        for r in rows:
+            reason = unsendable(r)
+            if reason is not None:
+                refused.append((r["id"], r["op"], reason))
+        if refused:
+            await conn.execute(REFUSE, batch_id, now, [i for i, _, _ in refused],
+                               [reason for _, _, reason in refused])
+    bad = {i for i, _, _ in refused}
+    return Claim(batch_id, sorted((_row(r) for r in rows if r["id"] not in bad),
+                                  key=lambda r: r.id), sorted(refused))
 
 
 async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int], batch_id: uuid.UUID, *,
@@ -331,7 +372,10 @@ async def list_rows(conn: asyncpg.Connection, *, statuses: Sequence[str] | None 
         d = dict(r)
         for k in ("payload", "remote_entry"):
             if d[k] is not None:
-                d[k] = orjson.loads(d[k])
+                try:
+                    d[k] = orjson.loads(d[k])
+                except orjson.JSONDecodeError:  # a number beyond a double: shown as stored
+                    pass
         out.append(d)
     return out
 

@@ -269,3 +269,31 @@ async def test_repeated_server_errors_end_in_the_dead_letter(
         assert row["last_error"].startswith("dead letter: gave up after 3 attempts")
         assert "503" in row["last_error"]
     assert entries_with_note(sim).get("outbox create 1") is None
+
+
+async def test_a_row_syncd_cannot_send_is_dead_lettered_and_the_rest_are_pushed(
+        mirrored: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """Rows queued before migration 0017 refused these values at insert (made here by an
+    UPDATE, which the insert checks do not see): a payload number beyond a double and a base
+    version of -infinity used to stop every push with a message naming no row. Each now ends
+    `failed` with its reason at the claim; the valid rows around them are pushed, and the
+    operator's list shows them all."""
+    eids = editable_ids(sim)[:4]
+    ids = [await enqueue(conn, "update", e, {"notes": f"n{i}"}) for i, e in enumerate(eids)]
+    await conn.execute("UPDATE syncd.outbox SET payload = '{\"time_in_minutes\": 1e400}' "
+                       "WHERE id = $1", ids[1])
+    await conn.execute("UPDATE syncd.outbox SET base_updated_at = '-infinity' WHERE id = $1",
+                       ids[2])
+    report = await push.push_once(mirrored)
+    got = await rows(conn)
+    assert [got[i]["status"] for i in ids] == ["done", "failed", "failed", "done"]
+    assert "a number beyond the range of a double" in got[ids[1]]["last_error"]
+    assert "base_updated_at is -infinity, not an instant" in got[ids[2]]["last_error"]
+    assert sim.get_entry(eids[0])["notes"] == "n0"  # type: ignore[index]
+    assert sim.get_entry(eids[3])["notes"] == "n3"  # type: ignore[index]
+    assert sim.get_entry(eids[1])["notes"] != "n1"  # type: ignore[index]
+    assert report.failed == 2 and report.done == 2
+    from syncd import outbox
+    listed = {r["id"]: r for r in await outbox.list_rows(conn)}
+    assert listed[ids[1]]["payload"].startswith('{"time_in_minutes": 1000')  # jsonb text
+    assert listed[ids[0]]["payload"] == {"notes": "n0"}

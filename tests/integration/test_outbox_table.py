@@ -41,6 +41,9 @@ async def insert(conn: asyncpg.Connection, sql_values: str) -> None:
     ("('update', 1, '{\"currency\": \"EUR\"}')", "outbox_payload_has_only_writable_fields"),
     ("('update', 1, '{\"external_reference\": {}}')", "outbox_payload_has_only_writable_fields"),
     (f"('create', NULL, '{CREATE[:-1]}, \"id\": 5}}')", "outbox_payload_has_only_writable_fields"),
+    ("('update', 1, '{\"time_in_minutes\": 1e400}')", "outbox_payload_numbers_fit_a_double"),
+    ("('update', 1, '{\"notes\": \"x\", \"rate_in_cents\": -2e308}')",
+     "outbox_payload_numbers_fit_a_double"),
 ])
 async def test_malformed_rows_are_refused_at_insert_with_the_constraint_named(
         conn: asyncpg.Connection, values: str, error: str) -> None:
@@ -426,3 +429,14 @@ async def test_a_create_whose_request_may_have_reached_kantata_is_not_discarded(
     await conn.execute("UPDATE syncd.outbox SET sent_at = now(), attempts = 1 WHERE id = 1")
     assert await outbox.discard_rows(conn, [1, 2]) == [2]
     assert await conn.fetchval("SELECT count(*) FROM syncd.outbox WHERE id = 1") == 1
+
+
+@pytest.mark.parametrize("base", ["infinity", "-infinity"])
+async def test_a_base_version_that_is_not_an_instant_is_refused_at_insert(
+        conn: asyncpg.Connection, base: str) -> None:
+    with pytest.raises(asyncpg.CheckViolationError) as exc:
+        await conn.execute("INSERT INTO syncd.outbox (op, entry_id, payload, base_updated_at) "
+                           "VALUES ('update', 1, '{\"notes\": \"x\"}', $1::text::timestamptz)", base)
+    assert exc.value.constraint_name == "outbox_base_updated_at_is_an_instant"
+    assert f"base_updated_at must be an instant, not {base} (outbox_base" in str(exc.value)
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox") == 0
