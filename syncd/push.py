@@ -523,7 +523,8 @@ async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
     was cancelled at its deadline or by a shutdown), instead of leaving them in_flight until
     their lease expires. A row whose request may have reached Kantata keeps sent_at and waits
     LOOKUP_SECONDS, so it is looked up, never re-sent blindly. Shielded from a further
-    cancellation and bounded by RELEASE_TIMEOUT; a failure only leaves the leases to expire."""
+    cancellation and bounded by RELEASE_TIMEOUT; after a failure the next drain of the same
+    `owner` gives them back (`push_once`), else their lease expires."""
     if not batches:
         return
 
@@ -549,13 +550,17 @@ async def push_once(deps: Deps, *, owner: str | None = None,
     nothing is claimable or `deps.should_stop()`. Runs inside `runs.job_run(deps, "push")`.
 
     `owner` names this process's leases (default `default_owner()`; the daemon passes its own
-    and calls `outbox.release_leases(conn, owner)` on shutdown); `now` (aware) replaces the
+    and calls `outbox.release_leases(conn, owner)` on shutdown). A given `owner` runs one drain
+    at a time: rows still in_flight under it were left by an earlier drain whose release
+    failed (the database was down when it ended), and are given back first, as that release
+    would have, instead of waiting out their lease (SYNCD_OUTBOX_LEASE). `now` (aware) replaces the
     database clock for claims and back-off (tests). Rows end done / failed / conflict, or
     pending with a back-off (429, 5xx, timeouts). Raises AuthError / FatalAPIError when Kantata
     refuses every request (bad token, wrong base URL) after giving this drain's leases back;
     database errors and cancellation (the daemon's run deadline, shutdown) propagate likewise,
     also after the leases of this drain's unfinished rows were given back.
     """
+    own = owner is not None
     owner = owner or default_owner()
     report = PushReport(owner=owner)
     s = deps.settings
@@ -564,6 +569,12 @@ async def push_once(deps: Deps, *, owner: str | None = None,
         report.run_id = stats.run_id
         try:
             async with deps.pool.acquire() as conn:
+                if own:
+                    left = await outbox.release_leases(conn, owner, now=now,
+                                                       settle_seconds=LOOKUP_SECONDS)
+                    if left:
+                        log.warning("outbox_leases_released", owner=owner, rows=left,
+                                    reason="left in flight by an earlier drain of this process")
                 rec = await outbox.reclaim_expired(conn, max_attempts=s.outbox_max_attempts,
                                                    now=now, settle_seconds=LOOKUP_SECONDS)
                 # a drain pushes what was due when it started: a row backing off now waits for

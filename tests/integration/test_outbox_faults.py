@@ -259,3 +259,24 @@ async def test_a_push_run_cut_by_its_deadline_gives_its_rows_back_at_once(
     assert [len(p["body"]["time_entries"]) for p in requests_of(sim, "POST")] == [3]
     await assert_one_entry_per_create(sim, sim_url, conn, ids)
     assert sim.get_entry(eid)["notes"] == "after the deadline"  # type: ignore[index]
+
+
+async def test_rows_left_in_flight_by_a_failed_release_are_pushed_by_the_next_drain(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """The database went away as a drain of the daemon ended, so its release failed and its
+    claimed rows stayed in_flight under its owner (a new user's trial: they waited out the
+    300 s lease although nothing had been sent). The next drain of the same owner gives them
+    back first and pushes them; a claim of another owner is left to its lease."""
+    await mirror_from_sim(conn, sim)
+    eids = editable_ids(sim)[:3]
+    ids = await enqueue_many(conn, [("update", e, {"notes": f"left {i}"})
+                                    for i, e in enumerate(eids)])
+    mine = await outbox.claim_batch(conn, owner="daemon-a", limit=2, lease_seconds=300)
+    other = await outbox.claim_batch(conn, owner="daemon-b", limit=1, lease_seconds=300)
+    assert [r.id for r in mine.rows] == ids[:2] and [r.id for r in other.rows] == ids[2:]
+    report = await push.push_once(deps, owner="daemon-a")
+    state = await rows(conn)
+    assert [state[i]["status"] for i in ids] == ["done", "done", "in_flight"]
+    assert [state[i]["attempts"] for i in ids[:2]] == [1, 1]  # the unsent claim gave its back
+    assert report.done == 2
+    assert sim.get_entry(eids[0])["notes"] == "left 0"  # type: ignore[index]
