@@ -50,6 +50,17 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+
+def _one_line(token: SecretStr, setting: str) -> SecretStr:
+    """`token` when it holds no control character; else ValueError naming `setting` (where
+    the characters are, never what the token is)."""
+    bad = sorted({i for i, c in enumerate(token.get_secret_value())
+                  if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"invalid setting {setting}: the token holds a control character (a "
+                         f"line break?) at position {bad[0] + 1}; a bearer token is one line")
+    return token
+
 class Settings(BaseSettings):
     """Every knob of syncd. Durations are in seconds, rates per minute, dates are calendar dates.
 
@@ -284,13 +295,15 @@ class Settings(BaseSettings):
 
     # --- derived values ------------------------------------------------------------------------
     def token(self) -> SecretStr:
-        """The Kantata bearer token. Raises ValueError naming the setting when none is set."""
+        """The Kantata bearer token. Raises ValueError naming the setting when none is set, or
+        when it holds a control character (a line break inside it: an HTTP header cannot carry
+        it, RFC 9110 §5.5); the token itself is never shown."""
         if self.kantata_token is not None and self.kantata_token.get_secret_value().strip():
-            return self.kantata_token
+            return _one_line(self.kantata_token, "SYNCD_KANTATA_TOKEN")
         if self.kantata_token_file is not None:
             text = self.kantata_token_file.read_text().strip()
             if text:
-                return SecretStr(text)
+                return _one_line(SecretStr(text), "SYNCD_KANTATA_TOKEN_FILE")
             raise ValueError(f"invalid setting SYNCD_KANTATA_TOKEN_FILE: "
                              f"{self.kantata_token_file} is empty (it must hold the token)")
         raise ValueError("invalid setting SYNCD_KANTATA_TOKEN: no Kantata token configured "

@@ -737,6 +737,28 @@ def test_empty_token_file_is_named_as_empty(
     assert f"invalid setting SYNCD_KANTATA_TOKEN_FILE: {f} is empty" in err, err
 
 
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_a_token_with_a_line_break_is_named_not_an_http_header_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Any, where: str) -> None:
+    """A token holding a line break failed every request with aiohttp's 'Forbidden control
+    character detected in headers' (a trial): the setting is named, the token never shown."""
+    token = "s3cr3t-t0ken\nX-Injected: 1"
+    if where == "env":
+        env: dict[str, Any] = {"SYNCD_KANTATA_TOKEN": token}
+        setting = "SYNCD_KANTATA_TOKEN"
+    else:
+        f = tmp_path / "token"
+        f.write_text(token + "\n")
+        env = {"SYNCD_KANTATA_TOKEN": None, "SYNCD_KANTATA_TOKEN_FILE": str(f)}
+        setting = "SYNCD_KANTATA_TOKEN_FILE"
+    code, err = run_cli(monkeypatch, capsys, env, ["sync"])
+    assert code == 2
+    assert err == (f"syncd: invalid setting {setting}: the token holds a control character "
+                   "(a line break?) at position 13; a bearer token is one line"), err
+    assert "s3cr3t" not in err and "Injected" not in err
+
+
 @pytest.mark.parametrize(("toml", "message"), [
     ("pull_interval = 60\nbogus_key = 1\n",
      "invalid setting: unknown key 'bogus_key' in SYNCD_CONFIG_FILE"),
