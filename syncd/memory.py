@@ -7,7 +7,11 @@ and raises that threshold to the size of the largest block freed (up to 32 MB), 
 first big page every later one lands on the heap, whose top cannot shrink past long-lived
 objects allocated meanwhile: peak RSS grows by tens of MB (measured: 137 MB for a 200,000-entry
 backfill at 5,000 a page, 111 MB with the threshold fixed at 128 KiB). Fixing the threshold
-makes such buffers mmap'd and returned to the system when freed.
+makes such buffers mmap'd and returned to the system when freed. It is fixed at 1 MiB, above
+the buffers of a 200-entry page (~110 KB of body; asyncpg's write buffer grows to 256 KB), which
+at 128 KiB cost an mmap, an mremap and a munmap with their page faults on every page: a
+1,000,000-entry backfill at 200 a page spent 1.3-1.5 s of system CPU, 0.6-0.8 s at 1 MiB; at
+5,000 a page peak RSS went from 77 to 78-79 MB (200,000 entries, `tests/benchmarks/README.md`).
 
 Python's cyclic garbage collector, for its part, walks every object it tracks at each full
 collection, and most of them are the modules, classes and functions imported at start, which
@@ -26,7 +30,7 @@ __all__ = ["fix_mmap_threshold", "freeze_startup_objects"]
 
 #: glibc <malloc.h>: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value, kept fixed
+MMAP_THRESHOLD = 1024 * 1024  # above a 200-entry page's buffers, below a 5,000-entry page's
 
 
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
