@@ -229,30 +229,92 @@ def test_installs_into_multi_user(unit: Unit) -> None:
 # --- environment example ---------------------------------------------------------------------
 
 
-def documented_variables() -> set[str]:
-    names = set()
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        m = re.match(r"#?(SYNCD_[A-Z0-9_]+)=", line.strip())
+#: Set on an active line of the example for the unit (not defaults); the one such line is
+#: pinned by test_env_example_holds_no_secret.
+ENV_EXAMPLE_ACTIVE = {"SYNCD_DATABASE_URL"}
+
+
+def env_example_entries(text: str) -> list[tuple[bool, str, str]]:
+    """(commented out, variable, value) for every `SYNCD_*=` line of an env file text, in
+    order. Prose comments (`# ...`, with a space) are not entries."""
+    out = []
+    for line in text.splitlines():
+        m = re.fullmatch(r"(#?)(SYNCD_[A-Z0-9_]+)=(.*)", line.strip())
         if m:
-            names.add(m.group(1))
-    return names
+            out.append((m.group(1) == "#", m.group(2), m.group(3)))
+    return out
 
 
-def test_env_example_documents_the_operational_variables() -> None:
-    documented = documented_variables()
-    for name in ("SYNCD_DATABASE_URL", "SYNCD_KANTATA_BASE_URL", "SYNCD_KANTATA_TOKEN",
-                 "SYNCD_KANTATA_TOKEN_FILE", "SYNCD_HTTP_HOST", "SYNCD_HTTP_PORT",
-                 "SYNCD_SHUTDOWN_GRACE", "SYNCD_LOG_LEVEL", "SYNCD_CONFIG_FILE",
-                 "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK"):
-        assert name in documented, name
+def env_example_problems(text: str) -> list[str]:
+    """What makes an env file text break its own rule (its header): every setting of
+    `Settings`, and SYNCD_CONFIG_FILE, appears exactly once; a commented-out line's value is
+    the built-in default as syncd would parse it from the environment, or empty when the
+    default is unset; only the variables of ENV_EXAMPLE_ACTIVE are set on active lines."""
+    from pydantic import TypeAdapter, ValidationError
 
-
-def test_env_example_names_only_real_settings() -> None:
     from syncd.settings import Settings
 
-    known = {f"SYNCD_{field.upper()}" for field in Settings.model_fields} | {"SYNCD_CONFIG_FILE"}
-    unknown = documented_variables() - known
-    assert not unknown, f"documented but not a setting (typo or renamed?): {sorted(unknown)}"
+    fields = {f"SYNCD_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    expected = set(fields) | {"SYNCD_CONFIG_FILE"}
+    entries = env_example_entries(text)
+    names = [name for _, name, _ in entries]
+    problems = [f"{name}: listed {names.count(name)} times"
+                for name in sorted(set(names)) if names.count(name) > 1]
+    problems += [f"{name}: missing" for name in sorted(expected - set(names))]
+    problems += [f"{name}: not a setting (typo or renamed?)"
+                 for name in sorted(set(names) - expected)]
+    for commented, name, value in entries:
+        if not commented:
+            if name not in ENV_EXAMPLE_ACTIVE:
+                problems.append(f"{name}: set on an active line; comment it out")
+            continue
+        if name == "SYNCD_CONFIG_FILE" or name not in fields:
+            if name == "SYNCD_CONFIG_FILE" and value:
+                problems.append(f"{name}={value}: unset by default; show it empty")
+            continue
+        field = fields[name]
+        if field.default is None or value == "":
+            if (field.default is None) != (value == ""):
+                problems.append(f"{name}={value}: the default is {field.default!r}; an empty "
+                                "value means unset")
+            continue
+        try:
+            parsed = TypeAdapter(field.annotation).validate_python(value)
+        except ValidationError as exc:
+            problems.append(f"{name}={value}: not a valid value: {exc.errors()[0]['msg']}")
+            continue
+        if parsed != field.default:
+            problems.append(f"{name}={value}: the default is {field.default!r}")
+    return problems
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    problems = env_example_problems(ENV_EXAMPLE.read_text())
+    assert not problems, ("deploy/syncd.env.example disagrees with syncd.settings.Settings:\n"
+                          + "\n".join(problems))
+
+
+def test_env_example_check_finds_each_kind_of_drift() -> None:
+    good = ENV_EXAMPLE.read_text()
+    assert "#SYNCD_PULL_INTERVAL=60\n" in good and "#SYNCD_HISTORY=true\n" in good
+    cases = {
+        "#SYNCD_PULL_INTERVAL=300\n": "SYNCD_PULL_INTERVAL=300: the default is 60.0",
+        "": "SYNCD_PULL_INTERVAL: missing",
+        "#SYNCD_PULL_INTERVAL=60\n#SYNCD_PULL_INTERVAL=60\n": "SYNCD_PULL_INTERVAL: listed 2",
+        "#SYNCD_PULL_INTERVALL=60\n": "SYNCD_PULL_INTERVALL: not a setting",
+        "#SYNCD_PULL_INTERVAL=\n": "SYNCD_PULL_INTERVAL=: the default is 60.0; an empty",
+        "#SYNCD_PULL_INTERVAL=soon\n": "SYNCD_PULL_INTERVAL=soon: not a valid value",
+        "SYNCD_PULL_INTERVAL=60\n": "SYNCD_PULL_INTERVAL: set on an active line",
+    }
+    for replacement, problem in cases.items():
+        found = env_example_problems(good.replace("#SYNCD_PULL_INTERVAL=60\n", replacement))
+        assert any(p.startswith(problem) for p in found), (replacement, found)
+    found = env_example_problems(good.replace("#SYNCD_RATE_LIMIT_PER_MINUTE=\n",
+                                              "#SYNCD_RATE_LIMIT_PER_MINUTE=9000\n"))
+    assert found == ["SYNCD_RATE_LIMIT_PER_MINUTE=9000: the default is None; an empty value "
+                     "means unset"]
+    found = env_example_problems(good.replace("#SYNCD_HISTORY=true\n", "#SYNCD_HISTORY=off\n"))
+    assert found == ["SYNCD_HISTORY=off: the default is True"]
 
 
 def test_env_example_holds_no_secret() -> None:

@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from syncd import cli
-from syncd.settings import reference_table
+from syncd.settings import Settings, reference_table
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted(p for p in ROOT.rglob("*.md")
@@ -93,6 +94,48 @@ def test_the_settings_reference_is_the_generated_one() -> None:
     assert committed == reference_table(), (
         "deploy/README.md's settings table differs from the code: paste "
         "`syncd config --reference` between the settings-reference markers")
+
+
+DBT = ROOT / "deploy" / "dbt"
+
+
+def freshness_criteria(pull_interval: float, max_age_intervals: float) -> dict[str, dict]:
+    """The dbt source freshness of `syncd.freshness` for these settings (seconds, count): warn
+    after 2 pull intervals (one pull missed), error after `max_age_intervals` of them, when
+    `/readyz` fails (syncd/http.py). dbt counts whole minutes."""
+    warn, error = 2 * pull_interval / 60, max_age_intervals * pull_interval / 60
+    assert warn.is_integer() and error.is_integer(), (warn, error)
+    return {"warn_after": {"count": int(warn), "period": "minute"},
+            "error_after": {"count": int(error), "period": "minute"}}
+
+
+def test_dbt_freshness_thresholds_follow_the_default_pull_interval() -> None:
+    """sources_spec.yml, the generated sources.yml the package ships, and the two READMEs that
+    state the thresholds agree with the defaults of Settings (they once said 10 and 15
+    minutes from a 300 s default that had become 60 s)."""
+    interval = Settings.model_fields["pull_interval"].default
+    intervals = Settings.model_fields["ready_max_pull_age_intervals"].default
+    expected = freshness_criteria(interval, intervals)
+    spec_text = (DBT / "sources_spec.yml").read_text()
+    spec = yaml.safe_load(spec_text)["sources"]["syncd"]["tables"]["freshness"]
+    assert spec["config"]["freshness"] == expected
+    shipped = yaml.safe_load((DBT / "syncd_kantata" / "models" / "sources.yml").read_text())
+    [table] = [t for s in shipped["sources"] if s["name"] == "syncd" for t in s["tables"]
+               if t["name"] == "freshness"]
+    assert table["config"]["freshness"] == expected
+    assert f"SYNCD_PULL_INTERVAL (default {interval:g} s)" in spec_text
+    warn, error = expected["warn_after"]["count"], expected["error_after"]["count"]
+    stated = f"{warn} and {error} minutes with the defaults ({interval:g} s, {intervals:g})"
+    package_readme = DBT / "syncd_kantata" / "README.md"
+    for md in (ROOT / "migrations" / "README.md", package_readme):
+        assert stated in " ".join(md.read_text().split()), f"{md} should say: {stated}"
+    # The override example of the package README follows the same rule.
+    m = re.search(r"warn_after: \{count: (\d+), period: minute\}\s+# SYNCD_PULL_INTERVAL=(\d+)"
+                  r"\s+error_after: \{count: (\d+), period: minute\}", package_readme.read_text())
+    assert m, "override example not found"
+    example = freshness_criteria(float(m.group(2)), intervals)
+    assert (int(m.group(1)), int(m.group(3))) == (example["warn_after"]["count"],
+                                                  example["error_after"]["count"])
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
