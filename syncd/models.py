@@ -77,7 +77,8 @@ class EntryRefs(Sequence[EntryRef]):
     backfill page needs only `ids` and `side_ids`; the per-entry tuples are built on first
     use (side-load planning of a page with uncommitted objects, the careful path, tests), so
     the common page converts ~440 distinct foreign keys instead of 800 values and builds no
-    tuples (`columns` gives the four columns, in `ids` order, when first needed). Equal to another EntryRefs or a tuple holding the same EntryRefs in order."""
+    tuples (`columns` gives the four columns, in `ids` order, when first needed). Equal to
+    another EntryRefs or a tuple holding the same EntryRefs in order."""
 
     __slots__ = ("ids", "side_ids", "_columns", "_rows")
 

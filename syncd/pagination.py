@@ -1125,9 +1125,9 @@ def _entry_refs(e: TimeEntry) -> list[SideRef]:
 
 def side_ids(entries: Sequence[TimeEntry]) -> list[tuple[str, AbstractSet[int]]]:
     """The ids of the side-loaded objects `entries` reference, by kind: [(kind, distinct
-    ids)] in INCLUDE_GATED order, column by column (for `EntryRefs`, the sets `_refs` made). `pull.SideLoads` checks a backfill page's
-    ~270-440 references against what its run has committed as sets of ints, without building
-    (kind, id) pairs."""
+    ids)] in INCLUDE_GATED order, column by column (for `EntryRefs`, the sets `_refs` made).
+    `pull.SideLoads` checks a backfill page's ~270-440 references against what its run has
+    committed as sets of ints, without building (kind, id) pairs."""
     if isinstance(entries, EntryRefs):
         return entries.side_ids  # type: ignore[return-value]
     out = []
