@@ -922,27 +922,31 @@ def decode_page_typed(body: bytes) -> Page | None:
         return None
     # every check below is of the page's entries as a set (map order); only `EntryRefs`
     # needs `results` order, and builds it when asked
-    entries = list(keyed.values())
+    entries, keys = list(keyed.values()), list(keyed)
     own = list(map(_ENTRY_ID, entries))
-    if own != list(keyed) and any(o is not msgspec.UNSET and o != i
-                                  for o, i in zip(own, keyed)):
+    if own != keys and any(o is not msgspec.UNSET and o != i for o, i in zip(own, keys)):
         return None
     if not _typed_stamps_ok(entries):
         return None
-    distinct, absent = [], set()
-    for key in INCLUDE_GATED:
-        values = set(map(_FK_OF[key], entries))  # UNSET found by hash, not compared
+    columns, distinct, absent = [], [], set()
+    for key in INCLUDE_GATED:  # in map order; the decoded page is not kept for `EntryRefs`
+        column = list(map(_FK_OF[key], entries))
+        values = set(column)  # UNSET found by hash, not compared with every value
         if msgspec.UNSET in values:
             absent.add(key)
             values.discard(msgspec.UNSET)
+            column = [None if v is msgspec.UNSET else v for v in column]
+        columns.append(column)
         distinct.append(values)
 
-    def columns() -> list[list[str | None]]:
-        ordered = list(map(keyed.__getitem__, ids))
-        return [[None if v is msgspec.UNSET else v for v in map(_FK_OF[key], ordered)]
-                for key in INCLUDE_GATED]
+    def in_results_order() -> list[list[str | None]]:
+        if keys == ids:
+            return columns
+        at = {k: i for i, k in enumerate(keys)}
+        order = [at[i] for i in ids]
+        return [[c[i] for i in order] for c in columns]
 
-    refs = _refs(ids, columns, typed=True, distinct=distinct)
+    refs = _refs(ids, in_results_order, typed=True, distinct=distinct)
     if refs is None:
         return None
     try:

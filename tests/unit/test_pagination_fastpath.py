@@ -265,3 +265,21 @@ def test_foreign_keys_survive_the_id_memo_filling_up(monkeypatch: Any) -> None:
         assert dict(pagination.side_ids(p.listed())) == {
             "workspaces": {7}, "users": {101, 102, 103, 104}, "stories": set(), "roles": {7}}
         assert p.listed_ids() == [1, 2, 3, 4]
+
+
+def test_refs_follow_results_order_when_the_map_lists_entries_in_another() -> None:
+    """The typed lane checks the `time_entries` map in its own order and keeps the foreign
+    keys that way; the refs still come out in `results` order, as on the fast path."""
+    entries = {str(i): {"id": str(i), "date_performed": "2024-01-01", "time_in_minutes": 1,
+                        "updated_at": "2024-01-01T10:00:00Z", "workspace_id": str(10 + i),
+                        "user_id": str(20 + i), "story_id": None, "role_id": str(40 + i)}
+               for i in (1, 2, 3)}
+    body = json.dumps({"count": 3, "meta": {"page_count": 1}, "results": [
+        {"key": "time_entries", "id": i} for i in ("3", "1", "2")],
+        "time_entries": entries}).encode()
+    typed = decode_page_typed(body)
+    fast = decode_page_fast(decode_json_storable(body)[0], body, storable=True)
+    assert typed is not None and typed == fast
+    assert list(typed.refs) == [(3, 13, 23, None, 43), (1, 11, 21, None, 41),
+                                (2, 12, 22, None, 42)]
+    assert typed.listed_ids() == [3, 1, 2]
