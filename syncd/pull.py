@@ -336,21 +336,34 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                              ) -> tuple[int, Page, tuple[SideObject, ...]]:
     """The transaction of `store_landed` (retried on deadlocks): (rows changed, the page as
     stored, the side-loaded objects written). `refused`: take the careful path for a page
-    with `body` at once."""
+    with `body` at once. The common page (one statement) is tried once before the retry loop
+    and enters it only after a deadlock or serialization failure: tenacity's loop cost ~28 µs
+    a page (1,000,000 entries: 5,000 pages)."""
+    learned_via = "backfill" if purpose == "backfill" else "pull"
+    common = (sent.body is not None and not refused and not side and not sent.rejected
+              and watermark is None and bool(sent.listed()))
+
+    async def store_common() -> int:
+        # the common page: one statement, one round trip (store.store_page_body)
+        assert sent.body is not None
+        async with deps.pool.acquire() as conn:
+            return await store.store_page_body(
+                conn, sent.body, learned_via=learned_via, history=deps.settings.history,
+                checkpoint=None if purpose is None or window is None else
+                (purpose, window, page_no, len(sent.listed()), page_size))
+
+    if common:
+        try:
+            return await store_common(), sent, side
+        except TRANSIENT_DB_ERRORS as exc:
+            log.info("page_store_retried", purpose=purpose, page=page_no,
+                     error=f"{type(exc).__name__}: {exc}")
     async for attempt in AsyncRetrying(stop=stop_after_attempt(4), reraise=True,
                                        wait=wait_random(0.01, 0.2),
                                        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS)):
         with attempt:
-            learned_via = "backfill" if purpose == "backfill" else "pull"
-            if (sent.body is not None and not refused and not side and not sent.rejected
-                    and watermark is None and sent.listed()):
-                # the common page: one statement, one round trip (store.store_page_body)
-                async with deps.pool.acquire() as conn:
-                    changed = await store.store_page_body(
-                        conn, sent.body, learned_via=learned_via, history=deps.settings.history,
-                        checkpoint=None if purpose is None or window is None else
-                        (purpose, window, page_no, len(sent.listed()), page_size))
-                return changed, sent, side
+            if common:
+                return await store_common(), sent, side
             async with deps.pool.acquire() as conn, conn.transaction():
                 page = sent
                 if page.listed():
