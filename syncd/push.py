@@ -553,9 +553,9 @@ async def push_once(deps: Deps, *, owner: str | None = None,
     and calls `outbox.release_leases(conn, owner)` on shutdown). A given `owner` runs one drain
     at a time: rows still in_flight under it were left by an earlier drain whose release
     failed (the database was down when it ended), and are given back first, as that release
-    would have, instead of waiting out their lease (SYNCD_OUTBOX_LEASE). `now` (aware) replaces the
-    database clock for claims and back-off (tests). Rows end done / failed / conflict, or
-    pending with a back-off (429, 5xx, timeouts). Raises AuthError / FatalAPIError when Kantata
+    would have, instead of waiting out their lease (SYNCD_OUTBOX_LEASE). `now` (aware)
+    replaces the database clock for claims and back-off (tests). Rows end done / failed /
+    conflict, or pending with a back-off (429, 5xx, timeouts). Raises AuthError / FatalAPIError when Kantata
     refuses every request (bad token, wrong base URL) after giving this drain's leases back;
     database errors and cancellation (the daemon's run deadline, shutdown) propagate likewise,
     also after the leases of this drain's unfinished rows were given back.

@@ -50,16 +50,16 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-
 def _one_line(token: SecretStr, setting: str) -> SecretStr:
-    """`token` when it holds no control character; else ValueError naming `setting` (where
-    the characters are, never what the token is)."""
-    bad = sorted({i for i, c in enumerate(token.get_secret_value())
-                  if ord(c) < 32 or ord(c) == 127})
-    if bad:
+    """`token` when it holds no control character; else ValueError naming `setting` and where
+    the first one is, never what the token is."""
+    at = next((i for i, c in enumerate(token.get_secret_value())
+               if ord(c) < 32 or ord(c) == 127), None)
+    if at is not None:
         raise ValueError(f"invalid setting {setting}: the token holds a control character (a "
-                         f"line break?) at position {bad[0] + 1}; a bearer token is one line")
+                         f"line break?) at position {at + 1}; a bearer token is one line")
     return token
+
 
 class Settings(BaseSettings):
     """Every knob of syncd. Durations are in seconds, rates per minute, dates are calendar dates.
