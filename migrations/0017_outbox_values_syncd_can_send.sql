@@ -5,16 +5,12 @@
 -- no version of an entry can be compared with it). Such a row is now refused at insert, with
 -- its rule named, like the other malformed rows (migrations/README.md, "The outbox"); a row
 -- queued before this migration is dead-lettered by syncd when claimed, with the same reason,
--- and the rows behind it are pushed. Checked in the BEFORE INSERT trigger, not by a CHECK
--- constraint: syncd must still be able to update an older such row to `failed`.
+-- and the rows behind it are pushed. Checked by a BEFORE INSERT trigger of its own, not by a
+-- CHECK constraint: syncd must still be able to update an older such row to `failed`.
 
-CREATE OR REPLACE FUNCTION syncd.outbox_before_insert() RETURNS trigger LANGUAGE plpgsql
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION syncd.outbox_values_syncd_can_send() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NEW.op = 'create' AND NEW.entry_id IS NOT NULL THEN
-        RAISE EXCEPTION 'syncd.outbox: a create must not set entry_id (syncd fills it in when Kantata has created the entry)'
-            USING ERRCODE = 'check_violation', COLUMN = 'entry_id';
-    END IF;
     IF NEW.payload IS NOT NULL AND jsonb_path_exists(NEW.payload,
             'strict $.** ? (@.type() == "number" && (@ > 1.7976931348623157e308 || @ < -1.7976931348623157e308))') THEN
         RAISE EXCEPTION 'syncd.outbox: payload holds a number beyond the range of a double (about 1.8e308), which JSON clients cannot read (outbox_payload_numbers_fit_a_double)'
@@ -26,25 +22,10 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'base_updated_at',
                   CONSTRAINT = 'outbox_base_updated_at_is_an_instant';
     END IF;
-    IF NEW.op IN ('update', 'delete') AND NEW.base_updated_at IS NULL THEN
-        SELECT updated_at INTO NEW.base_updated_at
-        FROM kantata.time_entries WHERE id = NEW.entry_id;
-    END IF;
-    -- Everything below is syncd's bookkeeping: a writer's values would only confuse it.
-    NEW.status := 'pending';
-    NEW.attempts := 0;
-    NEW.last_error := NULL;
-    NEW.remote_updated_at := NULL;
-    NEW.remote_entry := NULL;
-    NEW.lease_owner := NULL;
-    NEW.lease_expires_at := NULL;
-    NEW.batch_id := NULL;
-    NEW.claimed_at := NULL;
-    NEW.sent_at := NULL;
-    NEW.done_at := NULL;
-    NEW.result := NULL;
-    NEW.next_attempt_at := now();
-    NEW.created_at := now();
-    NEW.updated_at := now();
     RETURN NEW;
 END $$;
+
+-- Named to fire after outbox_before_insert (triggers fire in name order), which leaves a
+-- writer's base_updated_at as given and fills a missing one from the mirror.
+CREATE TRIGGER outbox_values_syncd_can_send BEFORE INSERT ON syncd.outbox
+    FOR EACH ROW EXECUTE FUNCTION syncd.outbox_values_syncd_can_send();
