@@ -87,7 +87,8 @@ FROM picked WHERE t.id = picked.id
 RETURNING t.id, t.op, t.entry_id, t.payload, t.correlation_key::text AS correlation_key,
           t.base_updated_at, t.attempts, t.sent_at, t.last_error,
           CASE WHEN NOT isfinite(t.base_updated_at) THEN t.base_updated_at::text END
-              AS base_not_an_instant
+              AS base_not_an_instant,
+          NOT syncd.jsonb_numbers_fit_a_double(t.payload) AS payload_out_of_range
 """
 
 # Claimed rows syncd cannot send as they are (`unsendable`) are dead-lettered in the claim's
@@ -212,20 +213,20 @@ class Claim:
 
 
 def unsendable(r: Mapping[str, Any]) -> str | None:
-    """Why a claimed row (CLAIM's columns) cannot be pushed as it is, or None: a value that
-    passed the checks at insert before migration 0017 refused it there (a payload number
-    beyond the range of a double, which JSON decoders refuse; a `base_updated_at` of
-    'infinity' or '-infinity'). The reason names the column and what to do."""
+    """Why a claimed row (CLAIM's columns) cannot be pushed as it is, or None: a value that the
+    checks at insert of migration 0017 refuse, in a row queued before it or changed by an
+    UPDATE since (a payload number a double cannot hold: `1e400` no JSON decoder reads,
+    `1e-400` is read as 0; a `base_updated_at` of 'infinity' or '-infinity'). The reason
+    names the rule, as the insert's error does, and what to do."""
     if r["base_not_an_instant"] is not None:
-        return (f"base_updated_at is {r['base_not_an_instant']}, not an instant: set it to the "
-                "entry version the change was based on (or NULL) and `syncd outbox retry`, "
-                "or discard the row")
-    if r["payload"] is not None:
-        try:
-            orjson.loads(r["payload"])
-        except orjson.JSONDecodeError as exc:
-            return (f"payload cannot be sent as JSON ({exc}): a number beyond the range of a "
-                    "double; fix the row and `syncd outbox retry`, or discard it")
+        return (f"base_updated_at is {r['base_not_an_instant']}, not an instant "
+                "(outbox_base_updated_at_is_an_instant): set it to the entry version the "
+                "change was based on, or NULL, and `syncd outbox retry`; or discard the row")
+    if r["payload_out_of_range"]:
+        return ("payload holds a number a double cannot hold (beyond about 1.8e308, or nearer "
+                "zero than 2.2e-308), which JSON clients read as another number or not at all "
+                "(outbox_payload_numbers_fit_a_double): fix it and `syncd outbox retry`, or "
+                "discard the row")
     return None
 
 

@@ -589,6 +589,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
                     claim = await outbox.claim_batch(conn, owner=owner, limit=s.push_batch_size,
                                                      lease_seconds=s.outbox_lease, now=now,
                                                      due_by=due_by, batch_id=batches[-1])
+                report.claimed += len(claim.refused)
                 for row_id, op, reason in claim.refused:  # dead-lettered by the claim
                     report.tally.add(op, "failed")
                     log.warning("outbox_row_refused", row=row_id, op=op, reason=reason)

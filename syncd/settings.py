@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="SYNCD_", extra="forbid", validate_default=True, frozen=True
+        env_prefix="SYNCD_", extra="forbid", validate_default=True, frozen=True,
+        allow_inf_nan=False,  # SYNCD_PULL_INTERVAL=inf is a typo, not a schedule
     )
 
     # --- connections -------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`auto` = JSON lines unless stderr is a terminal")
     leader_lock_key: int = Field(
-        0x53594E43, description="advisory lock electing the replica that pulls and "
+        0x53594E43, ge=-2**63, le=2**63 - 1, description="advisory lock electing the replica that pulls and "
                                 "reconciles; replicas of one installation share it, separate "
                                 "installations on one database need different keys")
 

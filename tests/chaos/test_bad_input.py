@@ -702,6 +702,11 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("token_file_missing", {"SYNCD_KANTATA_TOKEN": None,
                             "SYNCD_KANTATA_TOKEN_FILE": "/nonexistent/token"},
      "SYNCD_KANTATA_TOKEN_FILE: /nonexistent/token is not a file"),
+    # accepted before (a trial): an interval of `inf`, a lock key beyond PostgreSQL's bigint
+    ("interval_inf", {"SYNCD_PULL_INTERVAL": "inf"}, "SYNCD_PULL_INTERVAL"),
+    ("grace_nan", {"SYNCD_SHUTDOWN_GRACE": "nan"}, "SYNCD_SHUTDOWN_GRACE"),
+    ("lock_key_beyond_bigint", {"SYNCD_LEADER_LOCK_KEY": "99999999999999999999"},
+     "SYNCD_LEADER_LOCK_KEY"),
 ]
 
 

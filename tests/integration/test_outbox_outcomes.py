@@ -278,21 +278,27 @@ async def test_a_row_syncd_cannot_send_is_dead_lettered_and_the_rest_are_pushed(
     version of -infinity used to stop every push with a message naming no row. Each now ends
     `failed` with its reason at the claim; the valid rows around them are pushed, and the
     operator's list shows them all."""
-    eids = editable_ids(sim)[:4]
+    eids = editable_ids(sim)[:5]
     ids = [await enqueue(conn, "update", e, {"notes": f"n{i}"}) for i, e in enumerate(eids)]
+    rate = sim.get_entry(eids[4])["rate_in_cents"]  # type: ignore[index]
     await conn.execute("UPDATE syncd.outbox SET payload = '{\"time_in_minutes\": 1e400}' "
                        "WHERE id = $1", ids[1])
     await conn.execute("UPDATE syncd.outbox SET base_updated_at = '-infinity' WHERE id = $1",
                        ids[2])
+    await conn.execute("UPDATE syncd.outbox SET payload = '{\"rate_in_cents\": 1e-400}' "
+                       "WHERE id = $1", ids[4])  # was sent as 0
     report = await push.push_once(mirrored)
     got = await rows(conn)
-    assert [got[i]["status"] for i in ids] == ["done", "failed", "failed", "done"]
-    assert "a number beyond the range of a double" in got[ids[1]]["last_error"]
-    assert "base_updated_at is -infinity, not an instant" in got[ids[2]]["last_error"]
+    assert [got[i]["status"] for i in ids] == ["done", "failed", "failed", "done", "failed"]
+    for i in (ids[1], ids[4]):
+        assert "(outbox_payload_numbers_fit_a_double)" in got[i]["last_error"]
+    assert "base_updated_at is -infinity, not an instant (outbox_base_updated_at_is_an_instant)" \
+        in got[ids[2]]["last_error"]
     assert sim.get_entry(eids[0])["notes"] == "n0"  # type: ignore[index]
     assert sim.get_entry(eids[3])["notes"] == "n3"  # type: ignore[index]
     assert sim.get_entry(eids[1])["notes"] != "n1"  # type: ignore[index]
-    assert report.failed == 2 and report.done == 2
+    assert sim.get_entry(eids[4])["rate_in_cents"] == rate  # type: ignore[index]
+    assert report.failed == 3 and report.done == 2 and report.claimed == 5
     from syncd import outbox
     listed = {r["id"]: r for r in await outbox.list_rows(conn)}
     assert listed[ids[1]]["payload"].startswith('{"time_in_minutes": 1000')  # jsonb text

@@ -44,6 +44,8 @@ async def insert(conn: asyncpg.Connection, sql_values: str) -> None:
     ("('update', 1, '{\"time_in_minutes\": 1e400}')", "outbox_payload_numbers_fit_a_double"),
     ("('update', 1, '{\"notes\": \"x\", \"rate_in_cents\": -2e308}')",
      "outbox_payload_numbers_fit_a_double"),
+    ("('update', 1, '{\"rate_in_cents\": 1e-400}')",  # a JSON client reads 0
+     "outbox_payload_numbers_fit_a_double"),
 ])
 async def test_malformed_rows_are_refused_at_insert_with_the_constraint_named(
         conn: asyncpg.Connection, values: str, error: str) -> None:
@@ -440,3 +442,9 @@ async def test_a_base_version_that_is_not_an_instant_is_refused_at_insert(
     assert exc.value.constraint_name == "outbox_base_updated_at_is_an_instant"
     assert f"base_updated_at must be an instant, not {base} (outbox_base" in str(exc.value)
     assert await conn.fetchval("SELECT count(*) FROM syncd.outbox") == 0
+
+
+async def test_numbers_a_double_holds_are_accepted(conn: asyncpg.Connection) -> None:
+    await insert(conn, "('update', 1, '{\"rate_in_cents\": 0, \"time_in_minutes\": 1e308, "
+                       "\"notes\": \"1e400\"}'), ('update', 2, '{\"rate_in_cents\": -3e-300}')")
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox") == 2
