@@ -235,11 +235,12 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def setting_hint(status: int, method: str, url: str) -> str:
     """What an operator should check after a refused read of `url` (no query string, no
     credentials: `KantataClient.where`), or "" when the status names no setting: 401/403 →
-    SYNCD_KANTATA_TOKEN; 404 on a list or lookup (the contract's paths exist on every Kantata,
+    SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE; 404 on a list or lookup (the contract's paths exist on every Kantata,
     TE spec `/time_entries`) → SYNCD_KANTATA_BASE_URL, which should end in /api/v1."""
     if status in (401, 403):
         what = "refused the token" if status == 401 else "denied the token access"
-        return f"{method} {url} {what}; check SYNCD_KANTATA_TOKEN"
+        return (f"{method} {url} {what}; check SYNCD_KANTATA_TOKEN or "
+                "SYNCD_KANTATA_TOKEN_FILE")
     if status == 404:
         return (f"{method} {url} does not exist; check SYNCD_KANTATA_BASE_URL (Kantata's API "
                 "root, ending in /api/v1, like https://api.mavenlink.com/api/v1)")

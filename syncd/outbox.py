@@ -361,7 +361,8 @@ async def status_counts(conn: asyncpg.Connection, *,
 async def list_rows(conn: asyncpg.Connection, *, statuses: Sequence[str] | None = None,
                     ids: Sequence[int] | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Rows for operators, newest first: optionally only `statuses` and/or `ids`; jsonb columns
-    decoded."""
+    decoded (a payload no JSON decoder reads stays the text PostgreSQL gives), an instant of
+    'infinity' or '-infinity' as that word."""
     rows = await conn.fetch(
         f"""SELECT {LIST_COLUMNS} FROM syncd.outbox
             WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
@@ -371,6 +372,9 @@ async def list_rows(conn: asyncpg.Connection, *, statuses: Sequence[str] | None 
     out = []
     for r in rows:
         d = dict(r)
+        for k, v in d.items():  # asyncpg reads ±infinity as naive 9999-12-31 / 0001-01-01
+            if isinstance(v, datetime) and v.tzinfo is None:
+                d[k] = "infinity" if v.year == 9999 else "-infinity"
         for k in ("payload", "remote_entry"):
             if d[k] is not None:
                 try:

@@ -16,9 +16,9 @@ import asyncpg
 from syncd.errors import FatalError, RetriableError, redact
 
 
-def at_least(least: int) -> Any:
-    """An argparse type: a whole number of at least `least`, else a usage error (exit 2)
-    naming the option."""
+def at_least(least: int, most: int | None = None) -> Any:
+    """An argparse type: a whole number of at least `least` (and at most `most`), else a
+    usage error (exit 2) naming the option."""
     def parse(value: str) -> int:
         try:
             n = int(value)
@@ -26,6 +26,8 @@ def at_least(least: int) -> Any:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
         if n < least:
             raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {n}")
+        if most is not None and n > most:
+            raise argparse.ArgumentTypeError(f"expected a number <= {most}, got {n}")
         return n
     return parse
 

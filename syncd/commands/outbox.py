@@ -63,6 +63,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await conn.close()
 
 
+#: an outbox row id: a positive bigint (a larger one reached PostgreSQL: exit 1, a trial)
+ROW_ID = at_least(1, 2**63 - 1)
+
+
 def _ids(ids: list[int]) -> str:
     return " ".join(str(i) for i in ids)
 
@@ -106,7 +110,7 @@ def register(sub: Any) -> None:
                     "local change then wins over that remote change (a newer remote change "
                     "conflicts again). A create whose earlier send had an unknown outcome is "
                     "looked up in Kantata before it is sent again. Other rows are left alone.")
-    rt.add_argument("ids", nargs="*", type=int, metavar="ID", help="outbox row ids")
+    rt.add_argument("ids", nargs="*", type=ROW_ID, metavar="ID", help="outbox row ids")
     rt.add_argument("--all-failed", action="store_true", help="every failed row (not conflicts)")
     rt.set_defaults(func=_cmd, parser=rt)
     dc = actions.add_parser(
@@ -115,5 +119,5 @@ def register(sub: Any) -> None:
                     "change is dropped, Kantata is not touched. Rows in flight, done rows "
                     "(history) and creates whose earlier request may have reached Kantata are "
                     "left alone.")
-    dc.add_argument("ids", nargs="+", type=int, metavar="ID", help="outbox row ids")
+    dc.add_argument("ids", nargs="+", type=ROW_ID, metavar="ID", help="outbox row ids")
     dc.set_defaults(func=_cmd, parser=dc)

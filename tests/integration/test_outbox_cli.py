@@ -90,6 +90,9 @@ async def test_outbox_commands_need_only_the_database(db_dsn: str, sim_url: str)
     assert "no matching outbox rows" in out
     code, _, err = await syncd(env, "outbox", "retry")
     assert code == 2 and "give row ids or --all-failed" in err
+    for action in ("retry", "discard"):  # reached PostgreSQL: exit 1, a DataError (a trial)
+        code, _, err = await syncd(env, "outbox", action, "99999999999999999999")
+        assert code == 2 and "expected a number <= 9223372036854775807" in err, err
 
 
 async def test_discarding_twice_says_why_in_plain_words(db_dsn: str, sim_url: str,

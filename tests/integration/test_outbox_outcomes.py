@@ -303,3 +303,4 @@ async def test_a_row_syncd_cannot_send_is_dead_lettered_and_the_rest_are_pushed(
     listed = {r["id"]: r for r in await outbox.list_rows(conn)}
     assert listed[ids[1]]["payload"].startswith('{"time_in_minutes": 1000')  # jsonb text
     assert listed[ids[0]]["payload"] == {"notes": "n0"}
+    assert listed[ids[2]]["base_updated_at"] == "-infinity"  # not 0001-01-01 without a zone

@@ -153,7 +153,7 @@ async def test_4xx_is_not_retried_and_carries_kantata_message(
 async def test_a_refused_read_names_the_url_and_the_setting_to_check() -> None:
     """A new user's wrong base URL gave `FatalAPIError: HTTP 404: no error message`: the
     message now shows the URL asked (no query string, no user, password or token) and points
-    to SYNCD_KANTATA_BASE_URL; a 401 or 403 points to SYNCD_KANTATA_TOKEN."""
+    to SYNCD_KANTATA_BASE_URL; a 401 or 403 points to SYNCD_KANTATA_TOKEN (or _FILE)."""
     base = "http://127.0.0.1:9/v1"  # a base URL missing its /api
     wrong = re.compile(r"^http://127\.0\.0\.1:9/v1/time_entries(\?.*)?$")
     async with aiohttp.ClientSession() as session:
@@ -178,9 +178,10 @@ async def test_a_refused_read_names_the_url_and_the_setting_to_check() -> None:
     assert errors == [
         f"HTTP 404: no error message (GET {url} does not exist; check SYNCD_KANTATA_BASE_URL "
         "(Kantata's API root, ending in /api/v1, like https://api.mavenlink.com/api/v1))",
-        f"HTTP 401: bad [redacted] (GET {url} refused the token; check SYNCD_KANTATA_TOKEN)",
+        f"HTTP 401: bad [redacted] (GET {url} refused the token; check SYNCD_KANTATA_TOKEN "
+        "or SYNCD_KANTATA_TOKEN_FILE)",
         f"HTTP 403: no error message (GET {url} denied the token access; check "
-        "SYNCD_KANTATA_TOKEN)",
+        "SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE)",
         "HTTP 400: bad filter"]  # names no setting
 
 
