@@ -1,11 +1,13 @@
 """`syncd config [--reference]`: the effective configuration, secrets masked, with where each
-value came from (env, file, default); `--reference` prints the markdown settings table that
+value came from (env, file, default), and a warning when the Kantata token cannot be used
+(none, an empty file, a line break in it: what `sync`, `run` and `push` refuse); `--reference` prints the markdown settings table that
 deploy/README.md holds (generated from `syncd.settings.Settings`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from syncd.settings import Settings, describe, reference_table
@@ -20,6 +22,11 @@ def _cmd(args: argparse.Namespace, settings: Settings | None) -> int:
     width = max(len(v) for v, _, _ in rows)
     for var, value, source in rows:
         print(f"{var:<{width}}  {value}  ({source})")
+    try:  # read only by the commands that call Kantata (the outbox commands need none)
+        settings.token()
+    except (ValueError, OSError) as exc:
+        print(f"syncd: warning: {exc}; commands that call Kantata will refuse to start",
+              file=sys.stderr)
     return 0
 
 

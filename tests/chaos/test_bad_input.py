@@ -762,6 +762,12 @@ def test_a_token_with_a_line_break_is_named_not_an_http_header_error(
     assert err == (f"syncd: invalid setting {setting}: the token holds a control character "
                    "(a line break?) at position 13; a bearer token is one line"), err
     assert "s3cr3t" not in err and "Injected" not in err
+    # `syncd config` shows it too (it said nothing, exit 0: a second trial), as a warning
+    code, err = run_cli(monkeypatch, capsys, env, ["config"])
+    assert code == 0
+    assert err.startswith(f"syncd: warning: invalid setting {setting}: the token holds a "
+                          "control character"), err
+    assert "s3cr3t" not in err and "Injected" not in err
 
 
 @pytest.mark.parametrize(("toml", "message"), [
