@@ -701,14 +701,14 @@ def _stamps_ok(updated: list[Any], created: list[Any], performed: list[Any]) -> 
     """The timestamp columns of a page's entries: every `updated_at` a string spelled as
     `_FAST_INSTANT`, every `date_performed` one spelled as `_FAST_DATE`, every `created_at`
     null, absent (None or msgspec's UNSET), equal to its `updated_at` (spelled as that is:
-    not matched again; two in three entries) or a string spelled as `_FAST_INSTANT`."""
-    created = list(compress(created, map(ne, created, updated)))
-    if None in created or msgspec.UNSET in created:
-        created = [c for c in created if c is not None and c is not msgspec.UNSET]
+    not matched again; two in three entries) or a string spelled as `_FAST_INSTANT`. Dates
+    are matched once each: a page, ordered by `date_performed`, holds a few distinct ones."""
+    created = [c for c in compress(created, map(ne, created, updated))
+               if c is not None and c is not msgspec.UNSET]
     return (set(map(type, updated)) <= _STRS and set(map(type, performed)) <= _STRS
             and set(map(type, created)) <= _STRS
             and _all_spelled(updated, _FAST_INSTANT) and _all_spelled(created, _FAST_INSTANT)
-            and _all_spelled(performed, _FAST_DATE))
+            and _all_spelled(list(set(performed)), _FAST_DATE))
 
 
 def _listed_ids_ok(keys: list[Any], ids: list[Any]) -> bool:
@@ -885,18 +885,6 @@ _UPDATED, _CREATED, _PERFORMED, _ENTRY_ID = (
     attrgetter("id"))
 
 
-def _typed_stamps_ok(entries: list[_TypedEntry]) -> bool:
-    """`_stamps_ok` for typed entries (`updated_at` and `date_performed` strings, `created_at`
-    a string, null or absent), as sets where the order does not matter: a page, ordered by
-    `date_performed`, holds a few distinct dates."""
-    updated = list(map(_UPDATED, entries))
-    created = [c for c in compress(map(_CREATED, entries),
-                                   map(ne, map(_CREATED, entries), updated))
-               if c.__class__ is str]
-    return (_all_spelled(updated, _FAST_INSTANT) and _all_spelled(created, _FAST_INSTANT)
-            and _all_spelled(list(set(map(_PERFORMED, entries))), _FAST_DATE))
-
-
 def decode_page_typed(body: bytes) -> Page | None:
     """The Page `decode_page_fast` would give for list page `body` (JSON bytes as Kantata sent
     them), decoded and checked by msgspec's types in one pass; None when the page is not one
@@ -926,7 +914,8 @@ def decode_page_typed(body: bytes) -> Page | None:
     own = list(map(_ENTRY_ID, entries))
     if own != keys and any(o is not msgspec.UNSET and o != i for o, i in zip(own, keys)):
         return None
-    if not _typed_stamps_ok(entries):
+    if not _stamps_ok(list(map(_UPDATED, entries)), list(map(_CREATED, entries)),
+                      list(map(_PERFORMED, entries))):
         return None
     columns, distinct, absent = [], [], set()
     for key in INCLUDE_GATED:  # in map order; the decoded page is not kept for `EntryRefs`
