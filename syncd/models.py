@@ -3,7 +3,7 @@ and a NamedTuple for the high-volume `TimeEntry`) and id types."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, NamedTuple, NewType, overload
@@ -72,22 +72,34 @@ def _fk(v: str | None) -> int | None:
 class EntryRefs(Sequence[EntryRef]):
     """The `EntryRef`s of a page PostgreSQL types (issue #26), kept as columns: `ids` (ints, in
     `results` order), the four foreign-key columns as the body spells them (digit strings of
-    at most 18 digits or None, checked by `pagination`) and `side_ids`, each kind's distinct
-    referenced ids as ints ([(kind, frozenset)] in workspace, user, story, role order). A
-    backfill page needs only `ids` and `side_ids`; the per-entry tuples are built on first
-    use (side-load planning of a page with uncommitted objects, the careful path, tests), so
-    the common page converts ~440 distinct foreign keys instead of 800 values and builds no
-    tuples (`columns` gives the four columns, in `ids` order, when first needed). Equal to
-    another EntryRefs or a tuple holding the same EntryRefs in order."""
+    at most 18 digits or None, checked by `pagination`) and `side_texts`, each kind's distinct
+    referenced ids as the body spells them ([(kind, frozenset of str)] in workspace, user,
+    story, role order); `side_ids` gives the same as ints, converted on first use. A backfill
+    page needs only `ids` and `side_texts` (`pull.SideLoads` checks them against the
+    spellings of what its run committed); the ints and the per-entry tuples are built on
+    first use (side-load planning of a page with uncommitted objects, the careful path,
+    tests), so the common page converts no foreign key and builds no tuples (`columns`
+    gives the four columns, in `ids` order, when first needed). Equal to another EntryRefs
+    or a tuple holding the same EntryRefs in order."""
 
-    __slots__ = ("ids", "side_ids", "_columns", "_rows")
+    __slots__ = ("ids", "side_texts", "_side_ids", "_columns", "_rows")
 
     def __init__(self, ids: list[int], columns: Callable[[], Sequence[Sequence[str | None]]],
-                 side_ids: list[tuple[str, frozenset[int]]]) -> None:
+                 side_texts: list[tuple[str, AbstractSet[str]]]) -> None:
         self.ids = ids
-        self.side_ids = side_ids
+        self.side_texts = side_texts
+        self._side_ids: list[tuple[str, frozenset[int]]] | None = None
         self._columns = columns
         self._rows: tuple[EntryRef, ...] | None = None
+
+    @property
+    def side_ids(self) -> list[tuple[str, frozenset[int]]]:
+        """Each kind's distinct referenced ids as ints, [(kind, frozenset)] in `side_texts`
+        order (converted once)."""
+        if self._side_ids is None:
+            self._side_ids = [(kind, frozenset(map(int, texts)))
+                              for kind, texts in self.side_texts]
+        return self._side_ids
 
     def rows(self) -> tuple[EntryRef, ...]:
         """The EntryRefs, one per listed entry (built once)."""

@@ -34,7 +34,7 @@ from syncd.errors import (
     RetriableError,
 )
 from syncd.kantata import too_slow
-from syncd.models import Altered, Page, Rejected, SideObject
+from syncd.models import Altered, EntryRefs, Page, Rejected, SideObject, TimeEntry
 from syncd.runs import Deps, RunStats, job_run
 from syncd.windows import Narrowing, Window, describe_too_big, month_windows
 
@@ -119,13 +119,18 @@ class SideSeen:
     """What one run has committed of the side-loaded objects (`store_landed` records each
     page's once its transaction commits), so that later pages neither write them again nor
     record a side object's dead letter twice: each object's raw JSON text by (kind, id), the
-    same objects' ids by kind (`committed`: `SideLoads.for_page` checks a page's ~270-440
-    references as sets of ints; as (kind, id) pairs that was ~10 % of the client's CPU at
-    1,000,000 entries, issue #26), and the raw text of every side object it rejected."""
+    same objects' ids by kind (`committed`, and `committed_text`: each id as `str(id)`
+    spells it), and the raw text of every side object it rejected. `SideLoads.for_page`
+    checks a page's ~270-440 references as sets by kind (as (kind, id) pairs that was ~10 %
+    of the client's CPU at 1,000,000 entries, issue #26): a typed page's as the body spells
+    them (`EntryRefs.side_texts`, no int built; a spelling such as "007" is not found there
+    and the page takes the ints' way), any other's as ints."""
 
     def __init__(self) -> None:
         self.raw: dict[pagination.SideRef, str] = {}
         self.committed: dict[str, set[int]] = {kind: set() for kind in pagination.SIDE_KINDS}
+        self.committed_text: dict[str, set[str]] = {kind: set()
+                                                    for kind in pagination.SIDE_KINDS}
         self._rejected: dict[int, str] = {}  # hash of the raw text -> raw text
 
     def unseen(self, side: Sequence[SideObject]) -> tuple[SideObject, ...]:
@@ -134,6 +139,15 @@ class SideSeen:
         # (identical strings compare by identity)
         return tuple(compress(side, map(ne, map(self.raw.get, map(_SIDE_KEY, side)),
                                         map(_SIDE_RAW, side))))
+
+    def has_all(self, entries: Sequence[TimeEntry]) -> bool:
+        """Whether this run has committed every side object `entries` reference."""
+        if isinstance(entries, EntryRefs):
+            text = self.committed_text
+            if all(spelled <= text[kind] for kind, spelled in entries.side_texts):
+                return True
+        return all(ids <= self.committed[kind]
+                   for kind, ids in pagination.side_ids(entries))
 
     def new_rejects(self, rejected: Sequence[Rejected]) -> tuple[Rejected, ...]:
         """`rejected` without the side objects' dead letters this run has recorded already (a
@@ -148,6 +162,7 @@ class SideSeen:
         for o in side:
             self.raw[(o.kind, o.id)] = o.raw
             self.committed[o.kind].add(o.id)
+            self.committed_text[o.kind].add(str(o.id))
         self._rejected.update((hash(r.raw), r.raw) for r in rejected if _side_reject(r))
 
 
@@ -197,9 +212,8 @@ class SideLoads:
     async def for_page(self, page: Page) -> Page:
         if not page.listed():
             return page
-        if self.side_seen is not None and not page.side and all(
-                ids <= self.side_seen.committed[kind]
-                for kind, ids in pagination.side_ids(page.listed())):
+        if self.side_seen is not None and not page.side and self.side_seen.has_all(
+                page.listed()):
             return page  # the common case: every object it references committed this run
         for o in page.side:  # a page asked for with include= (`KantataClient.include_fks`)
             self.objects[(o.kind, o.id)] = o

@@ -117,3 +117,35 @@ async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_commi
     seen.commit(later.side)
     assert await sl.for_page(envelope(e(3, 10), e(2, 11))) == envelope(e(3, 10), e(2, 11))
     assert len(client.asked) == 2  # every reference committed: the page as it came
+
+
+def test_side_seen_checks_a_typed_page_by_spelling_and_falls_back_to_ints() -> None:
+    """A typed page's references are checked as the body spells them (`committed_text`, no
+    int built), an unusual spelling ("0010") against the ints; an object not committed is
+    missing either way."""
+    from syncd.models import SideObject
+    from syncd.pagination import decode_page_typed
+
+    def typed(ws: str) -> Any:
+        doc = {"count": 1, "meta": {"page_count": 1}, "results": [{"key": "time_entries",
+                                                                   "id": "1"}],
+               "time_entries": {"1": {"id": "1", "date_performed": "2024-01-01",
+                                      "time_in_minutes": 5, "updated_at": "2024-01-01T10:00:00Z",
+                                      "workspace_id": ws, "user_id": None}}}
+        page = decode_page_typed(orjson.dumps(doc))
+        assert page is not None and page.body is not None
+        return page.listed()
+
+    seen = SideSeen()
+    assert not seen.has_all(typed("10"))
+    seen.commit([SideObject(kind="workspaces", id=10, label="W", parent_id=None,
+                            updated_at=None, raw="{}")])
+    assert seen.committed_text["workspaces"] == {"10"}
+    refs = typed("10")
+    assert seen.has_all(refs) and refs._side_ids is None  # found by spelling: no int built
+    odd = typed("0010")
+    assert seen.has_all(odd) and odd.side_ids == [("workspaces", frozenset({10})),
+                                                  ("users", frozenset()),
+                                                  ("stories", frozenset()),
+                                                  ("roles", frozenset())]
+    assert not seen.has_all(typed("11"))
