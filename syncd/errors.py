@@ -111,6 +111,12 @@ class KantataUnreachable(RetriableAPIError):
         super().__init__(0, message, sent=sent)
 
 
+class StoppedWaiting(RetriableError):
+    """A shutdown (the daemon's first SIGTERM) began while a read waited to be retried: the
+    read ends at once instead of after its back-off (up to SYNCD_BACKOFF_CAP or a capped
+    `Retry-After`, seconds), and its job stops as between two pages."""
+
+
 class MalformedResponseError(RetriableError):
     """A 200 answer that is not the documented envelope (truncated JSON, HTML, missing ids)."""
 

@@ -44,6 +44,7 @@ from syncd.errors import (
     MalformedResponseError,
     RetriableAPIError,
     RetriableError,
+    StoppedWaiting,
     WrongBaseURL,
     redact,
     register_secret,
@@ -299,6 +300,9 @@ class KantataClient:
         self.metrics.rate_limit.set(budget.rate_per_minute / 60)
         self.metrics.rate_limit_floor.set(budget.floor / 60)
         self.requests_sent = 0
+        #: Set when the process shuts down (`daemon.Daemon` gives it `deps.stopping`): a read
+        #: waiting to be retried then ends at once (`_retry_sleep`, StoppedWaiting).
+        self.stopping: asyncio.Event | None = None
         #: Unanswered requests in a row, across every job and window (`SILENT_LIMIT`).
         self.silence = Silence()
         #: Learned from the first list page that lacked them: this Kantata returns the
@@ -409,7 +413,7 @@ class KantataClient:
             async for attempt in AsyncRetrying(
                     stop=self.retry.stop, wait=self.retry.wait,
                     retry=retry_if_exception(retry), reraise=True,
-                    before_sleep=log_retry):
+                    before_sleep=log_retry, sleep=self._retry_sleep):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.metrics.retries.labels(endpoint).inc()
@@ -436,6 +440,23 @@ class KantataClient:
                 f"Kantata cannot be reached at {self._base}: {exc} on all {attempts} attempts "
                 "of a request; check SYNCD_KANTATA_BASE_URL and the network") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _retry_sleep(self, seconds: float) -> None:
+        """The wait before a read's next attempt (seconds, `RetryPolicy.wait`), cut short by a
+        shutdown (`stopping`): raises StoppedWaiting then, so the read and its job end now
+        rather than after the back-off (the daemon's grace is 30 s; a back-off may be 60 s,
+        a `Retry-After` 120 s)."""
+        stopping = self.stopping
+        if stopping is None:
+            await asyncio.sleep(seconds)
+            return
+        if not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), seconds)
+            except TimeoutError:
+                return
+        raise StoppedWaiting(f"shutting down: a read waiting {seconds:.1f} s to be retried "
+                             "was not retried")
 
     def _silent(self, last: RetriableAPIError) -> KantataUnreachable:
         """The error of a Kantata that accepts connections but answers nothing (`Silence`);

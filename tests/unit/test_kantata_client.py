@@ -359,3 +359,32 @@ async def test_timeouts_between_answers_are_retried_as_before(client: KantataCli
         client.retry = RetryPolicy(max_retries=6, base=0.001, cap=0.01)
         page = await client.list_page({})
     assert [e.id for e in page.entries] == [5] and client.silence.count == 0
+
+
+async def test_a_shutdown_ends_a_read_waiting_to_be_retried(client: KantataClient) -> None:
+    """The daemon's SIGTERM sets `stopping`: a read in its back-off (here 30 s after a 503)
+    ends at once with StoppedWaiting, without another request; a read whose back-off ends
+    before a shutdown is retried as ever."""
+    from syncd.errors import StoppedWaiting
+
+    client.retry = RetryPolicy(max_retries=3, base=30.0, cap=30.0)
+    client.stopping = asyncio.Event()
+    with aioresponses() as m:
+        m.get(LIST, status=503, repeat=True)
+        read = asyncio.ensure_future(client.list_page({"page": "1"}))
+        while not m.requests:  # the first attempt was answered: now in its back-off
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        client.stopping.set()
+        with pytest.raises(StoppedWaiting, match="was not retried"):
+            await read
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert sum(len(calls) for calls in m.requests.values()) == 1
+    client.retry = RetryPolicy(max_retries=3, base=0.001, cap=0.01)
+    client.stopping = asyncio.Event()
+    with aioresponses() as m:
+        m.get(LIST, status=503)
+        m.get(LIST, payload=envelope(1))
+        page = await client.list_page({"page": "1"})
+        assert [e.id for e in page.entries] == [1]
