@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +21,25 @@ from syncd.commands import demo
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def own_temp_dir(monkeypatch: pytest.MonkeyPatch,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Each test's demos use a default folder of their own (`tempfile.gettempdir()`, in this
+    process and in the demos it starts): a demo the machine's user keeps running in
+    /tmp/syncd-demo-$UID must not make these tests fail, nor they stop it. Readable by the
+    postgres user, who runs a demo's server there. (pytest's own temporary folders are
+    placed first, where they always are.)"""
+    tmp_path_factory.getbasetemp()
+    path = Path(tempfile.mkdtemp(prefix="syncd-demo-test-"))
+    path.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(path))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def _run_demo(*args: str, env_url: str | None = None) -> tuple[int, str]:
