@@ -206,8 +206,25 @@ class RequestBudget:
         #: `window`; its answer says whether it is (start NaN: chosen, not yet handed out)
         self._trial: tuple[float, float] | None = None
         self._restored_at = float("-inf")  # starts before it are assumed, not seen
+        #: set by `give_up_waiting_when`'s event: makes the error of a start that would wait
+        self._abandon: Callable[[], BaseException] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ state from outside
+    def give_up_waiting_when(self, event: asyncio.Event,
+                             error: Callable[[], BaseException]) -> None:
+        """Once `event` is set (the daemon's shutdown), no caller waits for its turn any
+        more: those waiting, and later ones whose start would wait, get `error()` raised
+        from `acquire`; a start allowed at once is still granted (work in progress ends)."""
+        async def watch() -> None:
+            await event.wait()
+            self._abandon = error
+            self._wake.set()
+            self._ensure_dispatcher()
+
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(watch())
+
     def restore(self, learned: Learned, quiet_seconds: float | None,
                 recent: Sequence[float] | None = None,
                 throttled_at: float | None = None) -> None:
@@ -480,6 +497,12 @@ class RequestBudget:
                 heapq.heappop(self._heap)
                 continue
             delay = self._delay(loop.time())
+            if delay > 0 and self._abandon is not None:  # shutting down: nobody waits
+                while self._heap:
+                    fut = heapq.heappop(self._heap).future
+                    if not fut.done():
+                        fut.set_exception(self._abandon())
+                return
             if delay > 0:
                 self._wake.clear()
                 try:
@@ -501,6 +524,12 @@ class RequestBudget:
             self._record(now)
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
         if self._task is not None:
             self._task.cancel()
             try:

@@ -212,7 +212,8 @@ class Daemon:
             deps = await stack.enter_async_context(
                 open_deps(s, metrics=self.metrics, pool=pool))
             deps.progress = self._progress
-            deps.stopping = deps.client.stopping = self.stopping
+            deps.stopping = self.stopping
+            deps.client.stop_waiting_when(self.stopping)
             control = self.control = ControlConnection(
                 s.dsn(), s.leader_lock_key, metrics=self.metrics,
                 application_name=f"syncd {self.owner}", on_leader=self._on_leader,

@@ -300,8 +300,8 @@ class KantataClient:
         self.metrics.rate_limit.set(budget.rate_per_minute / 60)
         self.metrics.rate_limit_floor.set(budget.floor / 60)
         self.requests_sent = 0
-        #: Set when the process shuts down (`daemon.Daemon` gives it `deps.stopping`): a read
-        #: waiting to be retried then ends at once (`_retry_sleep`, StoppedWaiting).
+        #: Set when the process shuts down (`stop_waiting_when`): a read waiting to be retried
+        #: then ends at once (`_retry_sleep`, StoppedWaiting).
         self.stopping: asyncio.Event | None = None
         #: Unanswered requests in a row, across every job and window (`SILENT_LIMIT`).
         self.silence = Silence()
@@ -401,12 +401,16 @@ class KantataClient:
             throttled = getattr(exc, "status", None) == 429
             # a 429 is logged as a warning (it slows every job sharing the token), with
             # Kantata's Retry-After and whether syncd waits less (SYNCD_RETRY_AFTER_CAP)
+            budget_holds = throttled and hint is None  # no back-off: the budget waits
             (log.warning if throttled else log.info)(
                 "request_retry", endpoint=endpoint, attempt=state.attempt_number + 1,
-                error=f"{type(exc).__name__}: {exc}", wait=round(state.upcoming_sleep, 3),
+                error=f"{type(exc).__name__}: {exc}",
+                wait=None if budget_holds else round(state.upcoming_sleep, 3),
                 retry_after=None if hint is None else round(hint, 3),
                 retry_after_cap=self.retry.retry_after_cap,
-                capped=hint is not None and hint > self.retry.retry_after_cap)
+                capped=hint is not None and hint > self.retry.retry_after_cap,
+                **({"detail": "held by the request budget until Kantata's limit admits it"}
+                   if budget_holds else {}))
 
         unsent_only, attempts = True, 0  # every attempt failed before a byte was sent
         try:
@@ -440,6 +444,17 @@ class KantataClient:
                 f"Kantata cannot be reached at {self._base}: {exc} on all {attempts} attempts "
                 "of a request; check SYNCD_KANTATA_BASE_URL and the network") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop_waiting_when(self, stopping: asyncio.Event) -> None:
+        """From when `stopping` is set (the daemon's first SIGTERM), no request of this client
+        waits any more: a read waiting to be retried (its back-off, Kantata's `Retry-After`)
+        and a request waiting for its turn under Kantata's rate limit (`budget`, e.g. after a
+        429 without `Retry-After`) end at once with StoppedWaiting, sending nothing; requests
+        already sent, and starts allowed at once, go on."""
+        self.stopping = stopping
+        self.budget.give_up_waiting_when(stopping, lambda: StoppedWaiting(
+            "shutting down: a request waiting for its turn under Kantata's rate limit was "
+            "not sent"))
 
     async def _retry_sleep(self, seconds: float) -> None:
         """The wait before a read's next attempt (seconds, `RetryPolicy.wait`), cut short by a

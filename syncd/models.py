@@ -73,7 +73,7 @@ class EntryRefs(Sequence[EntryRef]):
     """The `EntryRef`s of a page PostgreSQL types (issue #26), kept as columns: `ids` (ints, in
     `results` order), the four foreign-key columns as the body spells them (digit strings of
     at most 18 digits or None, checked by `pagination`) and `side_texts`, each kind's distinct
-    referenced ids as the body spells them ([(kind, frozenset of str)] in workspace, user,
+    referenced ids as the body spells them ([(kind, set of str)] in workspace, user,
     story, role order); `side_ids` gives the same as ints, converted on first use. A backfill
     page needs only `ids` and `side_texts` (`pull.SideLoads` checks them against the
     spellings of what its run committed); the ints and the per-entry tuples are built on

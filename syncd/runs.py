@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from syncd import mirror_indexes, store
-from syncd.errors import redact
+from syncd.errors import StoppedWaiting, redact
 from syncd.kantata import RUN_REQUESTS, KantataClient, RequestTally
 from syncd.metrics import Metrics
 from syncd.pagination import PageSize, PagingTrust
@@ -258,6 +258,9 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                 yield stats
                 if stats.errors:
                     status, error = "partial", redact(error_line(stats.errors))[:4000]
+            except StoppedWaiting as exc:  # a shutdown ended a wait: as if cancelled by it
+                status, error = "interrupted", f"{type(exc).__name__}: {exc}"
+                raise
             except Exception as exc:  # also a bug's exception: recorded with its message
                 status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
                 raise

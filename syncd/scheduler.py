@@ -47,7 +47,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from syncd.errors import DatabaseUnavailable, FatalError, RetriableError
+from syncd.errors import DatabaseUnavailable, FatalError, RetriableError, StoppedWaiting
 
 __all__ = [
     "DB_UNAVAILABLE", "JobScheduler", "JobSpec", "RunDeadlineExceeded", "deadline_for",
@@ -293,7 +293,7 @@ class JobScheduler:
         try:
             async with deadline:
                 await spec.func()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StoppedWaiting):
             raise  # shutdown: nothing to account
         except BaseException as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
@@ -366,6 +366,8 @@ def log_job_error(job: str, exc: BaseException | None, tb: str | None,
     text = f"{type(exc).__name__}: {exc}" if exc is not None else None
     if isinstance(exc, RunDeadlineExceeded):
         log.warning("job_deadline_exceeded", job=job, error=text, **extra)
+    elif isinstance(exc, StoppedWaiting):  # the daemon is shutting down: not a failure
+        log.info("job_stopped", job=job, error=text)
     elif isinstance(exc, RetriableError):
         log.warning("job_failed_retriable", job=job, error_class=type(exc).__name__,
                     error=text, **extra)

@@ -90,3 +90,50 @@ async def test_a_running_backfill_shows_its_figures_so_far(
         stats = await pulling
     final = await _run_row(conn, stats.run_id)
     assert final["status"] == "ok" and final["rows_upserted"] == stats.rows_upserted == 600
+
+
+@pytest.mark.parametrize("throttled", [False, True])
+async def test_a_shutdown_during_a_wait_ends_the_pull_as_interrupted(
+        db_dsn: str, throttled: bool) -> None:
+    """The daemon's SIGTERM while an incremental pull waits, in a 30 s back-off after 503s or
+    for its turn after a 429 without Retry-After (one request a minute): the pull ends within
+    a second, sends nothing more, and its run is `interrupted`, not `failed`."""
+    from syncd.app import open_deps
+    from syncd.errors import StoppedWaiting
+    from syncd.simulator import SimConfig
+    from syncd.simulator.testing import running_simulator
+    from tests.integration.conftest import TOKEN, make_settings
+
+    sim = Simulator(SimConfig(token=TOKEN, entries=50, seed=5, lock_date=None))
+    async with running_simulator(sim) as url:
+        settings = make_settings(db_dsn, url, backoff_base=30.0, backoff_cap=30.0,
+                                 rate_limit_per_minute=1.0 if throttled else 60_000)
+        async with open_deps(settings) as d:
+            if throttled:
+                d.client.budget.pacer.tolerance = 1e9  # the backfill's requests go at once
+            await pull.sync_once(d)  # backfilled: the next cycle is an incremental pull
+            if throttled:
+                d.client.budget.pacer.tolerance = 0.0
+                d.client.budget.pacer.tat = float("inf")  # the next turn is far away
+            else:
+                sim.set_faults({"error_rate": 1.0, "statuses": [503]})
+            stopping = asyncio.Event()
+            d.stopping = stopping
+            d.client.stop_waiting_when(stopping)
+            task = asyncio.create_task(pull.sync_once(d))
+            await asyncio.sleep(0.3)  # waiting now: back-off, or for its turn
+            assert not task.done()
+            loop = asyncio.get_running_loop()
+            started, sent = loop.time(), len(sim.requests)
+            stopping.set()
+            with pytest.raises(StoppedWaiting):
+                await asyncio.wait_for(task, 5.0)
+            assert loop.time() - started < 1.0
+            assert len(sim.requests) == sent
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs "
+                                  "ORDER BY started_at DESC LIMIT 1")
+    finally:
+        await conn.close()
+    assert run["status"] == "interrupted" and "StoppedWaiting" in run["error"], run

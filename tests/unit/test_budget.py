@@ -90,6 +90,30 @@ async def test_waiters_are_served_by_priority_then_arrival() -> None:
     assert order == ["push", "reconcile", "pull-1", "pull-2"]
 
 
+async def test_after_a_shutdown_nobody_waits_for_a_turn() -> None:
+    """The daemon's SIGTERM (`give_up_waiting_when`): requests waiting under the rate limit,
+    and later ones that would wait, fail at once with the given error; a start allowed at
+    once is still granted."""
+    budget = RequestBudget(1.0)  # one start a minute after the first
+    stopping = asyncio.Event()
+    budget.give_up_waiting_when(stopping, lambda: RuntimeError("shutting down"))
+    await budget.acquire("pull")
+    waiting = asyncio.ensure_future(budget.acquire("pull"))  # its turn is ~60 s away
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stopping.set()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await asyncio.wait_for(waiting, 2.0)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        await asyncio.wait_for(budget.acquire("push"), 2.0)  # would wait: not queued
+    assert loop.time() - started < 1.0
+    budget.pacer.tat = float("-inf")  # room again: a start allowed at once goes on
+    assert await asyncio.wait_for(budget.acquire("pull"), 2.0) > started
+    await budget.close()
+
+
 def test_reopens_at_reads_a_refusal_as_a_limit_per_window() -> None:
     burst = [0.0, 0.1, 0.2, 0.3]  # four admitted, then a refusal at 0.4
     assert reopens_at(burst, 0.4, 1.0) == (4, 1.0)  # 4 per second: room when 0.0 leaves
