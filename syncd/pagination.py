@@ -983,7 +983,17 @@ class PageSize:
     `served(size)` records the `meta.page_size` of an answer; `expected` is then what a request
     of `current` brings (entries), which sizes the memory a request reserves: a server that
     clamps to 200 must not make every request reserve 5,000 entries (that let one request
-    travel at a time)."""
+    travel at a time).
+
+    `answered()`, after every list page answered, raises a halved size again: after
+    GROW_AFTER answers in a row since the last halving it doubles (up to `wanted`), so a
+    burst of 5xx does not leave a long-running daemon asking 200 a page for ever (25 times
+    the requests where Kantata serves 5,000); each halving that follows a raise doubles the
+    answers the next raise waits for (up to GROW_AFTER_MAX), so a server that cannot serve
+    the bigger size costs one failed request per 50, 100, ... 3,200 pages."""
+
+    GROW_AFTER = 50
+    GROW_AFTER_MAX = 3200
 
     def __init__(self, wanted: int) -> None:
         if wanted < 1:
@@ -991,6 +1001,24 @@ class PageSize:
         self.wanted = wanted
         self.current = wanted
         self._served: int | None = None
+        self._answers = 0  # list pages answered since the last halving or raise
+        self._grow_after = self.GROW_AFTER
+        self._raised = False  # the last change was a raise
+
+    @property
+    def grow_after(self) -> int:
+        """Answers in a row the next raise waits for."""
+        return self._grow_after
+
+    def answered(self) -> int | None:
+        """Count one list page answered; returns the new size when this raises it (else
+        None)."""
+        self._answers += 1
+        if self.current >= self.wanted or self._answers < self._grow_after:
+            return None
+        self.current = min(self.wanted, self.current * 2)
+        self._answers, self._raised = 0, True
+        return self.current
 
     def served(self, size: int) -> None:
         """Record the page size (entries) an answer was served at (`meta.page_size`)."""
@@ -1020,6 +1048,9 @@ class PageSize:
     def shrink(self) -> int:
         """Halve the size (not below `floor`) after a timeout or 5xx; returns the new size."""
         self.current = max(self.floor, self.current // 2)
+        if self._raised:  # the raised size failed: wait longer before the next raise
+            self._grow_after = min(self.GROW_AFTER_MAX, self._grow_after * 2)
+        self._answers, self._raised = 0, False
         return self.current
 
     @staticmethod

@@ -52,6 +52,14 @@ MAX_SIZE_RESTARTS = 6
 DISTINCT_CHUNK = 8192
 
 
+def _answered(sizer: pagination.PageSize) -> None:
+    """Count a list page answered; log when that raises a halved page size again."""
+    raised = sizer.answered()
+    if raised is not None:
+        log.info("page_size_raised", new_size=raised, after_answers=sizer.grow_after,
+                 detail="answered pages in a row since it was halved")
+
+
 def distinct_count(ids: array[int]) -> int:
     """How many distinct values `ids` holds, with at most ~DISTINCT_CHUNK of them in a set at
     once: the ids are split by value (id modulo the number of parts) and each part is counted
@@ -512,6 +520,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         try:
             page = await deps.client.list_page(  # type: ignore[arg-type]
                 params, priority=priority, shrinkable=shrinkable, fast=fast)
+            _answered(sizer)
             page = page if side_loads is None else await side_loads.for_page(page)
         except BaseException as exc:
             await slots.release(held)
@@ -688,6 +697,7 @@ async def _page_one(deps: Deps, params: dict[str, str], label: str, *, priority:
             page = await deps.client.list_page(  # type: ignore[arg-type]
                 {**params, "per_page": str(size), "page": "1"}, priority=priority,
                 shrinkable=sizer.can_shrink)
+            _answered(sizer)
             if page.result_ids and page.page_number not in (None, 1):
                 raise PagingError(f"{label}, page 1: Kantata answered page "
                                   f"{page.page_number} instead; read stopped")
@@ -1052,6 +1062,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             if req.updated_before is not None:  # numbered inside a second: start it again
                 req = cursor.PullRequest(req.updated_after, req.updated_before, page=1)
             continue
+        _answered(sizer)
         if page.page_size and params["per_page"] == str(sizer.current):
             sizer.served(page.page_size)  # what Kantata serves: sizes reconciliation's reads
         pages += 1

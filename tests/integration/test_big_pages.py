@@ -12,6 +12,8 @@ import pytest
 
 from syncd import pull
 from syncd.app import open_deps
+from syncd.errors import RetriableAPIError
+from syncd.pagination import PageSize
 from syncd.settings import Settings
 from syncd.simulator import SimConfig, Simulator
 from syncd.simulator.testing import running_simulator
@@ -118,3 +120,26 @@ async def test_a_page_too_big_to_answer_is_asked_again_by_halves(
     assert 1 <= ints.count(2500) <= WINDOW_CONCURRENCY, sizes[:6]
     assert all(n == 1250 for n in ints[1 + ints.count(2500) + WINDOW_CONCURRENCY:]), sizes
     assert await mirror_diff(conn, big.list_entries()) == []
+
+
+async def test_after_a_burst_of_5xx_the_page_size_comes_back(
+        db_dsn: str, big_url: str, big: Simulator) -> None:
+    """The new-user trial: 6 s of 502s halved the page size to 200 in a few milliseconds and a
+    long-running daemon kept asking 200 a page until restarted. Now the size is raised again
+    after PageSize.GROW_AFTER answered pages: here, cycles of the incremental pull."""
+    async with open_deps(make_settings(db_dsn, big_url, max_retries=0)) as deps:
+        await pull.sync_once(deps)  # backfilled at 5,000 a page
+        big.set_faults({"error_rate": 1.0, "statuses": [502]})
+        for _ in range(6):
+            with pytest.raises(RetriableAPIError):
+                await pull.sync_once(deps)
+            if deps.page_size.current == 200:
+                break
+        assert deps.page_size.current == 200
+        big.set_faults({})
+        big.clear_requests()
+        for _ in range(PageSize.GROW_AFTER):
+            await pull.sync_once(deps)  # an idle cycle: one list page answered
+    sizes = [int(r["query"]["per_page"]) for r in _lists(big)]
+    assert sizes[:PageSize.GROW_AFTER] == [200] * PageSize.GROW_AFTER
+    assert deps.page_size.current == 400
