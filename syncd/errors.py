@@ -112,9 +112,13 @@ class KantataUnreachable(RetriableAPIError):
 
 
 class StoppedWaiting(RetriableError):
-    """A shutdown (the daemon's first SIGTERM) began while a read waited to be retried: the
-    read ends at once instead of after its back-off (up to SYNCD_BACKOFF_CAP or a capped
-    `Retry-After`, seconds), and its job stops as between two pages."""
+    """A shutdown (the daemon's first SIGTERM) began while a request waited: to be retried (a
+    read's back-off, up to SYNCD_BACKOFF_CAP or a capped `Retry-After`, seconds) or for its
+    turn under Kantata's rate limit. It ends at once, unsent (`sent` False, as
+    RetriableAPIError says it: a push's create is then retried without a lookup), and its job
+    stops as between two pages; its run is recorded `interrupted`."""
+
+    sent = False
 
 
 class MalformedResponseError(RetriableError):
