@@ -388,3 +388,15 @@ async def test_a_shutdown_ends_a_read_waiting_to_be_retried(client: KantataClien
         m.get(LIST, payload=envelope(1))
         page = await client.list_page({"page": "1"})
         assert [e.id for e in page.entries] == [1]
+
+
+def test_a_create_a_shutdown_stopped_before_it_was_sent_needs_no_lookup() -> None:
+    """StoppedWaiting (a request that waited for its turn when the daemon began to shut
+    down) left nothing at Kantata: the push's create is retried without the lookup settle
+    a create whose answer was lost waits for."""
+    from syncd import push
+    from syncd.errors import StoppedWaiting
+
+    stopped = push._transient(StoppedWaiting("shutting down"), sent=True)
+    lost = push._transient(RetriableAPIError(0, "no answer"), sent=True)
+    assert stopped.min_delay == 0.0 and lost.min_delay == push.LOOKUP_SECONDS > 0
