@@ -44,8 +44,10 @@ GAUGE_REFRESH = 10.0  # seconds between database refreshes of the gauges on /met
 
 LAST_PULL = """SELECT max(finished_at) FROM syncd.sync_runs
                WHERE job = 'pull' AND status IN ('ok', 'partial')"""
-# The error of the latest finished pull when it failed (shown by /readyz while not ready).
-LAST_PULL_ERROR = """SELECT CASE WHEN status IN ('failed', 'interrupted') THEN error END
+# How the latest finished pull ended when it failed or was interrupted ("failed: <error>",
+# "interrupted: <why>"; shown by /readyz while not ready).
+LAST_PULL_ERROR = """SELECT CASE WHEN status IN ('failed', 'interrupted')
+                                 THEN status || ': ' || coalesce(error, 'no error recorded') END
                      FROM syncd.sync_runs WHERE job = 'pull' AND finished_at IS NOT NULL
                      ORDER BY started_at DESC LIMIT 1"""
 WATERMARK = "SELECT watermark FROM syncd.watermarks WHERE stream = 'time_entries'"
@@ -96,9 +98,10 @@ class Readiness:
 def decide_readiness(*, now: datetime, stopping: bool, db_error: str | None,
                      pending: Sequence[str], last_pull: datetime | None,
                      max_age: float, last_error: str | None = None) -> Readiness:
-    """The readiness decision from plain facts (`max_age` in seconds; `last_error`: why the
-    latest pull failed, if it did)."""
-    why = f"; latest pull failed: {last_error}" if last_error else ""
+    """The readiness decision from plain facts (`max_age` in seconds; `last_error`: how the
+    latest pull ended when it failed or was interrupted, "failed: <error>" or "interrupted:
+    <why>")."""
+    why = f"; latest pull {last_error}" if last_error else ""
     if stopping:
         return Readiness(False, "shutting_down", "the daemon is shutting down")
     if db_error is not None:

@@ -392,7 +392,8 @@ class KantataClient:
         def retry(exc: BaseException) -> bool:
             # a page that may be too big is not asked for again at the same size: the caller
             # halves it (`pagination.PageSize`); 429s and malformed bodies are retried as ever
-            return (isinstance(exc, RetriableError) and not isinstance(exc, KantataUnreachable)
+            return (isinstance(exc, RetriableError)
+                    and not isinstance(exc, (KantataUnreachable, StoppedWaiting))
                     and not (shrinkable and too_slow(exc)))
 
         def log_retry(state: RetryCallState) -> None:  # the cause of every retry is logged

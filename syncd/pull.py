@@ -962,8 +962,8 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
         stats.details["side_load_requests"] = side_loads.requests
     unfinished = len(todo) - len(results)
     if unfinished and deps.should_stop():
-        stats.errors.append(f"stopped before the backfill finished: {unfinished} of "
-                            f"{len(todo)} windows left to read (resumed by the next run)")
+        stats.stopped = (f"stopped before the backfill finished: {unfinished} of "
+                         f"{len(todo)} windows left to read (resumed by the next run)")
     return results
 
 
@@ -1096,6 +1096,8 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             deps.metrics.watermark_lag.set(max(0.0, (started - mark).total_seconds()))
         req = step.next
         if deps.should_stop() and req is not None:
+            stats.stopped = "stopped before the incremental pass finished (resumed by the " \
+                            "next run)"
             return pages
     point = cursor.settled_through(wm, started, overlap, settled)
     if point is not None:  # read to the end: nothing at or before `point` can still appear
@@ -1128,6 +1130,8 @@ async def sync_once(deps: Deps, *, since: date | None = None, until: date | None
             # the watermark only moves inside this run's own transactions: no need to re-read
             stats.details["incremental_pages"] = await incremental(deps, now, stats, wm,
                                                                    settled)
+        elif stats.stopped is None:
+            stats.stopped = "stopped before the incremental pass (resumed by the next run)"
     return stats
 
 

@@ -174,6 +174,10 @@ class RunStats:
     tally: RequestTally = field(default_factory=RequestTally)
     #: whether Kantata honours `page`, as learnt during this run (issue #27)
     paging: PagingTrust = field(default_factory=PagingTrust)
+    #: Why a shutdown stopped the run before its work was done (None: it was not): the run is
+    #: then `interrupted`, whatever it stored, so that it never counts as a successful pull
+    #: (/readyz, `syncd status`'s last ok pull) while windows are left to read.
+    stopped: str | None = None
 
     @property
     def requests(self) -> int:
@@ -256,7 +260,10 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
             log.info("job_started")
             try:
                 yield stats
-                if stats.errors:
+                if stats.stopped is not None:
+                    status, error = "interrupted", redact(
+                        error_line([stats.stopped, *stats.errors]))[:4000]
+                elif stats.errors:
                     status, error = "partial", redact(error_line(stats.errors))[:4000]
             except StoppedWaiting as exc:  # a shutdown ended a wait: as if cancelled by it
                 status, error = "interrupted", f"{type(exc).__name__}: {exc}"

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from syncd import pull, store
+from syncd import http, pull, store
 from syncd.app import open_deps
 from syncd.commands.status import render_text
 from syncd.runs import Deps
@@ -281,8 +281,11 @@ async def test_timeouts_and_lost_answers_are_survived(db_dsn: str, sim_url: str,
     assert await mirror_diff(conn, sim.list_entries()) == []
 
 
-async def test_stopped_backfill_is_partial_and_freshness_claims_nothing(
+async def test_stopped_backfill_is_interrupted_and_claims_no_successful_pull(
         deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A shutdown during the first backfill: the run is `interrupted` (it was `partial`, which
+    /readyz and `syncd status` count as a successful pull: a second trial's restarted daemon
+    said ready over an empty mirror), freshness claims nothing, and /readyz says why."""
     deps.stopping = asyncio.Event()
     orig = deps.client.list_page
     calls = 0
@@ -296,12 +299,15 @@ async def test_stopped_backfill_is_partial_and_freshness_claims_nothing(
 
     deps.client.list_page = stop_after_ten  # type: ignore[method-assign]
     stats = await pull.sync_once(deps)
-    assert any("stopped before the backfill finished" in e for e in stats.errors)
+    assert stats.stopped is not None and "stopped before the backfill finished" in stats.stopped
     row = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs")
-    assert row["status"] == "partial" and "windows left to read" in row["error"]
+    assert row["status"] == "interrupted" and "windows left to read" in row["error"]
     fresh = await conn.fetchrow("SELECT data_as_of, backfill_windows_unfinished "
                                 "FROM syncd.freshness")
     assert fresh["data_as_of"] is None and fresh["backfill_windows_unfinished"] > 0
+    assert await conn.fetchval(http.LAST_PULL) is None  # no successful pull
+    why = await conn.fetchval(http.LAST_PULL_ERROR)
+    assert why.startswith("interrupted: stopped before the backfill finished"), why
     deps.stopping = None
     deps.client.list_page = orig  # type: ignore[method-assign]
     await pull.sync_once(deps)

@@ -27,7 +27,8 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     ({"last_pull": None}, "no_successful_pull"),
     ({"last_pull": NOW - timedelta(seconds=901)}, "pull_stale"),
     ({"last_pull": NOW - timedelta(seconds=899)}, "ok"),
-    ({"last_pull": None, "last_error": "AuthError: HTTP 401: bad token"}, "no_successful_pull"),
+    ({"last_pull": None, "last_error": "failed: AuthError: HTTP 401: bad token"},
+     "no_successful_pull"),
 ])
 def test_readiness_decision(kw: dict[str, Any], reason: str) -> None:
     args: dict[str, Any] = dict(now=NOW, stopping=False, db_error=None, pending=(),
