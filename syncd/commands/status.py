@@ -46,7 +46,8 @@ def render_text(snap: dict[str, Any]) -> str:
                      f"{_fmt(snap.get('outbox_oldest_pending'))})")
     limits = snap.get("rate_limits")
     if limits is not None and not limits:
-        lines.append("rate limit:       none learned (Kantata has not answered 429)")
+        lines.append("rate limit:       none learned (no 429 has taught one yet: a limit is "
+                     "learned from 429s after requests Kantata admitted)")
     for b in limits or []:
         lines.append(f"rate limit:       {b['limit_requests']} requests per "
                      f"{b['window_seconds']:g} s ({b['per_minute']}/min) learned from 429s of "
