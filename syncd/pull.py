@@ -54,9 +54,11 @@ DISTINCT_CHUNK = 8192
 
 def _answered(sizer: pagination.PageSize) -> None:
     """Count a list page answered; log when that raises a halved page size again."""
+    size = sizer.current
     raised = sizer.answered()
     if raised is not None:
-        log.info("page_size_raised", new_size=raised, after_answers=sizer.grow_after,
+        log.info("page_size_raised", size=size, new_size=raised,
+                 after_answers=sizer.grow_after,
                  detail="answered pages in a row since it was halved")
 
 
