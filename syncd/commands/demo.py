@@ -204,6 +204,9 @@ async def _demo(args: argparse.Namespace) -> int:
             check = await _check(deps, sim)
         _say(f"5/5 check: {check}")
         if args.keep:
+            _say()
+            _say("The mirror is in PostgreSQL; try:")
+            _try_queries(db_dsn)
             _keep_serving_help(db_dsn, sim_url, token, args.dir)
             pid_file = args.dir / "keep.pid"
             args.dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +227,16 @@ async def _demo(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     _say()
     _say(f"Done in {elapsed:.1f} s. The mirror is in PostgreSQL; try:")
+    _try_queries(db_dsn)
+    if pg is not None:
+        _say(f"Stop the demo database with: syncd demo --stop{_dir_option(args.dir)}   "
+             f"(removes the throwaway server in {args.dir} and every database in it)")
+    return 0 if check.startswith("exact mirror") else 1
+
+
+def _try_queries(db_dsn: str) -> None:
+    """The `psql` command (password left out) and three queries to try on the mirror, one of
+    them on the history (README, "What the demo shows")."""
     _say(f"  psql '{_without_password(db_dsn)}'")
     _say("  SELECT w.title, sum(t.time_in_minutes) / 60.0 AS hours")
     _say("    FROM kantata.time_entries t JOIN kantata.workspaces w ON w.id = t.workspace_id")
@@ -231,10 +244,6 @@ async def _demo(args: argparse.Namespace) -> int:
     _say("  SELECT job, status, pages, requests, rows_upserted FROM syncd.sync_runs;")
     _say("  SELECT entry_id, changed_at, change, diff FROM kantata.time_entry_changes")
     _say("    WHERE change <> 'first_seen' ORDER BY changed_at DESC LIMIT 10;")
-    if pg is not None:
-        _say(f"Stop the demo database with: syncd demo --stop{_dir_option(args.dir)}   "
-             f"(removes the throwaway server in {args.dir} and every database in it)")
-    return 0 if check.startswith("exact mirror") else 1
 
 
 def _dir_option(directory: Path) -> str:

@@ -160,9 +160,13 @@ async def test_demo_keep_serves_and_its_outbox_recipe_works_when_pasted(
             line = await asyncio.wait_for(proc.stdout.readline(), 120)
             assert line, "".join(out)
             out.append(line.decode())
-        recipe = [line.strip() for line in out
+        shell_at = next(i for i, line in enumerate(out) if line.startswith("In another shell"))
+        recipe = [line.strip() for line in out[shell_at:]
                   if line.startswith(("  export ", "  psql ")) or " push; " in line]
         assert len(recipe) == 4, out
+        # the psql command and queries to try, as without --keep (the first trial missed them)
+        tried = "".join(out[:shell_at])
+        assert "  psql 'postgresql://" in tried and "kantata.time_entry_changes" in tried, out
         sim_url = re.search(r"SYNCD_KANTATA_BASE_URL='(http://[^']+)/api/v1'", "".join(out))
         assert sim_url, out
         # the demo's simulator has the lock date the outbox examples assume (issue #23),
