@@ -527,10 +527,17 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         except BaseException as exc:
             await slots.release(held)
             if shrinkable and isinstance(exc, RetriableAPIError) and too_slow(exc):
-                # another window may have made it smaller meanwhile: never shrink twice
-                new = sizer.shrink() if sizer.current >= size else sizer.current
-                log.warning("page_size_halved", window=w.param, page=page_no, size=size,
-                            new_size=new, error=str(exc))
+                # another window may have made it smaller meanwhile: never shrink twice, and
+                # say so once (four windows failing together logged 14 halvings for 5)
+                if sizer.current >= size:
+                    new = sizer.shrink()
+                    log.warning("page_size_halved", window=w.param, page=page_no, size=size,
+                                new_size=new, error=str(exc))
+                else:
+                    new = sizer.current
+                    log.info("page_asked_again_smaller", window=w.param, page=page_no,
+                             size=size, new_size=new, error=str(exc),
+                             detail="another read halved the page size meanwhile")
                 raise _Resize(new) from None
             raise
         return page, held
