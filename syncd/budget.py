@@ -524,15 +524,11 @@ class RequestBudget:
             self._record(now)
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except asyncio.CancelledError:
-                pass
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Stop the dispatcher and the shutdown watcher (`give_up_waiting_when`)."""
+        for task in (self._watcher, self._task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
