@@ -583,6 +583,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
             report.reclaimed = rec["pending"]
             if rec["pending"] or rec["failed"]:
                 log.warning("outbox_leases_reclaimed", **rec)
+            drained = False  # nothing claimable was left: the drain did its work
             while not deps.should_stop():
                 batches.append(uuid.uuid4())
                 async with deps.pool.acquire() as conn:
@@ -596,6 +597,7 @@ async def push_once(deps: Deps, *, owner: str | None = None,
                 if not claim.rows:
                     if claim.refused:
                         continue  # the rows behind them are claimed next
+                    drained = True
                     break
                 report.batches += 1
                 report.claimed += len(claim.rows)
@@ -606,6 +608,9 @@ async def push_once(deps: Deps, *, owner: str | None = None,
                 await _push_creates(b, groups["create"])
                 await _push_updates(b, groups["update"])
                 await _push_deletes(b, groups["delete"])
+            if not drained:  # a shutdown stopped it: not a push that did its work
+                stats.stopped = ("stopped by shutdown before the outbox was drained (rows "
+                                 "claimed and not sent went back to pending)")
         except BaseException:  # an error, or cancelled (deadline, shutdown): rows back now
             await _release_claimed(deps, owner, batches, now)
             raise

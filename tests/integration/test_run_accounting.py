@@ -137,3 +137,37 @@ async def test_a_shutdown_during_a_wait_ends_the_pull_as_interrupted(
     finally:
         await conn.close()
     assert run["status"] == "interrupted" and "StoppedWaiting" in run["error"], run
+
+
+async def test_a_push_a_shutdown_stops_is_interrupted_and_its_unsent_rows_wait(
+        deps: Deps, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """The second trial: a push cut short by SIGTERM was recorded `ok` and moved `syncd
+    status`'s last ok push. Now it is `interrupted`; the batch sent before the stop is done
+    and the rows claimed but not sent are pending again, their attempt refunded."""
+    await mirror_from_sim(conn, sim)
+    await enqueue_many(conn, [("create", None, new_entry(sim, i)) for i in range(30)])
+    small = dataclasses.replace(deps, settings=deps.settings.model_copy(
+        update={"push_batch_size": 10}), stopping=asyncio.Event())
+    sent = small.client.create_entries
+
+    async def create_then_stop(*args: object, **kw: object) -> object:
+        try:
+            return await sent(*args, **kw)  # type: ignore[arg-type]
+        finally:
+            small.stopping.set()  # type: ignore[union-attr]  # SIGTERM after the first batch
+
+    small.client.create_entries = create_then_stop  # type: ignore[method-assign]
+    try:
+        report = await push.push_once(small, owner="stopping")
+    finally:
+        small.client.create_entries = sent  # type: ignore[method-assign]
+    row = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs WHERE run_id = $1",
+                              report.run_id)
+    assert row["status"] == "interrupted" and "before the outbox was drained" in row["error"]
+    counts = dict(await conn.fetch("SELECT status, count(*) FROM syncd.outbox GROUP BY 1"))
+    assert counts == {"done": 10, "pending": 20}, counts
+    assert await conn.fetchval("SELECT max(attempts) FROM syncd.outbox "
+                               "WHERE status = 'pending'") == 0
+    drained = await push.push_once(deps, owner="next")  # the next drain finishes the rest
+    assert (await _run_row(conn, drained.run_id))["status"] == "ok"
+    assert await conn.fetchval("SELECT count(*) FROM syncd.outbox WHERE status = 'done'") == 30
