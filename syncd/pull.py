@@ -129,18 +129,16 @@ class SideSeen:
     """What one run has committed of the side-loaded objects (`store_landed` records each
     page's once its transaction commits), so that later pages neither write them again nor
     record a side object's dead letter twice: each object's raw JSON text by (kind, id), the
-    same objects' ids by kind (`committed`, and `committed_text`: each id as `str(id)`
-    spells it), and the raw text of every side object it rejected. `SideLoads.for_page`
-    checks a page's ~270-440 references as sets by kind (as (kind, id) pairs that was ~10 %
-    of the client's CPU at 1,000,000 entries, issue #26): a typed page's as the body spells
-    them (`EntryRefs.side_texts`, no int built; a spelling such as "007" is not found there
-    and the page takes the ints' way), any other's as ints."""
+    same objects' ids by kind as `str(id)` spells them (`committed`), and the raw text of every
+    side object it rejected. `SideLoads.for_page` checks a typed page's ~270-440 references
+    as the body spells them (`EntryRefs.side_texts`: sets by kind, no int built; as (kind,
+    id) pairs that was ~10 % of the client's CPU at 1,000,000 entries, issue #26); a page
+    whose spellings are not all there (an odd one such as "007", or an object not yet
+    committed) and any other page are checked by (kind, id) in `raw`."""
 
     def __init__(self) -> None:
         self.raw: dict[pagination.SideRef, str] = {}
-        self.committed: dict[str, set[int]] = {kind: set() for kind in pagination.SIDE_KINDS}
-        self.committed_text: dict[str, set[str]] = {kind: set()
-                                                    for kind in pagination.SIDE_KINDS}
+        self.committed: dict[str, set[str]] = {kind: set() for kind in pagination.SIDE_KINDS}
         self._rejected: dict[int, str] = {}  # hash of the raw text -> raw text
 
     def unseen(self, side: Sequence[SideObject]) -> tuple[SideObject, ...]:
@@ -152,12 +150,11 @@ class SideSeen:
 
     def has_all(self, entries: Sequence[TimeEntry]) -> bool:
         """Whether this run has committed every side object `entries` reference."""
-        if isinstance(entries, EntryRefs):
-            text = self.committed_text
-            if all(spelled <= text[kind] for kind, spelled in entries.side_texts):
-                return True
-        return all(ids <= self.committed[kind]
-                   for kind, ids in pagination.side_ids(entries))
+        if isinstance(entries, EntryRefs) and all(
+                spelled <= self.committed[kind] for kind, spelled in entries.side_texts):
+            return True
+        raw = self.raw
+        return all((kind, i) in raw for kind, ids in pagination.side_ids(entries) for i in ids)
 
     def new_rejects(self, rejected: Sequence[Rejected]) -> tuple[Rejected, ...]:
         """`rejected` without the side objects' dead letters this run has recorded already (a
@@ -171,8 +168,7 @@ class SideSeen:
         (their page's transaction has)."""
         for o in side:
             self.raw[(o.kind, o.id)] = o.raw
-            self.committed[o.kind].add(o.id)
-            self.committed_text[o.kind].add(str(o.id))
+            self.committed[o.kind].add(str(o.id))
         self._rejected.update((hash(r.raw), r.raw) for r in rejected if _side_reject(r))
 
 

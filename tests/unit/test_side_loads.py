@@ -108,7 +108,7 @@ async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_commi
     again = await sl.for_page(envelope(e(3, 10)))  # not committed yet: carried again
     assert [o.id for o in again.side] == [10] and client.asked == [[1]]
     seen.commit(first.side)  # what store_landed does once the page's transaction commits
-    assert seen.committed["workspaces"] == {10} and seen.raw[("workspaces", 10)] == first.side[0].raw
+    assert seen.committed["workspaces"] == {"10"} and seen.raw[("workspaces", 10)] == first.side[0].raw
     later = await sl.for_page(envelope(e(3, 10), e(2, 11)))
     assert [o.id for o in later.side] == [11] and client.asked == [[1], [2]]
     newer = {"10": {"id": "10", "title": "W10, renamed"}}
@@ -120,7 +120,7 @@ async def test_with_the_runs_side_seen_a_page_carries_only_objects_no_page_commi
 
 
 def test_side_seen_checks_a_typed_page_by_spelling_and_falls_back_to_ints() -> None:
-    """A typed page's references are checked as the body spells them (`committed_text`, no
+    """A typed page's references are checked as the body spells them (`committed`, no
     int built), an unusual spelling ("0010") against the ints; an object not committed is
     missing either way."""
     from syncd.models import SideObject
@@ -140,7 +140,7 @@ def test_side_seen_checks_a_typed_page_by_spelling_and_falls_back_to_ints() -> N
     assert not seen.has_all(typed("10"))
     seen.commit([SideObject(kind="workspaces", id=10, label="W", parent_id=None,
                             updated_at=None, raw="{}")])
-    assert seen.committed_text["workspaces"] == {"10"}
+    assert seen.committed["workspaces"] == {"10"}
     refs = typed("10")
     assert seen.has_all(refs) and refs._side_ids is None  # found by spelling: no int built
     odd = typed("0010")
