@@ -29,7 +29,7 @@ import structlog
 
 from syncd import pagination, pull, reconcile, store
 from syncd.errors import (STOPS_THE_RUN, FatalError, PageIgnoredError, PagingError,
-                          RetriableError)
+                          RetriableError, StoppedWaiting)
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, job_run
@@ -436,9 +436,12 @@ async def _count_window(deps: Deps, stats: RunStats, w: Window, state: CountStat
 
 
 async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
-                            state: CountState | None, now: datetime) -> WindowReport:
+                            state: CountState | None, now: datetime) -> WindowReport | None:
     """Reconcile one window: counting first when `state` (its `CountState`) says its full
-    read is not due, in full when it is or `state` is None (`--full`)."""
+    read is not due, in full when it is or `state` is None (`--full`). None when a shutdown
+    stopped it (`Stopped`, or `StoppedWaiting` from a request's wait): the window is given
+    back (`pending`, as a stopped backfill window is), not failed, and the next
+    reconciliation checks it."""
     rep = WindowReport(w)
     try:
         async with deps.pool.acquire() as conn:
@@ -459,7 +462,11 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
             await store.finish_window(conn, PURPOSE, w, status="failed", remote_count=None,
                                       error=f"{type(exc).__name__}: {exc}")
         raise
-    except (RetriableError, FatalError, Stopped) as exc:
+    except (Stopped, StoppedWaiting):
+        await pull.give_back(deps, PURPOSE, w, "interrupted: stopped by shutdown")
+        stats.pages += rep.requests
+        return None
+    except (RetriableError, FatalError) as exc:
         rep.error = f"{type(exc).__name__}: {exc}"
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed",
@@ -539,6 +546,10 @@ async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats, *,
 
     done = await _all(one(w) for w in windows)
     reports = sorted((r for r in done if r is not None), key=lambda r: r.window)
+    if len(reports) < len(windows):  # only a shutdown leaves a window without a report
+        stats.stopped = (f"stopped before the reconciliation finished: "
+                         f"{len(windows) - len(reports)} of {len(windows)} windows left "
+                         "(checked by the next reconciliation)")
     stats.details.update(
         windows=len(reports), checked=sum(r.checked for r in reports),
         marked_deleted=sum(r.marked_deleted for r in reports),

@@ -388,8 +388,9 @@ async def test_shutdown_mid_run_leaves_unfinished_windows_due_and_deletes_nothin
     reports = await reconcile_job.reconcile_due(deps, now=now)
     assert reports and len(reports) <= deps.settings.window_concurrency
     assert await _deleted_ids(conn) in (set(), {victim})
+    # windows are left: the run was stopped, not failed (it was `partial` or `ok` before)
     assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
-        in ("ok", "partial")
+        == "interrupted"
     deps.stopping.clear()
     deps.client.list_page = orig  # type: ignore[method-assign]
     rest = await reconcile_job.reconcile_due(deps, now=now + timedelta(seconds=1))
@@ -436,3 +437,45 @@ async def test_the_reconcile_command_stops_when_kantata_accepts_but_never_answer
     assert 1 <= tried <= 2 * deps.settings.window_concurrency  # not all 80+ of the range
     assert await conn.fetchval("SELECT status FROM syncd.sync_runs WHERE job = 'reconcile'") \
         == "failed"
+
+
+async def test_a_reconciliation_a_shutdown_stops_gives_its_window_back(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection) -> None:
+    """A trial: the window a shutdown stopped mid-read was recorded `failed` with `Stopped`, and
+    the run `partial`, as if Kantata had failed it. It is given back (`pending`, the reason
+    says shutdown), the windows not started are untouched, the run is `interrupted`, and the
+    next reconciliation checks every window."""
+    async with open_deps(settings(db_dsn, sim_url, per_page=5, window_concurrency=1)) as d:
+        await pull.sync_once(d)
+        d.stopping = asyncio.Event()
+        listed = d.client.list_page
+        calls = 0
+
+        async def list_then_stop(*args: Any, **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # SIGTERM while the first window's second page is read
+                d.stopping.set()
+            return await listed(*args, **kw)
+
+        d.client.list_page = list_then_stop  # type: ignore[method-assign]
+        first, *_, last = sorted(_busiest_months(sim, 3))  # > 5 entries a month
+        start = date.fromisoformat(f"{first}-01")
+        end = date.fromisoformat(f"{last}-01") + timedelta(days=27)
+        reports = await reconcile_job.reconcile_range(d, start, end, full=True)
+        d.client.list_page = listed  # type: ignore[method-assign]
+        assert (reports, calls) == ([], 2)
+        run = await conn.fetchrow("SELECT status, error FROM syncd.sync_runs "
+                                  "WHERE job = 'reconcile' ORDER BY started_at DESC LIMIT 1")
+        assert run["status"] == "interrupted", run
+        assert "stopped before the reconciliation finished" in run["error"], run
+        rows = await conn.fetch("SELECT status, last_error FROM syncd.windows "
+                                "WHERE purpose = 'reconcile'")
+        assert [(r["status"], r["last_error"]) for r in rows] == \
+            [("pending", "interrupted: stopped by shutdown")]
+        d.stopping = None
+        reports = await reconcile_job.reconcile_range(d, start, end, full=True)
+        assert len(reports) == len(reconcile_job.month_windows(start, end, 1))
+        assert all(r.error is None for r in reports)
+        assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = "
+                                   "'reconcile' AND status <> 'done'") == 0
