@@ -216,8 +216,14 @@ def unsendable(r: Mapping[str, Any]) -> str | None:
     """Why a claimed row (CLAIM's columns) cannot be pushed as it is, or None: a value that the
     checks at insert of migration 0017 refuse, in a row queued before it or changed by an
     UPDATE since (a payload number a double cannot hold: `1e400` no JSON decoder reads,
-    `1e-400` is read as 0; a `base_updated_at` of 'infinity' or '-infinity'). The reason
-    names the rule, as the insert's error does, and what to do."""
+    `1e-400` is read as 0; a `base_updated_at` of 'infinity' or '-infinity'), or that the
+    check of migration 0018 refuses (an `entry_id` below 1: syncd takes only positive ids from
+    Kantata, so no entry has it). The reason names the rule, as the insert's error does, and
+    what to do."""
+    if r["entry_id"] is not None and r["entry_id"] < 1:
+        return (f"entry_id must be a Kantata time entry id (a positive integer), not "
+                f"{r['entry_id']} (outbox_entry_id_is_positive): discard the row and queue "
+                "the change for the entry's id")
     if r["base_not_an_instant"] is not None:
         return (f"base_updated_at is {r['base_not_an_instant']}, not an instant "
                 "(outbox_base_updated_at_is_an_instant): set it to the entry version the "

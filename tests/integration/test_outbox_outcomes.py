@@ -287,9 +287,15 @@ async def test_a_row_syncd_cannot_send_is_dead_lettered_and_the_rest_are_pushed(
                        ids[2])
     await conn.execute("UPDATE syncd.outbox SET payload = '{\"rate_in_cents\": 1e-400}' "
                        "WHERE id = $1", ids[4])  # was sent as 0
+    negative = await enqueue(conn, "delete", eids[3] + 10**9, None)
+    await conn.execute("UPDATE syncd.outbox SET entry_id = -5 WHERE id = $1", negative)
+    sim.clear_requests()
     report = await push.push_once(mirrored)
     got = await rows(conn)
     assert [got[i]["status"] for i in ids] == ["done", "failed", "failed", "done", "failed"]
+    assert got[negative]["status"] == "failed"  # migration 0018; never sent
+    assert "not -5 (outbox_entry_id_is_positive)" in got[negative]["last_error"]
+    assert not [r for r in sim.requests if r["method"] == "DELETE"]  # the only delete
     for i in (ids[1], ids[4]):
         assert "(outbox_payload_numbers_fit_a_double)" in got[i]["last_error"]
     assert "base_updated_at is -infinity, not an instant (outbox_base_updated_at_is_an_instant)" \
@@ -298,7 +304,7 @@ async def test_a_row_syncd_cannot_send_is_dead_lettered_and_the_rest_are_pushed(
     assert sim.get_entry(eids[3])["notes"] == "n3"  # type: ignore[index]
     assert sim.get_entry(eids[1])["notes"] != "n1"  # type: ignore[index]
     assert sim.get_entry(eids[4])["rate_in_cents"] == rate  # type: ignore[index]
-    assert report.failed == 3 and report.done == 2 and report.claimed == 5
+    assert report.failed == 4 and report.done == 2 and report.claimed == 6
     from syncd import outbox
     listed = {r["id"]: r for r in await outbox.list_rows(conn)}
     assert listed[ids[1]]["payload"].startswith('{"time_in_minutes": 1000')  # jsonb text

@@ -46,6 +46,8 @@ async def insert(conn: asyncpg.Connection, sql_values: str) -> None:
      "outbox_payload_numbers_fit_a_double"),
     ("('update', 1, '{\"rate_in_cents\": 1e-400}')",  # a JSON client reads 0
      "outbox_payload_numbers_fit_a_double"),
+    ("('update', -5, '{\"notes\": \"x\"}')", "outbox_entry_id_is_positive"),  # a trial
+    ("('delete', 0, NULL)", "outbox_entry_id_is_positive"),
 ])
 async def test_malformed_rows_are_refused_at_insert_with_the_constraint_named(
         conn: asyncpg.Connection, values: str, error: str) -> None:
