@@ -285,9 +285,17 @@ class Settings(BaseSettings):
         insecure = (urlsplit(self.kantata_base_url).scheme == "http"
                     or not self.kantata_tls_verify)
         if insecure and not (loopback and self.kantata_allow_insecure_loopback):
+            what = ("plain http" if urlsplit(self.kantata_base_url).scheme == "http"
+                    else "SYNCD_KANTATA_TLS_VERIFY=false")
+            host = urlsplit(self.kantata_base_url).hostname or ""
+            if not loopback:  # the host only: a URL may carry credentials
+                raise ValueError(
+                    f"kantata_base_url: {what} is only allowed for a simulator on a loopback "
+                    f"address (127.0.0.0/8, ::1, localhost), and host {host[:100]!r} is not "
+                    "one; use https with TLS verification for Kantata")
             raise ValueError(
-                "kantata_base_url: plain http or disabled TLS verification is only allowed for a "
-                "loopback simulator with SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true")
+                f"kantata_base_url: {what} to loopback host {host[:100]!r} also needs "
+                "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true (a simulator, never Kantata)")
         if self.kantata_token is not None and self.kantata_token_file is not None:
             raise ValueError("kantata_token: set SYNCD_KANTATA_TOKEN or "
                              "SYNCD_KANTATA_TOKEN_FILE, not both")

@@ -692,11 +692,19 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
      "invalid setting SYNCD_KANTATA_BASE_URL (from the environment): Value error, must be an http(s) URL"),
     ("plain_http_to_loopback_without_opt_in",
      {"SYNCD_KANTATA_BASE_URL": "http://127.0.0.1:8089/api/v1"},
-     "only allowed for a loopback simulator with SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"),
+     "SYNCD_KANTATA_BASE_URL: plain http to loopback host '127.0.0.1' also needs "
+     "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"),
     ("tls_verify_off_for_a_remote_host",
      {"SYNCD_KANTATA_TLS_VERIFY": "false", "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true"},
-     "SYNCD_KANTATA_BASE_URL: plain http or disabled TLS verification is only allowed for a "
-     "loopback simulator"),
+     "SYNCD_KANTATA_BASE_URL: SYNCD_KANTATA_TLS_VERIFY=false is only allowed for a simulator "
+     "on a loopback address (127.0.0.0/8, ::1, localhost), and host 'api.mavenlink.com' is "
+     "not one"),
+    # a trial: the message did not say the host was what was wrong (nor leaks the password)
+    ("plain_http_to_a_remote_host",
+     {"SYNCD_KANTATA_BASE_URL": "http://me:hunter2@10.1.2.3:8080/api/v1",
+      "SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK": "true"},
+     "SYNCD_KANTATA_BASE_URL: plain http is only allowed for a simulator on a loopback "
+     "address (127.0.0.0/8, ::1, localhost), and host '10.1.2.3' is not one"),
     ("token_and_token_file", {"SYNCD_KANTATA_TOKEN_FILE": "/etc/hostname"},
      "SYNCD_KANTATA_TOKEN: set SYNCD_KANTATA_TOKEN or SYNCD_KANTATA_TOKEN_FILE, not both"),
     ("token_file_missing", {"SYNCD_KANTATA_TOKEN": None,
@@ -718,6 +726,7 @@ def test_invalid_setting_is_one_line_naming_it(
     code, err = run_cli(monkeypatch, capsys, env, ["status"])
     assert code == 2
     assert err.startswith("syncd: invalid setting") and message in err, err
+    assert "hunter2" not in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert SECRET not in err
 
