@@ -389,7 +389,9 @@ class Daemon:
         left = await self.scheduler.drain(grace)
         if left:
             log.warning("shutdown_grace_exceeded", cancelled=left, grace=grace)
-            await self.scheduler.cancel_running(CANCEL_WAIT)
+            await self.scheduler.cancel_running(
+                CANCEL_WAIT, f"cut off at the end of the shutdown grace ({grace:g} s, "
+                             "SYNCD_SHUTDOWN_GRACE); the next run resumes")
         await self._release_leases(deps)
 
     async def _release_leases(self, deps: Deps) -> None:

@@ -35,7 +35,7 @@ from syncd.errors import (
 )
 from syncd.kantata import too_slow
 from syncd.models import Altered, EntryRefs, Page, Rejected, SideObject, TimeEntry
-from syncd.runs import Deps, RunStats, job_run
+from syncd.runs import Deps, RunStats, interruption, job_run
 from syncd.windows import Narrowing, Window, describe_too_big, month_windows
 
 __all__ = ["WindowResult", "backfill", "incremental", "sync_once"]
@@ -925,7 +925,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
                     res = await read_narrowed(deps, res, stats, side_seen=side_seen,
                                               side_loads=side_loads)
             except BaseException as exc:  # the run stops (STOPS_THE_RUN, SIGTERM, deadline)
-                await give_back(deps, "backfill", w, f"interrupted: {type(exc).__name__}")
+                await give_back(deps, "backfill", w, f"interrupted: {interruption(exc)}")
                 raise
             if res.error and deps.should_stop():
                 # the next run resumes at its next page

@@ -32,7 +32,7 @@ from syncd.errors import (STOPS_THE_RUN, FatalError, PageIgnoredError, PagingErr
                           RetriableError, StoppedWaiting)
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
-from syncd.runs import Deps, RunStats, job_run
+from syncd.runs import Deps, RunStats, interruption, job_run
 from syncd.settings import Settings
 from syncd.windows import Narrowing, Window, describe_too_big, month_windows
 
@@ -472,7 +472,7 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
             await store.finish_window(conn, PURPOSE, w, status="failed",
                                       remote_count=None, error=rep.error)
     except BaseException as exc:  # cancelled (SIGTERM of a one-shot command, a deadline)
-        await pull.give_back(deps, PURPOSE, w, f"interrupted: {type(exc).__name__}")
+        await pull.give_back(deps, PURPOSE, w, f"interrupted: {interruption(exc)}")
         raise
     stats.pages += rep.requests
     stats.rows_upserted += rep.upserted

@@ -33,7 +33,7 @@ from syncd.pagination import PageSize, PagingTrust
 from syncd.settings import Settings
 
 __all__ = ["RUN_LOCK_CLASS", "Deps", "RunOwner", "RunStats", "build_orphaned_indexes",
-           "error_line", "job_run"]
+           "error_line", "interruption", "job_run"]
 
 log = structlog.get_logger(__name__)
 
@@ -188,6 +188,15 @@ class RunStats:
 _WINDOW = re.compile(r"\d{4}-\d{2}-\d{2}:\d{4}-\d{2}-\d{2}")
 
 
+def interruption(exc: BaseException) -> str:
+    """A run's recorded error when `exc` (a cancellation, a deadline, Ctrl-C) stopped it: the
+    cancellation's message when it has one (SIGTERM of a one-shot command, the end of the
+    daemon's shutdown grace), else the exception's name."""
+    if isinstance(exc, asyncio.CancelledError) and exc.args and exc.args[0]:
+        return redact(str(exc.args[0]))[:4000]
+    return type(exc).__name__
+
+
 def error_line(errors: list[str]) -> str:
     """The run's error line from its errors (`RunStats.errors`), each said once: errors of
     windows (`"<window>: <message>"`, the window as `Window.param`) whose message is the same
@@ -272,7 +281,8 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                 status, error = "failed", redact(f"{type(exc).__name__}: {exc}")[:4000]
                 raise
             except BaseException as exc:  # cancellation, deadline, shutdown
-                status, error = "interrupted", type(exc).__name__
+                # a cancellation's message says who stopped the run (SIGTERM, the grace)
+                status, error = "interrupted", interruption(exc)
                 raise
             finally:
                 elapsed = time.monotonic() - started

@@ -219,11 +219,12 @@ class JobScheduler:
             await asyncio.wait(tasks, timeout=timeout)
         return self.running_jobs()
 
-    async def cancel_running(self, timeout: float = 5.0) -> None:
-        """Cancel runs in progress and wait up to `timeout` s for them to unwind."""
+    async def cancel_running(self, timeout: float = 5.0, reason: str | None = None) -> None:
+        """Cancel runs in progress and wait up to `timeout` s for them to unwind; `reason`
+        is the cancellation's message (a run's `sync_runs.error` says it)."""
         tasks = set(self._inflight)
         for t in tasks:
-            t.cancel()
+            t.cancel(reason)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 

@@ -54,12 +54,16 @@ def add_range_arguments(p: argparse.ArgumentParser, *, what: str = "",
                         "date, no time zone applies); default: today + SYNCD_LOOKAHEAD_DAYS")
 
 
+#: The cancellation's message when SIGTERM stops a one-shot command (the run's recorded error).
+SIGTERM_REASON = "stopped by SIGTERM; the next run resumes"
+
+
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel, SIGTERM_REASON)
     except (ValueError, RuntimeError):  # not the main thread (embedded use): no handler
         return await coro
     try:

@@ -124,6 +124,11 @@ async def test_grace_exceeded_cancels_and_releases_the_leases(
     assert d.find("shutdown_grace_exceeded")
     r = await conn.fetchrow("SELECT status, lease_owner FROM syncd.outbox WHERE id = $1", row)
     assert r["status"] == "pending" and r["lease_owner"] is None
+    # the push's run says the grace cut it off (a trial: it said only CancelledError)
+    assert await conn.fetchval(
+        "SELECT error FROM syncd.sync_runs WHERE job = 'push' AND status = 'interrupted'") \
+        == "cut off at the end of the shutdown grace (1 s, SYNCD_SHUTDOWN_GRACE); the next run " \
+           "resumes"
     assert_clean_output(d)
 
 
