@@ -370,7 +370,8 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
             return await store.store_page_body(
                 conn, sent.body, learned_via=learned_via, history=deps.settings.history,
                 checkpoint=None if purpose is None or window is None else
-                (purpose, window, page_no, len(sent.listed()), page_size))
+                (purpose, window, page_no, len(sent.listed()), page_size),
+                listed_since=stats.listed_since)
 
     if common:
         try:
@@ -388,11 +389,13 @@ async def _store_transaction(deps: Deps, sent: Page, stats: RunStats,
                 page = sent
                 if page.listed():
                     await store.set_write_context(conn, learned_via,
-                                                  history=deps.settings.history)
+                                                  history=deps.settings.history,
+                                                  listed_since=stats.listed_since)
                 if page.body is not None and not refused:
                     changed = await store.store_page_body(conn, page.body,
                                                           learned_via=learned_via,
-                                                          history=deps.settings.history)
+                                                          history=deps.settings.history,
+                                                          listed_since=stats.listed_since)
                 else:
                     if page.body is not None:  # refused by PostgreSQL's cast: careful path
                         page = careful_page(page, referenced_side=referenced_side)

@@ -317,7 +317,8 @@ async def _apply(deps: Deps, stats: RunStats, read: WindowRead, rep: WindowRepor
         rep.error = f"window {read.window.param}: {read.untrusted_reason()}; will retry"
     async with deps.pool.acquire() as conn, conn.transaction():
         if upserts or gone:
-            await store.set_write_context(conn, "reconcile", history=deps.settings.history)
+            await store.set_write_context(conn, "reconcile", history=deps.settings.history,
+                                          listed_since=stats.listed_since)
         rep.upserted += await store.upsert_entries(conn, upserts)
         if read.side:
             await store.upsert_side(conn, list(read.side.values()))

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -68,16 +69,17 @@ class RunOwner:
                                      RUN_LOCK_CLASS, rid)
         return self._conn
 
-    async def open_run(self, run_id: uuid.UUID, job: str) -> None:
-        """Insert the `syncd.sync_runs` row of `run_id` (status running) and hold its lock."""
+    async def open_run(self, run_id: uuid.UUID, job: str) -> datetime:
+        """Insert the `syncd.sync_runs` row of `run_id` (status running) and hold its lock;
+        returns its `started_at` (aware, the database clock)."""
         async with self._lock:
             for attempt in (1, 2):  # a session dropped since the last run: open a new one
                 conn = await self._session()
                 try:
                     async with conn.transaction():
-                        rid = await conn.fetchval(
+                        rid, started = await conn.fetchrow(
                             "INSERT INTO syncd.sync_runs (run_id, job) VALUES ($1, $2) "
-                            "RETURNING id", run_id, job)
+                            "RETURNING id, started_at", run_id, job)
                         await conn.execute(
                             "SELECT pg_advisory_lock($1, ($2 % 2147483648)::int)",
                             RUN_LOCK_CLASS, rid)
@@ -89,7 +91,8 @@ class RunOwner:
                     log.info("run_owner_session_reopened", error=f"{type(exc).__name__}: {exc}")
                     continue
                 self._held[run_id] = rid
-                return
+                return started
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close_run(self, run_id: uuid.UUID) -> None:
         """Release the lock of `run_id` (after its row was closed); never raises."""
@@ -178,6 +181,10 @@ class RunStats:
     #: then `interrupted`, whatever it stored, so that it never counts as a successful pull
     #: (/readyz, `syncd status`'s last ok pull) while windows are left to read.
     stopped: str | None = None
+    #: When the run started, on the database clock (aware; `sync_runs.started_at`): every
+    #: request the run sends goes after it, so a deletion recorded since is newer than any
+    #: listing the run read (`store.set_write_context`). None outside `job_run`.
+    listed_since: datetime | None = None
 
     @property
     def requests(self) -> int:
@@ -265,7 +272,7 @@ async def job_run(deps: Deps, job: str) -> AsyncIterator[RunStats]:
                             detail="runs whose process is gone (killed) closed as "
                                    "interrupted; their windows resume at the next read")
             await build_orphaned_indexes(deps)
-            await deps.owner().open_run(stats.run_id, job)
+            stats.listed_since = await deps.owner().open_run(stats.run_id, job)
             log.info("job_started")
             try:
                 yield stats

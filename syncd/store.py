@@ -52,24 +52,33 @@ def _set_column(c: str) -> str:
 # One statement per page: the entries travel as one array of `syncd.time_entry_in` records (a
 # `TimeEntry` is a tuple in that column order). The WHERE keeps a newer stored version (a
 # re-sent older page never wins) and lets a row marked deleted come back when Kantata lists it
-# again. Kantata's updated_at has whole seconds, so two edits in one second share it: at equal
+# again, but only a listing asked for after the deletion was recorded (LISTED_SINCE): a page
+# read before a push's DELETE and written after it must not undo the deletion (a trial saw
+# `deleted … push` then `restored … pull` in the same second; the next read asked after it
+# brings back an entry that does exist). Kantata's updated_at has whole seconds, so two edits in one second share it: at equal
 # updated_at the content read later wins when it differs (the overlap re-read is what
 # delivers it). `raw` keeps the stored keys the new version lacks (`||` of jsonb objects: the
 # new version's keys win), so a page read without `include=` changes nothing it did not carry
 # and writes no history version; the alterations note is the new version's alone.
 MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"
+#: The instant (database clock) before which the listing being written was asked for: the
+#: transaction's `syncd.listed_since` (`set_write_context`, the start of the run that read it),
+#: or 'infinity' when unset (a version Kantata answered to syncd's own write: push). A row
+#: marked deleted at or after it stays deleted, whatever version the listing carries.
+LISTED_SINCE = ("coalesce(nullif(current_setting('syncd.listed_since', true), '')"
+                "::timestamptz, 'infinity')")
 #: The SET list of the upsert, from the ENTRY_COLUMNS constant (no outside value).
 ENTRY_SET_LIST = ", ".join(_set_column(c) for c in ENTRY_COLUMNS[1:-1])
 #: What an upsert of entries does with a stored row (UPSERT_ENTRIES, STORE_PAGE_BODY).
 ENTRY_ON_CONFLICT = f"""ON CONFLICT (id) DO UPDATE SET
     {ENTRY_SET_LIST},
     raw = {MERGED_RAW},
-    deleted_at = NULL,
+    deleted_at = CASE WHEN t.deleted_at >= {LISTED_SINCE} THEN t.deleted_at END,
     synced_at = excluded.synced_at,
     learned_via = excluded.learned_via
 WHERE t.updated_at < excluded.updated_at
    OR (t.updated_at = excluded.updated_at
-       AND (t.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM {MERGED_RAW}))
+       AND (t.deleted_at < {LISTED_SINCE} OR t.raw IS DISTINCT FROM {MERGED_RAW}))
 """
 UPSERT_ENTRIES = f"""
 INSERT INTO kantata.time_entries AS t ({", ".join(ENTRY_COLUMNS)}, deleted_at, synced_at,
@@ -103,7 +112,8 @@ PAGE_BODY_VALUES = ", ".join(f"(e.value ->> '{c}')::{ty}" for c, ty in _PAGE_TYP
 # first row is written and for the statement-level triggers, which fire after the statement.
 _PAGE_WRITE_CONTEXT = """ctx AS MATERIALIZED (
     SELECT set_config('syncd.learned_via', $2, true) AS via,
-           set_config('syncd.history', $3, true) AS history)"""
+           set_config('syncd.history', $3, true) AS history,
+           set_config('syncd.listed_since', $LISTED, true) AS listed_since)"""
 # `jsonb_each` yields the map's keys in jsonb's order; ORDER BY locks rows in id order, as
 # `upsert_entries` does, so concurrent windows never deadlock.
 _PAGE_STORED = f"""stored AS (
@@ -123,14 +133,17 @@ CHECKPOINT_WINDOW = """UPDATE syncd.windows SET pages_done = $4,
     WHERE purpose = $1 AND window_start = $2 AND window_end = $3"""
 _PAGE_CHECKPOINT = "checkpoint AS (\n    " + re.sub(
     r"\$(\d)", lambda m: f"${int(m[1]) + 3}", CHECKPOINT_WINDOW) + ")"
-STORE_PAGE_BODY = f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED}\nSELECT count(*) FROM stored"
-STORE_PAGE_BODY_CHECKPOINTED = (f"WITH {_PAGE_WRITE_CONTEXT},\n{_PAGE_STORED},\n"
+#: The write context with `syncd.listed_since` as the statement's last parameter.
+_PAGE_CONTEXT_4 = _PAGE_WRITE_CONTEXT.replace("$LISTED", "$4")
+_PAGE_CONTEXT_10 = _PAGE_WRITE_CONTEXT.replace("$LISTED", "$10")
+STORE_PAGE_BODY = f"WITH {_PAGE_CONTEXT_4},\n{_PAGE_STORED}\nSELECT count(*) FROM stored"
+STORE_PAGE_BODY_CHECKPOINTED = (f"WITH {_PAGE_CONTEXT_10},\n{_PAGE_STORED},\n"
                                 f"{_PAGE_CHECKPOINT}\nSELECT count(*) FROM stored")
 
 
 async def store_page_body(conn: asyncpg.Connection, body: bytes, *, learned_via: str,
                           history: bool, checkpoint: tuple[str, Window, int, int, int | None]
-                          | None = None) -> int:
+                          | None = None, listed_since: datetime | None = None) -> int:
     """Upsert the entries of one list page from its body (JSON bytes as Kantata sent them,
     accepted by `pagination.decode_page_typed` or `decode_page_fast`) in one statement that
     PostgreSQL types and writes set-based, with the rules of `upsert_entries` (older versions
@@ -138,18 +151,29 @@ async def store_page_body(conn: asyncpg.Connection, body: bytes, *, learned_via:
     alike), with its write context (`set_write_context`, for this statement) and, given
     `checkpoint` = (purpose, window, pages_done, rows, page_size), the window's checkpoint
     (`checkpoint_window`): one round trip, atomic on its own (call it outside a transaction
-    block, or inside one). The body goes as bytea: no Python str of the page. Returns rows
+    block, or inside one). `listed_since` as for `set_write_context`. The body goes as bytea:
+    no Python str of the page. Returns rows
     changed. Raises ValueError for an unknown `learned_via`, and asyncpg.DataError when a
     value of the right spelling is not one (a 30th of February): nothing of it is then
     written, and the caller stores the page carefully."""
     if learned_via not in LEARNED_VIA:
         raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
     mode = "on" if history else "off"
+    since = _listed_since_text(listed_since)
     if checkpoint is None:
-        return await conn.fetchval(STORE_PAGE_BODY, body, learned_via, mode)
+        return await conn.fetchval(STORE_PAGE_BODY, body, learned_via, mode, since)
     purpose, w, pages_done, rows, page_size = checkpoint
     return await conn.fetchval(STORE_PAGE_BODY_CHECKPOINTED, body, learned_via, mode,
-                               purpose, w.start, w.end, pages_done, rows, page_size)
+                               purpose, w.start, w.end, pages_done, rows, page_size, since)
+
+
+def _listed_since_text(at: datetime | None) -> str:
+    """`syncd.listed_since` as set_config takes it: ISO 8601 with its offset, '' for none."""
+    if at is None:
+        return ""
+    if at.tzinfo is None:
+        raise ValueError("listed_since must be timezone-aware")
+    return at.isoformat()
 
 
 SIDE_SQL = {
@@ -164,16 +188,23 @@ LEARNED_VIA = ("backfill", "pull", "push", "reconcile")
 
 
 async def set_write_context(conn: asyncpg.Connection, learned_via: str, *,
-                            history: bool) -> None:
+                            history: bool, listed_since: datetime | None = None) -> None:
     """Tell the mirror writes and the history trigger of migration 0009, for the rest of this
     transaction, how syncd learned what it writes next (`LEARNED_VIA`, stored in
-    kantata.time_entries.learned_via) and whether history mode is on (SYNCD_HISTORY). Call
-    inside the transaction that writes kantata.time_entries."""
+    kantata.time_entries.learned_via), whether history mode is on (SYNCD_HISTORY), and, for
+    entries read from a listing, an aware instant on the database clock before which every
+    request of that listing was sent (`listed_since`: the start of the run, `RunStats.
+    listed_since`): a row marked deleted at or after it is not brought back by it (LISTED_SINCE;
+    None: any listed version brings a deleted row back, as a version Kantata returned to
+    syncd's own write does). Call inside the transaction that writes kantata.time_entries.
+    Raises ValueError for an unknown `learned_via` or a naive `listed_since`."""
     if learned_via not in LEARNED_VIA:
         raise ValueError(f"learned_via must be one of {LEARNED_VIA}, not {learned_via!r}")
     await conn.execute("SELECT set_config('syncd.learned_via', $1, true), "
-                       "set_config('syncd.history', $2, true)",
-                       learned_via, "on" if history else "off")
+                       "set_config('syncd.history', $2, true), "
+                       "set_config('syncd.listed_since', $3, true)",
+                       learned_via, "on" if history else "off",
+                       _listed_since_text(listed_since))
 
 
 async def prune_versions(conn: asyncpg.Connection, older_than_days: int) -> int:

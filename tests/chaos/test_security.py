@@ -216,9 +216,11 @@ async def test_tls_verification_off_only_for_a_loopback_simulator(
     from pydantic import ValidationError
 
     url, sim = https_sim
-    with pytest.raises(ValidationError, match="loopback simulator"):
+    with pytest.raises(ValidationError, match="TLS_VERIFY=false to loopback host '127.0.0.1' "
+                       "also needs SYNCD_KANTATA_ALLOW_INSECURE_LOOPBACK=true"):
         _settings(db_dsn, url, kantata_tls_verify=False)  # no explicit opt-in
-    with pytest.raises(ValidationError, match="loopback simulator"):
+    with pytest.raises(ValidationError, match="only allowed for a simulator on a loopback "
+                       r"address .* host 'kantata.example.com' is not one"):
         _settings(db_dsn, "https://kantata.example.com/api/v1", kantata_tls_verify=False,
                   kantata_allow_insecure_loopback=True)
     async with open_deps(_settings(db_dsn, url, kantata_tls_verify=False,
@@ -242,7 +244,8 @@ ALLOWED: dict[str, dict[str, str]] = {
         "MERGED_RAW": "a constant jsonb expression",
         "PAGE_BODY_VALUES": "casts of the _PAGE_TYPES constant's columns",
         "ENTRY_ON_CONFLICT": "the upsert's conflict clause, built from the constants above",
-        "_PAGE_WRITE_CONTEXT": "a constant CTE (set_config of parameters $2, $3)",
+        "_PAGE_CONTEXT_4": "a constant CTE (set_config of parameters $2, $3, $4)",
+        "_PAGE_CONTEXT_10": "a constant CTE (set_config of parameters $2, $3, $10)",
         "_PAGE_STORED": "a constant CTE built from the constants above",
         "_PAGE_CHECKPOINT": "a constant CTE (parameters $4..$9)",
         "table": "table name from the SIDE_SQL constant", "label": "column from SIDE_SQL",
