@@ -473,7 +473,9 @@ class Outcome:
     `ok`: Kantata has the change (`result` says how); `rejected`: a permanent 4xx with
     Kantata's `message`; `conflict`: the remote changed (`message`, `remote`); `transient`:
     429/5xx/timeout/reset or an unreadable answer (`message`, optional `retry_after` seconds);
-    `not_sent`: nothing was sent in this attempt (shutdown), so the attempt does not count;
+    `not_sent`: nothing of this attempt was sent (shutdown) or applied (Kantata refused the
+    whole request: a 401 for the token, a 405), so the attempt does not count; `message`, when
+    given, says why (kept as `last_error`; without one the row's last error stays);
     `unresolved`: a create whose earlier answer was lost is not found by its lookup yet and
     must not be re-sent before `min_delay` seconds (nothing sent, attempt given back).
     `min_delay` (seconds, not capped by the back-off cap) holds a retry back until a request
@@ -577,7 +579,8 @@ def decide(row: OutboxRow, outcome: Outcome, *, max_attempts: int, backoff_base:
         return replace(base, status="pending", last_error=msg,
                        retry_in=max(delay, outcome.min_delay))
     if kind == "not_sent":
-        return replace(base, status="pending", keep_error=True, refund=True)
+        return replace(base, status="pending", keep_error=outcome.message is None,
+                       last_error=outcome.message, refund=True)
     if kind == "unresolved":
         return replace(base, status="pending", refund=True, retry_in=outcome.min_delay,
                        last_error=outcome.message, unsent=True, sent_at=row.sent_at)

@@ -20,15 +20,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import structlog
 
 from syncd import batching, outbox, pagination, runs, store
 from syncd.batching import MAX_BULK, MAX_IDS_PER_READ, Bisection, Outcome, OutboxRow, Tally
-from syncd.errors import InvalidRecord, RetriableError
-from syncd.kantata import ApiResponse, classify, error_messages
+from syncd.errors import InvalidRecord, RetriableError, SyncdError
+from syncd.kantata import ApiResponse, classify, error_messages, setting_hint
 from syncd.models import TimeEntry
 from syncd.runs import Deps
 
@@ -48,8 +48,10 @@ LOOKUP_SECONDS = 2.0
 #: Seconds a failed or cancelled run may spend giving its leases back; after that they expire
 #: on their own (SYNCD_OUTBOX_LEASE).
 RELEASE_TIMEOUT = 5.0
-#: Statuses that mean the request or configuration is wrong for every row, not one item.
-_FATAL_STATUSES = (401, 404, 405)
+#: Statuses that mean the request or configuration is wrong for every row, not one item, by
+#: method: the token (401), the method (405), and for the bulk create the URL (404; a PUT's
+#: or a delete's 404 is about its entries).
+_WHOLE_REFUSALS = {"POST": (401, 404, 405), "PUT": (401, 405), "DELETE": (401, 405)}
 
 
 def default_owner() -> str:
@@ -206,9 +208,22 @@ def _transient(exc: RetriableError, *, sent: bool) -> Outcome:
                    sent=reached, throttled=getattr(exc, "status", None) == 429)
 
 
-def _raise_if_fatal(resp: ApiResponse) -> None:
-    if resp.status in _FATAL_STATUSES:
-        classify(resp.status, resp.body, request_id=resp.request_id)
+async def _refused(b: _Batch, resp: ApiResponse, rows: Sequence[OutboxRow], method: str,
+                   path: str) -> NoReturn:
+    """Kantata refused the request `method path` as a whole (401 for the token, 405, or, for
+    the bulk create, a 404: the URL; `_WHOLE_REFUSALS`), so nothing of it was applied
+    (api-notes §9): `rows` (every row the request or its bisection still held) go back to
+    pending with the reason and the setting to check, their attempt and `sent_at` given back
+    (no lookup, no settle wait: a trial saw a create held 3 minutes after a 401), and the
+    error is raised (AuthError or FatalAPIError), which stops the push."""
+    try:
+        classify(resp.status, resp.body, request_id=resp.request_id,
+                 hint=setting_hint(resp.status, method, b.deps.client.where(path)))
+    except SyncdError as exc:
+        await b.finish([(r, Outcome(kind="not_sent", message=(
+            f"not applied: {exc}; sent again when the push runs again"))) for r in rows])
+        raise
+    raise AssertionError(f"HTTP {resp.status} is not a refusal")  # pragma: no cover
 
 
 # ------------------------------------------------------------------------ creates
@@ -319,7 +334,8 @@ async def _push_creates(b: _Batch, rows: list[OutboxRow]) -> None:
             bis.accepted()
             await _finish_created(b, req_rows, resp)
             continue
-        _raise_if_fatal(resp)
+        if resp.status in _WHOLE_REFUSALS["POST"]:
+            await _refused(b, resp, [by_id[i] for i in bis.abandon()], "POST", "/time_entries")
         errs = batching.map_create_errors(resp.body, len(req))
         bis.rejected({req[i]: f"HTTP {resp.status}: {m}" for i, m in errs.mapped.items()},
                      _unmapped(resp, errs.unmapped), errors=len(batching.error_list(resp.body)))
@@ -450,8 +466,8 @@ async def _put(b: _Batch, r: OutboxRow, chk: batching.UpdateCheck) -> None:
         msg = (f"time entry {eid} not found in Kantata (deleted there, or never existed): "
                f"{error_messages(resp.body)}")
     else:
-        if resp.status in (401, 405):
-            classify(resp.status, resp.body, request_id=resp.request_id)
+        if resp.status in _WHOLE_REFUSALS["PUT"]:
+            await _refused(b, resp, [r], "PUT", f"/time_entries/{eid}")
         msg = error_messages(resp.body)
     if chk.local_wins:
         msg += f" (pushed over a remote change: {chk.reason})"
@@ -479,8 +495,9 @@ async def _push_deletes(b: _Batch, rows: list[OutboxRow]) -> None:
             await b.finish([(r, Outcome(kind="ok", result="deleted")) for r in req_rows],
                            deleted=req)
             continue
-        if resp.status in (401, 405):
-            classify(resp.status, resp.body, request_id=resp.request_id)
+        if resp.status in _WHOLE_REFUSALS["DELETE"]:
+            await _refused(b, resp, [by_entry[i] for i in bis.abandon()], "DELETE",
+                           "/time_entries")
         errs = batching.map_delete_errors(resp.body, req)
         try:  # which targets are still there? (Kantata refuses unknown ids as errors too)
             page = await b.deps.client.get_by_ids(req)

@@ -280,3 +280,39 @@ async def test_rows_left_in_flight_by_a_failed_release_are_pushed_by_the_next_dr
     assert [state[i]["attempts"] for i in ids[:2]] == [1, 1]  # the unsent claim gave its back
     assert report.done == 2
     assert sim.get_entry(eids[0])["notes"] == "left 0"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("op", ["create", "update", "delete"])
+async def test_a_refused_token_sends_nothing_again_and_holds_nothing_back(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection, op: str) -> None:
+    """A trial: a create pushed with a wrong token. Kantata answered 401, so nothing was
+    applied; yet the row was treated as an answer lost (an attempt spent, 'stopped while a
+    request … was in flight', held ~3 minutes for a lookup). Each row is now pending again at
+    once, no attempt spent, no `sent_at`; a refused send says so with the setting to check;
+    and the right token pushes it on the next run without a lookup."""
+    from syncd.errors import AuthError
+
+    await mirror_from_sim(conn, sim)
+    eid = editable_ids(sim)[0]
+    [rid] = await enqueue_many(conn, [{"create": ("create", None, new_entry(sim, 0)),
+                                       "update": ("update", eid, {"notes": "after the 401"}),
+                                       "delete": ("delete", eid, None)}[op]])
+    async with open_deps(make_settings(db_dsn, sim_url, kantata_token="wrong-token")) as d:
+        with pytest.raises(AuthError, match="refused the token; check SYNCD_KANTATA_TOKEN"):
+            await push.push_once(d)
+    row = (await rows(conn))[rid]
+    assert (row["status"], row["attempts"], row["sent_at"]) == ("pending", 0, None), dict(row)
+    assert row["next_attempt_at"] <= datetime.now(UTC)
+    sent = [r["method"] for r in sim.requests if r["status"] == 401]
+    if sent[-1] != "GET":  # refused when sent (an update is refused at its read first)
+        assert row["last_error"].startswith("not applied: HTTP 401: ")
+        assert "check SYNCD_KANTATA_TOKEN" in row["last_error"]
+    sim.clear_requests()
+    async with open_deps(make_settings(db_dsn, sim_url)) as d:
+        report = await push.push_once(d)
+    assert report.done == 1, report
+    if op == "create":
+        assert [r["method"] for r in sim.requests] == ["POST"]  # no lookup first
+        assert entries_with_note(sim).get("outbox create 0") is not None
+    elif op == "delete":
+        assert sim.get_entry(eid) is None

@@ -332,7 +332,9 @@ def test_decision_table(kind: str, op: str, attempts: int) -> None:
     assert d.status == status
     assert d.row_id == 1
     assert d.refund is (kind == "not_sent")
-    assert d.keep_error is (kind == "not_sent")
+    assert d.keep_error is False  # every outcome here says why
+    if kind == "not_sent":  # refused as a whole (401): pending, the reason kept
+        assert d.last_error == "why" and d.unsent
     if status == "done":
         assert d.last_error is None and d.result == "created" and d.entry_id == 9
     if status in ("failed", "conflict"):
@@ -393,3 +395,11 @@ def test_no_create_answer_makes_matching_raise() -> None:
         m = batching.match_created(body, rows, "svc")
         assert set(m.matched) | set(m.unknown) == {r.id for r in rows}
         assert len({eid for eid, _ in m.matched.values()}) == len(m.matched)  # one entry each
+
+
+def test_not_sent_without_a_reason_keeps_the_rows_last_error() -> None:
+    """A shutdown before sending says nothing new: the row's last error stays."""
+    d = batching.decide(row(1, "create", attempts=2), Outcome(kind="not_sent"),
+                        max_attempts=MAX, backoff_base=1.0, backoff_cap=60.0)
+    assert (d.status, d.refund, d.keep_error, d.last_error, d.unsent) == \
+        ("pending", True, True, None, True)
