@@ -239,6 +239,9 @@ def runs(dbt_bin: Path, databases: Databases,
                   str(target / "manifest.json"): str(base / "manifest.json")}},
         {"name": "source freshness", "args": ["source", "freshness", *at],
          "save": {str(target / "sources.json"): str(base / "sources.json")}},
+        {"name": "as_of without offset", "args": [
+            "compile", "--select", "stg_kantata__time_entries_as_of",
+            "--vars", json.dumps({"syncd_kantata_as_of": "2026-11-01"}), *at]},
         {"name": "build old", "args": ["build", "--target", "old", *at]},
         {"name": "source freshness old_bi",
          "args": ["source", "freshness", "--target", "old_bi", *at]},
@@ -290,6 +293,14 @@ def test_dbt_build_runs_every_model_and_test_green(runs: Runs) -> None:
                       "stg_kantata__people", "kantata_hours_by_project_person_month"}
     assert kinds["model"] == len(models)
     assert kinds["test"] >= 80  # the source tests of sources.yml and the models' tests
+
+
+def test_an_as_of_without_its_offset_is_refused_by_name(runs: Runs) -> None:
+    """A trial: '2026-11-01' was taken, as midnight of the session's time zone."""
+    step = runs.steps["as_of without offset"]
+    assert not step.ok
+    assert "var syncd_kantata_as_of must be an ISO 8601 instant with its offset" in step.output
+    assert "not '2026-11-01'" in step.output
 
 
 def test_source_freshness_passes_on_last_pull_at(runs: Runs) -> None:

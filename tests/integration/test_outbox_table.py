@@ -450,3 +450,12 @@ async def test_numbers_a_double_holds_are_accepted(conn: asyncpg.Connection) -> 
     await insert(conn, "('update', 1, '{\"rate_in_cents\": 0, \"time_in_minutes\": 1e308, "
                        "\"notes\": \"1e400\"}'), ('update', 2, '{\"rate_in_cents\": -3e-300}')")
     assert await conn.fetchval("SELECT count(*) FROM syncd.outbox") == 2
+
+
+def test_the_list_shows_entry_id_zero_and_a_dash_only_for_none() -> None:
+    """A trial: an old row with entry_id 0 was listed as `-`, like a create without one."""
+    base = {"op": "update", "status": "failed", "attempts": 1, "created_at": T0,
+            "last_error": "x", "result": None, "next_attempt_at": T0}
+    shown = render_rows([{**base, "id": 1, "entry_id": 0},
+                         {**base, "id": 2, "entry_id": None, "op": "create"}], T0)
+    assert [line.split()[2] for line in shown.splitlines()[1:]] == ["0", "-"]
