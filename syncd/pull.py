@@ -740,8 +740,8 @@ async def read_narrowed(deps: Deps, res: WindowResult, stats: RunStats, *,
         listed, count, size = res.first
         plan.answer(w, listed=listed, count=count, page_size=size)
         res.remote_count = count
-    async with deps.pool.acquire() as conn:
-        await store.start_window(conn, purpose, w, restart=True)
+    async with deps.pool.acquire() as conn:  # this run holds the window: taken again
+        await store.start_window(conn, purpose, w, restart=True, run_id=stats.run_id)
     base = {**_base_params(deps, include=side_loads is None), "order": "date_performed:asc"}
     try:
         while (r := plan.next()) is not None:
@@ -853,8 +853,9 @@ async def _skip_windows_before_first_entry(deps: Deps, todo: list[Window],
         return todo
     async with deps.pool.acquire() as conn, conn.transaction():
         for w in empty:
-            await store.start_window(conn, "backfill", w, restart=True, run_id=stats.run_id)
-            await store.finish_window(conn, "backfill", w, status="done", remote_count=0)
+            if await store.start_window(conn, "backfill", w, restart=True,
+                                        run_id=stats.run_id) is not None:
+                await store.finish_window(conn, "backfill", w, status="done", remote_count=0)
     stats.details["windows_known_empty"] = len(empty)
     log.info("backfill_windows_known_empty", windows=len(empty),
              first_date_performed=first.isoformat() if first else None)
@@ -907,6 +908,7 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     progress = _Progress(len(todo))
     sem = asyncio.Semaphore(deps.settings.window_concurrency)
     results: list[WindowResult] = []
+    held: list[Window] = []  # being read by another live run: not read twice
     side_seen = SideSeen()
     side_loads = SideLoads(deps, side_seen=side_seen) if deps.settings.sideload else None
 
@@ -918,9 +920,12 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
             resume = not force and states.get(w, {}).get("status") in ("running", "pending")
             try:
                 async with deps.pool.acquire() as conn:
-                    pages_done, size = await store.start_window(conn, "backfill", w,
-                                                                restart=not resume,
-                                                                run_id=stats.run_id)
+                    started = await store.start_window(conn, "backfill", w,
+                                                       restart=not resume, run_id=stats.run_id)
+                if started is None:
+                    held.append(w)
+                    return
+                pages_done, size = started
                 res = await read_window(deps, w, stats, first_page=pages_done + 1,
                                         first_size=size, side_seen=side_seen,
                                         side_loads=side_loads)
@@ -968,7 +973,14 @@ async def backfill(deps: Deps, since: date, until: date, *, force: bool = False,
     stats.details["windows"] = len(todo)
     if side_loads is not None:
         stats.details["side_load_requests"] = side_loads.requests
-    unfinished = len(todo) - len(results)
+    if held:
+        held.sort()
+        stats.details["windows_read_by_another_run"] = len(held)
+        log.warning("windows_left_to_another_run", windows=len(held),
+                    first=held[0].param, last=held[-1].param,
+                    detail="another syncd run is reading them, or read them meanwhile: "
+                           "not read twice (`syncd status` shows it)")
+    unfinished = len(todo) - len(results) - len(held)
     if unfinished and deps.should_stop():
         stats.stopped = (f"stopped before the backfill finished: {unfinished} of "
                          f"{len(todo)} windows left to read (resumed by the next run)")

@@ -54,6 +54,10 @@ class Stopped(Exception):
     """Shutdown was requested while a window was being read; the window is left for later."""
 
 
+class _Held(Exception):
+    """Another live run is reconciling the window now (`store.start_window`): left to it."""
+
+
 @dataclass
 class WindowRead:
     """One complete read of a window: decoded entries (newest per id), every listed id
@@ -446,7 +450,9 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
     rep = WindowReport(w)
     try:
         async with deps.pool.acquire() as conn:
-            await store.start_window(conn, PURPOSE, w, restart=True, run_id=stats.run_id)
+            if await store.start_window(conn, PURPOSE, w, restart=True,
+                                        run_id=stats.run_id) is None:
+                raise _Held(w.param)
         settled = False
         if state is not None and not reconcile.full_read_due(
                 state, now=now, interval=deps.settings.reconcile_full_interval):
@@ -462,6 +468,8 @@ async def _reconcile_window(deps: Deps, stats: RunStats, w: Window,
         async with deps.pool.acquire() as conn:
             await store.finish_window(conn, PURPOSE, w, status="failed", remote_count=None,
                                       error=f"{type(exc).__name__}: {exc}")
+        raise
+    except _Held:
         raise
     except (Stopped, StoppedWaiting):
         await pull.give_back(deps, PURPOSE, w, "interrupted: stopped by shutdown")
@@ -538,19 +546,30 @@ async def _run(deps: Deps, windows: Sequence[Window], stats: RunStats, *,
                                   for w in windows):
         await _catch_up(deps, stats)
 
+    held: list[Window] = []
+
     async def one(w: Window) -> WindowReport | None:
         async with sem:
             if deps.should_stop():
                 return None
-            return await _reconcile_window(deps, stats, w,
-                                           None if states is None else states[w], now)
+            try:
+                return await _reconcile_window(deps, stats, w,
+                                               None if states is None else states[w], now)
+            except _Held:
+                held.append(w)
+                return None
 
     done = await _all(one(w) for w in windows)
     reports = sorted((r for r in done if r is not None), key=lambda r: r.window)
-    if len(reports) < len(windows):  # only a shutdown leaves a window without a report
+    if held:
+        stats.details["windows_read_by_another_run"] = len(held)
+        log.warning("windows_left_to_another_run", windows=len(held),
+                    first=min(held).param, last=max(held).param,
+                    detail="another syncd run, still alive, is reconciling them")
+    if len(reports) + len(held) < len(windows):  # a shutdown left them without a report
         stats.stopped = (f"stopped before the reconciliation finished: "
-                         f"{len(windows) - len(reports)} of {len(windows)} windows left "
-                         "(checked by the next reconciliation)")
+                         f"{len(windows) - len(reports) - len(held)} of {len(windows)} "
+                         "windows left (checked by the next reconciliation)")
     stats.details.update(
         windows=len(reports), checked=sum(r.checked for r in reports),
         marked_deleted=sum(r.marked_deleted for r in reports),

@@ -333,22 +333,41 @@ async def window_states(conn: asyncpg.Connection, purpose: str) -> dict[Window, 
     return {Window(r["window_start"], r["window_end"]): r for r in rows}
 
 
+#: Claims a window for run $5 unless another run is reading it whose process is alive, or
+#: another run finished it after run $5 started (two `syncd sync` at once, or one beside the
+#: daemon, read every window twice before: each read costs the customer's Kantata budget).
+#: No row back: the window is left to, or was done by, that other run.
+START_WINDOW = """
+INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at, run_id)
+VALUES ($1, $2, $3, 'running', now(), $5)
+ON CONFLICT (purpose, window_start, window_end) DO UPDATE
+SET status = 'running', started_at = now(), last_error = NULL, run_id = $5,
+    pages_done = CASE WHEN $4 THEN 0 ELSE syncd.windows.pages_done END,
+    rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END,
+    page_size = CASE WHEN $4 THEN NULL ELSE syncd.windows.page_size END
+WHERE $5::uuid IS NULL OR syncd.windows.run_id IS NULL OR syncd.windows.run_id = $5
+   OR syncd.windows.status NOT IN ('running', 'done')
+   OR syncd.windows.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM syncd.sync_runs r
+                      WHERE r.run_id = syncd.windows.run_id AND r.status = 'running'
+                        AND syncd.run_is_live(r.id))
+   OR syncd.windows.status = 'done'
+      AND syncd.windows.finished_at < (SELECT r.started_at FROM syncd.sync_runs r
+                                       WHERE r.run_id = $5)
+RETURNING pages_done, page_size"""
+
+
 async def start_window(conn: asyncpg.Connection, purpose: str, w: Window,
                        *, restart: bool, run_id: uuid.UUID | None = None
-                       ) -> tuple[int, int | None]:
+                       ) -> tuple[int, int | None] | None:
     """Mark a window running, read by run `run_id`; return (pages already done, the page size
-    they were read with), (0, None) when `restart`."""
-    row = await conn.fetchrow(
-        """INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at,
-                                      run_id)
-           VALUES ($1, $2, $3, 'running', now(), $5)
-           ON CONFLICT (purpose, window_start, window_end) DO UPDATE
-           SET status = 'running', started_at = now(), last_error = NULL, run_id = $5,
-               pages_done = CASE WHEN $4 THEN 0 ELSE syncd.windows.pages_done END,
-               rows_seen = CASE WHEN $4 THEN 0 ELSE syncd.windows.rows_seen END,
-               page_size = CASE WHEN $4 THEN NULL ELSE syncd.windows.page_size END
-           RETURNING pages_done, page_size""", purpose, w.start, w.end, restart, run_id)
-    return row["pages_done"], row["page_size"]
+    they were read with), (0, None) when `restart`. None when another run is reading it whose
+    process is alive (`syncd.run_is_live`), or another run finished it after `run_id`
+    started (`sync_runs.started_at`): the caller leaves it to that run. Without `run_id`
+    (or one with no `sync_runs` row: then only the first rule) the window is always
+    taken."""
+    row = await conn.fetchrow(START_WINDOW, purpose, w.start, w.end, restart, run_id)
+    return None if row is None else (row["pages_done"], row["page_size"])
 
 
 async def give_back_window(conn: asyncpg.Connection, purpose: str, w: Window,

@@ -22,6 +22,10 @@ async def _sync(settings: Settings, args: argparse.Namespace) -> int:
           f"{stats.rows_altered} stored with text replaced, {stats.rows_rejected} rejected"
           + (f", errors: {error_line(stats.errors)}"
              if stats.errors else ""))
+    if held := stats.details.get("windows_read_by_another_run"):
+        print(f"sync {stats.run_id}: {held} window(s) left to another syncd run that is reading "
+              "them, or read them meanwhile (not read twice); `syncd status` shows when they "
+              "are done")
     return 1 if stats.errors else 0
 
 
