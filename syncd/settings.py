@@ -111,7 +111,8 @@ class Settings(BaseSettings):
         description="entries a list page asks for: Kantata's own client asks 5,000, Kantata "
                     "serves what it allows (documented: 200) and says so in meta.page_size; "
                     "halved, to 200 at least, after a page times out or fails with a 5xx, "
-                    "and doubled again after 50 pages answered in a row")
+                    "and doubled again after 50 pages answered in a row (an idle daemon "
+                    "reads one page a pull: 50 pull intervals a doubling)")
     window_concurrency: int = Field(
         4, ge=1, le=32, description="windows read at once by backfill and reconciliation")
     sideload: bool = Field(
