@@ -52,8 +52,9 @@ MAX_SIZE_RESTARTS = 6
 DISTINCT_CHUNK = 8192
 
 
-def _answered(sizer: pagination.PageSize) -> None:
-    """Count a list page answered; log when that raises a halved page size again."""
+def count_answered(sizer: pagination.PageSize) -> None:
+    """Count a list page answered (`PageSize.answered`); log when that raises a halved page
+    size again."""
     size = sizer.current
     raised = sizer.answered()
     if raised is not None:
@@ -521,7 +522,7 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
         try:
             page = await deps.client.list_page(  # type: ignore[arg-type]
                 params, priority=priority, shrinkable=shrinkable, fast=fast)
-            _answered(sizer)
+            count_answered(sizer)
             page = page if side_loads is None else await side_loads.for_page(page)
         except BaseException as exc:
             await slots.release(held)
@@ -705,7 +706,7 @@ async def _page_one(deps: Deps, params: dict[str, str], label: str, *, priority:
             page = await deps.client.list_page(  # type: ignore[arg-type]
                 {**params, "per_page": str(size), "page": "1"}, priority=priority,
                 shrinkable=sizer.can_shrink)
-            _answered(sizer)
+            count_answered(sizer)
             if page.result_ids and page.page_number not in (None, 1):
                 raise PagingError(f"{label}, page 1: Kantata answered page "
                                   f"{page.page_number} instead; read stopped")
@@ -1082,7 +1083,7 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
             if req.updated_before is not None:  # numbered inside a second: start it again
                 req = cursor.PullRequest(req.updated_after, req.updated_before, page=1)
             continue
-        _answered(sizer)
+        count_answered(sizer)
         if page.page_size and params["per_page"] == str(sizer.current):
             sizer.served(page.page_size)  # what Kantata serves: sizes reconciliation's reads
         pages += 1

@@ -29,7 +29,8 @@ import structlog
 
 from syncd import pagination, pull, reconcile, store
 from syncd.errors import (STOPS_THE_RUN, FatalError, PageIgnoredError, PagingError,
-                          RetriableError, StoppedWaiting)
+                          RetriableAPIError, RetriableError, StoppedWaiting)
+from syncd.kantata import too_slow
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, interruption, job_run
@@ -161,9 +162,12 @@ def _page_entries(deps: Deps) -> int:
     return min(deps.settings.per_page, pagination.DOCUMENTED_MAX_PER_PAGE)
 
 
-def _params(deps: Deps, w: Window, page: int) -> dict[str, str]:
-    params = {"per_page": str(deps.settings.per_page), "date_performed_between": w.param,
-              "order": "date_performed:asc", "page": str(page)}
+def _params(deps: Deps, w: Window, page: int, size: int | None = None) -> dict[str, str]:
+    """A reconcile read's list parameters; `size`: its `per_page` (default: the process's
+    page size now, `Deps.page_size`, which a timeout or 5xx halves for every job)."""
+    params = {"per_page": str(deps.page_size.current if size is None else size),
+              "date_performed_between": w.param, "order": "date_performed:asc",
+              "page": str(page)}
     if deps.settings.sideload:
         params["include"] = pull.INCLUDE
     return params
@@ -192,17 +196,37 @@ async def read_window(deps: Deps, w: Window,
     """Read every page of `w` once, storing nothing. Raises RetriableError / FatalError when a
     page cannot be read (after the client's own retries), Stopped on shutdown. When Kantata
     does not honour `page` (found now, or earlier by the run: `trust`), `w` is read through
-    page 1 only by date ranges that fit one page (`_read_narrowed`)."""
+    page 1 only by date ranges that fit one page (`_read_narrowed`). A page that times out or
+    fails with a 5xx halves the process's page size (`pagination.PageSize`, as the pull's
+    reads do) and the read starts again at page 1 at the new size, down to Kantata's
+    documented 200: a reconciliation asked 5,000 a page however often that failed."""
     trust = trust if trust is not None else pagination.PagingTrust()
+    sizer = deps.page_size
     read = WindowRead(w, reads=1)
-    page_no = 1
+    page_no, size = 1, sizer.current
     first: tuple[int, int, int] | None = None
     guard = pagination.PageGuard(f"window {w.param}", max_pages=MAX_PAGES)
     while page_no <= MAX_PAGES:
         if page_no > 1 and trust.ignored:
             return await _read_narrowed(deps, read, first)
-        page = await deps.client.list_page(_params(deps, w, page_no), priority="reconcile")
+        try:
+            page = await deps.client.list_page(_params(deps, w, page_no, size),
+                                               priority="reconcile",
+                                               shrinkable=size > sizer.floor)
+        except RetriableAPIError as exc:
+            read.pages += 1
+            if not (too_slow(exc) and size > sizer.floor):
+                raise
+            if sizer.current >= size:
+                sizer.shrink()
+            log.warning("page_size_halved", query=f"reconcile window {w.param}", size=size,
+                        new_size=sizer.current, error=str(exc))
+            read = WindowRead(w, reads=read.reads, pages=read.pages)  # again, from page 1
+            page_no, size, first = 1, sizer.current, None
+            guard = pagination.PageGuard(f"window {w.param}", max_pages=MAX_PAGES)
+            continue
         read.pages += 1
+        pull.count_answered(sizer)
         try:
             guard.check(page_no, page)
         except PageIgnoredError as exc:  # past page 1 only

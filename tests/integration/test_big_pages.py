@@ -5,6 +5,7 @@ requests as before against a server that clamps to its documented 200."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -143,3 +144,35 @@ async def test_after_a_burst_of_5xx_the_page_size_comes_back(
     sizes = [int(r["query"]["per_page"]) for r in _lists(big)]
     assert sizes[:PageSize.GROW_AFTER] == [200] * PageSize.GROW_AFTER
     assert deps.page_size.current == 400
+
+
+async def test_a_reconciliation_halves_a_page_too_big_to_answer(
+        db_dsn: str, big_url: str, big: Simulator, conn: asyncpg.Connection) -> None:
+    """Noticed in a trial's review: a reconciliation asked SYNCD_PER_PAGE (5,000) on every
+    read however often it failed, so a Kantata that cannot answer pages that big failed every
+    window's read, each after its retries. Its reads now halve the process's page size as
+    the pull's do and read the window again from page 1: 5,000 -> 2,500 -> 1,250, every
+    window reconciled."""
+    from syncd import reconcile_job
+
+    await _backfill(db_dsn, big_url)
+    served = big.api_list
+
+    def api_list(query: Mapping[str, str]) -> bytes:
+        if int(query.get("per_page", "20")) > 1250:
+            raise RuntimeError("gateway gave up on a slow page")  # the simulator answers 500
+        return served(query)
+
+    big.api_list = api_list  # type: ignore[method-assign]
+    big.clear_requests()
+    async with open_deps(make_settings(db_dsn, big_url, max_retries=2)) as deps:
+        windows = reconcile_job.default_windows(deps, datetime.now(UTC).date())
+        reports = await reconcile_job.reconcile_range(deps, windows[0].start, windows[-1].end,
+                                                      full=True)
+        assert deps.page_size.current == 1250
+    assert [r.error for r in reports if r.error] == []
+    sizes = [int(r["query"]["per_page"]) for r in _lists(big)
+             if r["query"].get("per_page") not in (None, "1")]
+    assert sorted(set(sizes), reverse=True) == [5000, 2500, 1250], sizes[:8]
+    assert sizes.count(5000) <= WINDOW_CONCURRENCY, sizes[:8]
+    assert await mirror_diff(conn, big.list_entries()) == []
