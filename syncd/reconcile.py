@@ -37,7 +37,7 @@ from syncd.windows import Window, halves  # halves: re-exported (narrowing by co
 
 __all__ = [
     "CountState", "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan",
-    "bucket_summaries", "confirm_deletions", "count_offset", "count_step", "day_count",
+    "backfill_as_full_read", "bucket_summaries", "confirm_deletions", "count_offset", "count_step", "day_count",
     "diff_window", "due_windows", "full_read_due", "halves", "is_recent", "overdue_seconds",
     "plan_window", "read_trusted", "rejects_by_day", "summarize", "window_check",
 ]
@@ -199,6 +199,22 @@ def full_read_due(state: CountState, *, now: datetime, interval: float) -> bool:
     last = state.last_full_read
     return (last is None or not state.count_trusted
             or (now - last).total_seconds() >= interval)
+
+
+#: The golden ratio's fractional part: k·φ mod 1 for consecutive k spreads evenly over [0, 1).
+_PHI = 0.6180339887498949
+
+
+def backfill_as_full_read(done_at: datetime, w: Window, interval: float) -> datetime:
+    """When the backfill of window `w`, finished at `done_at` (aware), counts as its last full
+    read: up to half of `interval` (SYNCD_RECONCILE_FULL_INTERVAL, seconds) earlier, by a
+    phase of the window's own (its first month's index times φ, mod 1). The windows of one
+    backfill then come due for their first full read spread over the second half of the
+    interval (30 days: days 15 to 30), then every `interval` after that, instead of all in
+    one check (~122 windows of the default range, each read in full: a burst of requests
+    against the customer's shared Kantata budget). Pure."""
+    phase = ((w.start.year * 12 + w.start.month) * _PHI) % 1.0
+    return done_at - timedelta(seconds=interval * 0.5 * phase)
 
 
 def rejects_by_day(rows: Iterable[tuple[str | None, str]]) -> dict[date, int]:

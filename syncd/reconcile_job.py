@@ -551,8 +551,9 @@ async def _count_states(deps: Deps, windows: Sequence[Window]) -> dict[Window, C
     for w in windows:
         r, b = rec.get(w), back.get(w)
         last = r["last_full_read_at"] if r is not None else None
-        if last is None and b is not None:
-            last = b["last_done_at"]
+        if last is None and b is not None and b["last_done_at"] is not None:
+            last = reconcile.backfill_as_full_read(  # spread: not every window at once
+                b["last_done_at"], w, deps.settings.reconcile_full_interval)
         out[w] = CountState(last_full_read=last,
                             offset=r["count_offset"] if r is not None else 0,
                             count_trusted=r["count_trusted"] if r is not None else True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -220,6 +221,28 @@ def test_a_window_is_read_in_full_when_never_read_when_its_cycle_is_due_or_its_c
                          now=now, interval=month)
     assert full_read_due(CountState(last_full_read=now, count_trusted=False),
                          now=now, interval=month)
+
+
+def test_one_backfills_windows_come_due_for_full_reads_spread_not_together() -> None:
+    """Noticed in a trial: every window's first full read fell due in the same check, 30 days
+    after the backfill (the default range: ~122 windows read in full at once)."""
+    from syncd.reconcile import backfill_as_full_read
+    from syncd.windows import month_windows
+
+    done = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+    month = 30 * 86400.0
+    windows = month_windows(date(2016, 12, 1), date(2027, 1, 31), 1)
+    assert len(windows) == 122
+    due = [backfill_as_full_read(done, w, month) + timedelta(seconds=month) for w in windows]
+    assert backfill_as_full_read(done, windows[0], month) == \
+        backfill_as_full_read(done, windows[0], month)  # the same every time it is asked
+    days = [(d - done).total_seconds() / 86400 for d in due]
+    assert 15 <= min(days) and max(days) <= 30  # the second half of the interval
+    per_day = Counter(int(d) for d in days)
+    assert len(per_day) == 15 and max(per_day.values()) <= 11, per_day  # 122/15 = 8.1
+    now = done + timedelta(days=22)
+    assert 40 <= sum(full_read_due(CountState(last_full_read=d - timedelta(seconds=month)),
+                                   now=now, interval=month) for d in due) <= 75
 
 
 def test_rejects_are_dated_once_per_id_and_undatable_ones_left_out() -> None:
