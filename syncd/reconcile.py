@@ -37,9 +37,10 @@ from syncd.windows import Window, halves  # halves: re-exported (narrowing by co
 
 __all__ = [
     "CountState", "RowVersion", "Summary", "StaleRow", "WindowDiff", "WindowPlan",
-    "backfill_as_full_read", "bucket_summaries", "confirm_deletions", "count_offset", "count_step", "day_count",
-    "diff_window", "due_windows", "full_read_due", "halves", "is_recent", "overdue_seconds",
-    "plan_window", "read_trusted", "rejects_by_day", "summarize", "window_check",
+    "backfill_as_full_read", "bucket_summaries", "confirm_deletions", "count_offset",
+    "count_step", "day_count", "diff_window", "due_windows", "full_read_due", "halves",
+    "is_recent", "overdue_seconds", "plan_window", "read_trusted", "rejects_by_day",
+    "summarize", "window_check",
 ]
 
 

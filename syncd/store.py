@@ -55,9 +55,9 @@ def _set_column(c: str) -> str:
 # again, but only a listing asked for after the deletion was recorded (LISTED_SINCE): a page
 # read before a push's DELETE and written after it must not undo the deletion (a trial saw
 # `deleted … push` then `restored … pull` in the same second; the next read asked after it
-# brings back an entry that does exist). Kantata's updated_at has whole seconds, so two edits in one second share it: at equal
-# updated_at the content read later wins when it differs (the overlap re-read is what
-# delivers it). `raw` keeps the stored keys the new version lacks (`||` of jsonb objects: the
+# brings back an entry that does exist). Kantata's updated_at has whole seconds, so two edits
+# in one second share it: at equal updated_at the content read later wins when it differs
+# (the overlap re-read is what delivers it). `raw` keeps the stored keys the new version lacks (`||` of jsonb objects: the
 # new version's keys win), so a page read without `include=` changes nothing it did not carry
 # and writes no history version; the alterations note is the new version's alone.
 MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"

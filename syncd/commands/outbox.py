@@ -35,7 +35,8 @@ def render_rows(rows: list[dict[str, Any]], now: datetime, *, full: bool = False
             why = f"(retry in {_age(now, r['next_attempt_at'])}) {why}"
         if not full and len(why) > 160:
             why = why[:157] + "..."
-        lines.append(f"{r['id']:>8} {r['op']:<6} {'-' if r['entry_id'] is None else r['entry_id']:>10} {r['status']:<9} "
+        entry = "-" if r["entry_id"] is None else r["entry_id"]  # 0 is an id, not none
+        lines.append(f"{r['id']:>8} {r['op']:<6} {entry:>10} {r['status']:<9} "
                      f"{r['attempts']:>5} {_age(r['created_at'], now):>5}  {why}")
     return "\n".join(lines)
 
