@@ -155,7 +155,7 @@ UPDATE syncd.outbox SET
         THEN format('%s stopped while a request for this row was in flight (run deadline, '
                     'shutdown or error); Kantata is checked for it before it is sent again',
                     lease_owner)
-        ELSE last_error END,
+        ELSE coalesce($5, last_error) END,
     attempts = CASE WHEN sent_at IS NULL OR sent_at < claimed_at
                     THEN greatest(attempts - 1, 0) ELSE attempts END,
     next_attempt_at = CASE WHEN sent_at >= claimed_at
@@ -338,13 +338,15 @@ async def rebase_pending(conn: asyncpg.Connection,
 
 async def release_leases(conn: asyncpg.Connection, owner: str, *, now: datetime | None = None,
                          settle_seconds: float = 0.0,
-                         batch_ids: Sequence[uuid.UUID] | None = None) -> int:
+                         batch_ids: Sequence[uuid.UUID] | None = None,
+                         unsent_reason: str | None = None) -> int:
     """Give every in_flight row of `owner` back (shutdown), or only those of the claims
     `batch_ids` (one push run). Rows sent under this lease keep sent_at and become claimable
-    after `settle_seconds`; the others get their attempt back. Returns the number of rows
-    released."""
+    after `settle_seconds`; the others get their attempt back, and `unsent_reason` as their
+    last error when given. Returns the number of rows released."""
     status = await conn.execute(RELEASE, owner, now, float(settle_seconds),
-                                list(batch_ids) if batch_ids is not None else None)
+                                list(batch_ids) if batch_ids is not None else None,
+                                unsent_reason)
     return int(status.rsplit(" ", 1)[-1])
 
 

@@ -27,7 +27,8 @@ import structlog
 
 from syncd import batching, outbox, pagination, runs, store
 from syncd.batching import MAX_BULK, MAX_IDS_PER_READ, Bisection, Outcome, OutboxRow, Tally
-from syncd.errors import InvalidRecord, RetriableError, SyncdError
+from syncd.errors import (STOPS_THE_RUN, FatalAPIError, InvalidRecord, RetriableError,
+                          SyncdError, redact)
 from syncd.kantata import ApiResponse, classify, error_messages, setting_hint
 from syncd.models import TimeEntry
 from syncd.runs import Deps
@@ -535,11 +536,12 @@ async def _publish_counts(deps: Deps, report: PushReport, now: datetime | None) 
 
 
 async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
-                           now: datetime | None) -> None:
+                           now: datetime | None, reason: str | None = None) -> None:
     """Give back at once the rows this run claimed and has not finished (the run failed, or
     was cancelled at its deadline or by a shutdown), instead of leaving them in_flight until
     their lease expires. A row whose request may have reached Kantata keeps sent_at and waits
-    LOOKUP_SECONDS, so it is looked up, never re-sent blindly. Shielded from a further
+    LOOKUP_SECONDS, so it is looked up, never re-sent blindly; a row not sent gets `reason`
+    as its last error when given (what stopped the push: a refused token). Shielded from a further
     cancellation and bounded by RELEASE_TIMEOUT; after a failure the next drain of the same
     `owner` gives them back (`push_once`), else their lease expires."""
     if not batches:
@@ -548,7 +550,8 @@ async def _release_claimed(deps: Deps, owner: str, batches: Sequence[uuid.UUID],
     async def release() -> int:
         async with deps.pool.acquire() as conn:
             return await outbox.release_leases(conn, owner, now=now,
-                                               settle_seconds=LOOKUP_SECONDS, batch_ids=batches)
+                                               settle_seconds=LOOKUP_SECONDS, batch_ids=batches,
+                                               unsent_reason=reason)
 
     task = asyncio.ensure_future(asyncio.wait_for(release(), RELEASE_TIMEOUT))
     # cancelled again while waiting: the release goes on alone; its outcome is still consumed
@@ -628,8 +631,12 @@ async def push_once(deps: Deps, *, owner: str | None = None,
             if not drained:  # a shutdown stopped it: not a push that did its work
                 stats.stopped = ("stopped by shutdown before the outbox was drained (rows "
                                  "claimed and not sent went back to pending)")
-        except BaseException:  # an error, or cancelled (deadline, shutdown): rows back now
-            await _release_claimed(deps, owner, batches, now)
+        except BaseException as exc:  # an error, or cancelled (deadline, shutdown): rows back
+            # now; a refused token or URL says so on the rows it kept from being sent (a trial:
+            # an update's read was refused and its row showed no error at all)
+            await _release_claimed(deps, owner, batches, now, reason=(
+                f"not sent: {redact(str(exc))[:1000]}; sent when the push runs again"
+                if isinstance(exc, STOPS_THE_RUN + (FatalAPIError,)) else None))
             raise
         finally:
             report.requests = stats.requests  # this run's own (issue #23)
