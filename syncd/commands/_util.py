@@ -58,7 +58,9 @@ def add_range_arguments(p: argparse.ArgumentParser, *, what: str = "",
 SIGTERM_REASON = "stopped by SIGTERM; the next run resumes"
 
 
-async def _cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
+async def cancel_on_sigterm(coro: Coroutine[Any, Any, int]) -> int:
+    """Await `coro` with SIGTERM cancelling it (CancelledError, message SIGTERM_REASON) as
+    Ctrl-C does, instead of killing the process mid-write."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -110,15 +112,19 @@ def database_error_line(exc: BaseException) -> str:
     return f"syncd: database or network error: {type(exc).__name__}: {redact(str(exc))}{hint}"
 
 
-def run_async(coro: Coroutine[Any, Any, int]) -> int:
+#: What a one-shot command stopped by SIGTERM says by default.
+RESUMES = "the next run resumes where this one stopped"
+
+
+def run_async(coro: Coroutine[Any, Any, int], *, stopped: str = RESUMES) -> int:
     """Run `coro`; turn expected failures into one line on stderr and exit code 1 (2 for
     configuration). SIGTERM cancels the work like Ctrl-C does, so the run is recorded as
-    interrupted (exit 143) instead of being left `running`."""
+    interrupted (exit 143) instead of being left `running`; `stopped` says what happens to
+    the work left."""
     try:
-        return asyncio.run(_cancel_on_sigterm(coro))
+        return asyncio.run(cancel_on_sigterm(coro))
     except asyncio.CancelledError:
-        print("syncd: stopped by SIGTERM; the next run resumes where this one stopped",
-              file=sys.stderr)
+        print(f"syncd: stopped by SIGTERM; {stopped}", file=sys.stderr)
         return 143
     except (StdoutClosed, BrokenPipeError):  # the reader has what it wanted (`| head`)
         _discard_stdout()

@@ -30,6 +30,10 @@ async def _sync(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    if args.since or args.until:  # a re-read's windows are not pending work of the mirror
+        return run_async(_sync(settings, args), stopped=(
+            "the windows of --since/--until it had not re-read are re-read only by running the "
+            "same command again (a plain `syncd sync` finishes only the ones it was reading)"))
     return run_async(_sync(settings, args))
 
 

@@ -16,7 +16,7 @@ import orjson
 
 from syncd import migrate, reconcile_job
 from syncd.app import open_deps
-from syncd.commands._util import add_range_arguments, database_error_line
+from syncd.commands._util import add_range_arguments, cancel_on_sigterm, database_error_line
 from syncd.errors import SyncdError
 from syncd.reconcile import Summary, WindowDiff
 from syncd.reconcile_job import VerifyResult
@@ -119,7 +119,11 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         print("syncd: --until is before --since", file=sys.stderr)
         return ERROR
     try:
-        return asyncio.run(_verify(settings, args))
+        return asyncio.run(cancel_on_sigterm(_verify(settings, args)))
+    except asyncio.CancelledError:  # a trial: it exited 143 saying nothing
+        print("syncd: stopped by SIGTERM before verify finished; nothing was compared to the "
+              "end (verify writes nothing)", file=sys.stderr)
+        return 143
     except ValueError as exc:  # missing token and similar configuration problems
         print(f"syncd: {exc}", file=sys.stderr)
     except SyncdError as exc:

@@ -252,3 +252,37 @@ async def test_verify_and_a_missing_database_name_the_setting_too() -> None:
                   "http://127.0.0.1:9/api/v1")
     code, _, err = await syncd(env, "verify")
     assert code == 2 and "check SYNCD_DATABASE_URL" in err and "s3cret-pw" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["sync", "--since", "2020-01-01"], ["verify"]],
+                         ids=["sync_range", "verify"])
+async def test_sigterm_says_what_is_left_of_a_re_read_and_of_a_verify(
+        db_dsn: str, sim_url: str, sim: Simulator, conn: asyncpg.Connection,
+        argv: list[str]) -> None:
+    """The second trial: a stopped `sync --since/--until` said "the next run resumes where
+    this one stopped", but a plain next sync resumed only the windows it was reading (the
+    rest of the range is re-read only by the same command); a stopped `verify` exited 143
+    saying nothing."""
+    env = env_for(db_dsn, sim_url, SYNCD_PER_PAGE="5")
+    if argv[0] == "verify":
+        code, _, err = await syncd(env, "sync")
+        assert code == 0, err
+    sim.clear_requests()
+    sim.set_faults({"latency_ms": 200})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "syncd", *argv, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    for _ in range(100):  # until it is reading windows
+        await asyncio.sleep(0.05)
+        if any("date_performed_between" in r["query"] for r in sim.requests[-3:]):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    lines = [x for x in err.decode().splitlines() if x.startswith("syncd:")]
+    assert proc.returncode == 143 and lines, err.decode()[-2000:]
+    assert lines[-1] == {
+        "sync": "syncd: stopped by SIGTERM; the windows of --since/--until it had not re-read "
+                "are re-read only by running the same command again (a plain `syncd sync` "
+                "finishes only the ones it was reading)",
+        "verify": "syncd: stopped by SIGTERM before verify finished; nothing was compared to "
+                  "the end (verify writes nothing)"}[argv[0]]
