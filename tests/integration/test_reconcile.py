@@ -18,6 +18,7 @@ from syncd import cli, pull, reconcile_job
 from syncd.app import open_deps
 from syncd.runs import Deps
 from syncd.simulator import Simulator
+from syncd.windows import Window
 from tests.integration.conftest import TOKEN, make_settings
 from tests.oracle import mirror_diff
 from tests.silent_kantata import QUICK_GIVE_UP, gave_up_line, silent_kantata
@@ -481,3 +482,30 @@ async def test_a_reconciliation_a_shutdown_stops_gives_its_window_back(
         assert all(r.error is None for r in reports)
         assert await conn.fetchval("SELECT count(*) FROM syncd.windows WHERE purpose = "
                                    "'reconcile' AND status <> 'done'") == 0
+
+
+async def test_the_reconcile_command_names_the_windows_it_left_to_another_run(
+        deps: Deps, db_dsn: str, sim_url: str, conn: asyncpg.Connection,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The second trial: two `syncd reconcile --full` at once; the second said `60 windows: 0
+    changed, 60 unchanged` and mentioned the 62 it left to the first only in a JSON warning."""
+    import uuid
+
+    from syncd import store
+
+    await pull.sync_once(deps)
+    held = Window(date(2025, 3, 1), date(2025, 3, 31))
+    other = uuid.uuid4()
+    await deps.owner().open_run(other, "reconcile")  # a live run (its session holds the lock)
+    await store.start_window(conn, "reconcile", held, restart=True, run_id=other)
+    cli_env(monkeypatch, db_dsn, sim_url)
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli.main, ["reconcile", "--full", "--since", "2025-02-01",
+                                              "--until", "2025-04-30"])
+    out, _ = capsys.readouterr()
+    assert code == 0, out
+    assert "2 windows: " in out
+    assert out.rstrip().endswith("1 windows left to another syncd run that is reconciling "
+                                 "them, or did since this one started (not checked twice)")
+    assert await conn.fetchval("SELECT run_id FROM syncd.windows WHERE purpose = 'reconcile' "
+                               "AND window_start = $1", held.start) == other
