@@ -33,6 +33,12 @@ def render_rows(rows: list[dict[str, Any]], now: datetime, *, full: bool = False
         why = r["last_error"] or r["result"] or ""
         if r["status"] == "pending" and r["next_attempt_at"] and r["next_attempt_at"] > now:
             why = f"(retry in {_age(now, r['next_attempt_at'])}) {why}"
+        lease = r.get("lease_expires_at")
+        if r["status"] == "in_flight" and lease is not None:  # a trial: said nothing
+            why = (f"(held by {r.get('lease_owner')}, lease ends in {_age(now, lease)}) {why}"
+                   if lease > now else
+                   f"(lease of {r.get('lease_owner')} ended {_age(lease, now)} ago: the next "
+                   f"push takes it over) {why}")
         if not full and len(why) > 160:
             why = why[:157] + "..."
         entry = "-" if r["entry_id"] is None else r["entry_id"]  # 0 is an id, not none

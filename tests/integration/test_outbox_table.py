@@ -459,3 +459,17 @@ def test_the_list_shows_entry_id_zero_and_a_dash_only_for_none() -> None:
     shown = render_rows([{**base, "id": 1, "entry_id": 0},
                          {**base, "id": 2, "entry_id": None, "op": "create"}], T0)
     assert [line.split()[2] for line in shown.splitlines()[1:]] == ["0", "-"]
+
+
+def test_the_list_says_who_holds_an_in_flight_row_and_until_when() -> None:
+    """The second trial: rows left in_flight by a killed process showed an empty reason for
+    two minutes; the owner and the lease were only in --json."""
+    base = {"op": "update", "status": "in_flight", "attempts": 1, "created_at": T0,
+            "last_error": None, "result": None, "next_attempt_at": T0, "entry_id": 5,
+            "lease_owner": "host:42:ab"}
+    shown = render_rows([{**base, "id": 1, "lease_expires_at": T0 + timedelta(seconds=90)},
+                         {**base, "id": 2, "lease_expires_at": T0 - timedelta(seconds=30)}],
+                        T0)
+    assert "(held by host:42:ab, lease ends in 90s)" in shown.splitlines()[1]
+    assert "(lease of host:42:ab ended 30s ago: the next push takes it over)" in \
+        shown.splitlines()[2]
