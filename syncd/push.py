@@ -116,7 +116,9 @@ class PushReport:
             waiting = (f"; next attempt of a waiting row at {when} (in "
                        f"{self.next_due_seconds:.0f} s: the daemon tries it then, or run "
                        "`syncd push` again after it)" if self.next_due_seconds else
-                       "; a pending row is due now")
+                       "; a pending row is due now" + (
+                           " (held back by an earlier open row of its entry, or claimed by "
+                           "another process)" if self.counts_after.get("in_flight") else ""))
         return (f"push {self.run_id}: {self.batches} batches, {self.claimed} rows: "
                 f"{self.done} done, {self.failed} failed, {self.conflict} conflict, "
                 f"{self.retry} to retry later; {self.requests} Kantata requests; "

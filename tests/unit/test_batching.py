@@ -403,3 +403,20 @@ def test_not_sent_without_a_reason_keeps_the_rows_last_error() -> None:
                         max_attempts=MAX, backoff_base=1.0, backoff_cap=60.0)
     assert (d.status, d.refund, d.keep_error, d.last_error, d.unsent) == \
         ("pending", True, True, None, True)
+
+
+def test_a_push_summary_says_why_a_due_row_was_not_pushed() -> None:
+    """The second trial: `a pending row is due now` after a push that claimed nothing, the
+    row waiting behind an earlier row of its entry that the daemon held."""
+    from datetime import UTC, datetime
+
+    from syncd.push import PushReport
+
+    now = datetime(2026, 12, 4, 19, 0, tzinfo=UTC)
+    held = PushReport(owner="o", counts_after={"pending": 2, "in_flight": 12},
+                      next_due_seconds=0.0, next_due_at=now)
+    assert held.summary().endswith("; a pending row is due now (held back by an earlier open "
+                                   "row of its entry, or claimed by another process)")
+    alone = PushReport(owner="o", counts_after={"pending": 2}, next_due_seconds=0.0,
+                       next_due_at=now)
+    assert alone.summary().endswith("; a pending row is due now")
