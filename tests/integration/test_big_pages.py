@@ -44,6 +44,18 @@ async def big_url(big: Simulator) -> AsyncIterator[str]:
         yield url
 
 
+def _fail_pages_over(sim: Simulator, size: int) -> None:
+    """Make `sim` fail (500, as a gateway that gave up) every list page over `size` entries."""
+    served = sim.api_list
+
+    def api_list(query: Mapping[str, str]) -> bytes:
+        if int(query.get("per_page", "20")) > size:
+            raise RuntimeError("gateway gave up on a slow page")  # the simulator answers 500
+        return served(query)
+
+    sim.api_list = api_list  # type: ignore[method-assign]
+
+
 async def _backfill(db_dsn: str, url: str, **over: object) -> None:
     async with open_deps(make_settings(db_dsn, url, **over)) as deps:
         stats = await pull.sync_once(deps)
@@ -105,14 +117,7 @@ async def test_a_page_too_big_to_answer_is_asked_again_by_halves(
     halving after a failure, then the backfill goes on at 1,250 to an exact mirror. A window
     that asked 2,500 while another's 2,500 was failing fails once too, without halving again
     (never twice for one size): at most one such request per window read at once."""
-    served = big.api_list
-
-    def api_list(query: Mapping[str, str]) -> bytes:
-        if int(query.get("per_page", "20")) > 1250:
-            raise RuntimeError("gateway gave up on a slow page")  # the simulator answers 500
-        return served(query)
-
-    big.api_list = api_list  # type: ignore[method-assign]
+    _fail_pages_over(big, 1250)
     await _backfill(db_dsn, big_url, max_retries=2)
     sizes = [r["query"]["per_page"] for r in _lists(big) if r["query"].get("per_page") != "1"]
     ints = [int(n) for n in sizes]
@@ -156,14 +161,7 @@ async def test_a_reconciliation_halves_a_page_too_big_to_answer(
     from syncd import reconcile_job
 
     await _backfill(db_dsn, big_url)
-    served = big.api_list
-
-    def api_list(query: Mapping[str, str]) -> bytes:
-        if int(query.get("per_page", "20")) > 1250:
-            raise RuntimeError("gateway gave up on a slow page")  # the simulator answers 500
-        return served(query)
-
-    big.api_list = api_list  # type: ignore[method-assign]
+    _fail_pages_over(big, 1250)
     big.clear_requests()
     async with open_deps(make_settings(db_dsn, big_url, max_retries=2)) as deps:
         windows = reconcile_job.default_windows(deps, datetime.now(UTC).date())
