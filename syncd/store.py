@@ -352,8 +352,9 @@ WHERE $5::uuid IS NULL OR syncd.windows.run_id IS NULL OR syncd.windows.run_id =
                       WHERE r.run_id = syncd.windows.run_id AND r.status = 'running'
                         AND syncd.run_is_live(r.id))
    OR syncd.windows.status = 'done'
-      AND syncd.windows.finished_at < (SELECT r.started_at FROM syncd.sync_runs r
-                                       WHERE r.run_id = $5)
+      AND coalesce(syncd.windows.finished_at, '-infinity')
+          < coalesce((SELECT r.started_at FROM syncd.sync_runs r WHERE r.run_id = $5),
+                     'infinity')
 RETURNING pages_done, page_size"""
 
 
