@@ -147,6 +147,10 @@ class Contender:
 REFERENCES = (
     ("pg", "plain listing, PostgreSQL parses each page → own table (**reference**)",
      ("--parse", "pg"), "bench_plain.time_entries"),
+    # the same client into the mirror's own table (its BI indexes and triggers, kept while it
+    # loads): what the reference costs with the schema syncd writes (issue #26's decision)
+    ("pg_mirror", "plain listing, PostgreSQL parses each page → kantata.time_entries",
+     ("--parse", "pg", "--table", "mirror"), "kantata.time_entries"),
     ("plain", "plain listing, Python decodes (orjson, text arrays) → own table", (),
      "bench_plain.time_entries"),
     ("plain_mirror", "plain listing → kantata.time_entries", ("--table", "mirror"),
@@ -844,6 +848,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for a, b, want, what in (("syncd", "pg", 0.75,
                               "≥ 0.75 × the PostgreSQL-parsing reference (default settings, "
                               "issue #26)"),
+                             ("syncd", "pg_mirror", None,
+                              "against the same reference writing into kantata.time_entries "
+                              "(reported)"),
                              ("syncd", "plain", None,
                               "against the Python-decoding plain listing (reported)"),
                              ("syncd", "bare", None,

@@ -30,7 +30,7 @@ def test_smoke_run_reports_every_row(tmp_path: Path) -> None:
     n = res["config"]["entries"]
     assert n == 2000 and res["config"]["repeat"] == 1
 
-    for name in ("pg", "plain", "plain_mirror", "plain_include", "bare", "syncd",
+    for name in ("pg", "pg_mirror", "plain", "plain_mirror", "plain_include", "bare", "syncd",
                  "syncd_ceiling_9000"):
         b = res["backfill"][name]
         assert "summary" in b, b.get("reason")
