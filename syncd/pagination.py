@@ -1045,6 +1045,18 @@ class PageSize:
     def can_shrink(self) -> bool:
         return self.current > self.floor
 
+    def after_failure(self, size: int) -> tuple[int, bool] | None:
+        """A list page asked at `size` entries timed out or failed with a 5xx: (the size to
+        ask it again at, whether this halved the size). Another read that failed at `size`
+        has halved it already when it is smaller now: it is not halved twice for one size
+        (four windows failing together halved 5,000 to 312). None when `size` cannot come
+        down (at `floor`): the failure is the caller's to raise."""
+        if size > self.current:
+            return self.current, False
+        if size <= self.floor:
+            return None
+        return self.shrink(), True
+
     def shrink(self) -> int:
         """Halve the size (not below `floor`) after a timeout or 5xx; returns the new size."""
         self.current = max(self.floor, self.current // 2)

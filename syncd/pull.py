@@ -52,6 +52,27 @@ MAX_SIZE_RESTARTS = 6
 DISTINCT_CHUNK = 8192
 
 
+def smaller_page(sizer: pagination.PageSize, size: int, exc: BaseException,
+                 **where: object) -> int | None:
+    """The size to ask a list page again at after it failed at `size` with `exc`, when that
+    can help (a timeout or 5xx, `too_slow`, and a size that can come down:
+    `PageSize.after_failure`), logged once per halving (`page_size_halved`, or
+    `page_asked_again_smaller` when another read halved it meanwhile); None: raise `exc`.
+    `where` names the read in the log."""
+    if not (isinstance(exc, RetriableAPIError) and too_slow(exc)):
+        return None
+    after = sizer.after_failure(size)
+    if after is None:
+        return None
+    new, halved = after
+    if halved:
+        log.warning("page_size_halved", size=size, new_size=new, error=str(exc), **where)
+    else:
+        log.info("page_asked_again_smaller", size=size, new_size=new, error=str(exc),
+                 detail="another read halved the page size meanwhile", **where)
+    return new
+
+
 def count_answered(sizer: pagination.PageSize) -> None:
     """Count a list page answered (`PageSize.answered`); log when that raises a halved page
     size again."""
@@ -526,18 +547,8 @@ async def read_window(deps: Deps, w: Window, stats: RunStats, *, purpose: str = 
             page = page if side_loads is None else await side_loads.for_page(page)
         except BaseException as exc:
             await slots.release(held)
-            if shrinkable and isinstance(exc, RetriableAPIError) and too_slow(exc):
-                # another window may have made it smaller meanwhile: never shrink twice, and
-                # say so once (four windows failing together logged 14 halvings for 5)
-                if sizer.current >= size:
-                    new = sizer.shrink()
-                    log.warning("page_size_halved", window=w.param, page=page_no, size=size,
-                                new_size=new, error=str(exc))
-                else:
-                    new = sizer.current
-                    log.info("page_asked_again_smaller", window=w.param, page=page_no,
-                             size=size, new_size=new, error=str(exc),
-                             detail="another read halved the page size meanwhile")
+            new = smaller_page(sizer, size, exc, window=w.param, page=page_no)
+            if new is not None:
                 raise _Resize(new) from None
             raise
         return page, held
@@ -699,23 +710,23 @@ async def _page_one(deps: Deps, params: dict[str, str], label: str, *, priority:
     names the query in the log. Holds `entry_slots` while it travels. Raises what
     `KantataClient.list_page` raises."""
     sizer, slots = deps.page_size, entry_slots(deps)
+    size = sizer.current
     while True:
-        size = sizer.current
         held = await slots.acquire(size)
         try:
             page = await deps.client.list_page(  # type: ignore[arg-type]
                 {**params, "per_page": str(size), "page": "1"}, priority=priority,
-                shrinkable=sizer.can_shrink)
+                shrinkable=size > sizer.floor)
             count_answered(sizer)
             if page.result_ids and page.page_number not in (None, 1):
                 raise PagingError(f"{label}, page 1: Kantata answered page "
                                   f"{page.page_number} instead; read stopped")
             return page if side_loads is None else await side_loads.for_page(page)
         except RetriableAPIError as exc:
-            if not (too_slow(exc) and sizer.can_shrink):
+            new = smaller_page(sizer, size, exc, query=label)
+            if new is None:
                 raise
-            log.warning("page_size_halved", query=label, size=size, new_size=sizer.shrink(),
-                        error=str(exc))
+            size = new
         finally:
             await slots.release(held)
 
@@ -1073,13 +1084,12 @@ async def incremental(deps: Deps, started: datetime, stats: RunStats,
         if req.updated_before is not None:
             params["updated_before"] = req.updated_before.isoformat()
         sizer = deps.page_size
+        asked = int(params["per_page"])
         try:
-            page = await deps.client.list_page(params, shrinkable=sizer.can_shrink)
+            page = await deps.client.list_page(params, shrinkable=asked > sizer.floor)
         except RetriableAPIError as exc:
-            if not (too_slow(exc) and sizer.can_shrink):
+            if smaller_page(sizer, asked, exc, query="incremental") is None:
                 raise
-            log.warning("page_size_halved", query="incremental", size=sizer.current,
-                        new_size=sizer.shrink(), error=str(exc))
             if req.updated_before is not None:  # numbered inside a second: start it again
                 req = cursor.PullRequest(req.updated_after, req.updated_before, page=1)
             continue

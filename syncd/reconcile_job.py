@@ -30,7 +30,6 @@ import structlog
 from syncd import pagination, pull, reconcile, store
 from syncd.errors import (STOPS_THE_RUN, FatalError, PageIgnoredError, PagingError,
                           RetriableAPIError, RetriableError, StoppedWaiting)
-from syncd.kantata import too_slow
 from syncd.models import Altered, Page, Rejected, SideObject, TimeEntry
 from syncd.reconcile import CountState, RowVersion, Summary, WindowDiff
 from syncd.runs import Deps, RunStats, interruption, job_run
@@ -215,14 +214,11 @@ async def read_window(deps: Deps, w: Window,
                                                shrinkable=size > sizer.floor)
         except RetriableAPIError as exc:
             read.pages += 1
-            if not (too_slow(exc) and size > sizer.floor):
+            new = pull.smaller_page(sizer, size, exc, query=f"reconcile window {w.param}")
+            if new is None:
                 raise
-            if sizer.current >= size:
-                sizer.shrink()
-            log.warning("page_size_halved", query=f"reconcile window {w.param}", size=size,
-                        new_size=sizer.current, error=str(exc))
             read = WindowRead(w, reads=read.reads, pages=read.pages)  # again, from page 1
-            page_no, size, first = 1, sizer.current, None
+            page_no, size, first = 1, new, None
             guard = pagination.PageGuard(f"window {w.param}", max_pages=MAX_PAGES)
             continue
         read.pages += 1

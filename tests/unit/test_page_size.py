@@ -48,3 +48,18 @@ def test_a_small_wanted_size_is_never_raised_past_it() -> None:
     size = PageSize(150)  # below the documented 200: the floor is 150
     assert size.shrink() == 150
     assert answer(size, 500) == [] and size.current == 150
+
+
+def test_a_size_that_failed_is_halved_once_however_many_reads_failed_at_it() -> None:
+    """Four windows failing at 5,000 together halve it once, not to 312 (the rule each read
+    kept on its own before; reconciliation, the first page of a narrowed read and the
+    incremental pass did not keep it)."""
+    size = PageSize(5000)
+    assert size.after_failure(5000) == (2500, True)
+    assert [size.after_failure(5000) for _ in range(3)] == [(2500, False)] * 3
+    assert size.current == 2500
+    assert size.after_failure(2500) == (1250, True)
+    for _ in range(3):
+        size.shrink()  # 625, 312, 200
+    assert size.after_failure(200) is None  # at the floor: the failure is raised
+    assert size.after_failure(400) == (200, False)
