@@ -57,9 +57,10 @@ def _set_column(c: str) -> str:
 # `deleted … push` then `restored … pull` in the same second; the next read asked after it
 # brings back an entry that does exist). Kantata's updated_at has whole seconds, so two edits
 # in one second share it: at equal updated_at the content read later wins when it differs
-# (the overlap re-read is what delivers it). `raw` keeps the stored keys the new version lacks (`||` of jsonb objects: the
-# new version's keys win), so a page read without `include=` changes nothing it did not carry
-# and writes no history version; the alterations note is the new version's alone.
+# (the overlap re-read is what delivers it). `raw` keeps the stored keys the new version
+# lacks (`||` of jsonb objects: the new version's keys win), so a page read without
+# `include=` changes nothing it did not carry and writes no history version; the alterations
+# note is the new version's alone.
 MERGED_RAW = "(t.raw - '_syncd_altered') || excluded.raw"
 #: The instant (database clock) before which the listing being written was asked for: the
 #: transaction's `syncd.listed_since` (`set_write_context`, the start of the run that read it),
@@ -333,11 +334,16 @@ async def window_states(conn: asyncpg.Connection, purpose: str) -> dict[Window, 
     return {Window(r["window_start"], r["window_end"]): r for r in rows}
 
 
+#: Whether the run that last started reading a `syncd.windows` row is running in a process
+#: that is alive (`syncd.run_is_live`, migration 0014).
+WINDOW_RUN_IS_LIVE = """EXISTS (SELECT 1 FROM syncd.sync_runs r
+               WHERE r.run_id = syncd.windows.run_id AND r.status = 'running'
+                 AND syncd.run_is_live(r.id))"""
 #: Claims a window for run $5 unless another run is reading it whose process is alive, or
 #: another run finished it after run $5 started (two `syncd sync` at once, or one beside the
 #: daemon, read every window twice before: each read costs the customer's Kantata budget).
 #: No row back: the window is left to, or was done by, that other run.
-START_WINDOW = """
+START_WINDOW = f"""
 INSERT INTO syncd.windows (purpose, window_start, window_end, status, started_at, run_id)
 VALUES ($1, $2, $3, 'running', now(), $5)
 ON CONFLICT (purpose, window_start, window_end) DO UPDATE
@@ -347,10 +353,7 @@ SET status = 'running', started_at = now(), last_error = NULL, run_id = $5,
     page_size = CASE WHEN $4 THEN NULL ELSE syncd.windows.page_size END
 WHERE $5::uuid IS NULL OR syncd.windows.run_id IS NULL OR syncd.windows.run_id = $5
    OR syncd.windows.status NOT IN ('running', 'done')
-   OR syncd.windows.status = 'running'
-      AND NOT EXISTS (SELECT 1 FROM syncd.sync_runs r
-                      WHERE r.run_id = syncd.windows.run_id AND r.status = 'running'
-                        AND syncd.run_is_live(r.id))
+   OR syncd.windows.status = 'running' AND NOT {WINDOW_RUN_IS_LIVE}
    OR syncd.windows.status = 'done'
       AND coalesce(syncd.windows.finished_at, '-infinity')
           < coalesce((SELECT r.started_at FROM syncd.sync_runs r WHERE r.run_id = $5),
@@ -451,14 +454,11 @@ WHERE status = 'running' AND NOT syncd.run_is_live(id)
 
 #: Windows left `running` by a run that is no longer running (closed above, or closed without
 #: giving them back): pending again, pages kept, so the next read resumes them.
-GIVE_BACK_ORPHANED_WINDOWS = """
-UPDATE syncd.windows w SET status = 'pending',
+GIVE_BACK_ORPHANED_WINDOWS = f"""
+UPDATE syncd.windows SET status = 'pending',
        last_error = coalesce(last_error, 'interrupted: the run reading it ended first; '
                                          'resumed by the next run')
-WHERE w.status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM syncd.sync_runs r
-                  WHERE r.run_id = w.run_id AND r.status = 'running'
-                    AND syncd.run_is_live(r.id))
+WHERE syncd.windows.status = 'running' AND NOT {WINDOW_RUN_IS_LIVE}
 """
 
 

@@ -244,6 +244,7 @@ ALLOWED: dict[str, dict[str, str]] = {
         "MERGED_RAW": "a constant jsonb expression",
         "PAGE_BODY_VALUES": "casts of the _PAGE_TYPES constant's columns",
         "ENTRY_ON_CONFLICT": "the upsert's conflict clause, built from the constants above",
+        "WINDOW_RUN_IS_LIVE": "a constant EXISTS clause (syncd.run_is_live of the row's run)",
         "_PAGE_CONTEXT_4": "a constant CTE (set_config of parameters $2, $3, $4)",
         "_PAGE_CONTEXT_10": "a constant CTE (set_config of parameters $2, $3, $10)",
         "_PAGE_STORED": "a constant CTE built from the constants above",
